@@ -1,0 +1,472 @@
+//! The group state machine: what every groupd applies, in the one total order.
+//!
+//! It is deterministic: the same commands in the same order give the same state on every
+//! groupd. Time never comes from the clock here; the master stamps it into each command.
+//! Every applied command appends one or more [`Event`]s with consecutive sequence numbers,
+//! which is what watchers see.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::epoch::{EpochLog, EpochRecord, NodeInfo};
+
+pub type SessionId = u64;
+
+/// How many events a groupd keeps for watchers that fall behind. Older ones are dropped;
+/// a watcher asking for them is told to resynchronise from `info`.
+pub const EVENTS_KEPT: usize = 100_000;
+
+pub const DEFAULT_COPIES: u8 = 3;
+pub const DEFAULT_OBJECT_SIZE_SHIFT: u8 = 22; // 4 MiB
+pub const DEFAULT_VOTERS: u8 = 3;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub cluster_id: String,
+    pub created_ms: u64,
+    pub copies: u8,
+    pub object_size_shift: u8,
+    pub voters: u8,
+}
+
+impl ClusterConfig {
+    pub fn object_size(&self) -> u64 {
+        1u64 << self.object_size_shift
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterStatus {
+    Unformatted,
+    Running,
+    /// Shut down: waiting until every node of the last epoch has joined again.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionKind {
+    Storage(NodeInfo),
+    Client { name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub kind: SessionKind,
+    pub opened_ms: u64,
+}
+
+impl Session {
+    pub fn node(&self) -> Option<&NodeInfo> {
+        match &self.kind {
+            SessionKind::Storage(n) => Some(n),
+            SessionKind::Client { .. } => None,
+        }
+    }
+    pub fn name(&self) -> String {
+        match &self.kind {
+            SessionKind::Storage(n) => format!("storaged {}", n.id),
+            SessionKind::Client { name } => name.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub vdi: String,
+    pub session: SessionId,
+    /// Fencing token: the log position of the command that granted the lock. Strictly
+    /// increasing across grants, so a storage node can refuse an older holder's writes.
+    pub token: u64,
+}
+
+/// A command: one entry of the Raft log. `time_ms` is stamped by the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub time_ms: u64,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Format { cluster_id: String, copies: u8, object_size_shift: u8, voters: u8, force: bool },
+    /// `store_cluster`: the cluster id a storage node's store already belongs to ("" if new).
+    OpenSession { kind: SessionKind, store_cluster: String },
+    CloseSession { session: SessionId, expired: bool },
+    Broadcast { session: SessionId, payload: Vec<u8> },
+    Lock { session: SessionId, vdi: String },
+    Unlock { session: SessionId, vdi: String, force: bool },
+    Shutdown,
+    RecoverForce,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Formatted(ClusterConfig),
+    Joined(Session),
+    Left { session: SessionId, expired: bool },
+    Epoch(EpochRecord),
+    Broadcast { session: SessionId, payload: Vec<u8> },
+    Locked(Lock),
+    Unlocked { vdi: String, session: SessionId, forced: bool },
+    Shutdown,
+    Resumed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub kind: EventKind,
+}
+
+/// The answer to a command, returned to the proposer once it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Formatted(ClusterConfig),
+    Session(SessionId),
+    Seq(u64),
+    Locked(Lock),
+}
+
+/// A refused command. Refusals are part of the total order too: every groupd refuses the
+/// same command the same way, and the state is unchanged by it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum GroupError {
+    #[error("notFormatted: the cluster is not formatted (run `sheepctl cluster format`)")]
+    NotFormatted,
+    #[error("alreadyFormatted: the cluster is already formatted (id {0}); use --force to format it anew")]
+    AlreadyFormatted(String),
+    #[error("wrongCluster: this store belongs to cluster {store}, but the cluster is {cluster}; its data is left untouched")]
+    WrongCluster { store: String, cluster: String },
+    #[error("noSession: session {0} does not exist (expired or closed)")]
+    NoSession(SessionId),
+    #[error("lockHeld: VDI {vdi} is locked by session {session} ({holder})")]
+    LockHeld { vdi: String, session: SessionId, holder: String },
+    #[error("notLocked: VDI {vdi} is not locked by session {session}")]
+    NotLocked { vdi: String, session: SessionId },
+    #[error("shuttingDown: the cluster is shut down")]
+    ShutDown,
+    #[error("badRequest: {0}")]
+    BadRequest(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub config: Option<ClusterConfig>,
+    pub status: ClusterStatus,
+    pub sessions: BTreeMap<SessionId, Session>,
+    pub epochs: EpochLog,
+    pub locks: BTreeMap<String, Lock>,
+    next_session: SessionId,
+    /// Sequence number the next event gets; events are numbered from 1.
+    next_seq: u64,
+    /// The newest events, oldest first; at most [`EVENTS_KEPT`].
+    events: VecDeque<Event>,
+}
+
+impl Default for GroupState {
+    fn default() -> Self {
+        GroupState {
+            config: None,
+            status: ClusterStatus::Unformatted,
+            sessions: BTreeMap::new(),
+            epochs: EpochLog::default(),
+            locks: BTreeMap::new(),
+            next_session: 1,
+            next_seq: 1,
+            events: VecDeque::new(),
+        }
+    }
+}
+
+impl GroupState {
+    /// Applies one command at log position `log_index` (used for fencing tokens).
+    pub fn apply(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
+        let t = cmd.time_ms;
+        match &cmd.op {
+            Op::Format { cluster_id, copies, object_size_shift, voters, force } => {
+                self.format(t, cluster_id, *copies, *object_size_shift, *voters, *force)
+            }
+            Op::OpenSession { kind, store_cluster } => self.open_session(t, kind, store_cluster),
+            Op::CloseSession { session, expired } => {
+                self.close_session(t, *session, *expired)?;
+                Ok(Reply::Done)
+            }
+            Op::Broadcast { session, payload } => {
+                self.session(*session)?;
+                let seq = self.emit(t, EventKind::Broadcast { session: *session, payload: payload.clone() });
+                Ok(Reply::Seq(seq))
+            }
+            Op::Lock { session, vdi } => self.lock(t, log_index, *session, vdi),
+            Op::Unlock { session, vdi, force } => self.unlock(t, *session, vdi, *force),
+            Op::Shutdown => self.shutdown(t),
+            Op::RecoverForce => self.recover_force(t),
+        }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Events with `seq >= from`, at most `max`. `Err(oldest)` if `from` was dropped already.
+    pub fn events_from(&self, from: u64, max: usize) -> Result<Vec<Event>, u64> {
+        let oldest = self.events.front().map_or(self.next_seq, |e| e.seq);
+        if from < oldest && from < self.next_seq {
+            return Err(oldest);
+        }
+        let skip = from.saturating_sub(oldest) as usize;
+        Ok(self.events.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    pub fn storage_sessions(&self) -> impl Iterator<Item = (&Session, &NodeInfo)> {
+        self.sessions.values().filter_map(|s| s.node().map(|n| (s, n)))
+    }
+
+    /// Nodes of the last epoch that have no live session (while shut down: who we wait for).
+    pub fn missing_nodes(&self) -> Vec<NodeInfo> {
+        let Some(last) = self.epochs.latest() else { return Vec::new() };
+        last.nodes
+            .iter()
+            .filter(|n| !self.storage_sessions().any(|(_, live)| live.id == n.id))
+            .cloned()
+            .collect()
+    }
+
+    fn emit(&mut self, time_ms: u64, kind: EventKind) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.events.push_back(Event { seq, time_ms, kind });
+        while self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        seq
+    }
+
+    fn session(&self, id: SessionId) -> Result<&Session, GroupError> {
+        self.sessions.get(&id).ok_or(GroupError::NoSession(id))
+    }
+
+    /// The storage nodes with live sessions, in a stable order (by node id).
+    fn live_nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> = self.storage_sessions().map(|(_, n)| n.clone()).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes
+    }
+
+    /// Starts a new epoch if the live node list differs from the last epoch's.
+    fn maybe_new_epoch(&mut self, t: u64) {
+        let nodes = self.live_nodes();
+        if self.epochs.latest().is_some_and(|e| e.nodes == nodes) {
+            return;
+        }
+        let rec = self.epochs.push(t, nodes);
+        self.emit(t, EventKind::Epoch(rec));
+    }
+
+    fn format(
+        &mut self,
+        t: u64,
+        cluster_id: &str,
+        copies: u8,
+        object_size_shift: u8,
+        voters: u8,
+        force: bool,
+    ) -> Result<Reply, GroupError> {
+        if let Some(c) = &self.config {
+            if !force {
+                return Err(GroupError::AlreadyFormatted(c.cluster_id.clone()));
+            }
+        }
+        if copies == 0 || copies > 31 {
+            return Err(GroupError::BadRequest(format!("copies must be 1..=31, not {copies}")));
+        }
+        if !(20..=32).contains(&object_size_shift) {
+            return Err(GroupError::BadRequest(format!(
+                "object size must be a power of two from 1 MiB to 4 GiB, not 2^{object_size_shift}"
+            )));
+        }
+        if voters != 3 && voters != 5 && voters != 1 {
+            return Err(GroupError::BadRequest(format!("voters must be 1, 3 or 5, not {voters}")));
+        }
+        if cluster_id.is_empty() {
+            return Err(GroupError::BadRequest("empty cluster id".into()));
+        }
+        let config = ClusterConfig {
+            cluster_id: cluster_id.to_string(),
+            created_ms: t,
+            copies,
+            object_size_shift,
+            voters,
+        };
+        // A new format forgets the old cluster's history: epochs count from 1 again, and
+        // storage nodes with live sessions carry on as the new cluster's first epoch.
+        self.config = Some(config.clone());
+        self.status = ClusterStatus::Running;
+        self.epochs = EpochLog::default();
+        self.locks.clear();
+        self.emit(t, EventKind::Formatted(config.clone()));
+        self.maybe_new_epoch(t);
+        Ok(Reply::Formatted(config))
+    }
+
+    fn open_session(&mut self, t: u64, kind: &SessionKind, store_cluster: &str) -> Result<Reply, GroupError> {
+        if let SessionKind::Storage(node) = kind {
+            if node.id.is_empty() || node.weight == 0 {
+                return Err(GroupError::BadRequest("a storage node needs an id and a weight > 0".into()));
+            }
+            match &self.config {
+                Some(c) if !store_cluster.is_empty() && store_cluster != c.cluster_id => {
+                    return Err(GroupError::WrongCluster {
+                        store: store_cluster.to_string(),
+                        cluster: c.cluster_id.clone(),
+                    })
+                }
+                None if !store_cluster.is_empty() => {
+                    return Err(GroupError::WrongCluster {
+                        store: store_cluster.to_string(),
+                        cluster: "unformatted".into(),
+                    })
+                }
+                _ => {}
+            }
+            // A node that restarts before its old session expired replaces that session.
+            let old: Vec<SessionId> = self
+                .storage_sessions()
+                .filter(|(_, n)| n.id == node.id)
+                .map(|(s, _)| s.id)
+                .collect();
+            for id in old {
+                self.drop_session(t, id, true);
+            }
+        }
+        let id = self.next_session;
+        self.next_session += 1;
+        let session = Session { id, kind: kind.clone(), opened_ms: t };
+        self.sessions.insert(id, session.clone());
+        self.emit(t, EventKind::Joined(session));
+        if kind.is_storage() {
+            self.membership_changed(t);
+        }
+        Ok(Reply::Session(id))
+    }
+
+    fn close_session(&mut self, t: u64, id: SessionId, expired: bool) -> Result<(), GroupError> {
+        let was_storage = self.session(id)?.node().is_some();
+        self.drop_session(t, id, expired);
+        if was_storage {
+            self.membership_changed(t);
+        }
+        Ok(())
+    }
+
+    /// Removes a session and releases its locks.
+    fn drop_session(&mut self, t: u64, id: SessionId, expired: bool) {
+        let released: Vec<String> =
+            self.locks.values().filter(|l| l.session == id).map(|l| l.vdi.clone()).collect();
+        for vdi in released {
+            self.locks.remove(&vdi);
+            self.emit(t, EventKind::Unlocked { vdi, session: id, forced: false });
+        }
+        self.sessions.remove(&id);
+        self.emit(t, EventKind::Left { session: id, expired });
+    }
+
+    fn membership_changed(&mut self, t: u64) {
+        match self.status {
+            ClusterStatus::Unformatted => {}
+            ClusterStatus::Running => self.maybe_new_epoch(t),
+            ClusterStatus::Shutdown => {
+                if self.missing_nodes().is_empty() {
+                    self.status = ClusterStatus::Running;
+                    self.emit(t, EventKind::Resumed);
+                    // Nodes that were not in the last epoch and joined meanwhile make a new
+                    // epoch; a plain restart of the same nodes makes none.
+                    self.maybe_new_epoch(t);
+                }
+            }
+        }
+    }
+
+    fn lock(&mut self, t: u64, log_index: u64, session: SessionId, vdi: &str) -> Result<Reply, GroupError> {
+        self.running()?;
+        self.session(session)?;
+        if vdi.is_empty() {
+            return Err(GroupError::BadRequest("empty VDI name".into()));
+        }
+        if let Some(l) = self.locks.get(vdi) {
+            if l.session == session {
+                return Ok(Reply::Locked(l.clone()));
+            }
+            let holder = self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
+            return Err(GroupError::LockHeld { vdi: vdi.into(), session: l.session, holder });
+        }
+        let lock = Lock { vdi: vdi.into(), session, token: log_index };
+        self.locks.insert(vdi.into(), lock.clone());
+        self.emit(t, EventKind::Locked(lock.clone()));
+        Ok(Reply::Locked(lock))
+    }
+
+    fn unlock(&mut self, t: u64, session: SessionId, vdi: &str, force: bool) -> Result<Reply, GroupError> {
+        match self.locks.get(vdi) {
+            Some(l) if l.session == session || force => {
+                let holder = l.session;
+                self.locks.remove(vdi);
+                self.emit(t, EventKind::Unlocked { vdi: vdi.into(), session: holder, forced: force });
+                Ok(Reply::Done)
+            }
+            _ => Err(GroupError::NotLocked { vdi: vdi.into(), session }),
+        }
+    }
+
+    fn shutdown(&mut self, t: u64) -> Result<Reply, GroupError> {
+        self.running()?;
+        // Every session ends with the shutdown and no epoch is made for it: on restart the
+        // cluster waits for the last epoch's nodes and resumes in that same epoch.
+        self.status = ClusterStatus::Shutdown;
+        self.sessions.clear();
+        self.locks.clear();
+        self.emit(t, EventKind::Shutdown);
+        Ok(Reply::Done)
+    }
+
+    fn recover_force(&mut self, t: u64) -> Result<Reply, GroupError> {
+        match self.status {
+            ClusterStatus::Unformatted => Err(GroupError::NotFormatted),
+            ClusterStatus::Running => {
+                Err(GroupError::BadRequest("the cluster is running; there is nothing to recover".into()))
+            }
+            ClusterStatus::Shutdown => {
+                if self.live_nodes().is_empty() {
+                    return Err(GroupError::BadRequest(
+                        "no storage node is back yet; start at least one before recover force".into(),
+                    ));
+                }
+                self.status = ClusterStatus::Running;
+                self.emit(t, EventKind::Resumed);
+                self.maybe_new_epoch(t);
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn running(&self) -> Result<(), GroupError> {
+        match self.status {
+            ClusterStatus::Unformatted => Err(GroupError::NotFormatted),
+            ClusterStatus::Shutdown => Err(GroupError::ShutDown),
+            ClusterStatus::Running => Ok(()),
+        }
+    }
+}
+
+impl SessionKind {
+    pub fn is_storage(&self) -> bool {
+        matches!(self, SessionKind::Storage(_))
+    }
+}
+
+#[cfg(test)]
+#[path = "group_tests.rs"]
+mod tests;

@@ -1,0 +1,152 @@
+@0xed362cb1450f89b7;
+# groupd's API: the cluster's group communication service.
+#
+# Any groupd answers every method. What changes cluster state (sessions, proposals, format,
+# locks, shutdown) is decided by the master (the Raft leader); another groupd forwards such a
+# call to the master and returns its answer. Reads (`info`, `watch`) are served from the
+# answering groupd's own applied state, which is always a prefix of the one total order.
+#
+# Errors are returned as capnp exceptions whose description starts with a stable code word
+# followed by ": " and a human sentence, e.g. "notFormatted: the cluster is not formatted".
+# Code words: notFormatted, alreadyFormatted, wrongCluster, noSession, lockHeld, notLocked,
+# shuttingDown, compacted, noMaster, badRequest.
+
+struct NodeInfo {
+  # A storage node (storaged) as it appears in an epoch's node list.
+  id @0 :Text;        # stable identity: the node's listen address "ip:port"
+  addr @1 :Text;      # where its storaged API listens
+  zone @2 :UInt32;    # failure domain; replicas of one object go to distinct zones
+  weight @3 :UInt32;  # relative capacity; scales the node's share of the ring
+}
+
+enum SessionKind {
+  storage @0;  # a storaged: its session is its membership
+  client @1;   # a user of the cluster (sheepctl, a block device daemon): may hold locks
+}
+
+struct Session {
+  id @0 :UInt64;
+  kind @1 :SessionKind;
+  node @2 :NodeInfo;     # set for storage sessions
+  name @3 :Text;         # free text for client sessions ("ublk-dev pid 42 on host")
+  openedMs @4 :UInt64;
+}
+
+struct EpochRecord {
+  epoch @0 :UInt32;
+  timeMs @1 :UInt64;        # unix ms, stamped by the master that ordered the change
+  nodes @2 :List(NodeInfo); # the full ordered node list of this epoch
+}
+
+struct ClusterConfig {
+  clusterId @0 :Text;
+  createdMs @1 :UInt64;
+  copies @2 :UInt8;
+  objectSizeShift @3 :UInt8;  # object size = 1 << shift
+  voters @4 :UInt8;           # how many groupd instances vote (3 or 5)
+}
+
+enum ClusterStatus {
+  unformatted @0;
+  running @1;
+  shutdown @2;        # shut down; waiting until every member of the last epoch is back
+}
+
+struct GroupMember {
+  # A groupd instance.
+  raftId @0 :UInt64;
+  addr @1 :Text;
+  role @2 :Role;
+  enum Role {
+    master @0;
+    submaster @1;
+    member @2;        # non-voting: follows the log, serves reads and forwards writes
+  }
+}
+
+struct Lock {
+  vdi @0 :Text;
+  session @1 :UInt64;
+  token @2 :UInt64;   # fencing token: the log position that granted the lock
+  holder @3 :Text;    # the holding session's name, for people
+}
+
+struct ClusterInfo {
+  status @0 :ClusterStatus;
+  config @1 :ClusterConfig;           # unset while unformatted
+  members @2 :List(GroupMember);
+  epochs @3 :List(EpochRecord);       # the whole history, oldest first
+  sessions @4 :List(Session);
+  locks @5 :List(Lock);
+  missing @6 :List(NodeInfo);         # while shut down: last-epoch nodes not back yet
+  appliedSeq @7 :UInt64;              # events applied by the answering groupd
+  answeredBy @8 :Text;
+}
+
+struct Event {
+  # One entry of the total order, as watchers see it.
+  seq @0 :UInt64;      # 1, 2, 3, … with no gap
+  timeMs @1 :UInt64;
+  union {
+    formatted @2 :ClusterConfig;
+    joined @3 :Session;             # a session opened (storage or client)
+    left :group {                   # a session closed
+      session @4 :UInt64;
+      expired @5 :Bool;             # true: its lease ran out; false: it left
+    }
+    epoch @6 :EpochRecord;          # a new epoch began
+    broadcast :group {
+      session @7 :UInt64;
+      payload @8 :Data;
+    }
+    locked @9 :Lock;
+    unlocked :group {
+      vdi @10 :Text;
+      session @11 :UInt64;
+      forced @12 :Bool;
+    }
+    shutdown @13 :Void;
+    resumed @14 :Void;              # every node is back after a shutdown, or recover force
+  }
+}
+
+interface Groupd {
+  openSession @0 (kind :SessionKind, node :NodeInfo, name :Text, clusterId :Text)
+      -> (session :UInt64, leaseMs :UInt32);
+  # clusterId: the cluster a storage node's store belongs to ("" for a new store). A storage
+  # node whose store belongs to another cluster is refused with wrongCluster.
+
+  keepalive @1 (session :UInt64) -> ();
+  closeSession @2 (session :UInt64) -> ();
+
+  propose @3 (session :UInt64, payload :Data) -> (seq :UInt64);
+  # A user broadcast: one entry in the total order.
+
+  watch @4 (fromSeq :UInt64, maxEntries :UInt32, waitMs :UInt32)
+      -> (events :List(Event), nextSeq :UInt64);
+  # Long poll: events with seq >= fromSeq, waiting up to waitMs for the first one.
+  # Fails with `compacted` if fromSeq is older than what this groupd still keeps.
+
+  info @5 () -> (info :ClusterInfo);
+
+  format @6 (copies :UInt8, objectSizeShift :UInt8, voters :UInt8, force :Bool)
+      -> (config :ClusterConfig);
+  shutdown @7 () -> ();
+  recoverForce @8 () -> ();
+
+  lock @9 (session :UInt64, vdi :Text) -> (lock :Lock);
+  unlock @10 (session :UInt64, vdi :Text, force :Bool) -> ();
+
+  # --- between groupd instances ---
+  raft @11 (kind :RaftKind, body :Data) -> (body :Data);
+  # One openraft RPC, its request and response serialized by groupd itself.
+  enum RaftKind {
+    appendEntries @0;
+    vote @1;
+    installSnapshot @2;
+  }
+
+  addMember @12 (raftId :UInt64, addr :Text) -> ();
+  # A new groupd asks to join the group; the master adds it as a member, then a voter while
+  # there are fewer voters than the cluster's `voters`.
+}
