@@ -64,10 +64,8 @@ impl EpochLog {
             Some(_) => return Err(EpochGap { have: self.current(), got: rec.epoch }),
             None => {}
         }
-        // A new history (after a format) starts again at epoch 1.
-        if rec.epoch == 1 {
-            self.records.clear();
-        } else if rec.epoch != self.current() + 1 {
+        // A forced re-format starts a new history: its holder resets the log on `Formatted`.
+        if rec.epoch != self.current() + 1 {
             return Err(EpochGap { have: self.current(), got: rec.epoch });
         }
         self.records.push(rec);

@@ -467,6 +467,71 @@ impl SessionKind {
     }
 }
 
+
+/// A groupd instance as `info` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub raft_id: u64,
+    pub addr: String,
+    pub role: MemberRole,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    /// The Raft leader: orders every change.
+    Master,
+    /// A voter ready to take over.
+    Submaster,
+    /// Non-voting: follows the log, serves reads, forwards writes.
+    Member,
+}
+
+/// A lock with its holder's name, for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub lock: Lock,
+    pub holder: String,
+}
+
+/// What `info` answers: the replicated state as the answering groupd has applied it, and
+/// the group's membership as that groupd sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub status: ClusterStatus,
+    pub config: Option<ClusterConfig>,
+    pub members: Vec<GroupMember>,
+    pub epochs: Vec<EpochRecord>,
+    pub sessions: Vec<Session>,
+    pub locks: Vec<LockInfo>,
+    pub missing: Vec<NodeInfo>,
+    pub applied_seq: u64,
+    pub answered_by: String,
+}
+
+impl GroupState {
+    /// The replicated part of [`ClusterInfo`]; the caller fills in members and its address.
+    pub fn info(&self) -> ClusterInfo {
+        ClusterInfo {
+            status: self.status,
+            config: self.config.clone(),
+            members: Vec::new(),
+            epochs: self.epochs.records().to_vec(),
+            sessions: self.sessions.values().cloned().collect(),
+            locks: self
+                .locks
+                .values()
+                .map(|l| LockInfo {
+                    lock: l.clone(),
+                    holder: self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default(),
+                })
+                .collect(),
+            missing: if self.status == ClusterStatus::Shutdown { self.missing_nodes() } else { Vec::new() },
+            applied_seq: self.next_seq - 1,
+            answered_by: String::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "group_tests.rs"]
 mod tests;

@@ -10,3 +10,5 @@ pub mod groupd_capnp {
 pub mod storaged_capnp {
     include!("generated/storaged_capnp.rs");
 }
+
+pub mod codec;

@@ -1,0 +1,297 @@
+//! The group state machine, driven by commands as the log would deliver them.
+
+use super::*;
+
+fn node(i: u32) -> NodeInfo {
+    NodeInfo { id: format!("127.0.0.{i}:7001"), addr: format!("127.0.0.{i}:7001"), zone: i, weight: 1 }
+}
+
+/// Applies commands with increasing log indexes and times, like a Raft log would.
+struct Log {
+    state: GroupState,
+    index: u64,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log { state: GroupState::default(), index: 0 }
+    }
+
+    fn apply(&mut self, op: Op) -> Result<Reply, GroupError> {
+        self.index += 1;
+        let cmd = Command { time_ms: self.index * 10, op };
+        self.state.apply(self.index, &cmd)
+    }
+
+    fn format(&mut self) -> ClusterConfig {
+        match self.apply(Op::Format {
+            cluster_id: "abc".into(),
+            copies: 3,
+            object_size_shift: 22,
+            voters: 3,
+            force: false,
+        }) {
+            Ok(Reply::Formatted(c)) => c,
+            other => panic!("format: {other:?}"),
+        }
+    }
+
+    fn join(&mut self, i: u32) -> SessionId {
+        self.join_store(i, "").expect("join")
+    }
+
+    fn join_store(&mut self, i: u32, store: &str) -> Result<SessionId, GroupError> {
+        match self.apply(Op::OpenSession { kind: SessionKind::Storage(node(i)), store_cluster: store.into() })? {
+            Reply::Session(id) => Ok(id),
+            other => panic!("join: {other:?}"),
+        }
+    }
+
+    fn client(&mut self, name: &str) -> SessionId {
+        match self.apply(Op::OpenSession { kind: SessionKind::Client { name: name.into() }, store_cluster: String::new() }) {
+            Ok(Reply::Session(id)) => id,
+            other => panic!("client: {other:?}"),
+        }
+    }
+
+    fn leave(&mut self, session: SessionId, expired: bool) {
+        self.apply(Op::CloseSession { session, expired }).expect("leave");
+    }
+
+    fn epoch_nodes(&self) -> Vec<String> {
+        self.state.epochs.latest().map(|e| e.nodes.iter().map(|n| n.id.clone()).collect()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn format_makes_epoch_one_of_the_nodes_present() {
+    let mut log = Log::new();
+    log.join(1);
+    log.join(2);
+    assert_eq!(log.state.epochs.current(), 0, "no epoch before format");
+    let c = log.format();
+    assert_eq!(c.cluster_id, "abc");
+    assert_eq!(log.state.status, ClusterStatus::Running);
+    assert_eq!(log.state.epochs.current(), 1);
+    assert_eq!(log.epoch_nodes().len(), 2);
+}
+
+#[test]
+fn format_twice_needs_force_and_restarts_the_history() {
+    let mut log = Log::new();
+    log.format();
+    log.join(1);
+    assert_eq!(log.state.epochs.current(), 2);
+    let again = log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: false });
+    assert_eq!(again, Err(GroupError::AlreadyFormatted("abc".into())));
+    assert_eq!(log.state.config.as_ref().unwrap().cluster_id, "abc", "a refused format changes nothing");
+    log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: true }).unwrap();
+    assert_eq!(log.state.config.as_ref().unwrap().copies, 2);
+    assert_eq!(log.state.epochs.current(), 1);
+    assert_eq!(log.epoch_nodes(), vec![node(1).id]);
+}
+
+#[test]
+fn format_refuses_bad_parameters() {
+    let mut log = Log::new();
+    for (copies, shift, voters) in [(0, 22, 3), (3, 12, 3), (3, 40, 3), (3, 22, 4)] {
+        let r = log.apply(Op::Format { cluster_id: "x".into(), copies, object_size_shift: shift, voters, force: false });
+        assert!(matches!(r, Err(GroupError::BadRequest(_))), "{copies} {shift} {voters}: {r:?}");
+    }
+    assert_eq!(log.state.status, ClusterStatus::Unformatted);
+}
+
+#[test]
+fn every_join_and_leave_makes_one_new_epoch() {
+    let mut log = Log::new();
+    log.format();
+    let a = log.join(1);
+    let _b = log.join(2);
+    let _c = log.join(3);
+    assert_eq!(log.state.epochs.current(), 4, "empty epoch 1 at format, then one per join");
+    log.leave(a, true);
+    assert_eq!(log.state.epochs.current(), 5);
+    assert_eq!(log.epoch_nodes(), vec![node(2).id, node(3).id]);
+    log.join(1);
+    assert_eq!(log.state.epochs.current(), 6);
+    assert_eq!(log.epoch_nodes().len(), 3);
+    // A client session is no membership change.
+    log.client("ctl");
+    assert_eq!(log.state.epochs.current(), 6);
+}
+
+#[test]
+fn a_restarted_node_replaces_its_old_session_in_one_epoch() {
+    let mut log = Log::new();
+    log.format();
+    let old = log.join(1);
+    let before = log.state.epochs.current();
+    let new = log.join(1);
+    assert_ne!(old, new);
+    assert!(!log.state.sessions.contains_key(&old));
+    assert_eq!(log.state.epochs.current(), before, "same node list: no new epoch");
+}
+
+#[test]
+fn foreign_store_is_refused_and_nothing_changes() {
+    let mut log = Log::new();
+    log.format();
+    let before = log.state.clone();
+    let r = log.join_store(1, "other");
+    assert!(matches!(r, Err(GroupError::WrongCluster { .. })), "{r:?}");
+    assert_eq!(log.state, before);
+    assert!(log.join_store(2, "abc").is_ok(), "own cluster id is welcome");
+}
+
+#[test]
+fn a_store_with_an_id_cannot_join_an_unformatted_cluster() {
+    let mut log = Log::new();
+    assert!(matches!(log.join_store(1, "old"), Err(GroupError::WrongCluster { .. })));
+}
+
+#[test]
+fn events_are_numbered_without_gaps() {
+    let mut log = Log::new();
+    log.format();
+    let s = log.join(1);
+    log.client("x");
+    log.apply(Op::Broadcast { session: s, payload: b"hi".to_vec() }).unwrap();
+    let events = log.state.events_from(1, 100).unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(log.state.next_seq(), seqs.len() as u64 + 1);
+    assert_eq!(log.state.events_from(3, 2).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert!(log.state.events_from(log.state.next_seq(), 10).unwrap().is_empty());
+}
+
+#[test]
+fn old_events_are_dropped_beyond_the_bound() {
+    let mut log = Log::new();
+    let s = log.client("x");
+    for _ in 0..EVENTS_KEPT + 10 {
+        log.apply(Op::Broadcast { session: s, payload: vec![] }).unwrap();
+    }
+    assert!(log.state.events_from(1, 1).is_err());
+    let oldest = log.state.next_seq() - EVENTS_KEPT as u64;
+    assert_eq!(log.state.events_from(oldest, 1).unwrap()[0].seq, oldest);
+}
+
+#[test]
+fn broadcast_needs_a_live_session() {
+    let mut log = Log::new();
+    assert_eq!(log.apply(Op::Broadcast { session: 9, payload: vec![] }), Err(GroupError::NoSession(9)));
+}
+
+#[test]
+fn locks_are_exclusive_fenced_and_released_with_the_session() {
+    let mut log = Log::new();
+    log.format();
+    let a = log.client("a");
+    let b = log.client("b");
+    let la = match log.apply(Op::Lock { session: a, vdi: "v".into() }) {
+        Ok(Reply::Locked(l)) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(la.token, log.index, "token is the granting log index");
+    assert!(matches!(log.apply(Op::Lock { session: b, vdi: "v".into() }), Err(GroupError::LockHeld { .. })));
+    assert!(matches!(log.apply(Op::Unlock { session: b, vdi: "v".into(), force: false }), Err(GroupError::NotLocked { .. })));
+    log.leave(a, true);
+    let lb = match log.apply(Op::Lock { session: b, vdi: "v".into() }) {
+        Ok(Reply::Locked(l)) => l,
+        other => panic!("{other:?}"),
+    };
+    assert!(lb.token > la.token, "tokens only grow");
+    log.apply(Op::Unlock { session: a, vdi: "v".into(), force: true }).unwrap();
+    assert!(log.state.locks.is_empty());
+}
+
+#[test]
+fn shutdown_then_every_node_back_resumes_in_the_same_epoch() {
+    let mut log = Log::new();
+    log.format();
+    for i in 1..=3 {
+        log.join(i);
+    }
+    let epoch = log.state.epochs.current();
+    log.apply(Op::Shutdown).unwrap();
+    assert_eq!(log.state.status, ClusterStatus::Shutdown);
+    assert!(log.state.sessions.is_empty());
+    assert_eq!(log.state.missing_nodes().len(), 3);
+    // Back in another order.
+    log.join(3);
+    log.join(1);
+    assert_eq!(log.state.status, ClusterStatus::Shutdown);
+    assert_eq!(log.state.missing_nodes(), vec![node(2)]);
+    log.join(2);
+    assert_eq!(log.state.status, ClusterStatus::Running);
+    assert_eq!(log.state.epochs.current(), epoch, "a plain restart makes no epoch");
+}
+
+#[test]
+fn recover_force_goes_on_without_the_missing() {
+    let mut log = Log::new();
+    log.format();
+    for i in 1..=3 {
+        log.join(i);
+    }
+    let epoch = log.state.epochs.current();
+    log.apply(Op::Shutdown).unwrap();
+    assert!(matches!(log.apply(Op::RecoverForce), Err(GroupError::BadRequest(_))), "nobody back yet");
+    log.join(1);
+    log.join(2);
+    log.apply(Op::RecoverForce).unwrap();
+    assert_eq!(log.state.status, ClusterStatus::Running);
+    assert_eq!(log.state.epochs.current(), epoch + 1);
+    assert_eq!(log.epoch_nodes(), vec![node(1).id, node(2).id]);
+    assert!(matches!(log.apply(Op::RecoverForce), Err(GroupError::BadRequest(_))), "running: nothing to do");
+}
+
+#[test]
+fn nothing_but_sessions_while_shut_down() {
+    let mut log = Log::new();
+    log.format();
+    log.join(1);
+    log.apply(Op::Shutdown).unwrap();
+    let c = log.client("x");
+    assert_eq!(log.apply(Op::Lock { session: c, vdi: "v".into() }), Err(GroupError::ShutDown));
+    assert_eq!(log.apply(Op::Shutdown), Err(GroupError::ShutDown));
+}
+
+#[test]
+fn same_commands_give_same_state_everywhere() {
+    // Determinism: two replicas applying the same log agree exactly (serialised form too).
+    let ops = || {
+        vec![
+            Op::OpenSession { kind: SessionKind::Storage(node(1)), store_cluster: String::new() },
+            Op::Format { cluster_id: "c".into(), copies: 3, object_size_shift: 22, voters: 3, force: false },
+            Op::OpenSession { kind: SessionKind::Storage(node(2)), store_cluster: "c".into() },
+            Op::OpenSession { kind: SessionKind::Client { name: "x".into() }, store_cluster: String::new() },
+            Op::Lock { session: 3, vdi: "v".into() },
+            Op::CloseSession { session: 1, expired: true },
+        ]
+    };
+    let mut a = Log::new();
+    let mut b = Log::new();
+    for (x, y) in ops().into_iter().zip(ops()) {
+        assert_eq!(a.apply(x), b.apply(y));
+    }
+    assert_eq!(a.state, b.state);
+    let ja = serde_json::to_string(&a.state).unwrap();
+    let back: GroupState = serde_json::from_str(&ja).unwrap();
+    assert_eq!(back, b.state, "a snapshot restores the same state");
+}
+
+#[test]
+fn info_lists_holders_and_missing_nodes() {
+    let mut log = Log::new();
+    log.format();
+    log.join(1);
+    let c = log.client("ublk-dev 7");
+    log.apply(Op::Lock { session: c, vdi: "v".into() }).unwrap();
+    let info = log.state.info();
+    assert_eq!(info.locks[0].holder, "ublk-dev 7");
+    assert!(info.missing.is_empty());
+    assert_eq!(info.applied_seq, log.state.next_seq() - 1);
+    log.apply(Op::Shutdown).unwrap();
+    assert_eq!(log.state.info().missing, vec![node(1)]);
+}

@@ -1,0 +1,84 @@
+//! Round trips: every core value written to a message and read back is the same value.
+
+use super::*;
+use capnp::message::{Builder, ReaderOptions};
+use capnp::serialize;
+
+fn node(i: u32) -> NodeInfo {
+    NodeInfo { id: format!("127.0.0.{i}:7001"), addr: format!("127.0.0.{i}:7001"), zone: i, weight: 2 }
+}
+
+fn round_trip_event(e: &Event) -> Event {
+    let mut msg = Builder::new_default();
+    write_event(msg.init_root::<event::Builder<'_>>(), e);
+    let bytes = serialize::write_message_to_words(&msg);
+    let reader = serialize::read_message(&mut bytes.as_slice(), ReaderOptions::new()).unwrap();
+    read_event(reader.get_root::<event::Reader<'_>>().unwrap()).unwrap()
+}
+
+#[test]
+fn every_event_kind_round_trips() {
+    let config = ClusterConfig {
+        cluster_id: "c0ffee".into(),
+        created_ms: 5,
+        copies: 3,
+        object_size_shift: 22,
+        voters: 3,
+    };
+    let kinds = vec![
+        EventKind::Formatted(config),
+        EventKind::Joined(Session { id: 4, kind: SessionKind::Storage(node(2)), opened_ms: 9 }),
+        EventKind::Joined(Session { id: 5, kind: SessionKind::Client { name: "ctl".into() }, opened_ms: 9 }),
+        EventKind::Left { session: 4, expired: true },
+        EventKind::Epoch(EpochRecord { epoch: 7, time_ms: 11, nodes: vec![node(1), node(2)] }),
+        EventKind::Broadcast { session: 5, payload: vec![1, 2, 3] },
+        EventKind::Locked(Lock { vdi: "disk0".into(), session: 5, token: 42 }),
+        EventKind::Unlocked { vdi: "disk0".into(), session: 5, forced: true },
+        EventKind::Shutdown,
+        EventKind::Resumed,
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let e = Event { seq: i as u64 + 1, time_ms: 1000 + i as u64, kind };
+        assert_eq!(round_trip_event(&e), e);
+    }
+}
+
+#[test]
+fn cluster_info_round_trips_with_and_without_config() {
+    let mut info = ClusterInfo {
+        status: ClusterStatus::Shutdown,
+        config: None,
+        members: vec![
+            GroupMember { raft_id: 1, addr: "127.0.0.1:7000".into(), role: MemberRole::Master },
+            GroupMember { raft_id: 2, addr: "127.0.0.2:7000".into(), role: MemberRole::Member },
+        ],
+        epochs: vec![EpochRecord { epoch: 1, time_ms: 3, nodes: vec![node(1)] }],
+        sessions: vec![Session { id: 1, kind: SessionKind::Storage(node(1)), opened_ms: 2 }],
+        locks: vec![LockInfo { lock: Lock { vdi: "v".into(), session: 1, token: 8 }, holder: "h".into() }],
+        missing: vec![node(3)],
+        applied_seq: 99,
+        answered_by: "127.0.0.1:7000".into(),
+    };
+    for config in [None, Some(ClusterConfig { cluster_id: "x".into(), created_ms: 1, copies: 2, object_size_shift: 20, voters: 5 })] {
+        info.config = config;
+        let mut msg = Builder::new_default();
+        write_cluster_info(msg.init_root::<cluster_info::Builder<'_>>(), &info);
+        let r = msg.get_root_as_reader::<cluster_info::Reader<'_>>().unwrap();
+        assert_eq!(read_cluster_info(r).unwrap(), info);
+    }
+}
+
+#[test]
+fn error_code_and_message_split_group_errors() {
+    let e = group_error(&GroupError::NoSession(3));
+    assert_eq!(error_code(&e), Some("noSession"));
+    assert_eq!(error_message(&e), "session 3 does not exist (expired or closed)");
+    let plain = capnp::Error::failed("connection reset: peer went away".into());
+    assert_eq!(error_code(&plain), None, "a code word has no spaces");
+    let remote = capnp::Error::failed("remote exception: lockHeld: VDI a is locked".into());
+    assert_eq!(error_code(&remote), Some("lockHeld"));
+    assert_eq!(error_message(&remote), "VDI a is locked");
+    let other = capnp::Error::failed("disconnected".into());
+    assert_eq!(error_code(&other), None);
+    assert_eq!(error_message(&other), "disconnected");
+}
