@@ -3,5 +3,8 @@
 
 pub mod epoch;
 pub mod group;
+pub mod inode;
 pub mod lease;
+pub mod object;
+pub mod placement;
 pub mod size;
