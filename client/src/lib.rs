@@ -1,1 +1,10 @@
 //! Client side of the cluster.
+//!
+//! [`group`]: the groupd client (sessions, proposals, cluster administration, the event
+//! watch), used by storaged, sheepctl and, later, the VDI engine.
+//!
+//! Everything here is built on capnp-rpc, which is `!Send`: use it from a tokio
+//! current-thread runtime inside a [`tokio::task::LocalSet`].
+
+pub mod group;
+pub mod rpc;

@@ -1,1 +1,94 @@
-fn main() {}
+//! sheepctl: the command line of Sheepdog in Rust.
+
+mod cli;
+mod cluster;
+mod local;
+mod node;
+mod output;
+mod procs;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use sheep_client::group::{self, GroupClient, Options};
+
+use crate::cli::{Cli, Cmd};
+
+fn main() {
+    // Printing into a closed pipe (`sheepctl cluster info | head -1`) ends the process
+    // quietly, as it does for other command-line tools, instead of a panic in println!.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => exit_clap(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Prints a command-line error as one line (help and version as clap does) and exits 2.
+fn exit_clap(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let _ = e.print();
+            std::process::exit(2);
+        }
+        _ => {
+            eprintln!("{}; see '{} --help'", cli::one_line(&e.to_string()), cli::command_path(std::env::args()));
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        match &cli.cmd {
+            Cmd::Cluster(c) => cluster::run(&client(&cli.groupd)?, c, cli.json).await,
+            Cmd::Node(n) => node::run(&cli.groupd, n, cli.json).await,
+            Cmd::Up(a) => local::up(a, cli.json).await,
+            Cmd::Down(a) => local::down(a, cli.json).await,
+        }
+    })
+}
+
+/// Time limits of one command: a groupd that does not answer is reported within 5 s.
+pub fn cli_options() -> Options {
+    Options {
+        connect_timeout: Duration::from_secs(1),
+        call_timeout: Duration::from_secs(2),
+        retry_for: Duration::from_millis(4200),
+        wait_for_groupd: false,
+    }
+}
+
+pub fn client(addrs: &str) -> Result<GroupClient> {
+    let list = group::parse_addrs(addrs);
+    if list.is_empty() {
+        anyhow::bail!("--groupd needs at least one address");
+    }
+    Ok(GroupClient::new(list, cli_options())?)
+}

@@ -27,10 +27,16 @@ pub fn group_error(e: &GroupError) -> capnp::Error {
 const REMOTE_PREFIX: &str = "remote exception: ";
 
 fn split_code(e: &capnp::Error) -> (Option<&str>, &str) {
-    let text = e.extra.strip_prefix(REMOTE_PREFIX).unwrap_or(&e.extra);
+    let text = e.extra.trim();
+    let text = text.strip_prefix(REMOTE_PREFIX).unwrap_or(text);
     match text.split_once(": ") {
-        Some((code, msg)) if !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric()) => {
-            (Some(code), msg)
+        // A code word is one identifier starting with a lower-case letter ("noSession"),
+        // unlike the capitalised sentences capnp-rpc itself produces.
+        Some((code, msg))
+            if code.starts_with(|c: char| c.is_ascii_lowercase())
+                && code.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            (Some(code), msg.trim())
         }
         _ => (None, text),
     }

@@ -78,6 +78,8 @@ fn error_code_and_message_split_group_errors() {
     let remote = capnp::Error::failed("remote exception: lockHeld: VDI a is locked".into());
     assert_eq!(error_code(&remote), Some("lockHeld"));
     assert_eq!(error_message(&remote), "VDI a is locked");
+    let capitalised = capnp::Error::failed("remote exception: Peer disconnected: x".into());
+    assert_eq!(error_code(&capitalised), None);
     let other = capnp::Error::failed("disconnected".into());
     assert_eq!(error_code(&other), None);
     assert_eq!(error_message(&other), "disconnected");

@@ -1,1 +1,214 @@
-fn main() {}
+//! storaged: the storage node daemon. This part: membership (join the cluster with a
+//! session, keep it alive, follow the epochs, keep a copy of the epoch history in the data
+//! dir, leave on SIGTERM) and the node's control API.
+
+mod membership;
+mod node;
+mod server;
+mod store_dir;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use sheep_client::group::{self, GroupClient, Options};
+use sheep_core::epoch::NodeInfo;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::membership::Outcome;
+use crate::node::Node;
+use crate::store_dir::StoreDir;
+
+/// The storage node daemon of Sheepdog in Rust.
+///
+/// Joins the cluster through groupd, keeps its session alive, and keeps a copy of the epoch
+/// history in its data dir. Stops by itself when the cluster is shut down; SIGTERM or
+/// SIGINT makes it leave the cluster and stop.
+#[derive(Parser, Debug)]
+#[command(name = "storaged", version)]
+struct Args {
+    /// Address ("ip:port") to serve the storaged API on; it is also the node's id
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// Data directory of the store (created if missing; must be writable)
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+
+    /// groupd addresses to join through, comma-separated ("ip:port,ip:port")
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    groupd: String,
+
+    /// Failure domain of the node: the replicas of one object go to distinct zones
+    #[arg(long, value_name = "Z", default_value_t = 0)]
+    zone: u32,
+
+    /// Relative capacity of the node (its share of the placement ring), at least 1
+    #[arg(long, value_name = "W", default_value_t = 1, value_parser = parse_weight)]
+    weight: u32,
+
+    /// How long to keep trying to join while groupd is unreachable or has no master, in
+    /// seconds; then the node gives up with an error
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    join_timeout: u64,
+}
+
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => exit_clap(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(args) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Prints a command-line error as one line (help and version as clap does) and exits.
+fn exit_clap(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        std::process::exit(0);
+    }
+    eprintln!("{}; see 'storaged --help'", one_line(&e.to_string()));
+    std::process::exit(2);
+}
+
+/// clap's message without its usage and tips, on one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn parse_weight(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(w) if w >= 1 => Ok(w),
+        _ => Err(format!("the weight must be a whole number from 1 to {}, not {s:?}", u32::MAX)),
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let addrs = group::parse_addrs(&args.groupd);
+    if addrs.is_empty() {
+        anyhow::bail!("--groupd needs at least one address");
+    }
+    let store = StoreDir::open(&args.data)?;
+    let id = args.listen.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        // Listen first: a node that cannot serve claims nothing in its store.
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let config = store.claim(&id)?;
+        let epochs = match store.load_epochs() {
+            Ok(log) => Some(log),
+            Err(e) => {
+                warn!("the local epoch history is unreadable ({e:#}); it is rebuilt from groupd after joining");
+                None
+            }
+        };
+        let info = NodeInfo { id: id.clone(), addr: id.clone(), zone: args.zone, weight: args.weight };
+        let node = Rc::new(Node::new(info, store, config, epochs));
+        info!(
+            "storaged {id} serving, data dir {}, cluster {}",
+            args.data.display(),
+            if node.cluster_id().is_empty() { "(none yet)".to_string() } else { node.cluster_id() }
+        );
+        tokio::task::spawn_local(server::serve(listener, node.clone()));
+
+        let opts = Options {
+            connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(3),
+            retry_for: Duration::from_secs(5),
+            wait_for_groupd: false,
+        };
+        let client = Rc::new(GroupClient::new(addrs, opts)?);
+        let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+        let join_for = Duration::from_secs(args.join_timeout);
+        tokio::select! {
+            r = membership::run(node.clone(), client.clone(), join_for) => {
+                match r? {
+                    Outcome::ClusterShutdown => info!("the cluster was shut down; storaged stops"),
+                }
+            }
+            _ = term.recv() => leave(&node, &client, "SIGTERM").await,
+            _ = int.recv() => leave(&node, &client, "SIGINT").await,
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Graceful leave: closes the session, so the cluster makes a new epoch at once instead of
+/// waiting for the lease to run out.
+async fn leave(node: &Node, client: &GroupClient, why: &str) {
+    let session = node.session();
+    if session == 0 {
+        info!("{why}: stopping (not joined)");
+        return;
+    }
+    info!("{why}: leaving the cluster (closing session {session})");
+    match tokio::time::timeout(Duration::from_secs(5), client.close_session(session)).await {
+        Ok(Ok(())) => info!("left the cluster"),
+        Ok(Err(e)) if e.is_code("noSession") => info!("session {session} was already gone"),
+        Ok(Err(e)) => warn!("could not close session {session}: {e}"),
+        Err(_) => warn!("could not close session {session}: groupd did not answer in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("storaged").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn parses_flags_with_defaults() {
+        let a = parse(&["--listen", "127.0.0.1:7001", "--data", "/tmp/x", "--groupd", "127.0.0.1:7000"]).unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!((a.zone, a.weight, a.join_timeout), (0, 1, 60));
+    }
+
+    #[test]
+    fn refuses_bad_flags_on_one_line() {
+        for bad in [
+            &["--listen", "nowhere", "--data", "/x", "--groupd", "a:1"][..],
+            &["--listen", "127.0.0.1:1", "--data", "/x", "--groupd", "a:1", "--weight", "0"],
+            &["--listen", "127.0.0.1:1", "--data", "/x"],
+            &["--listen", "127.0.0.1:1", "--data", "/x", "--groupd", "a:1", "--bogus"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            let line = one_line(&e.to_string());
+            assert!(line.starts_with("error: ") && !line.contains('\n'), "{line}");
+        }
+        let e = parse(&["--listen", "127.0.0.1:1", "--data", "/x"]).unwrap_err();
+        assert!(one_line(&e.to_string()).contains("--groupd"));
+    }
+}

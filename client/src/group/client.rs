@@ -1,0 +1,311 @@
+//! [`GroupClient`]: typed calls to groupd, each bounded in time, moving to the next groupd
+//! when a connection fails.
+
+use std::future::Future;
+use std::time::Duration;
+
+use capnp::ErrorKind;
+use sheep_core::epoch::NodeInfo;
+use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, SessionId, SessionKind};
+use sheep_rpc::codec;
+use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
+use tokio::time::Instant;
+
+use super::conn::{Live, Pool};
+use super::{secs, Error};
+
+/// Time limits of a [`GroupClient`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// One connection attempt to one address.
+    pub connect_timeout: Duration,
+    /// One call on one connection (a watch gets its wait time on top).
+    pub call_timeout: Duration,
+    /// Everything one method may spend, retries on other addresses included (a watch gets
+    /// its wait time on top).
+    pub retry_for: Duration,
+    /// When no address at all can be reached: `false` fails the call at once (what a
+    /// command line wants), `true` keeps trying until `retry_for` is spent.
+    pub wait_for_groupd: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(15),
+            wait_for_groupd: false,
+        }
+    }
+}
+
+/// Pause between two tries; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// An attempt with less time than this left is not started; the previous error is returned.
+const MIN_CALL: Duration = Duration::from_millis(300);
+
+/// A client of the groupd group. Not `Send`: use it inside a `LocalSet`; share it with
+/// `Rc`. Calls that change state are forwarded by any groupd to the master, so any address
+/// will do. A call that fails because its connection broke or timed out, or because the
+/// group has no master yet (an election), is tried again, on the next address for a broken
+/// connection, until [`Options::retry_for`] is spent.
+///
+/// A call retried after its connection broke may have been applied already; calls that
+/// create something (`open_session`, `propose`) can then happen twice.
+pub struct GroupClient {
+    pool: Pool,
+    opts: Options,
+}
+
+enum Attempt {
+    /// Try again (after a pause), keeping this as the error to report if time runs out.
+    Retry(Error),
+    Fail(Error),
+}
+
+impl GroupClient {
+    /// A client of the groupd at `addrs` (at least one). Connects lazily, on the first call.
+    pub fn new(addrs: Vec<String>, opts: Options) -> Result<GroupClient, Error> {
+        if addrs.is_empty() {
+            return Err(Error::Usage("no groupd address given".into()));
+        }
+        Ok(GroupClient { pool: Pool::new(addrs), opts })
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        self.pool.addrs()
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The groupd this client is connected to, if it is.
+    pub fn connected_to(&self) -> Option<String> {
+        self.pool.current()
+    }
+
+    /// Runs `f` on a connection, with the retry rules above. `extra` is added to the time
+    /// limits (a watch's long-poll wait).
+    async fn call<T, F, Fut>(&self, what: &str, extra: Duration, f: F) -> Result<T, Error>
+    where
+        F: Fn(groupd::Client) -> Fut,
+        Fut: Future<Output = capnp::Result<T>>,
+    {
+        let deadline = Instant::now() + self.opts.retry_for + extra;
+        let mut backoff = FIRST_BACKOFF;
+        let mut last: Option<Error> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < MIN_CALL {
+                if let Some(e) = last.take() {
+                    return Err(e);
+                }
+            }
+            let attempt = match self.pool.get(self.opts.connect_timeout, deadline).await {
+                Err(e) if self.opts.wait_for_groupd => Attempt::Retry(e),
+                Err(e) => Attempt::Fail(e),
+                Ok(Live { addr, client, closed }) => {
+                    let limit = (self.opts.call_timeout + extra).min(left.max(MIN_CALL));
+                    let result = tokio::select! {
+                        r = tokio::time::timeout(limit, f(client)) => Some(r),
+                        () = closed => None,
+                    };
+                    match result {
+                        Some(Ok(Ok(v))) => return Ok(v),
+                        Some(Err(_)) => {
+                            tracing::debug!("{what}: groupd at {addr} did not answer within {}", secs(limit));
+                            self.pool.failed(&addr);
+                            Attempt::Retry(Error::Timeout { addr, after: limit })
+                        }
+                        Some(Ok(Err(e))) => self.classify(what, addr, e),
+                        None => {
+                            tracing::debug!("{what}: connection to groupd at {addr} closed under the call");
+                            Attempt::Retry(Error::Rpc { addr, message: "connection lost".into() })
+                        }
+                    }
+                }
+            };
+            match attempt {
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(e) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn classify(&self, what: &str, addr: String, e: capnp::Error) -> Attempt {
+        match e.kind {
+            ErrorKind::Disconnected => {
+                tracing::debug!("{what}: connection to groupd at {addr} lost: {}", e.extra);
+                self.pool.failed(&addr);
+                Attempt::Retry(Error::Rpc { addr, message: "connection lost".into() })
+            }
+            ErrorKind::Overloaded => Attempt::Retry(Error::from_capnp(&addr, &e)),
+            _ => {
+                let err = Error::from_capnp(&addr, &e);
+                if err.is_code("noMaster") {
+                    tracing::debug!("{what}: {err}");
+                    Attempt::Retry(err)
+                } else if err.code().is_none() && e.extra.contains("canceled") {
+                    // The connection's RPC system went away under the call.
+                    self.pool.failed(&addr);
+                    Attempt::Retry(err)
+                } else {
+                    Attempt::Fail(err)
+                }
+            }
+        }
+    }
+
+    /// The cluster as the answering groupd has applied it.
+    pub async fn info(&self) -> Result<ClusterInfo, Error> {
+        self.call("info", Duration::ZERO, |c| async move {
+            let resp = c.info_request().send().promise.await?;
+            codec::read_cluster_info(resp.get()?.get_info()?)
+        })
+        .await
+    }
+
+    /// Formats the cluster (`force`: even if it is formatted already).
+    pub async fn format(&self, copies: u8, object_size_shift: u8, voters: u8, force: bool) -> Result<ClusterConfig, Error> {
+        self.call("format", Duration::ZERO, |c| async move {
+            let mut req = c.format_request();
+            let mut p = req.get();
+            p.set_copies(copies);
+            p.set_object_size_shift(object_size_shift);
+            p.set_voters(voters);
+            p.set_force(force);
+            let resp = req.send().promise.await?;
+            codec::read_config(resp.get()?.get_config()?)
+        })
+        .await
+    }
+
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.call("shutdown", Duration::ZERO, |c| async move {
+            c.shutdown_request().send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn recover_force(&self) -> Result<(), Error> {
+        self.call("recover force", Duration::ZERO, |c| async move {
+            c.recover_force_request().send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Opens a session; `store_cluster_id` is the cluster a storage node's store belongs to
+    /// ("" for a new store, or a client). Returns the session and its lease.
+    pub async fn open_session(&self, kind: &SessionKind, store_cluster_id: &str) -> Result<(SessionId, Duration), Error> {
+        self.call("open session", Duration::ZERO, |c| async move {
+            let mut req = c.open_session_request();
+            let mut p = req.get();
+            match kind {
+                SessionKind::Storage(node) => {
+                    p.set_kind(WireKind::Storage);
+                    codec::write_node(p.reborrow().init_node(), node);
+                }
+                SessionKind::Client { name } => {
+                    p.set_kind(WireKind::Client);
+                    p.set_name(name.as_str());
+                }
+            }
+            p.set_cluster_id(store_cluster_id);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            Ok((r.get_session(), Duration::from_millis(u64::from(r.get_lease_ms()))))
+        })
+        .await
+    }
+
+    /// Opens a storage session for `node`.
+    pub async fn join(&self, node: &NodeInfo, store_cluster_id: &str) -> Result<(SessionId, Duration), Error> {
+        self.open_session(&SessionKind::Storage(node.clone()), store_cluster_id).await
+    }
+
+    pub async fn keepalive(&self, session: SessionId) -> Result<(), Error> {
+        self.call("keepalive", Duration::ZERO, |c| async move {
+            let mut req = c.keepalive_request();
+            req.get().set_session(session);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn close_session(&self, session: SessionId) -> Result<(), Error> {
+        self.call("close session", Duration::ZERO, |c| async move {
+            let mut req = c.close_session_request();
+            req.get().set_session(session);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A user broadcast: one entry of the total order. Returns its sequence number.
+    pub async fn propose(&self, session: SessionId, payload: &[u8]) -> Result<u64, Error> {
+        self.call("propose", Duration::ZERO, |c| async move {
+            let mut req = c.propose_request();
+            req.get().set_session(session);
+            req.get().set_payload(payload);
+            let resp = req.send().promise.await?;
+            Ok(resp.get()?.get_seq())
+        })
+        .await
+    }
+
+    /// Events with `seq >= from`, at most `max`, waiting up to `wait` for the first one.
+    /// Returns them and the sequence number to ask for next. Prefer [`super::Watcher`],
+    /// which checks the order.
+    pub async fn watch(&self, from: u64, max: u32, wait: Duration) -> Result<(Vec<Event>, u64), Error> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        self.call("watch", wait, |c| async move {
+            let mut req = c.watch_request();
+            let mut p = req.get();
+            p.set_from_seq(from);
+            p.set_max_entries(max);
+            p.set_wait_ms(wait_ms);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            Ok((codec::read_events(r.get_events()?)?, r.get_next_seq()))
+        })
+        .await
+    }
+
+    pub async fn lock(&self, session: SessionId, vdi: &str) -> Result<LockInfo, Error> {
+        self.call("lock", Duration::ZERO, |c| async move {
+            let mut req = c.lock_request();
+            req.get().set_session(session);
+            req.get().set_vdi(vdi);
+            let resp = req.send().promise.await?;
+            codec::read_lock_info(resp.get()?.get_lock()?)
+        })
+        .await
+    }
+
+    pub async fn unlock(&self, session: SessionId, vdi: &str, force: bool) -> Result<(), Error> {
+        self.call("unlock", Duration::ZERO, |c| async move {
+            let mut req = c.unlock_request();
+            let mut p = req.get();
+            p.set_session(session);
+            p.set_vdi(vdi);
+            p.set_force(force);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+}

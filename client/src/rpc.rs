@@ -1,0 +1,126 @@
+//! One Cap'n Proto RPC connection over TCP (two-party, this side the client).
+//!
+//! The RPC system runs as a task of the current [`tokio::task::LocalSet`]; dropping the
+//! [`Connection`] stops it and closes the socket.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use tokio::net::TcpStream;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// A live connection and the remote's bootstrap capability.
+pub struct Connection<C> {
+    addr: String,
+    client: C,
+    alive: Rc<Cell<bool>>,
+    /// Set to true when the connection ends or is dropped.
+    closed: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<C: Clone> Connection<C> {
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The remote's bootstrap capability.
+    pub fn client(&self) -> C {
+        self.client.clone()
+    }
+
+    /// False once the connection ended (peer closed it, or a protocol error).
+    pub fn is_alive(&self) -> bool {
+        self.alive.get()
+    }
+
+    /// Resolves when the connection ends or is dropped: a call waiting on it can give up
+    /// (capnp-rpc may leave such calls waiting until their own timeout).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut rx = self.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+}
+
+impl<C> Drop for Connection<C> {
+    fn drop(&mut self) {
+        self.closed.send_replace(true);
+        self.task.abort();
+    }
+}
+
+/// Connects to `addr` within `timeout` and bootstraps its capability. Must be called from
+/// inside a `LocalSet`. The error is a short reason for people ("connection refused",
+/// "timed out after 1.0 s").
+pub async fn connect<C>(addr: &str, timeout: Duration) -> Result<Connection<C>, String>
+where
+    C: capnp::capability::FromClientHook,
+{
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(format!("timed out after {}", crate::group::secs(timeout))),
+        Ok(Err(e)) => return Err(io_reason(&e)),
+        Ok(Ok(s)) => s,
+    };
+    stream.set_nodelay(true).map_err(|e| io_reason(&e))?;
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufWriter::new(writer.compat_write()),
+        rpc_twoparty_capnp::Side::Client,
+        Default::default(),
+    );
+    let mut system = RpcSystem::new(Box::new(network), None);
+    let client: C = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+    let alive = Rc::new(Cell::new(true));
+    let flag = alive.clone();
+    let (closed, _) = tokio::sync::watch::channel(false);
+    let on_end = closed.clone();
+    let task = tokio::task::spawn_local(async move {
+        if let Err(e) = system.await {
+            tracing::debug!("rpc connection ended: {e}");
+        }
+        flag.set(false);
+        on_end.send_replace(true);
+    });
+    Ok(Connection { addr: addr.to_string(), client, alive, closed, task })
+}
+
+/// Serves `bootstrap` on one accepted socket until the peer goes away. Must be called from
+/// inside a `LocalSet`.
+pub async fn serve(stream: TcpStream, bootstrap: capnp::capability::Client) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("set_nodelay: {e}");
+    }
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufWriter::new(writer.compat_write()),
+        rpc_twoparty_capnp::Side::Server,
+        Default::default(),
+    );
+    let system = RpcSystem::new(Box::new(network), Some(bootstrap));
+    if let Err(e) = system.await {
+        tracing::debug!("rpc connection ended: {e}");
+    }
+}
+
+/// A short reason for a socket error, for people.
+pub fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        _ => {
+            let s = e.to_string();
+            // "failed to lookup address information: Name or service not known"
+            s.split(" (os error").next().unwrap_or(&s).to_string()
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `sheepctl node …`.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+use sheep_client::rpc;
+use sheep_core::epoch::EpochRecord;
+use sheep_core::group::ClusterInfo;
+use sheep_rpc::codec;
+use sheep_rpc::storaged_capnp::storaged;
+
+use crate::cli::NodeCmd;
+use crate::output::{list, print_json, table, time};
+
+pub const HEADERS: &[&str] = &["ID", "ADDR", "ZONE", "WEIGHT", "STATE", "SESSION"];
+
+/// A storage node as `node list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRow {
+    pub id: String,
+    pub addr: String,
+    pub zone: u32,
+    pub weight: u32,
+    /// `up`: in the current epoch with a live session; `down`: in the current epoch
+    /// without one (a shut-down cluster waiting for it); `joining`: a live session, not in
+    /// the current epoch (yet).
+    pub state: &'static str,
+    /// Its live storage session, if any.
+    pub session: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct NodeList {
+    epoch: u32,
+    nodes: Vec<NodeRow>,
+}
+
+pub async fn run(groupd: &str, cmd: &NodeCmd, json: bool) -> Result<()> {
+    match cmd {
+        NodeCmd::Epochs { addr } => epochs(addr, json).await,
+        NodeCmd::List => {
+            let info = crate::client(groupd)?.info().await?;
+            let (epoch, nodes) = rows(&info);
+            if json {
+                print_json(&NodeList { epoch, nodes })
+            } else {
+                if nodes.is_empty() {
+                    println!("no storage nodes (epoch {epoch})");
+                } else {
+                    print!("{}", table("", HEADERS, &cells(&nodes)));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `node epochs ADDR`: the history as the storage node itself keeps it.
+async fn epochs(addr: &str, json: bool) -> Result<()> {
+    let conn = rpc::connect::<storaged::Client>(addr, Duration::from_secs(1))
+        .await
+        .map_err(|reason| anyhow!("cannot reach storaged at {addr} ({reason})"))?;
+    let ask = async {
+        let client = conn.client();
+        let status = client.status_request().send().promise.await?;
+        let st = status.get()?.get_status()?;
+        let cluster = st.get_cluster_id()?.to_string()?;
+        let (session, joined) = (st.get_session(), st.get_joined());
+        let resp = client.epoch_log_request().send().promise.await?;
+        let epochs = codec::read_epochs(resp.get()?.get_epochs()?)?;
+        capnp::Result::Ok((cluster, session, joined, epochs))
+    };
+    let (cluster, session, joined, epochs) = tokio::time::timeout(Duration::from_secs(3), ask)
+        .await
+        .map_err(|_| anyhow!("storaged at {addr} did not answer within 3 s"))?
+        .map_err(|e| anyhow!("storaged at {addr}: {}", e.extra))?;
+    if json {
+        return print_json(&epochs);
+    }
+    let cluster = if cluster.is_empty() { "none yet".to_string() } else { cluster };
+    let state = if joined { format!("joined, session {session}") } else { "not joined".to_string() };
+    println!("storage node {addr} (cluster {cluster}, {state}): epoch history, newest first");
+    print!("{}", epoch_table("", &epochs));
+    Ok(())
+}
+
+/// An epoch history as a table, newest first.
+pub fn epoch_table(indent: &str, epochs: &[EpochRecord]) -> String {
+    if epochs.is_empty() {
+        return format!("{indent}(none)\n");
+    }
+    let rows: Vec<Vec<String>> = epochs
+        .iter()
+        .rev()
+        .map(|e| {
+            let ids: Vec<String> = e.nodes.iter().map(|n| n.id.clone()).collect();
+            vec![e.epoch.to_string(), time(e.time_ms), list(&ids)]
+        })
+        .collect();
+    table(indent, &["EPOCH", "TIME", "NODES"], &rows)
+}
+
+/// The nodes of the current epoch and the ones with a live session, by id.
+pub fn rows(info: &ClusterInfo) -> (u32, Vec<NodeRow>) {
+    let latest = info.epochs.last();
+    let epoch = latest.map_or(0, |e| e.epoch);
+    let session_of = |id: &str| info.sessions.iter().find(|s| s.node().is_some_and(|n| n.id == id)).map(|s| s.id);
+    let mut out: Vec<NodeRow> = Vec::new();
+    for n in latest.map(|e| e.nodes.as_slice()).unwrap_or_default() {
+        let session = session_of(&n.id);
+        out.push(NodeRow {
+            id: n.id.clone(),
+            addr: n.addr.clone(),
+            zone: n.zone,
+            weight: n.weight,
+            state: if session.is_some() { "up" } else { "down" },
+            session,
+        });
+    }
+    for s in &info.sessions {
+        if let Some(n) = s.node() {
+            if !out.iter().any(|r| r.id == n.id) {
+                out.push(NodeRow {
+                    id: n.id.clone(),
+                    addr: n.addr.clone(),
+                    zone: n.zone,
+                    weight: n.weight,
+                    state: "joining",
+                    session: Some(s.id),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    (epoch, out)
+}
+
+pub fn cells(rows: &[NodeRow]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.addr.clone(),
+                r.zone.to_string(),
+                r.weight.to_string(),
+                r.state.to_string(),
+                r.session.map_or("-".into(), |s| s.to_string()),
+            ]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sheep_core::epoch::{EpochRecord, NodeInfo};
+    use sheep_core::group::{ClusterStatus, Session, SessionKind};
+
+    fn node(n: u8) -> NodeInfo {
+        let id = format!("127.0.0.{n}:7001");
+        NodeInfo { id: id.clone(), addr: id, zone: 0, weight: 1 }
+    }
+
+    #[test]
+    fn states_of_nodes() {
+        let info = ClusterInfo {
+            status: ClusterStatus::Shutdown,
+            config: None,
+            members: vec![],
+            epochs: vec![EpochRecord { epoch: 5, time_ms: 0, nodes: vec![node(2), node(1)] }],
+            sessions: vec![
+                Session { id: 8, kind: SessionKind::Storage(node(1)), opened_ms: 0 },
+                Session { id: 9, kind: SessionKind::Storage(node(3)), opened_ms: 0 },
+            ],
+            locks: vec![],
+            missing: vec![node(2)],
+            applied_seq: 0,
+            answered_by: String::new(),
+        };
+        let (epoch, rows) = rows(&info);
+        assert_eq!(epoch, 5);
+        let states: Vec<(&str, &str, Option<u64>)> = rows.iter().map(|r| (r.id.as_str(), r.state, r.session)).collect();
+        assert_eq!(
+            states,
+            vec![("127.0.0.1:7001", "up", Some(8)), ("127.0.0.2:7001", "down", None), ("127.0.0.3:7001", "joining", Some(9))]
+        );
+        assert_eq!(
+            table("", HEADERS, &cells(&rows)),
+            "\
+ID              ADDR            ZONE  WEIGHT  STATE    SESSION
+127.0.0.1:7001  127.0.0.1:7001  0     1       up       8
+127.0.0.2:7001  127.0.0.2:7001  0     1       down     -
+127.0.0.3:7001  127.0.0.3:7001  0     1       joining  9
+"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! A cluster of real processes for one test: groupd and storaged instances on their own
+//! loopback addresses, `sheepctl` run against them.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sheep_core::group::{ClusterInfo, ClusterStatus, MemberRole};
+
+use crate::daemon::{bin, Daemon};
+use crate::wait::wait_until;
+
+/// Every wait on the cluster is bounded by this unless a test says otherwise.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    /// This cluster's addresses are 127.net[0].net[1].N.
+    net: [u8; 2],
+    pub lease_ms: u64,
+    pub groupds: Vec<Daemon>,
+    pub groupd_addrs: Vec<String>,
+    pub storageds: Vec<Daemon>,
+    pub storaged_addrs: Vec<String>,
+}
+
+/// A free TCP port on `ip`, found by binding port 0 (the daemon binds it right after).
+fn free_port(ip: Ipv4Addr) -> u16 {
+    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    l.local_addr().expect("local_addr").port()
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("sheep-test-").tempdir().expect("tempdir");
+        // A block of loopback addresses unlikely to be used by a concurrent test.
+        let seed = std::process::id() as u64 ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let h = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let net = [(h >> 40) as u8 % 200 + 20, (h >> 48) as u8 % 250 + 1];
+        Cluster {
+            dir,
+            net,
+            lease_ms: 3000,
+            groupds: Vec::new(),
+            groupd_addrs: Vec::new(),
+            storageds: Vec::new(),
+            storaged_addrs: Vec::new(),
+        }
+    }
+
+    fn ip(&self, n: usize) -> Ipv4Addr {
+        assert!((1..255).contains(&n), "node number {n} out of range");
+        Ipv4Addr::new(127, self.net[0], self.net[1], n as u8)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Starts groupd number `len + 1`; all but the first join the first one.
+    pub fn add_groupd(&mut self) -> usize {
+        let n = self.groupds.len() + 1;
+        let ip = self.ip(n);
+        let addr = format!("{ip}:{}", free_port(ip));
+        let mut args = vec![
+            "--listen".to_string(),
+            addr.clone(),
+            "--data".into(),
+            self.path(&format!("groupd{n}")).display().to_string(),
+            "--lease-ms".into(),
+            self.lease_ms.to_string(),
+        ];
+        if let Some(first) = self.groupd_addrs.first() {
+            args.push("--join".into());
+            args.push(first.clone());
+        }
+        let log = self.path(&format!("groupd{n}.log"));
+        self.groupds.push(Daemon::start("groupd", args, log));
+        self.groupd_addrs.push(addr);
+        n - 1
+    }
+
+    /// Starts storaged number `len + 1` (zone = its number) pointed at every groupd.
+    pub fn add_storaged(&mut self) -> usize {
+        let n = self.storageds.len() + 1;
+        let ip = self.ip(n);
+        let addr = format!("{ip}:{}", free_port(ip));
+        let args = vec![
+            "--listen".to_string(),
+            addr.clone(),
+            "--data".into(),
+            self.path(&format!("storaged{n}")).display().to_string(),
+            "--groupd".into(),
+            self.groupd_addrs.join(","),
+            "--zone".into(),
+            n.to_string(),
+        ];
+        let log = self.path(&format!("storaged{n}.log"));
+        self.storageds.push(Daemon::start("storaged", args, log));
+        self.storaged_addrs.push(addr);
+        n - 1
+    }
+
+    /// `sheepctl --groupd <addrs> args…`.
+    pub fn ctl_at(&self, groupd: &str, args: &[&str]) -> Output {
+        Command::new(bin("sheepctl"))
+            .arg("--groupd")
+            .arg(groupd)
+            .args(args)
+            .output()
+            .expect("run sheepctl")
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_at(&self.groupd_addrs.join(","), args)
+    }
+
+    /// Runs sheepctl and returns its stdout; panics with its stderr if it failed.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "sheepctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `cluster info` as answered by groupd `i` alone.
+    pub fn info_from(&self, i: usize) -> Result<ClusterInfo, String> {
+        let out = self.ctl_at(&self.groupd_addrs[i], &["--json", "cluster", "info"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON from cluster info: {e}"))
+    }
+
+    pub fn info(&self) -> ClusterInfo {
+        let out = self.ctl_ok(&["--json", "cluster", "info"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from cluster info: {e}: {out}"))
+    }
+
+    /// Waits until groupd `i` sees a master and `voters` voters in all; returns its info.
+    pub fn wait_group(&self, i: usize, members: usize, voters: usize) -> ClusterInfo {
+        wait_until(TIMEOUT, &format!("groupd {i} to see {members} members, {voters} voters"), || {
+            let info = self.info_from(i)?;
+            let masters = info.members.iter().filter(|m| m.role == MemberRole::Master).count();
+            let subs = info.members.iter().filter(|m| m.role == MemberRole::Submaster).count();
+            if masters == 1 && info.members.len() == members && masters + subs == voters {
+                Ok(info)
+            } else {
+                Err(format!("{:?}", info.members))
+            }
+        })
+    }
+
+    /// Waits until groupd `i` has applied an epoch with exactly `nodes` storage nodes and
+    /// status `status`; returns its info.
+    pub fn wait_epoch_nodes(&self, i: usize, nodes: usize, status: ClusterStatus) -> ClusterInfo {
+        wait_until(TIMEOUT, &format!("an epoch of {nodes} nodes, {status:?}, on groupd {i}"), || {
+            let info = self.info_from(i)?;
+            let n = info.epochs.last().map_or(0, |e| e.nodes.len());
+            if n == nodes && info.status == status {
+                Ok(info)
+            } else {
+                Err(format!("status {:?}, last epoch {:?}", info.status, info.epochs.last()))
+            }
+        })
+    }
+
+    /// Index of the groupd that is master now, as seen by groupd `seen_by`.
+    pub fn master(&self, seen_by: usize) -> Option<usize> {
+        let info = self.info_from(seen_by).ok()?;
+        let m = info.members.iter().find(|m| m.role == MemberRole::Master)?;
+        self.groupd_addrs.iter().position(|a| *a == m.addr)
+    }
+
+    /// The last lines of every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for d in self.groupds.iter().chain(&self.storageds) {
+            s.push_str(&format!("--- {} {:?}\n{}\n", d.name, d.args.get(1), d.log_tail()));
+        }
+        s
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
+}

@@ -1,0 +1,85 @@
+//! Bad input gets one clear line on stderr and a non-zero exit; nothing panics or hangs.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use sheep_tests::{bin, Cluster};
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(bin(program)).args(args).output().expect("run")
+}
+
+fn assert_clear_failure(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "no panic: {err}");
+}
+
+#[test]
+fn unreachable_groupd_fails_fast_naming_the_address() {
+    // A port on our own loopback block where nothing listens.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let start = Instant::now();
+    let out = run("sheepctl", &["--groupd", &addr, "cluster", "info"]);
+    assert!(start.elapsed() < Duration::from_secs(6), "took {:?}", start.elapsed());
+    assert_clear_failure(&out, &addr);
+}
+
+#[test]
+fn malformed_flags_and_sizes_are_refused() {
+    let out = run("sheepctl", &["--groupd", "127.0.0.1:1", "cluster", "format", "--object-size", "4X"]);
+    assert_clear_failure(&out, "4X");
+    let out = run("sheepctl", &["--groupd", "127.0.0.1:1", "cluster", "format", "--object-size", "3M"]);
+    assert_clear_failure(&out, "power of two");
+    let out = run("sheepctl", &["--groupd", "127.0.0.1:1", "cluster", "format", "--copies", "zero"]);
+    assert_clear_failure(&out, "zero");
+    let out = run("sheepctl", &["cluster", "--no-such-flag"]);
+    assert_clear_failure(&out, "--no-such-flag");
+    let out = run("groupd", &["--listen", "not-an-address", "--data", "/tmp/x"]);
+    assert_clear_failure(&out, "not-an-address");
+    let out = run("storaged", &["--listen", "127.0.0.1:1", "--data", "/tmp/x", "--groupd", "127.0.0.1:2", "--weight", "-3"]);
+    assert_clear_failure(&out, "-3");
+}
+
+#[test]
+fn format_of_a_formatted_cluster_needs_force() {
+    let mut c = Cluster::new();
+    c.add_groupd();
+    c.wait_group(0, 1, 1);
+    c.ctl_ok(&["cluster", "format"]);
+    let id = c.info().config.unwrap().cluster_id;
+    let out = c.ctl(&["cluster", "format"]);
+    assert_clear_failure(&out, "--force");
+    assert_eq!(c.info().config.unwrap().cluster_id, id, "nothing changed");
+    c.ctl_ok(&["cluster", "format", "--force", "--copies", "2"]);
+    let info = c.info();
+    assert_ne!(info.config.as_ref().unwrap().cluster_id, id);
+    assert_eq!(info.config.unwrap().copies, 2);
+}
+
+#[test]
+fn storaged_refuses_a_data_dir_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let data = file.join("store");
+    let out = run(
+        "storaged",
+        &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--groupd", "127.0.0.1:1"],
+    );
+    assert_clear_failure(&out, "a-file");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+#[test]
+fn groupd_refuses_a_data_dir_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let data = file.join("g");
+    let out = run("groupd", &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()]);
+    assert_clear_failure(&out, "a-file");
+}
