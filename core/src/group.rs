@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::epoch::{EpochLog, EpochRecord, NodeInfo};
+use crate::epoch::{Epoch, EpochLog, EpochRecord, NodeInfo};
+use crate::namespace::{Namespace, NamespaceError, VdiEntry};
 
 pub type SessionId = u64;
 
@@ -99,6 +100,11 @@ pub enum Op {
     Unlock { session: SessionId, vdi: String, force: bool },
     Shutdown,
     RecoverForce,
+    /// `copies` 0: the cluster's default.
+    VdiCreate { name: String, size: u64, copies: u8 },
+    VdiDelete { name: String },
+    /// A storage node holds every object it owns in `epoch`.
+    RecoveryDone { session: SessionId, epoch: Epoch },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +118,11 @@ pub enum EventKind {
     Unlocked { vdi: String, session: SessionId, forced: bool },
     Shutdown,
     Resumed,
+    VdiCreated(VdiEntry),
+    VdiDeleted(VdiEntry),
+    Recovered { node: String, epoch: Epoch },
+    /// Every node of `epoch` has recovered: stale copies may be purged.
+    RecoveryComplete(Epoch),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +140,7 @@ pub enum Reply {
     Session(SessionId),
     Seq(u64),
     Locked(Lock),
+    Vdi(VdiEntry),
 }
 
 /// A refused command. Refusals are part of the total order too: every groupd refuses the
@@ -151,6 +163,8 @@ pub enum GroupError {
     ShutDown,
     #[error("badRequest: {0}")]
     BadRequest(String),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +174,9 @@ pub struct GroupState {
     pub sessions: BTreeMap<SessionId, Session>,
     pub epochs: EpochLog,
     pub locks: BTreeMap<String, Lock>,
+    pub vdis: Namespace,
+    /// Nodes of the current epoch that reported their recovery done.
+    pub recovered: std::collections::BTreeSet<String>,
     next_session: SessionId,
     /// Sequence number the next event gets; events are numbered from 1.
     next_seq: u64,
@@ -175,6 +192,8 @@ impl Default for GroupState {
             sessions: BTreeMap::new(),
             epochs: EpochLog::default(),
             locks: BTreeMap::new(),
+            vdis: Namespace::default(),
+            recovered: Default::default(),
             next_session: 1,
             next_seq: 1,
             events: VecDeque::new(),
@@ -204,6 +223,26 @@ impl GroupState {
             Op::Unlock { session, vdi, force } => self.unlock(t, *session, vdi, *force),
             Op::Shutdown => self.shutdown(t),
             Op::RecoverForce => self.recover_force(t),
+            Op::VdiCreate { name, size, copies } => {
+                let config = self.running_config()?;
+                let copies = if *copies == 0 { config.copies } else { *copies };
+                let shift = config.object_size_shift;
+                let entry = self.vdis.create(name, *size, copies, shift, t)?;
+                self.emit(t, EventKind::VdiCreated(entry.clone()));
+                Ok(Reply::Vdi(entry))
+            }
+            Op::VdiDelete { name } => {
+                self.running()?;
+                if self.locks.contains_key(name) {
+                    let l = &self.locks[name];
+                    let holder = self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
+                    return Err(GroupError::LockHeld { vdi: name.clone(), session: l.session, holder });
+                }
+                let entry = self.vdis.delete(name)?;
+                self.emit(t, EventKind::VdiDeleted(entry.clone()));
+                Ok(Reply::Vdi(entry))
+            }
+            Op::RecoveryDone { session, epoch } => self.recovery_done(t, *session, *epoch),
         }
     }
 
@@ -263,6 +302,7 @@ impl GroupState {
             return;
         }
         let rec = self.epochs.push(t, nodes);
+        self.recovered.clear();
         self.emit(t, EventKind::Epoch(rec));
     }
 
@@ -307,6 +347,7 @@ impl GroupState {
         self.status = ClusterStatus::Running;
         self.epochs = EpochLog::default();
         self.locks.clear();
+        self.vdis = Namespace::default();
         self.emit(t, EventKind::Formatted(config.clone()));
         self.maybe_new_epoch(t);
         Ok(Reply::Formatted(config))
@@ -450,6 +491,30 @@ impl GroupState {
                 Ok(Reply::Done)
             }
         }
+    }
+
+    fn running_config(&self) -> Result<ClusterConfig, GroupError> {
+        self.running()?;
+        self.config.clone().ok_or(GroupError::NotFormatted)
+    }
+
+    fn recovery_done(&mut self, t: u64, session: SessionId, epoch: Epoch) -> Result<Reply, GroupError> {
+        let node = self.session(session)?.node().cloned().ok_or_else(|| {
+            GroupError::BadRequest("only a storage node reports recovery".into())
+        })?;
+        let Some(current) = self.epochs.latest().cloned() else { return Err(GroupError::NotFormatted) };
+        // A report for an older epoch is outdated: the node recovers again for the new one.
+        if epoch != current.epoch || !current.nodes.iter().any(|n| n.id == node.id) {
+            return Ok(Reply::Done);
+        }
+        if self.recovered.insert(node.id.clone()) {
+            self.emit(t, EventKind::Recovered { node: node.id, epoch });
+            let all = current.nodes.iter().all(|n| self.recovered.contains(&n.id));
+            if all {
+                self.emit(t, EventKind::RecoveryComplete(epoch));
+            }
+        }
+        Ok(Reply::Done)
     }
 
     fn running(&self) -> Result<(), GroupError> {

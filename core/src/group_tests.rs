@@ -1,6 +1,7 @@
 //! The group state machine, driven by commands as the log would deliver them.
 
 use super::*;
+use crate::namespace::NamespaceError;
 
 fn node(i: u32) -> NodeInfo {
     NodeInfo { id: format!("127.0.0.{i}:7001"), addr: format!("127.0.0.{i}:7001"), zone: i, weight: 1 }
@@ -294,4 +295,52 @@ fn info_lists_holders_and_missing_nodes() {
     assert_eq!(info.applied_seq, log.state.next_seq() - 1);
     log.apply(Op::Shutdown).unwrap();
     assert_eq!(log.state.info().missing, vec![node(1)]);
+}
+
+#[test]
+fn vdis_are_created_with_cluster_defaults_and_deleted() {
+    let mut log = Log::new();
+    assert_eq!(
+        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }),
+        Err(GroupError::NotFormatted)
+    );
+    log.format();
+    let a = match log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }) {
+        Ok(Reply::Vdi(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((a.copies, a.object_size_shift), (3, 22));
+    assert!(matches!(
+        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 2 }),
+        Err(GroupError::Namespace(NamespaceError::Exists(_)))
+    ));
+    let c = log.client("ublk");
+    log.apply(Op::Lock { session: c, vdi: "a".into() }).unwrap();
+    assert!(matches!(log.apply(Op::VdiDelete { name: "a".into() }), Err(GroupError::LockHeld { .. })));
+    log.apply(Op::Unlock { session: c, vdi: "a".into(), force: false }).unwrap();
+    log.apply(Op::VdiDelete { name: "a".into() }).unwrap();
+    assert!(log.state.vdis.is_deleted(a.vid));
+    assert!(log.state.vdis.get("a").is_none());
+}
+
+#[test]
+fn recovery_completes_when_every_node_of_the_epoch_reported() {
+    let mut log = Log::new();
+    log.format();
+    let s1 = log.join(1);
+    let s2 = log.join(2);
+    let epoch = log.state.epochs.current();
+    log.apply(Op::RecoveryDone { session: s1, epoch: epoch - 1 }).unwrap();
+    assert!(log.state.recovered.is_empty(), "an outdated report counts for nothing");
+    log.apply(Op::RecoveryDone { session: s1, epoch }).unwrap();
+    log.apply(Op::RecoveryDone { session: s1, epoch }).unwrap();
+    let complete = |log: &Log| {
+        log.state.events_from(1, usize::MAX).unwrap().iter().any(|e| e.kind == EventKind::RecoveryComplete(epoch))
+    };
+    assert!(!complete(&log));
+    log.apply(Op::RecoveryDone { session: s2, epoch }).unwrap();
+    assert!(complete(&log));
+    // A new epoch starts the count again.
+    log.join(3);
+    assert!(log.state.recovered.is_empty());
 }

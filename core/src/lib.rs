@@ -5,6 +5,7 @@ pub mod epoch;
 pub mod group;
 pub mod inode;
 pub mod lease;
+pub mod namespace;
 pub mod object;
 pub mod placement;
 pub mod size;

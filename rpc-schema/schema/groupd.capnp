@@ -9,7 +9,7 @@
 # Errors are returned as capnp exceptions whose description starts with a stable code word
 # followed by ": " and a human sentence, e.g. "notFormatted: the cluster is not formatted".
 # Code words: notFormatted, alreadyFormatted, wrongCluster, noSession, lockHeld, notLocked,
-# shuttingDown, compacted, noMaster, badRequest.
+# shuttingDown, compacted, noMaster, badRequest, vdiExists, noVdi.
 
 struct NodeInfo {
   # A storage node (storaged) as it appears in an epoch's node list.
@@ -83,6 +83,17 @@ struct ClusterInfo {
   answeredBy @8 :Text;
 }
 
+struct VdiInfo {
+  # A virtual disk in the cluster's namespace. Its data layout (which object holds what)
+  # lives in its inode object on the storage nodes.
+  name @0 :Text;
+  vid @1 :UInt32;            # 24-bit VDI id; never reused, even after a delete
+  size @2 :UInt64;           # bytes
+  copies @3 :UInt8;
+  objectSizeShift @4 :UInt8;
+  createdMs @5 :UInt64;
+}
+
 struct Event {
   # One entry of the total order, as watchers see it.
   seq @0 :UInt64;      # 1, 2, 3, … with no gap
@@ -107,6 +118,13 @@ struct Event {
     }
     shutdown @13 :Void;
     resumed @14 :Void;              # every node is back after a shutdown, or recover force
+    vdiCreated @15 :VdiInfo;
+    vdiDeleted @16 :VdiInfo;        # storage nodes remove its objects, now or when back
+    recovered :group {              # a storage node holds everything it owns in `epoch`
+      node @17 :Text;
+      epoch @18 :UInt32;
+    }
+    recoveryComplete @19 :UInt32;   # every node of this epoch recovered: `.stale` may go
   }
 }
 
@@ -149,4 +167,13 @@ interface Groupd {
   addMember @12 (raftId :UInt64, addr :Text) -> ();
   # A new groupd asks to join the group; the master adds it as a member, then a voter while
   # there are fewer voters than the cluster's `voters`.
+
+  # --- the VDI namespace and recovery marks (data path) ---
+  vdiCreate @13 (name :Text, size :UInt64, copies :UInt8) -> (vdi :VdiInfo);
+  # copies 0 = the cluster's default. Fails with vdiExists, badRequest.
+  vdiDelete @14 (name :Text) -> (vdi :VdiInfo);
+  # Fails with noVdi.
+  vdiList @15 () -> (vdis :List(VdiInfo), deletedVids :List(UInt32));
+  recoveryDone @16 (session :UInt64, epoch :UInt32) -> ();
+  # A storage node (by its session) reports it holds every object it owns in `epoch`.
 }

@@ -1,6 +1,14 @@
 @0xf49b2deec9ca1c89;
-# storaged's API. This is the control part (what a node is and what it has seen of the
-# cluster); the object operations come with the data path.
+# storaged's API: what a node is and what it has seen of the cluster, and the object
+# operations of the data path.
+#
+# Every object operation carries the sender's epoch. Older than the node's → refused with
+# `staleEpoch` (the client refreshes its ring and retries); newer → held until the node has
+# caught up (bounded; then refused with `staleEpoch` too).
+#
+# Errors are capnp exceptions whose text starts with a code word and ": " (as in groupd.capnp).
+# Code words: staleEpoch, noObject, corrupt, noSpace, exists, badRequest, notJoined, ioError
+# (a disk error other than a full disk).
 
 using G = import "groupd.capnp";
 
@@ -14,8 +22,52 @@ struct StoreStatus {
   uptimeMs @6 :UInt64;
 }
 
+struct StoreStat {
+  capacity @0 :UInt64;      # bytes of the file system holding the store
+  used @1 :UInt64;          # bytes used by objects
+  free @2 :UInt64;          # bytes still free on that file system
+  objects @3 :UInt64;       # objects held (not counting stale ones)
+}
+
+struct RecoveryStatus {
+  epoch @0 :UInt32;         # the epoch being recovered to
+  done @1 :UInt64;          # objects recovered so far
+  total @2 :UInt64;         # objects this node must hold in that epoch (known once listed)
+  complete @3 :Bool;        # everything held; reported to groupd
+  listed @4 :Bool;          # the object lists of the old holders are complete
+}
+
 interface Storaged {
   status @0 () -> (status :StoreStatus);
   epochLog @1 () -> (epochs :List(G.EpochRecord));
   # The node's own copy of the epoch history, as kept in its data dir.
+
+  read @2 (epoch :UInt32, oid :UInt64, offset :UInt32, length :UInt32) -> (data :Data);
+  # noObject if the node does not hold it; corrupt if a block fails its checksum (the node
+  # then repairs its copy from another replica).
+
+  write @3 (epoch :UInt32, oid :UInt64, offset :UInt32, data :Data, fua :Bool) -> ();
+  # Into an existing object; noObject if absent.
+
+  createAndWrite @4 (epoch :UInt32, oid :UInt64, objectSize :UInt32, baseOid :UInt64,
+                     offset :UInt32, data :Data, fua :Bool) -> ();
+  # Creates the object (zeros, or a copy of baseOid when non-zero: copy-on-write, fetched by
+  # the node itself from the base's replicas) and writes data into it, atomically: the object
+  # appears whole or not at all. An object that exists already is written into.
+
+  remove @5 (epoch :UInt32, oid :UInt64) -> ();
+
+  list @6 (epoch :UInt32) -> (oids :List(UInt64), stale :List(UInt64));
+  # Every object the node holds, in obj/ and in .stale/ (for recovery); `stale` is the part
+  # of `oids` held only in .stale/ (a copy that may be older than a live one elsewhere).
+
+  fetch @7 (epoch :UInt32, oid :UInt64) -> (data :Data, stale :Bool);
+  # The whole object, verified, from obj/ or .stale/: what a recovering or repairing peer pulls.
+  # stale: the copy came from .stale/ (the node no longer owns it, or it rejoined).
+
+  flush @8 (epoch :UInt32) -> ();
+  # Makes every write acknowledged before it durable.
+
+  stat @9 () -> (stat :StoreStat);
+  recovery @10 () -> (status :RecoveryStatus);
 }

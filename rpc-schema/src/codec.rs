@@ -4,13 +4,15 @@
 
 use capnp::text;
 use sheep_core::epoch::{EpochRecord, NodeInfo};
+use sheep_core::namespace::VdiEntry;
+use sheep_core::object::VdiId;
 use sheep_core::group::{
     ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupError, GroupMember, Lock,
     LockInfo, MemberRole, Session, SessionKind,
 };
 
 use crate::groupd_capnp::{
-    cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, session,
+    cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, session, vdi_info,
     ClusterStatus as WireStatus, SessionKind as WireKind,
 };
 
@@ -134,6 +136,30 @@ pub fn read_session(r: session::Reader<'_>) -> capnp::Result<Session> {
     Ok(Session { id: r.get_id(), kind, opened_ms: r.get_opened_ms() })
 }
 
+pub fn write_vdi(mut b: vdi_info::Builder<'_>, v: &VdiEntry) {
+    b.set_name(v.name.as_str());
+    b.set_vid(v.vid.get());
+    b.set_size(v.size);
+    b.set_copies(v.copies);
+    b.set_object_size_shift(v.object_size_shift);
+    b.set_created_ms(v.created_ms);
+}
+
+pub fn read_vid(raw: u32) -> capnp::Result<VdiId> {
+    VdiId::new(raw).map_err(|e| capnp::Error::failed(format!("badRequest: {e}")))
+}
+
+pub fn read_vdi(r: vdi_info::Reader<'_>) -> capnp::Result<VdiEntry> {
+    Ok(VdiEntry {
+        name: text(r.get_name())?,
+        vid: read_vid(r.get_vid())?,
+        size: r.get_size(),
+        copies: r.get_copies(),
+        object_size_shift: r.get_object_size_shift(),
+        created_ms: r.get_created_ms(),
+    })
+}
+
 pub fn write_lock(mut b: lock::Builder<'_>, l: &Lock, holder: &str) {
     b.set_vdi(l.vdi.as_str());
     b.set_session(l.session);
@@ -248,6 +274,14 @@ pub fn write_event(mut b: event::Builder<'_>, e: &Event) {
         }
         EventKind::Shutdown => b.set_shutdown(()),
         EventKind::Resumed => b.set_resumed(()),
+        EventKind::VdiCreated(v) => write_vdi(b.init_vdi_created(), v),
+        EventKind::VdiDeleted(v) => write_vdi(b.init_vdi_deleted(), v),
+        EventKind::Recovered { node, epoch } => {
+            let mut r = b.init_recovered();
+            r.set_node(node.as_str());
+            r.set_epoch(*epoch);
+        }
+        EventKind::RecoveryComplete(epoch) => b.set_recovery_complete(*epoch),
     }
 }
 
@@ -269,6 +303,10 @@ pub fn read_event(r: event::Reader<'_>) -> capnp::Result<Event> {
         },
         Which::Shutdown(()) => EventKind::Shutdown,
         Which::Resumed(()) => EventKind::Resumed,
+        Which::VdiCreated(v) => EventKind::VdiCreated(read_vdi(v?)?),
+        Which::VdiDeleted(v) => EventKind::VdiDeleted(read_vdi(v?)?),
+        Which::Recovered(r) => EventKind::Recovered { node: text(r.get_node())?, epoch: r.get_epoch() },
+        Which::RecoveryComplete(epoch) => EventKind::RecoveryComplete(epoch),
     };
     Ok(Event { seq: r.get_seq(), time_ms: r.get_time_ms(), kind })
 }

@@ -8,6 +8,17 @@ fn node(i: u32) -> NodeInfo {
     NodeInfo { id: format!("127.0.0.{i}:7001"), addr: format!("127.0.0.{i}:7001"), zone: i, weight: 2 }
 }
 
+fn vdi() -> sheep_core::namespace::VdiEntry {
+    sheep_core::namespace::VdiEntry {
+        name: "disk0".into(),
+        vid: sheep_core::object::VdiId::new(0xabcdef).unwrap(),
+        size: 10 << 30,
+        copies: 3,
+        object_size_shift: 22,
+        created_ms: 77,
+    }
+}
+
 fn round_trip_event(e: &Event) -> Event {
     let mut msg = Builder::new_default();
     write_event(msg.init_root::<event::Builder<'_>>(), e);
@@ -36,6 +47,10 @@ fn every_event_kind_round_trips() {
         EventKind::Unlocked { vdi: "disk0".into(), session: 5, forced: true },
         EventKind::Shutdown,
         EventKind::Resumed,
+        EventKind::VdiCreated(vdi()),
+        EventKind::VdiDeleted(vdi()),
+        EventKind::Recovered { node: "127.0.0.1:7001".into(), epoch: 4 },
+        EventKind::RecoveryComplete(4),
     ];
     for (i, kind) in kinds.into_iter().enumerate() {
         let e = Event { seq: i as u64 + 1, time_ms: 1000 + i as u64, kind };

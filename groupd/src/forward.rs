@@ -1,0 +1,183 @@
+//! Forwarding a state-changing call to the master: each [`Op`] is sent as the API method it
+//! came from, and the master's answer is turned back into an [`Outcome`].
+
+use sheep_core::group::{Op, Reply, SessionKind};
+use sheep_rpc::codec;
+use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
+
+/// What a state-changing call answers.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub reply: Reply,
+    /// The master's lease time (openSession).
+    pub lease_ms: u32,
+    /// The lock holder's name (lock).
+    pub holder: String,
+}
+
+impl Outcome {
+    pub fn done() -> Outcome {
+        Outcome { reply: Reply::Done, lease_ms: 0, holder: String::new() }
+    }
+}
+
+/// capnp-rpc prefixes this to the text of an exception that came over the wire.
+const REMOTE_PREFIX: &str = "remote exception: ";
+
+/// An error from another groupd, ready to be passed on to our caller: without the "remote
+/// exception" prefix, so that the code word stays first.
+pub fn relay(mut e: capnp::Error) -> capnp::Error {
+    while let Some(rest) = e.extra.strip_prefix(REMOTE_PREFIX) {
+        e.extra = rest.to_string();
+    }
+    if e.kind == capnp::ErrorKind::Disconnected {
+        // Not a code word of ours: the call may or may not have taken effect.
+        return capnp::Error::failed(format!("noMaster: lost the master during the call: {}", e.extra));
+    }
+    e
+}
+
+fn unexpected(what: &str) -> capnp::Error {
+    capnp::Error::failed(format!("badRequest: unexpected answer from the master to {what}"))
+}
+
+/// Sends `op` to the master behind `client` as the API call it came from.
+pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp::Error> {
+    match op {
+        Op::OpenSession { kind, store_cluster } => {
+            let mut req = client.open_session_request();
+            let mut p = req.get();
+            p.set_cluster_id(store_cluster.as_str());
+            match kind {
+                SessionKind::Storage(n) => {
+                    p.set_kind(WireKind::Storage);
+                    codec::write_node(p.init_node(), n);
+                }
+                SessionKind::Client { name } => {
+                    p.set_kind(WireKind::Client);
+                    p.set_name(name.as_str());
+                }
+            }
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            Ok(Outcome { reply: Reply::Session(r.get_session()), lease_ms: r.get_lease_ms(), holder: String::new() })
+        }
+        Op::CloseSession { session, .. } => {
+            let mut req = client.close_session_request();
+            req.get().set_session(*session);
+            req.send().promise.await?;
+            Ok(Outcome::done())
+        }
+        Op::Broadcast { session, payload } => {
+            let mut req = client.propose_request();
+            req.get().set_session(*session);
+            req.get().set_payload(payload);
+            let resp = req.send().promise.await?;
+            Ok(Outcome { reply: Reply::Seq(resp.get()?.get_seq()), lease_ms: 0, holder: String::new() })
+        }
+        Op::Format { copies, object_size_shift, voters, force, .. } => {
+            let mut req = client.format_request();
+            let mut p = req.get();
+            p.set_copies(*copies);
+            p.set_object_size_shift(*object_size_shift);
+            p.set_voters(*voters);
+            p.set_force(*force);
+            let resp = req.send().promise.await?;
+            let config = codec::read_config(resp.get()?.get_config()?)?;
+            Ok(Outcome { reply: Reply::Formatted(config), lease_ms: 0, holder: String::new() })
+        }
+        Op::Lock { session, vdi } => {
+            let mut req = client.lock_request();
+            req.get().set_session(*session);
+            req.get().set_vdi(vdi.as_str());
+            let resp = req.send().promise.await?;
+            let info = codec::read_lock_info(resp.get()?.get_lock()?)?;
+            Ok(Outcome { reply: Reply::Locked(info.lock), lease_ms: 0, holder: info.holder })
+        }
+        Op::Unlock { session, vdi, force } => {
+            let mut req = client.unlock_request();
+            req.get().set_session(*session);
+            req.get().set_vdi(vdi.as_str());
+            req.get().set_force(*force);
+            req.send().promise.await?;
+            Ok(Outcome::done())
+        }
+        Op::Shutdown => {
+            client.shutdown_request().send().promise.await?;
+            Ok(Outcome::done())
+        }
+        Op::RecoverForce => {
+            client.recover_force_request().send().promise.await?;
+            Ok(Outcome::done())
+        }
+        Op::VdiCreate { name, size, copies } => {
+            let mut req = client.vdi_create_request();
+            req.get().set_name(name.as_str());
+            req.get().set_size(*size);
+            req.get().set_copies(*copies);
+            let resp = req.send().promise.await?;
+            let vdi = codec::read_vdi(resp.get()?.get_vdi()?)?;
+            Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })
+        }
+        Op::VdiDelete { name } => {
+            let mut req = client.vdi_delete_request();
+            req.get().set_name(name.as_str());
+            let resp = req.send().promise.await?;
+            let vdi = codec::read_vdi(resp.get()?.get_vdi()?)?;
+            Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })
+        }
+        Op::RecoveryDone { session, epoch } => {
+            let mut req = client.recovery_done_request();
+            req.get().set_session(*session);
+            req.get().set_epoch(*epoch);
+            req.send().promise.await?;
+            Ok(Outcome::done())
+        }
+    }
+}
+
+/// Forwards a keepalive.
+pub async fn keepalive(client: &groupd::Client, session: u64) -> Result<(), capnp::Error> {
+    let mut req = client.keepalive_request();
+    req.get().set_session(session);
+    req.send().promise.await?;
+    Ok(())
+}
+
+/// Forwards (or sends, when joining) an addMember call.
+pub async fn add_member(client: &groupd::Client, raft_id: u64, addr: &str) -> Result<(), capnp::Error> {
+    let mut req = client.add_member_request();
+    req.get().set_raft_id(raft_id);
+    req.get().set_addr(addr);
+    req.send().promise.await?;
+    Ok(())
+}
+
+/// Checks that an answer has the expected shape.
+pub fn expect_session(o: &Outcome) -> Result<u64, capnp::Error> {
+    match o.reply {
+        Reply::Session(id) => Ok(id),
+        _ => Err(unexpected("openSession")),
+    }
+}
+
+pub fn expect_seq(o: &Outcome) -> Result<u64, capnp::Error> {
+    match o.reply {
+        Reply::Seq(s) => Ok(s),
+        _ => Err(unexpected("propose")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_keeps_the_code_word_first() {
+        let e = capnp::Error::failed("remote exception: remote exception: noSession: session 4 does not exist".into());
+        let r = relay(e);
+        assert_eq!(codec::error_code(&r), Some("noSession"));
+        let d = relay(capnp::Error::disconnected("remote exception: gone".into()));
+        assert_eq!(codec::error_code(&d), Some("noMaster"));
+    }
+}

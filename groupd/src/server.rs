@@ -1,0 +1,356 @@
+//! The `Groupd` capnp interface, and the loop accepting connections.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use sheep_core::group::{Op, Reply, SessionKind};
+use sheep_core::group::{DEFAULT_COPIES, DEFAULT_OBJECT_SIZE_SHIFT, DEFAULT_VOTERS};
+use sheep_rpc::codec;
+use sheep_rpc::groupd_capnp::groupd::{self, RaftKind};
+use sheep_rpc::groupd_capnp::SessionKind as WireKind;
+use tokio::net::TcpListener;
+
+use crate::forward::{expect_seq, expect_session};
+use crate::network::rpc_system;
+use crate::node::Node;
+use crate::types::TypeConfig;
+
+/// The longest a watch call waits for a first event.
+pub const MAX_WAIT_MS: u32 = 30_000;
+/// The most events one watch call returns.
+pub const MAX_ENTRIES: u32 = 10_000;
+/// The largest broadcast payload (it is kept in the log, the events and snapshots).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+/// The longest name, VDI name, address or cluster id accepted.
+pub const MAX_TEXT: usize = 4096;
+
+pub struct GroupdServer {
+    pub node: Rc<Node>,
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> capnp::Error {
+    capnp::Error::failed(format!("badRequest: {msg}"))
+}
+
+fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    let s = r?.to_str().map_err(|e| bad_request(format!("invalid UTF-8: {e}")))?;
+    if s.len() > MAX_TEXT {
+        return Err(bad_request(format!("a text field is longer than {MAX_TEXT} bytes")));
+    }
+    Ok(s.to_string())
+}
+
+/// Runs the openraft call for one `raft` RPC; the answer is `Result<response, RaftError>`.
+async fn raft_call(node: &Node, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, capnp::Error> {
+    fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, capnp::Error> {
+        serde_json::to_vec(v).map_err(|e| capnp::Error::failed(format!("cannot encode a raft answer: {e}")))
+    }
+    let bad = |e: serde_json::Error| bad_request(format!("undecodable raft request: {e}"));
+    match kind {
+        RaftKind::AppendEntries => {
+            let req: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(body).map_err(bad)?;
+            encode(&node.raft.append_entries(req).await)
+        }
+        RaftKind::Vote => {
+            let req: VoteRequest<u64> = serde_json::from_slice(body).map_err(bad)?;
+            encode(&node.raft.vote(req).await)
+        }
+        RaftKind::InstallSnapshot => {
+            let req: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(body).map_err(bad)?;
+            encode(&node.raft.install_snapshot(req).await)
+        }
+    }
+}
+
+impl groupd::Server for GroupdServer {
+    async fn open_session(
+        self: Rc<Self>,
+        params: groupd::OpenSessionParams,
+        mut results: groupd::OpenSessionResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            let kind = match p.get_kind().map_err(|_| bad_request("unknown session kind"))? {
+                WireKind::Storage => {
+                    if !p.has_node() {
+                        return Err(bad_request("a storage session needs its node"));
+                    }
+                    SessionKind::Storage(codec::read_node(p.get_node()?)?)
+                }
+                WireKind::Client => SessionKind::Client { name: text(p.get_name())? },
+            };
+            Op::OpenSession { kind, store_cluster: text(p.get_cluster_id())? }
+        };
+        let out = self.node.submit(op).await?;
+        let mut r = results.get();
+        r.set_session(expect_session(&out)?);
+        r.set_lease_ms(out.lease_ms);
+        Ok(())
+    }
+
+    async fn keepalive(
+        self: Rc<Self>,
+        params: groupd::KeepaliveParams,
+        _: groupd::KeepaliveResults,
+    ) -> Result<(), capnp::Error> {
+        let session = params.get()?.get_session();
+        self.node.keepalive(session).await
+    }
+
+    async fn close_session(
+        self: Rc<Self>,
+        params: groupd::CloseSessionParams,
+        _: groupd::CloseSessionResults,
+    ) -> Result<(), capnp::Error> {
+        let session = params.get()?.get_session();
+        self.node.submit(Op::CloseSession { session, expired: false }).await?;
+        Ok(())
+    }
+
+    async fn propose(
+        self: Rc<Self>,
+        params: groupd::ProposeParams,
+        mut results: groupd::ProposeResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            let payload = p.get_payload()?;
+            if payload.len() > MAX_PAYLOAD {
+                return Err(bad_request(format!("a payload is limited to {MAX_PAYLOAD} bytes")));
+            }
+            Op::Broadcast { session: p.get_session(), payload: payload.to_vec() }
+        };
+        let out = self.node.submit(op).await?;
+        results.get().set_seq(expect_seq(&out)?);
+        Ok(())
+    }
+
+    async fn watch(
+        self: Rc<Self>,
+        params: groupd::WatchParams,
+        mut results: groupd::WatchResults,
+    ) -> Result<(), capnp::Error> {
+        let (from, max, wait_ms) = {
+            let p = params.get()?;
+            let max = match p.get_max_entries() {
+                0 => MAX_ENTRIES,
+                n => n.min(MAX_ENTRIES),
+            };
+            (p.get_from_seq().max(1), max as usize, p.get_wait_ms().min(MAX_WAIT_MS))
+        };
+        let mut seq = self.node.sm.subscribe_seq();
+        if *seq.borrow_and_update() <= from && wait_ms > 0 {
+            let wait = Duration::from_millis(wait_ms as u64);
+            let _ = tokio::time::timeout(wait, seq.wait_for(|&next| next > from)).await;
+        }
+        let events = self.node.sm.state().events_from(from, max).map_err(|oldest| {
+            capnp::Error::failed(format!(
+                "compacted: events before {oldest} are no longer kept here; resynchronise from info"
+            ))
+        })?;
+        let next = events.last().map_or(from, |e| e.seq + 1);
+        let mut r = results.get();
+        codec::write_events(r.reborrow().init_events(events.len() as u32), &events);
+        r.set_next_seq(next);
+        Ok(())
+    }
+
+    async fn info(
+        self: Rc<Self>,
+        _: groupd::InfoParams,
+        mut results: groupd::InfoResults,
+    ) -> Result<(), capnp::Error> {
+        let info = self.node.info();
+        codec::write_cluster_info(results.get().init_info(), &info);
+        Ok(())
+    }
+
+    async fn format(
+        self: Rc<Self>,
+        params: groupd::FormatParams,
+        mut results: groupd::FormatResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            let or = |v: u8, d: u8| if v == 0 { d } else { v };
+            Op::Format {
+                cluster_id: String::new(), // chosen by the master
+                copies: or(p.get_copies(), DEFAULT_COPIES),
+                object_size_shift: or(p.get_object_size_shift(), DEFAULT_OBJECT_SIZE_SHIFT),
+                voters: or(p.get_voters(), DEFAULT_VOTERS),
+                force: p.get_force(),
+            }
+        };
+        let out = self.node.submit(op).await?;
+        let Reply::Formatted(config) = out.reply else {
+            return Err(bad_request("unexpected answer to format"));
+        };
+        codec::write_config(results.get().init_config(), &config);
+        Ok(())
+    }
+
+    async fn shutdown(
+        self: Rc<Self>,
+        _: groupd::ShutdownParams,
+        _: groupd::ShutdownResults,
+    ) -> Result<(), capnp::Error> {
+        self.node.submit(Op::Shutdown).await?;
+        Ok(())
+    }
+
+    async fn recover_force(
+        self: Rc<Self>,
+        _: groupd::RecoverForceParams,
+        _: groupd::RecoverForceResults,
+    ) -> Result<(), capnp::Error> {
+        self.node.submit(Op::RecoverForce).await?;
+        Ok(())
+    }
+
+    async fn lock(
+        self: Rc<Self>,
+        params: groupd::LockParams,
+        mut results: groupd::LockResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::Lock { session: p.get_session(), vdi: text(p.get_vdi())? }
+        };
+        let out = self.node.submit(op).await?;
+        let Reply::Locked(lock) = &out.reply else {
+            return Err(bad_request("unexpected answer to lock"));
+        };
+        codec::write_lock(results.get().init_lock(), lock, &out.holder);
+        Ok(())
+    }
+
+    async fn unlock(
+        self: Rc<Self>,
+        params: groupd::UnlockParams,
+        _: groupd::UnlockResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::Unlock { session: p.get_session(), vdi: text(p.get_vdi())?, force: p.get_force() }
+        };
+        self.node.submit(op).await?;
+        Ok(())
+    }
+
+    async fn raft(
+        self: Rc<Self>,
+        params: groupd::RaftParams,
+        mut results: groupd::RaftResults,
+    ) -> Result<(), capnp::Error> {
+        let (kind, body) = {
+            let p = params.get()?;
+            (p.get_kind().map_err(|_| bad_request("unknown raft RPC kind"))?, p.get_body()?.to_vec())
+        };
+        let answer = raft_call(&self.node, kind, &body).await?;
+        results.get().set_body(&answer);
+        Ok(())
+    }
+
+    async fn vdi_create(
+        self: Rc<Self>,
+        params: groupd::VdiCreateParams,
+        mut results: groupd::VdiCreateResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::VdiCreate { name: text(p.get_name())?, size: p.get_size(), copies: p.get_copies() }
+        };
+        let out = self.node.submit(op).await?;
+        let Reply::Vdi(vdi) = &out.reply else {
+            return Err(bad_request("unexpected answer to vdiCreate"));
+        };
+        codec::write_vdi(results.get().init_vdi(), vdi);
+        Ok(())
+    }
+
+    async fn vdi_delete(
+        self: Rc<Self>,
+        params: groupd::VdiDeleteParams,
+        mut results: groupd::VdiDeleteResults,
+    ) -> Result<(), capnp::Error> {
+        let op = Op::VdiDelete { name: text(params.get()?.get_name())? };
+        let out = self.node.submit(op).await?;
+        let Reply::Vdi(vdi) = &out.reply else {
+            return Err(bad_request("unexpected answer to vdiDelete"));
+        };
+        codec::write_vdi(results.get().init_vdi(), vdi);
+        Ok(())
+    }
+
+    async fn vdi_list(
+        self: Rc<Self>,
+        _: groupd::VdiListParams,
+        mut results: groupd::VdiListResults,
+    ) -> Result<(), capnp::Error> {
+        let (vdis, deleted) = {
+            let state = self.node.sm.state();
+            let vdis: Vec<_> = state.vdis.list().cloned().collect();
+            let deleted: Vec<u32> = state.vdis.deleted().map(|v| v.get()).collect();
+            (vdis, deleted)
+        };
+        let mut r = results.get();
+        let mut list = r.reborrow().init_vdis(vdis.len() as u32);
+        for (i, v) in vdis.iter().enumerate() {
+            codec::write_vdi(list.reborrow().get(i as u32), v);
+        }
+        let mut ids = r.init_deleted_vids(deleted.len() as u32);
+        for (i, v) in deleted.iter().enumerate() {
+            ids.set(i as u32, *v);
+        }
+        Ok(())
+    }
+
+    async fn recovery_done(
+        self: Rc<Self>,
+        params: groupd::RecoveryDoneParams,
+        _: groupd::RecoveryDoneResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::RecoveryDone { session: p.get_session(), epoch: p.get_epoch() }
+        };
+        self.node.submit(op).await?;
+        Ok(())
+    }
+
+    async fn add_member(
+        self: Rc<Self>,
+        params: groupd::AddMemberParams,
+        _: groupd::AddMemberResults,
+    ) -> Result<(), capnp::Error> {
+        let (id, addr) = {
+            let p = params.get()?;
+            (p.get_raft_id(), text(p.get_addr())?)
+        };
+        self.node.add_member(id, &addr).await
+    }
+}
+
+/// Accepts connections forever, each served by its own RPC system on this thread.
+pub async fn serve(listener: TcpListener, client: groupd::Client) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "connection accepted");
+                let rpc = rpc_system(stream, Side::Server, Some(client.clone().client));
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = rpc.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The Raft state machine: [`GroupState`] in memory, rebuilt at start from the last snapshot
+//! (file `snapshot.bin` in the data directory) plus the committed log entries after it.
+//!
+//! `snapshot.bin`: `[meta length u32 LE][crc32 of the rest u32 LE][meta JSON][state JSON]`,
+//! written atomically and durably before openraft may purge the log behind it.
+
+use std::cell::{Ref, RefCell};
+use std::fs;
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use sheep_core::group::{GroupState, Op, Reply};
+use tokio::sync::watch;
+
+use crate::log_store::write_durably;
+use crate::types::{
+    now_unix_ms, random_u64, Answer, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// A Shutdown entry older than this when it is applied does not stop this groupd (it is an
+/// old one this groupd is catching up on, not a shutdown in progress).
+const SHUTDOWN_FRESH_MS: u64 = 60_000;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    pub state: GroupState,
+}
+
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    data: RefCell<SmData>,
+    snapshot: RefCell<Option<StoredSnapshot>>,
+    /// The state's next event sequence number, for long-polling watchers.
+    seq_tx: watch::Sender<u64>,
+    /// The log index of the last applied entry, for waiters.
+    applied_tx: watch::Sender<u64>,
+    /// Set to the log index of a Shutdown entry applied while running.
+    shutdown_tx: watch::Sender<Option<u64>>,
+    /// Entries up to this index were on disk at start: applying them is a replay.
+    replay_upto: u64,
+}
+
+/// The state machine handle; clones share one state.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Rc<Inner>,
+}
+
+fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
+    let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&meta_json);
+    h.update(data);
+    let mut out = Vec::with_capacity(8 + meta_json.len() + data.len());
+    out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&meta_json);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+    if bytes.len() < 8 {
+        return Err("too short".into());
+    }
+    let meta_len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let rest = &bytes[8..];
+    if meta_len > rest.len() || crc32fast::hash(rest) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let meta: SnapshotMeta = serde_json::from_slice(&rest[..meta_len]).map_err(|e| e.to_string())?;
+    Ok((meta, rest[meta_len..].to_vec()))
+}
+
+impl StateMachine {
+    /// Loads the last snapshot from `dir`, if any. `replay_upto`: the last log index on disk
+    /// at start (applying entries up to it never triggers a shutdown).
+    pub fn open(dir: &Path, replay_upto: u64) -> anyhow::Result<StateMachine> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let (data, snapshot) = match fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, data) = decode_snapshot(&bytes)
+                    .map_err(|e| anyhow::anyhow!("snapshot {} is corrupt: {e}", path.display()))?;
+                let mut sm: SmData = serde_json::from_slice(&data)
+                    .map_err(|e| anyhow::anyhow!("snapshot {} is corrupt: {e}", path.display()))?;
+                sm.last_applied = meta.last_log_id;
+                sm.last_membership = meta.last_membership.clone();
+                (sm, Some(StoredSnapshot { meta, data }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (SmData::default(), None),
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        };
+        let next_seq = data.state.next_seq();
+        let applied = data.last_applied.map_or(0, |l| l.index);
+        Ok(StateMachine {
+            inner: Rc::new(Inner {
+                dir: dir.to_path_buf(),
+                data: RefCell::new(data),
+                snapshot: RefCell::new(snapshot),
+                seq_tx: watch::Sender::new(next_seq),
+                applied_tx: watch::Sender::new(applied),
+                shutdown_tx: watch::Sender::new(None),
+                replay_upto,
+            }),
+        })
+    }
+
+    /// The applied group state. Do not hold it across an await.
+    pub fn state(&self) -> Ref<'_, GroupState> {
+        Ref::map(self.inner.data.borrow(), |d| &d.state)
+    }
+
+    /// Watches the state's next event sequence number.
+    pub fn subscribe_seq(&self) -> watch::Receiver<u64> {
+        self.inner.seq_tx.subscribe()
+    }
+
+    /// Watches the index of the last applied log entry.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied_tx.subscribe()
+    }
+
+    /// Becomes `Some(log index)` when a cluster shutdown is applied while running.
+    pub fn subscribe_shutdown(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.shutdown_tx.subscribe()
+    }
+
+    fn publish(&self) {
+        let d = self.inner.data.borrow();
+        let seq = d.state.next_seq();
+        let applied = d.last_applied.map_or(0, |l| l.index);
+        drop(d);
+        self.inner.seq_tx.send_if_modified(|s| std::mem::replace(s, seq) != seq);
+        self.inner.applied_tx.send_if_modified(|a| std::mem::replace(a, applied) != applied);
+    }
+
+    fn apply_one(&self, entry: Entry) -> Answer {
+        let mut d = self.inner.data.borrow_mut();
+        d.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Ok(Reply::Done),
+            EntryPayload::Membership(m) => {
+                d.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                Ok(Reply::Done)
+            }
+            EntryPayload::Normal(cmd) => {
+                let index = entry.log_id.index;
+                let answer = d.state.apply(index, &cmd);
+                if matches!(cmd.op, Op::Shutdown) && answer.is_ok() {
+                    let age = now_unix_ms().saturating_sub(cmd.time_ms);
+                    if index > self.inner.replay_upto && age < SHUTDOWN_FRESH_MS {
+                        tracing::info!(index, "cluster shutdown applied");
+                        self.inner.shutdown_tx.send_replace(Some(index));
+                    } else {
+                        tracing::info!(index, age_ms = age, "an old cluster shutdown entry replayed; staying up");
+                    }
+                }
+                answer
+            }
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let d = self.inner.data.borrow();
+            let data = serde_json::to_vec(&*d).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let snapshot_id = match d.last_applied {
+                Some(l) => format!("{}-{}-{:x}", l.leader_id, l.index, random_u64()),
+                None => format!("--{:x}", random_u64()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.last_membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let bytes = encode_snapshot(&meta, &data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        write_durably(&self.inner.dir, SNAPSHOT_FILE, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = bytes.len(), "snapshot written");
+        *self.inner.snapshot.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), data: data.clone() });
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let d = self.inner.data.borrow();
+        Ok((d.last_applied, d.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Answer>, StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let answers: Vec<Answer> = entries.into_iter().map(|e| self.apply_one(e)).collect();
+        self.publish();
+        Ok(answers)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let mut sm: SmData =
+            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        sm.last_applied = meta.last_log_id;
+        sm.last_membership = meta.last_membership.clone();
+        let bytes = encode_snapshot(meta, &data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        write_durably(&self.inner.dir, SNAPSHOT_FILE, &bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed from the leader");
+        *self.inner.data.borrow_mut() = sm;
+        *self.inner.snapshot.borrow_mut() = Some(StoredSnapshot { meta: meta.clone(), data });
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.inner.snapshot.borrow().as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use sheep_core::group::{ClusterStatus, Command};
+
+    use super::*;
+
+    fn normal(index: u64, op: Op) -> Entry {
+        Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Command { time_ms: now_unix_ms(), op }) }
+    }
+
+    fn format_op() -> Op {
+        Op::Format { cluster_id: "c1".into(), copies: 3, object_size_shift: 22, voters: 3, force: false }
+    }
+
+    #[tokio::test]
+    async fn snapshot_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), 0).unwrap();
+        let answers = sm.apply(vec![normal(1, format_op())]).await.unwrap();
+        assert!(matches!(answers[0], Ok(Reply::Formatted(_))));
+        assert_eq!(*sm.subscribe_applied().borrow(), 1);
+        sm.build_snapshot().await.unwrap();
+        let mut again = StateMachine::open(dir.path(), 1).unwrap();
+        assert_eq!(again.state().status, ClusterStatus::Running);
+        assert_eq!(again.applied_state().await.unwrap().0, Some(log_id(1, 1, 1)));
+        assert!(again.get_current_snapshot().await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn shutdown_triggers_only_for_new_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), 2).unwrap();
+        let rx = sm.subscribe_shutdown();
+        sm.apply(vec![normal(1, format_op()), normal(2, Op::Shutdown)]).await.unwrap();
+        assert_eq!(*rx.borrow(), None, "a replayed shutdown does not stop groupd");
+        let mut sm = StateMachine::open(dir.path(), 0).unwrap();
+        let rx = sm.subscribe_shutdown();
+        sm.apply(vec![normal(1, format_op()), normal(2, Op::Shutdown)]).await.unwrap();
+        assert_eq!(*rx.borrow(), Some(2));
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"0123456789").unwrap();
+        let err = StateMachine::open(dir.path(), 0).err().expect("must fail");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,93 @@
+//! `sheepctl up` / `down`: the README's first command, on a free port block.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sheep_core::group::{ClusterInfo, ClusterStatus, MemberRole};
+use sheep_tests::bin;
+
+/// A port P with P and P+1 free on 127.0.0.1..=3.
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = probe.local_addr().unwrap().port();
+        drop(probe);
+        if p > 65000 {
+            continue;
+        }
+        let all_free = (1..=3).all(|n| {
+            [p, p + 1].iter().all(|port| TcpListener::bind((format!("127.0.0.{n}").as_str(), *port)).is_ok())
+        });
+        if all_free {
+            return p;
+        }
+    }
+    panic!("no free port pair found");
+}
+
+fn ctl(args: &[&str]) -> Output {
+    Command::new(bin("sheepctl")).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pids(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for n in 1..=3 {
+        for d in ["groupd", "storaged"] {
+            let f = dir.join(format!("node{n}/{d}.pid"));
+            if let Ok(s) = std::fs::read_to_string(&f) {
+                out.push(s.trim().parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn alive(pid: i32) -> bool {
+    // Zombies of a daemon `up` detached are not ours to reap; a stopped daemon is gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Stops the cluster whatever happens to the test.
+struct Down<'a>(&'a Path);
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = ctl(&["down", "--dir", self.0.to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn up_starts_and_formats_down_stops_up_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let d = dir.to_str().unwrap();
+    let port = free_port_pair().to_string();
+    let _down = Down(&dir);
+
+    let out = ok(ctl(&["up", "--dir", d, "--nodes", "3", "--port-base", &port]));
+    assert!(out.contains("formatted a new cluster"), "{out}");
+    let groupd = format!("127.0.0.1:{port},127.0.0.2:{port},127.0.0.3:{port}");
+    let info: ClusterInfo = serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
+    assert_eq!(info.status, ClusterStatus::Running);
+    assert_eq!(info.members.iter().filter(|m| m.role != MemberRole::Member).count(), 3);
+    assert_eq!(info.epochs.last().unwrap().nodes.len(), 3);
+    assert_eq!(info.config.as_ref().unwrap().copies, 3);
+    let started = pids(&dir);
+    assert_eq!(started.len(), 6);
+    assert!(started.iter().all(|p| alive(*p)));
+
+    ok(ctl(&["down", "--dir", d]));
+    assert!(started.iter().all(|p| !alive(*p)), "down stops every daemon it started");
+
+    let out = ok(ctl(&["up", "--dir", d]));
+    assert!(out.contains("restarted"), "{out}");
+    let again: ClusterInfo = serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
+    assert_eq!(again.config, info.config, "the same cluster");
+    assert_eq!(again.epochs, info.epochs, "a restart after down makes no epoch");
+    ok(ctl(&["down", "--dir", d]));
+}
