@@ -195,3 +195,62 @@ impl Default for Cluster {
         Cluster::new()
     }
 }
+
+/// Data-path helpers: objects on disk, VDIs through sheepctl.
+impl Cluster {
+    /// Object ids (16 hex digits) in storaged `i`'s `obj/` directory.
+    pub fn objects_on(&self, i: usize) -> std::collections::BTreeSet<String> {
+        Self::objects_in(&self.path(&format!("storaged{}/obj", i + 1)))
+    }
+
+    /// Object ids in storaged `i`'s `.stale/` directory.
+    pub fn stale_on(&self, i: usize) -> std::collections::BTreeSet<String> {
+        Self::objects_in(&self.path(&format!("storaged{}/.stale", i + 1)))
+    }
+
+    fn objects_in(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Default::default() };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() >= 16 && n[..16].chars().all(|c| c.is_ascii_hexdigit()))
+            .map(|n| n[..16].to_string())
+            .collect()
+    }
+
+    /// Waits until every live storaged reports its recovery complete for the newest epoch.
+    pub fn wait_recovered(&self) {
+        wait_until(Duration::from_secs(60), "recovery to complete on every node", || {
+            let out = self.ctl(&["--json", "node", "recovery"]);
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let nodes = v.get("nodes").and_then(|n| n.as_array()).ok_or("no nodes in JSON")?;
+            let done = nodes.iter().filter(|n| n.get("complete").and_then(|c| c.as_bool()) == Some(true)).count();
+            if done == nodes.len() && !nodes.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{done} of {} complete: {v}", nodes.len()))
+            }
+        })
+    }
+
+    /// Runs sheepctl with `input` on stdin; returns its output.
+    pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("sheepctl"))
+            .arg("--groupd")
+            .arg(self.groupd_addrs.join(","))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sheepctl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        child.wait_with_output().expect("wait sheepctl")
+    }
+}

@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod vm;
+pub mod rand;
 pub mod wait;
 
 pub use cluster::Cluster;
