@@ -382,6 +382,8 @@ impl GroupState {
             for id in old {
                 self.drop_session(t, id, true);
             }
+            // A restarted node quarantines what it held: it recovers again in this epoch.
+            self.recovered.remove(&node.id);
         }
         let id = self.next_session;
         self.next_session += 1;

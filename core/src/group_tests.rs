@@ -344,3 +344,17 @@ fn recovery_completes_when_every_node_of_the_epoch_reported() {
     log.join(3);
     assert!(log.state.recovered.is_empty());
 }
+
+#[test]
+fn a_restarted_node_must_report_its_recovery_again() {
+    let mut log = Log::new();
+    log.format();
+    let s1 = log.join(1);
+    log.join(2);
+    let epoch = log.state.epochs.current();
+    log.apply(Op::RecoveryDone { session: s1, epoch }).unwrap();
+    assert!(log.state.recovered.contains(&node(1).id));
+    log.join(1);
+    assert_eq!(log.state.epochs.current(), epoch, "same nodes, same epoch");
+    assert!(!log.state.recovered.contains(&node(1).id));
+}

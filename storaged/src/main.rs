@@ -1,15 +1,22 @@
-//! storaged: the storage node daemon. This part: membership (join the cluster with a
-//! session, keep it alive, follow the epochs, keep a copy of the epoch history in the data
-//! dir, leave on SIGTERM) and the node's control API.
+//! storaged: the storage node daemon. Membership (join the cluster with a session, keep it
+//! alive, follow the epochs and the VDI namespace, keep a copy of the epoch history in the
+//! data dir, leave on SIGTERM), the object store (`objects`: checksummed files under
+//! `DIR/obj/`), the object API (`server`, `ops`), and recovery after every epoch change
+//! (`recovery`, pulling from other nodes through `peers`).
 
 mod membership;
 mod node;
+mod objects;
+mod ops;
+mod peers;
+mod recovery;
 mod server;
 mod store_dir;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::membership::Outcome;
 use crate::node::Node;
+use crate::objects::ObjectStore;
 use crate::store_dir::StoreDir;
 
 /// The storage node daemon of Sheepdog in Rust.
@@ -132,8 +140,16 @@ fn run(args: Args) -> Result<()> {
                 None
             }
         };
+        let objects = ObjectStore::open(&args.data).context("cannot open the object store")?;
+        // Objects from before this start may have missed writes while the node was away:
+        // they are never served to clients, only pulled again by recovery if still current.
+        let last_live = epochs.as_ref().map_or(0, |l| l.current());
+        let quarantined = objects.quarantine_all(last_live).context("cannot quarantine the objects")?;
+        if quarantined > 0 {
+            info!("{quarantined} object(s) from before this start wait in .stale for recovery");
+        }
         let info = NodeInfo { id: id.clone(), addr: id.clone(), zone: args.zone, weight: args.weight };
-        let node = Rc::new(Node::new(info, store, config, epochs));
+        let node = Rc::new(Node::new(info, store, Arc::new(objects), config, epochs));
         info!(
             "storaged {id} serving, data dir {}, cluster {}",
             args.data.display(),
@@ -148,6 +164,7 @@ fn run(args: Args) -> Result<()> {
             wait_for_groupd: false,
         };
         let client = Rc::new(GroupClient::new(addrs, opts)?);
+        tokio::task::spawn_local(recovery::run(node.clone(), client.clone()));
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
         let join_for = Duration::from_secs(args.join_timeout);

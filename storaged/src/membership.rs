@@ -13,6 +13,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use crate::node::Node;
+use crate::ops::blocking;
+use crate::recovery;
 
 /// How long one watch call waits for events.
 const WATCH_WAIT: Duration = Duration::from_secs(5);
@@ -39,8 +41,23 @@ pub async fn run(node: Rc<Node>, client: Rc<GroupClient>, join_for: Duration) ->
         node.set_session(0);
         match followed {
             Followed::Shutdown => return Ok(Outcome::ClusterShutdown),
-            Followed::SessionGone => warn!("session {session} is gone; joining again"),
+            Followed::SessionGone => {
+                warn!("session {session} is gone; joining again");
+                quarantine(&node).await;
+            }
         }
+    }
+}
+
+/// A node that lost its session may have missed writes: its objects move to `.stale/`
+/// (never served to clients again) and recovery pulls what it owns afresh.
+pub async fn quarantine(node: &Node) {
+    let objects = node.objects.clone();
+    let last_live = node.epoch();
+    match blocking(move || objects.quarantine_all(last_live)).await {
+        Ok(0) => {}
+        Ok(n) => info!("quarantined {n} object(s) in .stale until recovery"),
+        Err(e) => warn!("cannot quarantine the local objects: {e}"),
     }
 }
 
@@ -125,13 +142,15 @@ enum Followed {
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Continue,
+    /// The cluster was formatted anew: remove every object, then go on.
+    Wipe,
     Resync,
     Shutdown,
     SessionGone,
 }
 
 /// Follows the events until the cluster shuts down or the session is gone.
-async fn follow(node: &Node, client: &Rc<GroupClient>, session: SessionId, mut keepalive: AbortOnDrop) -> Result<Followed> {
+async fn follow(node: &Rc<Node>, client: &Rc<GroupClient>, session: SessionId, mut keepalive: AbortOnDrop) -> Result<Followed> {
     let mut watcher = Watcher::new(client.clone(), 1, WATCH_BATCH, WATCH_WAIT);
     // Set once the watch has passed this session's own `joined` event: events before it are
     // history (an old shutdown, an old format), not news.
@@ -147,6 +166,11 @@ async fn follow(node: &Node, client: &Rc<GroupClient>, session: SessionId, mut k
             if need_sync {
                 let info = client.info().await?;
                 sync(node, &info.epochs, info.config.as_ref().map(|c| c.cluster_id.as_str()))?;
+                if let Some(c) = &info.config {
+                    node.set_cluster_copies(c.copies);
+                }
+                // A new session or a resynchronisation: recovery takes stock again.
+                node.kick_recovery();
                 joined_seen = info.sessions.iter().any(|s| s.id == session);
                 watcher.seek(info.applied_seq + 1);
                 need_sync = false;
@@ -155,6 +179,13 @@ async fn follow(node: &Node, client: &Rc<GroupClient>, session: SessionId, mut k
             let mut step = Step::Continue;
             for e in events {
                 step = apply(node, session, &mut joined_seen, &e)?;
+                if step == Step::Wipe {
+                    // Before any later event: requests of the new cluster's epochs wait
+                    // until the node has them.
+                    wipe(node).await;
+                    node.kick_recovery();
+                    step = Step::Continue;
+                }
                 if step != Step::Continue {
                     break;
                 }
@@ -167,7 +198,7 @@ async fn follow(node: &Node, client: &Rc<GroupClient>, session: SessionId, mut k
         };
         pause = false;
         match result {
-            Ok(Step::Continue) => failing = false,
+            Ok(Step::Continue | Step::Wipe) => failing = false,
             Ok(Step::Resync) => need_sync = true,
             Ok(Step::Shutdown) => return Ok(Followed::Shutdown),
             Ok(Step::SessionGone) => return Ok(Followed::SessionGone),
@@ -202,7 +233,7 @@ fn sync(node: &Node, epochs: &[EpochRecord], cluster_id: Option<&str>) -> Result
     Ok(())
 }
 
-fn apply(node: &Node, session: SessionId, joined_seen: &mut bool, e: &Event) -> Result<Step> {
+fn apply(node: &Rc<Node>, session: SessionId, joined_seen: &mut bool, e: &Event) -> Result<Step> {
     match &e.kind {
         EventKind::Joined(s) if s.id == session => *joined_seen = true,
         EventKind::Left { session: s, expired } if *s == session => {
@@ -215,11 +246,36 @@ fn apply(node: &Node, session: SessionId, joined_seen: &mut bool, e: &Event) -> 
         }
         EventKind::Formatted(cfg) => {
             // Before this session's own join, a format is history: a later one may follow.
-            if *joined_seen || node.cluster_id().is_empty() {
+            let old = node.cluster_id();
+            if *joined_seen || old.is_empty() {
                 info!("cluster formatted: id {}, {} copies, object size 2^{}", cfg.cluster_id, cfg.copies, cfg.object_size_shift);
                 node.adopt_cluster(&cfg.cluster_id)?;
+                if !old.is_empty() && old != cfg.cluster_id {
+                    // A new cluster reuses VDI ids: no object of the old one may survive.
+                    warn!("the cluster was formatted anew: removing every object of cluster {old}");
+                    node.reset_epochs()?;
+                    node.set_cluster_copies(cfg.copies);
+                    return Ok(Step::Wipe);
+                }
             }
             node.reset_epochs()?;
+            node.set_cluster_copies(cfg.copies);
+            node.kick_recovery();
+        }
+        EventKind::VdiCreated(vdi) => node.vdi_created(vdi),
+        EventKind::VdiDeleted(vdi) if node.vdi_deleted(vdi.vid) => {
+            info!("VDI {} ({}) deleted: removing its objects", vdi.name, vdi.vid);
+            let objects = node.objects.clone();
+            let vids = [vdi.vid].into_iter().collect();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = blocking(move || objects.remove_vdis(&vids)).await {
+                    warn!("cannot remove the objects of a deleted VDI: {e}");
+                }
+            });
+        }
+        EventKind::RecoveryComplete(epoch) => {
+            info!("every node of epoch {epoch} recovered");
+            tokio::task::spawn_local(recovery_complete(node.clone(), *epoch));
         }
         EventKind::Epoch(rec) => {
             if !node.record_epoch(rec)? {
@@ -237,4 +293,22 @@ fn apply(node: &Node, session: SessionId, joined_seen: &mut bool, e: &Event) -> 
         _ => {}
     }
     Ok(Step::Continue)
+}
+
+async fn recovery_complete(node: Rc<Node>, epoch: u32) {
+    recovery::recovery_complete(&node, epoch).await;
+}
+
+/// Removes every object of the store (live and stale).
+async fn wipe(node: &Node) {
+    let objects = node.objects.clone();
+    let wiped = blocking(move || {
+        objects.quarantine_all(0)?;
+        objects.purge_stale()
+    })
+    .await;
+    match wiped {
+        Ok(n) => info!("removed {n} object(s) of the old cluster"),
+        Err(e) => warn!("cannot remove the old cluster's objects: {e}"),
+    }
 }

@@ -2,19 +2,62 @@
 //! the RPC server (one thread, so `RefCell`).
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use sheep_core::epoch::{EpochLog, EpochRecord, NodeInfo};
-use sheep_core::group::SessionId;
+use sheep_core::epoch::{Epoch, EpochLog, EpochRecord, NodeInfo};
+use sheep_core::group::{SessionId, DEFAULT_COPIES};
+use sheep_core::namespace::VdiEntry;
+use sheep_core::object::{ObjectId, VdiId};
+use sheep_core::placement::PlacementRing;
+use tokio::sync::watch;
 
+use crate::objects::ObjectStore;
+use crate::peers::Peers;
+use crate::recovery::Progress;
 use crate::store_dir::{StoreConfig, StoreDir};
 
 pub struct Node {
     pub info: NodeInfo,
     pub store: StoreDir,
+    pub objects: Arc<ObjectStore>,
+    pub peers: Peers,
     pub started: Instant,
+    /// Recovery's progress and plan, shared with the request path (objects asked for by
+    /// clients are recovered at once).
+    pub recovery: RefCell<Progress>,
     state: RefCell<State>,
+    /// The newest epoch applied: requests from a newer epoch wait on it.
+    epoch_tx: watch::Sender<Epoch>,
+    /// Bumped when the recovery loop must start a new pass (new epoch, new session, new
+    /// VDI list).
+    kick_tx: watch::Sender<u64>,
+    view: RefCell<ClusterView>,
+    ring: RefCell<Option<(Epoch, Rc<EpochRing>)>>,
+}
+
+/// An epoch's node list and its placement ring.
+pub struct EpochRing {
+    pub record: EpochRecord,
+    pub ring: PlacementRing,
+}
+
+impl EpochRing {
+    /// The nodes holding `oid` in this epoch.
+    pub fn replicas(&self, oid: ObjectId, copies: usize) -> Vec<&NodeInfo> {
+        self.ring.replicas(oid, copies)
+    }
+}
+
+/// What the node knows of the cluster's configuration and VDI namespace.
+#[derive(Debug, Default)]
+struct ClusterView {
+    copies: Option<u8>,
+    vdi_copies: HashMap<VdiId, u8>,
+    deleted: HashSet<VdiId>,
 }
 
 struct State {
@@ -35,14 +78,107 @@ pub struct Status {
 impl Node {
     /// `epochs`: the history read from the store, `None` if it could not be read (it is
     /// then rebuilt from the group's at the first sync).
-    pub fn new(info: NodeInfo, store: StoreDir, config: StoreConfig, epochs: Option<EpochLog>) -> Node {
+    pub fn new(
+        info: NodeInfo,
+        store: StoreDir,
+        objects: Arc<ObjectStore>,
+        config: StoreConfig,
+        epochs: Option<EpochLog>,
+    ) -> Node {
         let state = State {
             config,
             epochs_unreadable: epochs.is_none(),
             epochs: epochs.unwrap_or_default(),
             session: 0,
         };
-        Node { info, store, started: Instant::now(), state: RefCell::new(state) }
+        let (epoch_tx, _) = watch::channel(state.epochs.current());
+        let (kick_tx, _) = watch::channel(0);
+        Node {
+            info,
+            store,
+            objects,
+            peers: Peers::default(),
+            started: Instant::now(),
+            recovery: RefCell::new(Progress::default()),
+            state: RefCell::new(state),
+            epoch_tx,
+            kick_tx,
+            view: RefCell::default(),
+            ring: RefCell::new(None),
+        }
+    }
+
+    /// The newest epoch this node has applied (0: none yet).
+    pub fn epoch(&self) -> Epoch {
+        *self.epoch_tx.borrow()
+    }
+
+    pub fn watch_epoch(&self) -> watch::Receiver<Epoch> {
+        self.epoch_tx.subscribe()
+    }
+
+    fn epoch_changed(&self) {
+        let current = self.state.borrow().epochs.current();
+        self.epoch_tx.send_if_modified(|e| std::mem::replace(e, current) != current);
+    }
+
+    /// Asks the recovery loop for a new pass.
+    pub fn kick_recovery(&self) {
+        self.kick_tx.send_modify(|n| *n += 1);
+    }
+
+    pub fn watch_kicks(&self) -> watch::Receiver<u64> {
+        self.kick_tx.subscribe()
+    }
+
+    /// The ring of `epoch` (cached for the newest one asked), `None` for an unknown epoch.
+    pub fn ring(&self, epoch: Epoch) -> Option<Rc<EpochRing>> {
+        if let Some((e, r)) = &*self.ring.borrow() {
+            if *e == epoch {
+                return Some(r.clone());
+            }
+        }
+        let record = self.state.borrow().epochs.get(epoch)?.clone();
+        let ring = Rc::new(EpochRing { ring: PlacementRing::new(&record.nodes), record });
+        *self.ring.borrow_mut() = Some((epoch, ring.clone()));
+        Some(ring)
+    }
+
+    /// How many copies the objects of `vid` have: the VDI's own, else the cluster's.
+    pub fn copies_of(&self, vid: VdiId) -> usize {
+        let v = self.view.borrow();
+        let copies = v.vdi_copies.get(&vid).copied().or(v.copies).unwrap_or(DEFAULT_COPIES);
+        usize::from(copies.max(1))
+    }
+
+    pub fn set_cluster_copies(&self, copies: u8) {
+        self.view.borrow_mut().copies = Some(copies);
+    }
+
+    pub fn vdi_created(&self, vdi: &VdiEntry) {
+        self.view.borrow_mut().vdi_copies.insert(vdi.vid, vdi.copies);
+    }
+
+    /// Records a deleted VDI; true if it was not known as deleted yet.
+    pub fn vdi_deleted(&self, vid: VdiId) -> bool {
+        let mut v = self.view.borrow_mut();
+        v.vdi_copies.remove(&vid);
+        v.deleted.insert(vid)
+    }
+
+    /// Takes the namespace as groupd lists it.
+    pub fn set_vdis(&self, vdis: &[VdiEntry], deleted: &[VdiId]) {
+        let mut v = self.view.borrow_mut();
+        v.vdi_copies = vdis.iter().map(|e| (e.vid, e.copies)).collect();
+        v.deleted.extend(deleted.iter().copied());
+    }
+
+    pub fn deleted_vdis(&self) -> HashSet<VdiId> {
+        self.view.borrow().deleted.clone()
+    }
+
+    pub fn is_deleted(&self, vid: VdiId) -> bool {
+        self.view.borrow().deleted.contains(&vid)
     }
 
     pub fn status(&self) -> Status {
@@ -85,6 +221,11 @@ impl Node {
         let mut s = self.state.borrow_mut();
         s.epochs = EpochLog::default();
         s.epochs_unreadable = false;
+        drop(s);
+        // A new cluster: nothing of the old namespace applies.
+        *self.view.borrow_mut() = ClusterView::default();
+        *self.ring.borrow_mut() = None;
+        self.epoch_changed();
         Ok(())
     }
 
@@ -99,6 +240,8 @@ impl Node {
         if next != s.epochs {
             self.store.save_epoch(rec)?;
             s.epochs = next;
+            drop(s);
+            self.epoch_changed();
         }
         Ok(true)
     }
@@ -176,7 +319,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = StoreDir::open(tmp.path()).unwrap();
         let cfg = store.claim("n1").unwrap();
-        let node = Node::new(NodeInfo::default_for_test(), store, cfg, None);
+        let objects = Arc::new(ObjectStore::open(tmp.path()).unwrap());
+        let node = Node::new(NodeInfo::default_for_test(), store, objects, cfg, None);
         std::fs::write(node.store.path().join("epoch/7"), "junk").unwrap();
         node.sync_epochs(&[rec(1, 1), rec(2, 2)]).unwrap();
         assert!(!node.record_epoch(&rec(4, 4)).unwrap());

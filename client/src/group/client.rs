@@ -7,6 +7,8 @@ use std::time::Duration;
 use capnp::ErrorKind;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, SessionId, SessionKind};
+use sheep_core::namespace::VdiEntry;
+use sheep_core::object::VdiId;
 use sheep_rpc::codec;
 use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
 use tokio::time::Instant;
@@ -285,6 +287,18 @@ impl GroupClient {
         .await
     }
 
+    /// A storage node reports that it holds every object it owns in `epoch`.
+    pub async fn recovery_done(&self, session: SessionId, epoch: u32) -> Result<(), Error> {
+        self.call("recovery done", Duration::ZERO, |c| async move {
+            let mut req = c.recovery_done_request();
+            req.get().set_session(session);
+            req.get().set_epoch(epoch);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn lock(&self, session: SessionId, vdi: &str) -> Result<LockInfo, Error> {
         self.call("lock", Duration::ZERO, |c| async move {
             let mut req = c.lock_request();
@@ -305,6 +319,47 @@ impl GroupClient {
             p.set_force(force);
             req.send().promise.await?;
             Ok(())
+        })
+        .await
+    }
+    /// Creates a VDI in the namespace (`copies` 0 = the cluster's default). Refused with
+    /// `vdiExists` or `badRequest`.
+    ///
+    /// Not retried after a broken connection can double-create: a second try of a create
+    /// that was applied is refused with `vdiExists`.
+    pub async fn vdi_create(&self, name: &str, size: u64, copies: u8) -> Result<VdiEntry, Error> {
+        self.call("vdi create", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_create_request();
+            let mut p = req.get();
+            p.set_name(name);
+            p.set_size(size);
+            p.set_copies(copies);
+            let resp = req.send().promise.await?;
+            codec::read_vdi(resp.get()?.get_vdi()?)
+        })
+        .await
+    }
+
+    /// Deletes a VDI from the namespace; storage nodes remove its objects when they see the
+    /// event. Refused with `noVdi`.
+    pub async fn vdi_delete(&self, name: &str) -> Result<VdiEntry, Error> {
+        self.call("vdi delete", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_delete_request();
+            req.get().set_name(name);
+            let resp = req.send().promise.await?;
+            codec::read_vdi(resp.get()?.get_vdi()?)
+        })
+        .await
+    }
+
+    /// Every live VDI, and the ids of every deleted one.
+    pub async fn vdi_list(&self) -> Result<(Vec<VdiEntry>, Vec<VdiId>), Error> {
+        self.call("vdi list", Duration::ZERO, |c| async move {
+            let resp = c.vdi_list_request().send().promise.await?;
+            let r = resp.get()?;
+            let vdis = r.get_vdis()?.iter().map(codec::read_vdi).collect::<capnp::Result<Vec<_>>>()?;
+            let deleted = r.get_deleted_vids()?.iter().map(codec::read_vid).collect::<capnp::Result<Vec<_>>>()?;
+            Ok((vdis, deleted))
         })
         .await
     }

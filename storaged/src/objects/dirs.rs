@@ -1,0 +1,134 @@
+//! Operations on the whole store: listing, moving to and purging `.stale/`, removing the
+//! objects of deleted VDIs, and the store's statistics.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use sheep_core::object::{ObjectId, VdiId};
+
+use super::file::{FileError, ObjFile};
+use super::{list_dir, locked, sync_dir, Listing, ObjectStore, StoreError, StoreStat};
+
+impl ObjectStore {
+    /// Every object held: live ones, and those only in `.stale/`.
+    pub fn list(&self) -> Result<Listing, StoreError> {
+        let live: BTreeSet<ObjectId> = list_dir(&self.obj)?.into_iter().collect();
+        let stale_only = list_dir(&self.stale)?
+            .into_iter()
+            .filter(|o| !live.contains(o))
+            .map(|o| (o, self.stale_epoch_of(o)))
+            .collect();
+        Ok(Listing { live: live.into_iter().collect(), stale_only })
+    }
+
+    pub fn list_live(&self) -> Result<Vec<ObjectId>, StoreError> {
+        list_dir(&self.obj)
+    }
+
+    pub fn list_stale(&self) -> Result<Vec<ObjectId>, StoreError> {
+        list_dir(&self.stale)
+    }
+
+    /// Moves a live object to `.stale/` (over an older stale copy), recording `last_live`,
+    /// the last epoch in which it was live, in its header.
+    pub fn move_to_stale(&self, oid: ObjectId, last_live: u32) -> Result<(), StoreError> {
+        let _g = self.locks.lock(oid);
+        locked(&self.dirty).remove(&oid);
+        self.forget_file(oid);
+        match ObjFile::open(&self.obj_path(oid), true) {
+            Ok(mut f) => f.set_stale_epoch(last_live.max(1)).map_err(|e| StoreError::from_file(oid, "mark", e))?,
+            Err(FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // A corrupt header: moved as it is; nobody will fetch it successfully.
+            Err(_) => {}
+        }
+        match fs::rename(self.obj_path(oid), self.stale_path(oid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&format!("move {oid} to .stale"), &e)),
+        }
+    }
+
+    /// Moves every live object to `.stale/`: a node that rejoins never serves old data.
+    /// `last_live`: the newest epoch the node knew.
+    pub fn quarantine_all(&self, last_live: u32) -> Result<usize, StoreError> {
+        let live = self.list_live()?;
+        for &oid in &live {
+            self.move_to_stale(oid, last_live)?;
+        }
+        self.sync_dirs()?;
+        Ok(live.len())
+    }
+
+    pub fn sync_dirs(&self) -> Result<(), StoreError> {
+        sync_dir(&self.obj)?;
+        sync_dir(&self.stale)
+    }
+
+    /// Removes every stale copy.
+    pub fn purge_stale(&self) -> Result<usize, StoreError> {
+        let stale = self.list_stale()?;
+        for &oid in &stale {
+            let _g = self.locks.lock(oid);
+            match fs::remove_file(self.stale_path(oid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&format!("remove stale {oid}"), &e)),
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes every object (live or stale) of the VDIs in `vids`; returns how many.
+    pub fn remove_vdis(&self, vids: &HashSet<VdiId>) -> Result<usize, StoreError> {
+        if vids.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        let mut all = self.list_live()?;
+        all.extend(self.list_stale()?);
+        for oid in all {
+            if vids.contains(&oid.vid()) {
+                self.remove(oid)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Capacity and free space of the file system, bytes used by live objects, and how many.
+    pub fn stat(&self) -> Result<StoreStat, StoreError> {
+        let (capacity, free) = statvfs(&self.obj)?;
+        let mut used = 0;
+        let live = self.list_live()?;
+        for &oid in &live {
+            match fs::metadata(self.obj_path(oid)) {
+                Ok(m) => used += std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&format!("stat {oid}"), &e)),
+            }
+        }
+        Ok(StoreStat { capacity, used, free, objects: live.len() as u64 })
+    }
+}
+
+/// (capacity, free) in bytes of the file system holding `path`.
+fn statvfs(path: &Path) -> Result<(u64, u64), StoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| StoreError::BadRequest("data dir path contains NUL".into()))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
+    // right type; statvfs fills it on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(StoreError::io("statvfs", &io::Error::last_os_error()));
+    }
+    // SAFETY: statvfs returned 0, so the struct is initialised.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    let (frsize, blocks, avail) = (st.f_frsize as u64, st.f_blocks as u64, st.f_bavail as u64);
+    Ok((blocks * frsize, avail * frsize))
+}

@@ -1,0 +1,281 @@
+//! One object on disk: a file with a header, a crc table, and the object's bytes.
+//!
+//! ```text
+//! offset 0    magic "SHEEPOB1" (8 bytes)
+//!        8    object size, u32 LE (a multiple of BLOCK)
+//!        12   block size, u32 LE (BLOCK)
+//!        16   last live epoch, u32 LE: 0 while live; set when the copy moves to .stale/
+//!        20   crc32 of bytes 0..20, u32 LE
+//!        64   crc table: one crc32 (u32 LE) per block of the object
+//!   data_off  the object's bytes: data_off = 64 + 4 × blocks rounded up to BLOCK
+//! ```
+//!
+//! The file is as long as `data_off + object size` but sparse: blocks never written are
+//! holes, and their crc in the table is the crc of a zero block. A write puts the data
+//! first and then the crcs of the blocks it touched; a crash between the two leaves a
+//! block whose crc does not match, which reads report as corrupt (and the node repairs
+//! from a replica) — never as data.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// Checksum granularity: one crc32 per 4 KiB, the size of a device's I/O.
+pub const BLOCK: usize = 4096;
+const MAGIC: &[u8; 8] = b"SHEEPOB1";
+const HEADER_CRC_AT: usize = 20;
+const CRC_TABLE_AT: u64 = 64;
+/// The largest object this format takes (the wire's object size is a u32).
+pub const MAX_OBJECT_SIZE: u32 = 1 << 31;
+
+/// Why an object file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The file's contents fail their checks: a bad header, or a block whose crc differs.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The caller asked for something outside the object.
+    #[error("{0}")]
+    Range(String),
+}
+
+/// The crc of a block of zeros: what the table holds for a block never written.
+pub fn zero_block_crc() -> u32 {
+    static CRC: OnceLock<u32> = OnceLock::new();
+    *CRC.get_or_init(|| crc32fast::hash(&[0u8; BLOCK]))
+}
+
+/// Where things are in the file of an object of `object_size` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub object_size: u32,
+}
+
+impl Layout {
+    pub fn new(object_size: u32) -> Result<Layout, FileError> {
+        if object_size == 0 || !(object_size as usize).is_multiple_of(BLOCK) || object_size > MAX_OBJECT_SIZE {
+            return Err(FileError::Range(format!(
+                "object size must be a multiple of {BLOCK} bytes from {BLOCK} to {MAX_OBJECT_SIZE}, not {object_size}"
+            )));
+        }
+        Ok(Layout { object_size })
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.object_size as usize / BLOCK
+    }
+
+    pub fn data_off(&self) -> u64 {
+        let end = CRC_TABLE_AT + 4 * self.blocks() as u64;
+        end.div_ceil(BLOCK as u64) * BLOCK as u64
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.data_off() + u64::from(self.object_size)
+    }
+
+    fn header(&self, stale_epoch: u32) -> [u8; CRC_TABLE_AT as usize] {
+        let mut h = [0u8; CRC_TABLE_AT as usize];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&self.object_size.to_le_bytes());
+        h[12..16].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        h[16..20].copy_from_slice(&stale_epoch.to_le_bytes());
+        let crc = crc32fast::hash(&h[..HEADER_CRC_AT]);
+        h[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// The layout and the last live epoch.
+    fn parse(h: &[u8]) -> Result<(Layout, u32), FileError> {
+        let bad = |why: &str| FileError::Corrupt(format!("bad object header: {why}"));
+        if h.len() < CRC_TABLE_AT as usize || &h[..8] != MAGIC {
+            return Err(bad("no magic"));
+        }
+        let word = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        if crc32fast::hash(&h[..HEADER_CRC_AT]) != word(HEADER_CRC_AT) {
+            return Err(bad("checksum mismatch"));
+        }
+        if word(12) as usize != BLOCK {
+            return Err(bad("unknown block size"));
+        }
+        let layout = Layout::new(word(8)).map_err(|_| bad("bad object size"))?;
+        Ok((layout, word(16)))
+    }
+}
+
+/// An open object file.
+pub struct ObjFile {
+    file: File,
+    pub layout: Layout,
+    /// The last epoch in which a stale copy was live (0 for a live object).
+    pub stale_epoch: u32,
+}
+
+impl ObjFile {
+    /// Opens an object file and checks its header (and its length).
+    pub fn open(path: &Path, writable: bool) -> Result<ObjFile, FileError> {
+        let file = File::options().read(true).write(writable).open(path)?;
+        let mut h = [0u8; CRC_TABLE_AT as usize];
+        file.read_exact_at(&mut h, 0).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => FileError::Corrupt("object file shorter than its header".into()),
+            _ => FileError::Io(e),
+        })?;
+        let (layout, stale_epoch) = Layout::parse(&h)?;
+        if file.metadata()?.len() != layout.file_len() {
+            return Err(FileError::Corrupt("object file has the wrong length".into()));
+        }
+        Ok(ObjFile { file, layout, stale_epoch })
+    }
+
+    /// Creates a new object file of zeros at `path` (which must not exist): header, a crc
+    /// table of zero-block crcs, and a hole for the data. Nothing of the data is written.
+    pub fn create(path: &Path, layout: Layout) -> Result<ObjFile, FileError> {
+        let file = File::options().read(true).write(true).create_new(true).open(path)?;
+        let mut head = Vec::with_capacity(layout.data_off() as usize);
+        head.extend_from_slice(&layout.header(0));
+        let zero = zero_block_crc().to_le_bytes();
+        for _ in 0..layout.blocks() {
+            head.extend_from_slice(&zero);
+        }
+        file.write_all_at(&head, 0)?;
+        file.set_len(layout.file_len())?;
+        Ok(ObjFile { file, layout, stale_epoch: 0 })
+    }
+
+    /// Records in the header the last epoch in which this copy was live (0: live).
+    pub fn set_stale_epoch(&mut self, epoch: u32) -> Result<(), FileError> {
+        self.file.write_all_at(&self.layout.header(epoch), 0)?;
+        self.stale_epoch = epoch;
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), FileError> {
+        let size = u64::from(self.layout.object_size);
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(FileError::Range(format!(
+                "range {offset}+{len} is outside the object of {size} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn read_crcs(&self, first: usize, count: usize) -> Result<Vec<u32>, FileError> {
+        let mut raw = vec![0u8; 4 * count];
+        self.file.read_exact_at(&mut raw, CRC_TABLE_AT + 4 * first as u64)?;
+        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn write_crcs(&self, first: usize, crcs: &[u32]) -> Result<(), FileError> {
+        let raw: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+        self.file.write_all_at(&raw, CRC_TABLE_AT + 4 * first as u64)?;
+        Ok(())
+    }
+
+    /// Reads whole blocks `first..first + count` and checks each against its crc.
+    fn read_blocks(&self, first: usize, count: usize) -> Result<Vec<u8>, FileError> {
+        let mut buf = vec![0u8; count * BLOCK];
+        self.file.read_exact_at(&mut buf, self.layout.data_off() + (first * BLOCK) as u64)?;
+        let crcs = self.read_crcs(first, count)?;
+        for (i, (block, want)) in buf.chunks_exact(BLOCK).zip(crcs).enumerate() {
+            if crc32fast::hash(block) != want {
+                return Err(FileError::Corrupt(format!("block {} fails its checksum", first + i)));
+            }
+        }
+        Ok(buf)
+    }
+
+    /// `len` bytes at `offset`, every block they touch verified.
+    pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, FileError> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let first = (offset / BLOCK as u64) as usize;
+        let end = (offset + len).div_ceil(BLOCK as u64) as usize;
+        let mut buf = self.read_blocks(first, end - first)?;
+        let skip = (offset - (first * BLOCK) as u64) as usize;
+        buf.drain(..skip);
+        buf.truncate(len as usize);
+        Ok(buf)
+    }
+
+    /// The whole object, verified.
+    pub fn read_all(&self) -> Result<Vec<u8>, FileError> {
+        self.read(0, u64::from(self.layout.object_size))
+    }
+
+    /// Writes `data` at `offset`. Blocks only partly covered are read (and verified) first.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), FileError> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let first = (offset / BLOCK as u64) as usize;
+        let end = (offset + data.len() as u64).div_ceil(BLOCK as u64) as usize;
+        let head = (offset - (first * BLOCK) as u64) as usize;
+        let aligned = head == 0 && data.len().is_multiple_of(BLOCK);
+        let buf: std::borrow::Cow<[u8]> = if aligned {
+            std::borrow::Cow::Borrowed(data)
+        } else {
+            let mut buf = vec![0u8; (end - first) * BLOCK];
+            if head != 0 {
+                buf[..BLOCK].copy_from_slice(&self.read_blocks(first, 1)?);
+            }
+            let tail_block = end - 1;
+            if !(head + data.len()).is_multiple_of(BLOCK) && (tail_block != first || head == 0) {
+                let at = (tail_block - first) * BLOCK;
+                buf[at..at + BLOCK].copy_from_slice(&self.read_blocks(tail_block, 1)?);
+            }
+            buf[head..head + data.len()].copy_from_slice(data);
+            std::borrow::Cow::Owned(buf)
+        };
+        self.file.write_all_at(&buf, self.layout.data_off() + (first * BLOCK) as u64)?;
+        let crcs: Vec<u32> = buf.chunks_exact(BLOCK).map(crc32fast::hash).collect();
+        self.write_crcs(first, &crcs)
+    }
+
+    /// Fills a freshly created object with `data` (the whole object), leaving blocks of
+    /// zeros as holes.
+    pub fn fill(&self, data: &[u8]) -> Result<(), FileError> {
+        if data.len() != self.layout.object_size as usize {
+            return Err(FileError::Range(format!(
+                "{} bytes given for an object of {} bytes",
+                data.len(),
+                self.layout.object_size
+            )));
+        }
+        let mut crcs = Vec::with_capacity(self.layout.blocks());
+        let mut run: Option<usize> = None; // first block of the current run of non-zero blocks
+        let flush_run = |from: usize, to: usize| -> io::Result<()> {
+            self.file.write_all_at(&data[from * BLOCK..to * BLOCK], self.layout.data_off() + (from * BLOCK) as u64)
+        };
+        for (i, block) in data.chunks_exact(BLOCK).enumerate() {
+            let zero = block.iter().all(|&b| b == 0);
+            crcs.push(if zero { zero_block_crc() } else { crc32fast::hash(block) });
+            match (zero, run) {
+                (false, None) => run = Some(i),
+                (true, Some(from)) => {
+                    flush_run(from, i)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = run {
+            flush_run(from, self.layout.blocks())?;
+        }
+        self.write_crcs(0, &crcs)
+    }
+
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}

@@ -1,0 +1,439 @@
+//! The node's object store: one checksummed file per object (see [`file`]) under
+//! `DIR/obj/<oid>`, objects the node no longer owns under `DIR/.stale/<oid>`, and
+//! `DIR/tmp/` for objects being created (then renamed into place: atomic).
+//!
+//! Every method here blocks on disk I/O: call them from `spawn_blocking`. Requests on one
+//! object are serialised by a per-object lock; different objects go in parallel.
+
+mod dirs;
+mod file;
+mod lock;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sheep_core::object::ObjectId;
+
+pub use file::Layout;
+use file::{FileError, ObjFile};
+use lock::LockTable;
+
+/// Open object files kept at most.
+const OPEN_FILES: usize = 256;
+
+/// A failed object operation; `code()` is the wire code word.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} is not on this node")]
+    NoObject(ObjectId),
+    #[error("object {oid} is corrupt: {why}")]
+    Corrupt { oid: ObjectId, why: String },
+    #[error("no space left on the node's disk ({0})")]
+    NoSpace(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("disk error: {0}")]
+    Io(String),
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::NoObject(_) => "noObject",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::NoSpace(_) => "noSpace",
+            StoreError::BadRequest(_) => "badRequest",
+            StoreError::Io(_) => "ioError",
+        }
+    }
+
+    fn io(what: &str, e: &io::Error) -> StoreError {
+        if is_no_space(e) {
+            StoreError::NoSpace(format!("{what}: {e}"))
+        } else {
+            StoreError::Io(format!("{what}: {e}"))
+        }
+    }
+
+    fn from_file(oid: ObjectId, what: &str, e: FileError) -> StoreError {
+        match e {
+            FileError::Io(e) if e.kind() == io::ErrorKind::NotFound => StoreError::NoObject(oid),
+            FileError::Io(e) => StoreError::io(&format!("{what} {oid}"), &e),
+            FileError::Corrupt(why) => StoreError::Corrupt { oid, why },
+            FileError::Range(why) => StoreError::BadRequest(why),
+        }
+    }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// What `stat` reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStat {
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+    pub objects: u64,
+}
+
+/// What `list` reports: objects in `obj/`, and those only in `.stale/` with the last epoch
+/// in which each was live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub live: Vec<ObjectId>,
+    pub stale_only: Vec<(ObjectId, u32)>,
+}
+
+/// A whole object, and where it came from.
+#[derive(Debug)]
+pub struct Whole {
+    pub data: Vec<u8>,
+    /// 0: a live copy; else it came from `.stale/` and was last live in this epoch.
+    pub stale_epoch: u32,
+}
+
+pub struct ObjectStore {
+    obj: PathBuf,
+    stale: PathBuf,
+    tmp: PathBuf,
+    locks: LockTable,
+    /// Objects written without FUA since the last flush.
+    dirty: Mutex<HashSet<ObjectId>>,
+    /// Objects being repaired from a replica: set to true when a write lands meanwhile, so
+    /// that the repair does not put older data over it.
+    repairing: Mutex<HashMap<ObjectId, bool>>,
+    tmp_seq: AtomicU64,
+    /// Open live object files (opened read-write), so that a small I/O costs no open.
+    /// Changed only under the object's lock; an entry goes when its file is replaced,
+    /// moved or removed.
+    open_files: Mutex<HashMap<ObjectId, Arc<ObjFile>>>,
+    /// Test hook: every write fails as if the disk were full.
+    no_space: AtomicBool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ObjectStore {
+    /// Opens the store under `root` (creating its directories); leftovers of interrupted
+    /// creations in `tmp/` are removed.
+    pub fn open(root: &Path) -> Result<ObjectStore, StoreError> {
+        let store = ObjectStore {
+            obj: root.join("obj"),
+            stale: root.join(".stale"),
+            tmp: root.join("tmp"),
+            locks: LockTable::default(),
+            dirty: Mutex::default(),
+            repairing: Mutex::default(),
+            tmp_seq: AtomicU64::new(0),
+            open_files: Mutex::default(),
+            no_space: AtomicBool::new(false),
+        };
+        for dir in [&store.obj, &store.stale, &store.tmp] {
+            fs::create_dir_all(dir).map_err(|e| StoreError::io(&format!("create {}", dir.display()), &e))?;
+        }
+        for entry in read_dir(&store.tmp)? {
+            let _ = fs::remove_file(entry);
+        }
+        Ok(store)
+    }
+
+    #[cfg(test)]
+    pub fn inject_no_space(&self, on: bool) {
+        self.no_space.store(on, Ordering::SeqCst);
+    }
+
+    fn check_space(&self) -> Result<(), StoreError> {
+        if self.no_space.load(Ordering::SeqCst) {
+            return Err(StoreError::NoSpace("injected".into()));
+        }
+        Ok(())
+    }
+
+    /// The open file of a live object (the caller holds its lock).
+    fn live_file(&self, oid: ObjectId) -> Result<Arc<ObjFile>, StoreError> {
+        if let Some(f) = locked(&self.open_files).get(&oid) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(ObjFile::open(&self.obj_path(oid), true).map_err(|e| StoreError::from_file(oid, "open", e))?);
+        let mut open = locked(&self.open_files);
+        if open.len() >= OPEN_FILES {
+            // Crude but bounded: forget every other handle; the hot ones come back.
+            let drop: Vec<ObjectId> = open.keys().copied().step_by(2).collect();
+            for o in drop {
+                open.remove(&o);
+            }
+        }
+        open.insert(oid, f.clone());
+        Ok(f)
+    }
+
+    /// Forgets the open file of `oid` (its file is being replaced, moved or removed).
+    fn forget_file(&self, oid: ObjectId) {
+        locked(&self.open_files).remove(&oid);
+    }
+
+    #[cfg(test)]
+    pub fn forget_open_files(&self) {
+        locked(&self.open_files).clear();
+    }
+
+    pub fn obj_path(&self, oid: ObjectId) -> PathBuf {
+        self.obj.join(oid.to_string())
+    }
+
+    pub fn stale_path(&self, oid: ObjectId) -> PathBuf {
+        self.stale.join(oid.to_string())
+    }
+
+    pub fn contains(&self, oid: ObjectId) -> bool {
+        self.obj_path(oid).exists()
+    }
+
+    /// `len` bytes at `offset` of a live object, verified.
+    pub fn read(&self, oid: ObjectId, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let _g = self.locks.lock(oid);
+        let f = self.live_file(oid)?;
+        f.read(offset, len).map_err(|e| StoreError::from_file(oid, "read", e))
+    }
+
+    /// The whole live object, verified.
+    pub fn read_all(&self, oid: ObjectId) -> Result<Vec<u8>, StoreError> {
+        let _g = self.locks.lock(oid);
+        let f = self.live_file(oid)?;
+        f.read_all().map_err(|e| StoreError::from_file(oid, "read", e))
+    }
+
+    /// Writes into an existing live object.
+    pub fn write(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool) -> Result<(), StoreError> {
+        let _g = self.locks.lock(oid);
+        self.write_locked(oid, offset, data, fua)
+    }
+
+    fn write_locked(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool) -> Result<(), StoreError> {
+        let f = self.live_file(oid)?;
+        self.check_space()?;
+        self.note_write(oid);
+        f.write(offset, data).map_err(|e| StoreError::from_file(oid, "write", e))?;
+        if fua {
+            f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
+        } else {
+            locked(&self.dirty).insert(oid);
+        }
+        Ok(())
+    }
+
+    fn note_write(&self, oid: ObjectId) {
+        if let Some(dirtied) = locked(&self.repairing).get_mut(&oid) {
+            *dirtied = true;
+        }
+    }
+
+    /// Creates the object (zeros, or `base`, which must be a whole object of
+    /// `object_size`) with `data` written at `offset`; it appears whole or not at all.
+    /// An object that exists already is written into. Returns true if it was created.
+    pub fn create_and_write(
+        &self,
+        oid: ObjectId,
+        object_size: u32,
+        base: Option<&[u8]>,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<bool, StoreError> {
+        let layout = Layout::new(object_size).map_err(|e| StoreError::from_file(oid, "create", e))?;
+        let _g = self.locks.lock(oid);
+        if self.contains(oid) {
+            self.write_locked(oid, offset, data, fua)?;
+            return Ok(false);
+        }
+        if offset.checked_add(data.len() as u64).is_none_or(|end| end > u64::from(object_size)) {
+            return Err(StoreError::BadRequest(format!(
+                "range {offset}+{} is outside the object of {object_size} bytes",
+                data.len()
+            )));
+        }
+        self.create_locked(oid, layout, |f| {
+            if let Some(base) = base {
+                f.fill(base)?;
+            }
+            f.write(offset, data)
+        })?;
+        Ok(true)
+    }
+
+    /// Writes a new object file in `tmp/`, syncs it, renames it to `obj/` (over any
+    /// previous copy) and syncs the directory.
+    fn create_locked(
+        &self,
+        oid: ObjectId,
+        layout: Layout,
+        fill: impl FnOnce(&ObjFile) -> Result<(), FileError>,
+    ) -> Result<(), StoreError> {
+        self.check_space()?;
+        self.forget_file(oid);
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{oid}.{n}"));
+        let made = ObjFile::create(&tmp, layout)
+            .and_then(|f| {
+                fill(&f)?;
+                f.sync_all()?;
+                Ok(())
+            })
+            .map_err(|e| StoreError::from_file(oid, "create", e))
+            .and_then(|()| {
+                fs::rename(&tmp, self.obj_path(oid)).map_err(|e| StoreError::io(&format!("rename {oid}"), &e))
+            });
+        if let Err(e) = made {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.note_write(oid);
+        locked(&self.dirty).remove(&oid);
+        // A stale copy next to a live one is never used again (fetch prefers the live one).
+        match fs::remove_file(self.stale_path(oid)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!("cannot remove the stale copy of {oid}: {e}"),
+        }
+        sync_dir(&self.obj)
+    }
+
+    /// Puts a whole object (pulled from a peer by recovery) in place, unless the node holds
+    /// it already. Returns true if it was installed.
+    pub fn install_if_absent(&self, oid: ObjectId, data: &[u8]) -> Result<bool, StoreError> {
+        let layout = layout_of(oid, data)?;
+        let _g = self.locks.lock(oid);
+        if self.contains(oid) {
+            return Ok(false);
+        }
+        self.create_locked(oid, layout, |f| f.fill(data))?;
+        Ok(true)
+    }
+
+    /// Starts a repair of `oid`: writes from now on are noticed, so that
+    /// [`Self::finish_repair`] does not overwrite them with older data.
+    pub fn begin_repair(&self, oid: ObjectId) -> bool {
+        let mut r = locked(&self.repairing);
+        if r.contains_key(&oid) {
+            return false;
+        }
+        r.insert(oid, false);
+        true
+    }
+
+    /// Replaces the local copy of `oid` by `data` (a good copy from a replica), unless a
+    /// write landed since `begin_repair` (`Ok(false)`: fetch again). `None` ends the repair
+    /// without installing anything.
+    pub fn finish_repair(&self, oid: ObjectId, data: Option<&[u8]>) -> Result<bool, StoreError> {
+        let _g = self.locks.lock(oid);
+        let dirtied = locked(&self.repairing).remove(&oid).unwrap_or(true);
+        let Some(data) = data else { return Ok(false) };
+        if dirtied {
+            return Ok(false);
+        }
+        let layout = layout_of(oid, data)?;
+        self.create_locked(oid, layout, |f| f.fill(data))?;
+        Ok(true)
+    }
+
+    /// The whole object, verified, from `obj/` or else `.stale/`.
+    pub fn fetch(&self, oid: ObjectId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.fetch_any(oid)?.data)
+    }
+
+    /// Like `fetch`, telling where the copy came from.
+    pub fn fetch_any(&self, oid: ObjectId) -> Result<Whole, StoreError> {
+        let _g = self.locks.lock(oid);
+        let (f, stale) = match ObjFile::open(&self.obj_path(oid), false) {
+            Err(FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                (ObjFile::open(&self.stale_path(oid), false), true)
+            }
+            other => (other, false),
+        };
+        let f = f.map_err(|e| StoreError::from_file(oid, "open", e))?;
+        let data = f.read_all().map_err(|e| StoreError::from_file(oid, "read", e))?;
+        // A stale copy always names an epoch (at least 1); 0 means live.
+        let stale_epoch = if stale { f.stale_epoch.max(1) } else { 0 };
+        Ok(Whole { data, stale_epoch })
+    }
+
+    /// The stale copy's last live epoch, read from its header (0 if unreadable).
+    fn stale_epoch_of(&self, oid: ObjectId) -> u32 {
+        ObjFile::open(&self.stale_path(oid), false).map_or(0, |f| f.stale_epoch.max(1))
+    }
+
+    /// Removes the object (live and stale copies). Removing an absent object succeeds.
+    pub fn remove(&self, oid: ObjectId) -> Result<(), StoreError> {
+        let _g = self.locks.lock(oid);
+        locked(&self.dirty).remove(&oid);
+        self.forget_file(oid);
+        for path in [self.obj_path(oid), self.stale_path(oid)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&format!("remove {oid}"), &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let dirty: Vec<ObjectId> = locked(&self.dirty).drain().collect();
+        for (i, &oid) in dirty.iter().enumerate() {
+            let synced = match ObjFile::open(&self.obj_path(oid), false) {
+                Ok(f) => f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e)),
+                // Removed or moved meanwhile: nothing left to sync.
+                Err(FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::from_file(oid, "open", e)),
+            };
+            if let Err(e) = synced {
+                locked(&self.dirty).extend(&dirty[i..]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+}
+
+fn layout_of(oid: ObjectId, data: &[u8]) -> Result<Layout, StoreError> {
+    let size = u32::try_from(data.len())
+        .map_err(|_| StoreError::BadRequest(format!("object {oid} of {} bytes is too big", data.len())))?;
+    Layout::new(size).map_err(|e| StoreError::from_file(oid, "install", e))
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let what = || format!("read {}", dir.display());
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(&what(), &e))? {
+        out.push(entry.map_err(|e| StoreError::io(&what(), &e))?.path());
+    }
+    Ok(out)
+}
+
+/// The objects in `dir`, sorted; names that are not object ids are skipped.
+fn list_dir(dir: &Path) -> Result<Vec<ObjectId>, StoreError> {
+    let mut oids: Vec<ObjectId> = read_dir(dir)?
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
+        .collect();
+    oids.sort();
+    Ok(oids)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(&format!("sync {}", dir.display()), &e))
+}

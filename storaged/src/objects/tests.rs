@@ -1,0 +1,268 @@
+use std::os::unix::fs::FileExt;
+
+use super::*;
+use sheep_core::object::VdiId;
+
+const MIB4: u32 = 4 << 20;
+
+fn oid(vid: u32, idx: u32) -> ObjectId {
+    ObjectId::data(VdiId::new(vid).unwrap(), idx)
+}
+
+fn store() -> (tempfile::TempDir, ObjectStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ObjectStore::open(tmp.path()).unwrap();
+    (tmp, s)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
+
+#[test]
+fn create_is_sparse_and_reads_back() {
+    let (_t, s) = store();
+    let o = oid(1, 0);
+    let data = pattern(4096, 7);
+    assert!(s.create_and_write(o, MIB4, None, 8192, &data, false).unwrap());
+    let meta = fs::metadata(s.obj_path(o)).unwrap();
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+    assert!(meta.len() > u64::from(MIB4));
+    assert!(allocated < 64 * 1024, "a 4 KiB write into a 4 MiB object allocated {allocated} bytes");
+    assert_eq!(s.read(o, 8192, 4096).unwrap(), data);
+    assert_eq!(s.read(o, 0, 8192).unwrap(), vec![0; 8192]);
+    assert_eq!(s.read(o, u64::from(MIB4) - 10, 10).unwrap(), vec![0; 10]);
+    assert!(fs::read_dir(s.tmp.clone()).unwrap().next().is_none(), "tmp/ is left empty");
+}
+
+#[test]
+fn writes_across_blocks_and_partial_blocks() {
+    let (_t, s) = store();
+    let o = oid(2, 3);
+    let size = 64 * 1024;
+    s.create_and_write(o, size, None, 0, &[], false).unwrap();
+    let mut model = vec![0u8; size as usize];
+    for (i, (off, len)) in [(0usize, 4096usize), (100, 10), (4090, 20), (5000, 9000), (8192, 4096), (65535, 1), (1, 65534)]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(len, i as u8);
+        s.write(o, off as u64, &data, false).unwrap();
+        model[off..off + len].copy_from_slice(&data);
+        assert_eq!(s.read(o, 0, u64::from(size)).unwrap(), model, "after write {i}");
+    }
+    assert_eq!(s.read(o, 4095, 3).unwrap(), model[4095..4098]);
+    // create_and_write on an existing object writes into it.
+    assert!(!s.create_and_write(o, size, None, 10, b"xyz", false).unwrap());
+    model[10..13].copy_from_slice(b"xyz");
+    assert_eq!(s.fetch(o).unwrap(), model);
+}
+
+#[test]
+fn out_of_range_and_missing_are_errors() {
+    let (_t, s) = store();
+    let o = oid(3, 0);
+    assert!(matches!(s.read(o, 0, 1), Err(StoreError::NoObject(_))));
+    assert!(matches!(s.write(o, 0, b"a", false), Err(StoreError::NoObject(_))));
+    assert!(matches!(s.fetch(o), Err(StoreError::NoObject(_))));
+    assert!(matches!(s.create_and_write(o, 1000, None, 0, b"a", false), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.create_and_write(o, 8192, None, 8000, &[1; 200], false), Err(StoreError::BadRequest(_))));
+    assert!(!s.contains(o), "a refused create leaves nothing");
+    s.create_and_write(o, 8192, None, 0, b"a", false).unwrap();
+    assert!(matches!(s.read(o, 8192, 1), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.write(o, 8000, &[1; 200], false), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.read(o, u64::MAX, 2), Err(StoreError::BadRequest(_))));
+}
+
+#[test]
+fn a_flipped_byte_is_detected_never_returned() {
+    let (_t, s) = store();
+    let o = oid(4, 1);
+    let data = pattern(16384, 3);
+    s.create_and_write(o, 16384, None, 0, &data, true).unwrap();
+    let layout = Layout::new(16384).unwrap();
+    let f = fs::OpenOptions::new().read(true).write(true).open(s.obj_path(o)).unwrap();
+    let at = layout.data_off() + 4096 + 17;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    assert!(matches!(s.read(o, 4096, 10), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.read(o, 0, 16384), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.fetch(o), Err(StoreError::Corrupt { .. })));
+    // Other blocks still read; a partial write into the bad block is refused.
+    assert_eq!(s.read(o, 0, 4096).unwrap(), data[..4096]);
+    assert_eq!(s.read(o, 8192, 8192).unwrap(), data[8192..]);
+    assert!(matches!(s.write(o, 4100, b"x", false), Err(StoreError::Corrupt { .. })));
+    // A full-block write replaces it.
+    s.write(o, 4096, &data[4096..8192], false).unwrap();
+    assert_eq!(s.read(o, 0, 16384).unwrap(), data);
+
+    // A damaged header is corrupt too (seen when the file is opened next).
+    f.write_all_at(&[0xff], 9).unwrap();
+    s.forget_open_files();
+    assert!(matches!(s.read(o, 0, 1), Err(StoreError::Corrupt { .. })));
+}
+
+#[test]
+fn repair_installs_unless_a_write_came_first() {
+    let (_t, s) = store();
+    let o = oid(5, 0);
+    let good = pattern(8192, 9);
+    s.create_and_write(o, 8192, None, 0, &good, false).unwrap();
+    assert!(s.begin_repair(o));
+    assert!(!s.begin_repair(o), "one repair at a time");
+    assert!(s.finish_repair(o, Some(&good)).unwrap());
+    assert!(s.begin_repair(o));
+    s.write(o, 0, b"new", false).unwrap();
+    assert!(!s.finish_repair(o, Some(&good)).unwrap(), "a write since begin_repair wins");
+    assert_eq!(s.read(o, 0, 3).unwrap(), b"new");
+}
+
+#[test]
+fn fua_flush_and_dirty_set() {
+    let (_t, s) = store();
+    let (a, b) = (oid(6, 0), oid(6, 1));
+    s.create_and_write(a, 8192, None, 0, b"a", false).unwrap();
+    s.create_and_write(b, 8192, None, 0, b"b", false).unwrap();
+    assert!(locked(&s.dirty).is_empty(), "a create is durable when acked");
+    s.write(a, 0, b"A", false).unwrap();
+    s.write(b, 0, b"B", true).unwrap();
+    assert_eq!(locked(&s.dirty).iter().copied().collect::<Vec<_>>(), vec![a]);
+    s.flush().unwrap();
+    assert!(locked(&s.dirty).is_empty());
+    s.write(a, 1, b"x", false).unwrap();
+    s.remove(a).unwrap();
+    s.flush().unwrap();
+}
+
+#[test]
+fn base_copy_stays_sparse() {
+    let (_t, s) = store();
+    let (base, child) = (oid(7, 0), oid(8, 0));
+    s.create_and_write(base, MIB4, None, 4096, &pattern(4096, 1), false).unwrap();
+    let whole = s.fetch(base).unwrap();
+    assert_eq!(whole.len(), MIB4 as usize);
+    s.create_and_write(child, MIB4, Some(&whole), 0, b"child", false).unwrap();
+    let mut want = whole.clone();
+    want[..5].copy_from_slice(b"child");
+    assert_eq!(s.fetch(child).unwrap(), want);
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(s.obj_path(child)).unwrap()) * 512;
+    assert!(blocks < 64 * 1024, "copy allocated {blocks}");
+    assert!(matches!(
+        s.create_and_write(oid(9, 0), 8192, Some(&whole), 0, b"", false),
+        Err(StoreError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn list_stale_quarantine_purge_remove() {
+    let (_t, s) = store();
+    let objs: Vec<ObjectId> = (0..4).map(|i| oid(10, i)).collect();
+    for &o in &objs {
+        s.create_and_write(o, 8192, None, 0, b"x", false).unwrap();
+    }
+    s.create_and_write(oid(11, 0), 8192, None, 0, b"y", false).unwrap();
+    s.move_to_stale(objs[0], 7).unwrap();
+    let l = s.list().unwrap();
+    assert_eq!(l.stale_only, vec![(objs[0], 7)]);
+    let whole = s.fetch_any(objs[0]).unwrap();
+    assert_eq!((whole.stale_epoch, &whole.data[..1]), (7, &b"x"[..]));
+    assert_eq!(s.fetch_any(objs[1]).unwrap().stale_epoch, 0);
+    assert_eq!(l.live.len(), 4);
+    assert!(matches!(s.read(objs[0], 0, 1), Err(StoreError::NoObject(_))), "stale is never read");
+    assert_eq!(&s.fetch(objs[0]).unwrap()[..1], b"x", "but fetched by peers");
+    // A live copy next to a stale one counts as live.
+    assert!(s.install_if_absent(objs[0], &s.fetch(objs[0]).unwrap()).unwrap());
+    assert!(!s.install_if_absent(objs[0], &s.fetch(objs[0]).unwrap()).unwrap());
+    assert!(s.list().unwrap().stale_only.is_empty());
+    assert!(!s.stale_path(objs[0]).exists(), "a live copy replaces the stale one");
+    assert_eq!(s.quarantine_all(0).unwrap(), 5);
+    let l = s.list().unwrap();
+    assert!(l.live.is_empty());
+    assert_eq!(l.stale_only.len(), 5);
+    assert!(l.stale_only.iter().all(|&(_, e)| e == 1), "a stale copy names an epoch >= 1");
+    // A re-installed copy is live again, its header clean.
+    s.install_if_absent(objs[2], &s.fetch(objs[2]).unwrap()).unwrap();
+    assert_eq!(s.fetch_any(objs[2]).unwrap().stale_epoch, 0);
+    s.move_to_stale(objs[2], 3).unwrap();
+    let gone: HashSet<VdiId> = [VdiId::new(11).unwrap()].into();
+    assert_eq!(s.remove_vdis(&gone).unwrap(), 1);
+    assert_eq!(s.list().unwrap().stale_only.len(), 4);
+    s.remove(objs[1]).unwrap();
+    s.remove(objs[1]).unwrap();
+    assert_eq!(s.purge_stale().unwrap(), 3);
+    assert_eq!(s.list().unwrap(), Listing::default());
+}
+
+#[test]
+fn stat_counts_live_objects() {
+    let (_t, s) = store();
+    let st = s.stat().unwrap();
+    assert_eq!((st.objects, st.used), (0, 0));
+    assert!(st.capacity > 0 && st.free <= st.capacity);
+    s.create_and_write(oid(12, 0), MIB4, None, 0, &pattern(65536, 2), false).unwrap();
+    s.create_and_write(oid(12, 1), MIB4, None, 0, b"", false).unwrap();
+    let st = s.stat().unwrap();
+    assert_eq!(st.objects, 2);
+    assert!(st.used >= 65536 && st.used < 1 << 20, "used {}", st.used);
+}
+
+#[test]
+fn no_space_is_an_error_and_reads_go_on() {
+    let (_t, s) = store();
+    let o = oid(13, 0);
+    s.create_and_write(o, 8192, None, 0, b"kept", false).unwrap();
+    s.inject_no_space(true);
+    let e = s.create_and_write(oid(13, 1), 8192, None, 0, b"x", false).unwrap_err();
+    assert_eq!(e.code(), "noSpace");
+    assert_eq!(s.write(o, 0, b"lost", false).unwrap_err().code(), "noSpace");
+    assert_eq!(s.read(o, 0, 4).unwrap(), b"kept");
+    assert!(!s.contains(oid(13, 1)));
+    s.inject_no_space(false);
+    s.write(o, 0, b"back", true).unwrap();
+    assert_eq!(s.read(o, 0, 4).unwrap(), b"back");
+    assert!(is_no_space(&io::Error::from_raw_os_error(libc::ENOSPC)));
+}
+
+#[test]
+fn leftovers_in_tmp_are_cleaned_and_junk_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = ObjectStore::open(tmp.path()).unwrap();
+    fs::write(tmp.path().join("tmp/0000000100000000.3"), "half").unwrap();
+    fs::write(tmp.path().join("obj/not-an-oid"), "junk").unwrap();
+    drop(s);
+    let s = ObjectStore::open(tmp.path()).unwrap();
+    assert!(fs::read_dir(tmp.path().join("tmp")).unwrap().next().is_none());
+    assert!(s.list().unwrap().live.is_empty());
+    // A truncated object file is corrupt, not data.
+    fs::write(s.obj_path(oid(14, 0)), "SHEEPOB1").unwrap();
+    assert_eq!(s.read(oid(14, 0), 0, 1).unwrap_err().code(), "corrupt");
+}
+
+#[test]
+fn different_objects_in_parallel_one_object_serialised() {
+    let (_t, s) = store();
+    let s = std::sync::Arc::new(s);
+    let o = oid(15, 0);
+    s.create_and_write(o, 65536, None, 0, b"", false).unwrap();
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..20u64 {
+                    // Each thread owns 8 bytes of one shared block: read-modify-write races
+                    // would lose some of them.
+                    s.write(o, u64::from(t) * 8, &[t + 1; 8], false).unwrap();
+                    s.create_and_write(oid(16, u32::from(t)), 8192, None, i * 8, &[t; 8], false).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = s.read(o, 0, 64).unwrap();
+    for t in 0..8u8 {
+        assert_eq!(got[t as usize * 8..t as usize * 8 + 8], [t + 1; 8]);
+    }
+}

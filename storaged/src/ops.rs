@@ -1,0 +1,240 @@
+//! The object operations behind the RPC methods: the epoch rule, disk work off the RPC
+//! thread, objects pulled at once while a recovery is under way, and repair of corrupt
+//! copies from a replica.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use sheep_core::epoch::Epoch;
+use sheep_core::object::ObjectId;
+use tracing::{info, warn};
+
+use crate::node::Node;
+use crate::objects::{Listing, StoreError, StoreStat, Whole};
+use crate::recovery;
+
+/// How long a request from a newer epoch waits for this node to catch up.
+pub const EPOCH_WAIT: Duration = Duration::from_secs(10);
+/// Attempts of one repair (each fetches the object anew).
+const REPAIR_TRIES: usize = 3;
+
+/// Runs disk work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Io(format!("disk task failed: {e}"))),
+    }
+}
+
+/// A store error as a capnp exception: "code: text".
+pub fn wire_error(e: &StoreError) -> capnp::Error {
+    capnp::Error::failed(format!("{}: {e}", e.code()))
+}
+
+pub fn bad_request(text: impl std::fmt::Display) -> capnp::Error {
+    capnp::Error::failed(format!("badRequest: {text}"))
+}
+
+fn stale_epoch(asked: Epoch, have: Epoch) -> capnp::Error {
+    capnp::Error::failed(format!("staleEpoch: request of epoch {asked}, this node is at epoch {have}"))
+}
+
+/// The epoch rule: older → staleEpoch; newer → wait (bounded) until this node has it.
+pub async fn gate(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
+    let have = node.epoch();
+    if epoch < have {
+        return Err(stale_epoch(epoch, have));
+    }
+    if epoch == have {
+        return Ok(());
+    }
+    let mut rx = node.watch_epoch();
+    let caught_up = tokio::time::timeout(EPOCH_WAIT, rx.wait_for(|&e| e >= epoch)).await;
+    let have = node.epoch();
+    match caught_up {
+        Ok(Ok(_)) if have == epoch => Ok(()),
+        _ => Err(stale_epoch(epoch, have)),
+    }
+}
+
+pub fn oid_of(raw: u64) -> Result<ObjectId, capnp::Error> {
+    ObjectId::from_raw(raw).map_err(bad_request)
+}
+
+/// Runs `op`; if the object is missing while a recovery is under way, pulls it first and
+/// runs `op` again.
+async fn with_recovery<T: Send + 'static>(
+    node: &Node,
+    oid: ObjectId,
+    op: impl Fn() -> Result<T, StoreError> + Send + Sync + Clone + 'static,
+) -> Result<T, StoreError> {
+    match blocking(op.clone()).await {
+        Err(StoreError::NoObject(_)) if node.recovery.borrow().unsettled(node.epoch()) => {
+            if recovery::recover_one(node, oid).await? {
+                blocking(op).await
+            } else {
+                Err(StoreError::NoObject(oid))
+            }
+        }
+        other => other,
+    }
+}
+
+/// After a corrupt answer: repair in the background, then answer with the error.
+fn on_error<T>(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, r: Result<T, StoreError>) -> Result<T, capnp::Error> {
+    r.map_err(|e| {
+        if matches!(e, StoreError::Corrupt { .. }) {
+            warn!("{e}; repairing it from a replica");
+            tokio::task::spawn_local(repair(node.clone(), epoch, oid));
+        }
+        wire_error(&e)
+    })
+}
+
+pub async fn read(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, offset: u64, len: u64) -> Result<Vec<u8>, capnp::Error> {
+    gate(node, epoch).await?;
+    let objects = node.objects.clone();
+    let r = with_recovery(node, oid, move || objects.read(oid, offset, len)).await;
+    on_error(node, epoch, oid, r)
+}
+
+pub async fn write(
+    node: &Rc<Node>,
+    epoch: Epoch,
+    oid: ObjectId,
+    offset: u64,
+    data: Vec<u8>,
+    fua: bool,
+) -> Result<(), capnp::Error> {
+    gate(node, epoch).await?;
+    let objects = node.objects.clone();
+    let data = std::sync::Arc::new(data);
+    let r = with_recovery(node, oid, move || objects.write(oid, offset, &data, fua)).await;
+    on_error(node, epoch, oid, r)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn create_and_write(
+    node: &Rc<Node>,
+    epoch: Epoch,
+    oid: ObjectId,
+    object_size: u32,
+    base: Option<ObjectId>,
+    offset: u64,
+    data: Vec<u8>,
+    fua: bool,
+) -> Result<(), capnp::Error> {
+    gate(node, epoch).await?;
+    // An object this node should hold already may be on its way: pull it first, so that
+    // the write lands on its data and not on zeros.
+    if !node.objects.contains(oid) && node.recovery.borrow().unsettled(node.epoch()) {
+        recovery::recover_one(node, oid).await.map_err(|e| wire_error(&e))?;
+    }
+    let base_data = match base {
+        Some(b) if !node.objects.contains(oid) => Some(base_object(node, epoch, b).await?),
+        _ => None,
+    };
+    let objects = node.objects.clone();
+    let r = blocking(move || objects.create_and_write(oid, object_size, base_data.as_deref(), offset, &data, fua)).await;
+    on_error(node, epoch, oid, r).map(|_| ())
+}
+
+/// The whole base object of a copy-on-write: from this node if it holds it, else from the
+/// base's replicas in the current epoch (live copies only).
+async fn base_object(node: &Rc<Node>, epoch: Epoch, base: ObjectId) -> Result<Vec<u8>, capnp::Error> {
+    let objects = node.objects.clone();
+    if objects.contains(base) {
+        match blocking(move || objects.read_all(base)).await {
+            Ok(d) => return Ok(d),
+            Err(e) => warn!("base object {base} here: {e}; trying its replicas"),
+        }
+    }
+    let mut last = format!("noObject: base object {base} is on none of its replicas");
+    let Some(ring) = node.ring(epoch) else { return Err(capnp::Error::failed(last)) };
+    let copies = node.copies_of(base.vid());
+    for n in ring.replicas(base, copies).into_iter().filter(|n| n.id != node.info.id) {
+        match node.peers.fetch(&n.addr, epoch, base).await {
+            Ok(f) if !f.stale => return Ok(f.data),
+            Ok(_) => {}
+            Err(e) => last = format!("noObject: base object {base}: {e}"),
+        }
+    }
+    Err(capnp::Error::failed(last))
+}
+
+pub async fn remove(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<(), capnp::Error> {
+    gate(node, epoch).await?;
+    let objects = node.objects.clone();
+    blocking(move || objects.remove(oid)).await.map_err(|e| wire_error(&e))
+}
+
+pub async fn list(node: &Node, epoch: Epoch) -> Result<Listing, capnp::Error> {
+    gate(node, epoch).await?;
+    let objects = node.objects.clone();
+    blocking(move || objects.list()).await.map_err(|e| wire_error(&e))
+}
+
+pub async fn fetch(node: &Rc<Node>, epoch: Epoch, oid: ObjectId) -> Result<Whole, capnp::Error> {
+    gate(node, epoch).await?;
+    let objects = node.objects.clone();
+    let r = blocking(move || objects.fetch_any(oid)).await;
+    if matches!(r, Err(StoreError::Corrupt { .. })) && node.objects.contains(oid) {
+        return on_error(node, epoch, oid, r);
+    }
+    r.map_err(|e| wire_error(&e))
+}
+
+pub async fn flush(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
+    gate(node, epoch).await?;
+    let objects = node.objects.clone();
+    blocking(move || objects.flush()).await.map_err(|e| wire_error(&e))
+}
+
+pub async fn stat(node: &Node) -> Result<StoreStat, capnp::Error> {
+    let objects = node.objects.clone();
+    blocking(move || objects.stat()).await.map_err(|e| wire_error(&e))
+}
+
+/// Replaces this node's corrupt copy of `oid` by a good one from another replica of the
+/// epoch. A write that lands meanwhile makes the repair fetch again.
+pub async fn repair(node: Rc<Node>, epoch: Epoch, oid: ObjectId) {
+    for _ in 0..REPAIR_TRIES {
+        if !node.objects.begin_repair(oid) {
+            return; // one is under way
+        }
+        let good = fetch_good_copy(&node, epoch, oid).await;
+        let objects = node.objects.clone();
+        let found = good.is_some();
+        match blocking(move || objects.finish_repair(oid, good.as_deref())).await {
+            Ok(true) => {
+                info!("repaired object {oid} from a replica");
+                return;
+            }
+            Ok(false) if found => continue, // written meanwhile: fetch again
+            Ok(false) => {
+                warn!("cannot repair object {oid}: no replica could give a good copy");
+                return;
+            }
+            Err(e) => {
+                warn!("cannot repair object {oid}: {e}");
+                return;
+            }
+        }
+    }
+    warn!("gave up repairing object {oid}: it kept being written");
+}
+
+async fn fetch_good_copy(node: &Node, epoch: Epoch, oid: ObjectId) -> Option<Vec<u8>> {
+    let epoch = epoch.max(node.epoch());
+    let ring = node.ring(epoch)?;
+    for n in ring.replicas(oid, node.copies_of(oid.vid())).into_iter().filter(|n| n.id != node.info.id) {
+        match node.peers.fetch(&n.addr, epoch, oid).await {
+            Ok(f) if !f.stale => return Some(f.data),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("repair {oid}: {e}"),
+        }
+    }
+    None
+}
