@@ -30,12 +30,20 @@ pub enum Cmd {
     /// Storage nodes
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Virtual disk images (VDIs): create, list, delete, read, write, import, export
+    #[command(subcommand)]
+    Vdi(VdiCmd),
+    /// Measure the data path: random 4 KiB and sequential 1 MiB I/O through the VDI engine
+    Bench(BenchArgs),
     /// Start a local cluster on this host: per node a groupd on 127.0.0.N:PORT and a
     /// storaged on 127.0.0.N:PORT+1, detached, logs and pid files in DIR; format it if new
     Up(UpArgs),
     /// Stop the local cluster of DIR: shut the cluster down, then stop exactly the
     /// processes of DIR's pid files
     Down(DownArgs),
+    /// Serve a VDI over NBD in the foreground until Ctrl-C or SIGTERM (QEMU: nbd://ADDR/NAME);
+    /// the VDI is locked while it is served, so no one else attaches it
+    Export(crate::export::NbdExportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +76,121 @@ pub enum NodeCmd {
         #[arg(value_name = "ADDR")]
         addr: String,
     },
+    /// Capacity, space used and objects held by every storage node (asked of each storaged)
+    Info,
+    /// Recovery progress of every storage node: its epoch, objects done of total
+    Recovery,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VdiCmd {
+    /// Create a VDI (its space is allocated as it is written)
+    Create {
+        /// The VDI's name: 1..=255 bytes, no '/', no control characters
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Its size in bytes, with an optional K/M/G/T suffix (powers of 1024); a multiple of 512
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// Copies of each object (1..=31) [default: the cluster's]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]
+        copies: Option<u8>,
+    },
+    /// List the VDIs: name, id, size, copies, creation time
+    List,
+    /// Delete a VDI; the storage nodes remove its objects (a node that is down does so when
+    /// it comes back)
+    Delete {
+        /// The VDI's name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Copy a VDI's bytes to stdout: all of it, or LEN bytes from OFFSET
+    Read(ReadArgs),
+    /// Copy stdin into a VDI at OFFSET: all of stdin, or exactly LEN bytes
+    Write(RangeArgs),
+    /// Copy a file (or block device) into a VDI from its start; all-zero blocks of objects
+    /// never written are skipped
+    Import(FileArgs),
+    /// Copy a whole VDI into a file; never-written and all-zero parts become holes
+    Export(ExportArgs),
+    /// Objects of a VDI
+    #[command(subcommand)]
+    Object(ObjectCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ObjectCmd {
+    /// Every written object of a VDI: index, object id, the nodes holding it in this epoch
+    Map {
+        /// The VDI's name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RangeArgs {
+    /// The VDI's name
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where to start, in bytes (K/M/G/T suffixes allowed)
+    #[arg(value_name = "OFFSET", value_parser = parse_size, default_value = "0")]
+    pub offset: u64,
+    /// How many bytes (K/M/G/T suffixes allowed) [default: read: to the end; write: all of stdin]
+    #[arg(value_name = "LEN", value_parser = parse_size)]
+    pub len: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    #[command(flatten)]
+    pub replica: ReplicaArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    #[command(flatten)]
+    pub replica: ReplicaArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicaArg {
+    /// Read each object from its N-th replica first (0 = the primary), to check one copy;
+    /// another replica is still used if that one fails [default: spread over the replicas]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=30))]
+    pub replica: Option<u8>,
+}
+
+#[derive(Args, Debug)]
+pub struct FileArgs {
+    /// The VDI's name
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The local file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The VDI to run on (created, and deleted afterwards, if it does not exist)
+    #[arg(value_name = "NAME", default_value = "sheep-bench")]
+    pub name: String,
+    /// Seconds per job
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub runtime: u64,
+    /// The part of the VDI the jobs use, from its start (K/M/G/T suffixes allowed)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub size: u64,
+    /// Jobs to run, comma-separated, in this order, from: seqwrite, randwrite1, randwrite32,
+    /// randread1, randread32, seqread
+    #[arg(long, value_name = "JOB[,JOB...]", default_value = "seqwrite,randwrite1,randwrite32,randread1,randread32,seqread")]
+    pub jobs: String,
 }
 
 #[derive(Args, Debug)]
@@ -261,5 +384,34 @@ mod tests {
         let cli = parse(&["down", "--dir", "/tmp/x"]).unwrap();
         let Cmd::Down(d) = cli.cmd else { panic!("not down") };
         assert_eq!(d.dir, PathBuf::from("/tmp/x"));
+    }
+    #[test]
+    fn vdi_commands() {
+        let cli = parse(&["vdi", "create", "disk0", "10G", "--copies", "2"]).unwrap();
+        let Cmd::Vdi(VdiCmd::Create { name, size, copies }) = cli.cmd else { panic!("not vdi create") };
+        assert_eq!((name.as_str(), size, copies), ("disk0", 10 << 30, Some(2)));
+        let cli = parse(&["vdi", "read", "disk0", "4K", "1M"]).unwrap();
+        let Cmd::Vdi(VdiCmd::Read(r)) = cli.cmd else { panic!("not vdi read") };
+        assert_eq!((r.range.offset, r.range.len, r.replica.replica), (4096, Some(1 << 20), None));
+        let cli = parse(&["vdi", "export", "disk0", "/tmp/x", "--replica", "2"]).unwrap();
+        let Cmd::Vdi(VdiCmd::Export(e)) = cli.cmd else { panic!("not vdi export") };
+        assert_eq!(e.replica.replica, Some(2));
+        let cli = parse(&["vdi", "write", "disk0"]).unwrap();
+        let Cmd::Vdi(VdiCmd::Write(r)) = cli.cmd else { panic!("not vdi write") };
+        assert_eq!((r.offset, r.len), (0, None));
+        assert!(parse(&["vdi", "object", "map", "disk0"]).is_ok());
+        assert!(parse(&["vdi", "import", "disk0", "/tmp/x"]).is_ok());
+        for bad in [
+            &["vdi", "create", "disk0", "1.5G"][..],
+            &["vdi", "create", "disk0", "1G", "--copies", "0"],
+            &["vdi", "read", "disk0", "-1"],
+            &["vdi", "export", "disk0"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(one_line(&e.to_string()).starts_with("error: "), "{bad:?}");
+        }
+        let cli = parse(&["bench"]).unwrap();
+        let Cmd::Bench(b) = cli.cmd else { panic!("not bench") };
+        assert_eq!((b.name.as_str(), b.runtime, b.size), ("sheep-bench", 5, 256 << 20));
     }
 }

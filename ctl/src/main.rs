@@ -1,11 +1,16 @@
 //! sheepctl: the command line of Sheepdog in Rust.
 
+mod bench;
 mod cli;
 mod cluster;
+mod export;
 mod local;
 mod node;
+mod node_stat;
 mod output;
 mod procs;
+mod vdi;
+mod vdi_file;
 
 use std::time::Duration;
 
@@ -69,8 +74,11 @@ fn run(cli: Cli) -> Result<()> {
         match &cli.cmd {
             Cmd::Cluster(c) => cluster::run(&client(&cli.groupd)?, c, cli.json).await,
             Cmd::Node(n) => node::run(&cli.groupd, n, cli.json).await,
+            Cmd::Vdi(v) => vdi::run(&cli.groupd, v, cli.json).await,
+            Cmd::Bench(b) => bench::run(&cli.groupd, b, cli.json).await,
             Cmd::Up(a) => local::up(a, cli.json).await,
             Cmd::Down(a) => local::down(a, cli.json).await,
+            Cmd::Export(a) => export::run(&cli.groupd, a),
         }
     })
 }

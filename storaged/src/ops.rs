@@ -1,6 +1,6 @@
 //! The object operations behind the RPC methods: the epoch rule, disk work off the RPC
-//! thread, objects pulled at once while a recovery is under way, and repair of corrupt
-//! copies from a replica.
+//! thread (but for small reads and writes), objects pulled at once while a recovery is
+//! under way, and repair of corrupt copies from a replica.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,6 +15,9 @@ use crate::recovery;
 
 /// How long a request from a newer epoch waits for this node to catch up.
 pub const EPOCH_WAIT: Duration = Duration::from_secs(10);
+/// Reads and writes (without FUA) up to this size run on the RPC thread; larger ones, syncs,
+/// creates and whole objects go to the blocking pool.
+const INLINE_MAX: u64 = 64 << 10;
 /// Attempts of one repair (each fetches the object anew).
 const REPAIR_TRIES: usize = 3;
 
@@ -63,14 +66,19 @@ pub fn oid_of(raw: u64) -> Result<ObjectId, capnp::Error> {
     ObjectId::from_raw(raw).map_err(bad_request)
 }
 
-/// Runs `op`; if the object is missing while a recovery is under way, pulls it first and
-/// runs `op` again.
+/// Runs `op` (unless `first` is its result already, from the RPC thread); if the object
+/// is missing while a recovery is under way, pulls it first and runs `op` again.
 async fn with_recovery<T: Send + 'static>(
     node: &Node,
     oid: ObjectId,
+    first: Option<Result<T, StoreError>>,
     op: impl Fn() -> Result<T, StoreError> + Send + Sync + Clone + 'static,
 ) -> Result<T, StoreError> {
-    match blocking(op.clone()).await {
+    let r = match first {
+        Some(r) => r,
+        None => blocking(op.clone()).await,
+    };
+    match r {
         Err(StoreError::NoObject(_)) if node.recovery.borrow().unsettled(node.epoch()) => {
             if recovery::recover_one(node, oid).await? {
                 blocking(op).await
@@ -95,8 +103,11 @@ fn on_error<T>(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, r: Result<T, StoreE
 
 pub async fn read(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, offset: u64, len: u64) -> Result<Vec<u8>, capnp::Error> {
     gate(node, epoch).await?;
+    // Small reads come from the page cache in microseconds: done here, they cost no hop to
+    // a disk thread and back (unless a disk task holds the object).
+    let first = if len <= INLINE_MAX { node.objects.try_read(oid, offset, len) } else { None };
     let objects = node.objects.clone();
-    let r = with_recovery(node, oid, move || objects.read(oid, offset, len)).await;
+    let r = with_recovery(node, oid, first, move || objects.read(oid, offset, len)).await;
     on_error(node, epoch, oid, r)
 }
 
@@ -105,13 +116,15 @@ pub async fn write(
     epoch: Epoch,
     oid: ObjectId,
     offset: u64,
-    data: Vec<u8>,
+    data: &[u8],
     fua: bool,
 ) -> Result<(), capnp::Error> {
     gate(node, epoch).await?;
+    // Small writes without FUA land in the page cache: done here (see `read`).
+    let first = if !fua && data.len() as u64 <= INLINE_MAX { node.objects.try_write(oid, offset, data) } else { None };
     let objects = node.objects.clone();
-    let data = std::sync::Arc::new(data);
-    let r = with_recovery(node, oid, move || objects.write(oid, offset, &data, fua)).await;
+    let data = std::sync::Arc::new(data.to_vec());
+    let r = with_recovery(node, oid, first, move || objects.write(oid, offset, &data, fua)).await;
     on_error(node, epoch, oid, r)
 }
 

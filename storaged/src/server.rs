@@ -65,8 +65,7 @@ impl storaged::Server for StoragedImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let oid = oid_of(p.get_oid())?;
-        let data = p.get_data()?.to_vec();
-        ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), data, p.get_fua()).await
+        ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua()).await
     }
 
     async fn create_and_write(

@@ -8,8 +8,16 @@ use sheep_core::object::ObjectId;
 
 #[derive(Default)]
 pub struct LockTable {
-    held: Mutex<HashSet<ObjectId>>,
+    held: Mutex<Held>,
     released: Condvar,
+}
+
+#[derive(Default)]
+struct Held {
+    objects: HashSet<ObjectId>,
+    /// Threads waiting in `lock`: a release wakes them only if there are any (a wake-up is
+    /// a system call).
+    waiters: usize,
 }
 
 /// Holds one object's lock until dropped.
@@ -19,7 +27,7 @@ pub struct ObjectGuard<'a> {
 }
 
 impl LockTable {
-    fn held(&self) -> MutexGuard<'_, HashSet<ObjectId>> {
+    fn held(&self) -> MutexGuard<'_, Held> {
         // A panic while holding this short lock leaves the set consistent: take it anyway.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -27,19 +35,31 @@ impl LockTable {
     /// Waits until `oid` is free and takes it.
     pub fn lock(&self, oid: ObjectId) -> ObjectGuard<'_> {
         let mut held = self.held();
-        while held.contains(&oid) {
+        while held.objects.contains(&oid) {
+            held.waiters += 1;
             held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+            held.waiters -= 1;
         }
-        held.insert(oid);
+        held.objects.insert(oid);
         ObjectGuard { table: self, oid }
+    }
+
+    /// Takes `oid` if it is free, without waiting.
+    pub fn try_lock(&self, oid: ObjectId) -> Option<ObjectGuard<'_>> {
+        let taken = self.held().objects.insert(oid);
+        taken.then(|| ObjectGuard { table: self, oid })
     }
 }
 
 impl Drop for ObjectGuard<'_> {
     fn drop(&mut self) {
-        let removed = self.table.held().remove(&self.oid);
+        let mut held = self.table.held();
+        let removed = held.objects.remove(&self.oid);
         debug_assert!(removed, "an object lock is released once");
-        self.table.released.notify_all();
+        if held.waiters > 0 {
+            drop(held);
+            self.table.released.notify_all();
+        }
     }
 }
 
@@ -71,6 +91,7 @@ mod tests {
         }
         let other = ObjectId::from_raw(2 << 32).unwrap();
         let _a = table.lock(oid);
-        let _b = table.lock(other);
+        assert!(table.try_lock(oid).is_none());
+        let _b = table.try_lock(other).expect("a free object");
     }
 }

@@ -2,8 +2,10 @@
 //! `DIR/obj/<oid>`, objects the node no longer owns under `DIR/.stale/<oid>`, and
 //! `DIR/tmp/` for objects being created (then renamed into place: atomic).
 //!
-//! Every method here blocks on disk I/O: call them from `spawn_blocking`. Requests on one
-//! object are serialised by a per-object lock; different objects go in parallel.
+//! Every method here blocks on disk I/O: call them from `spawn_blocking` — except
+//! `try_read`/`try_write`, meant for small I/O that the page cache serves in microseconds,
+//! which never wait for a lock. Requests on one object are serialised by a per-object lock;
+//! different objects go in parallel.
 
 mod dirs;
 mod file;
@@ -206,6 +208,20 @@ impl ObjectStore {
         f.read(offset, len).map_err(|e| StoreError::from_file(oid, "read", e))
     }
 
+    /// Like [`Self::read`], but `None` at once if the object is locked (a disk task is on
+    /// it): for small reads on the RPC thread, which must not wait.
+    pub fn try_read(&self, oid: ObjectId, offset: u64, len: u64) -> Option<Result<Vec<u8>, StoreError>> {
+        let _g = self.locks.try_lock(oid)?;
+        Some(self.live_file(oid).and_then(|f| f.read(offset, len).map_err(|e| StoreError::from_file(oid, "read", e))))
+    }
+
+    /// Like [`Self::write`] without FUA, but `None` at once if the object is locked: for
+    /// small writes on the RPC thread, which must not wait.
+    pub fn try_write(&self, oid: ObjectId, offset: u64, data: &[u8]) -> Option<Result<(), StoreError>> {
+        let _g = self.locks.try_lock(oid)?;
+        Some(self.write_locked(oid, offset, data, false))
+    }
+
     /// The whole live object, verified.
     pub fn read_all(&self, oid: ObjectId) -> Result<Vec<u8>, StoreError> {
         let _g = self.locks.lock(oid);
@@ -391,7 +407,14 @@ impl ObjectStore {
     pub fn flush(&self) -> Result<(), StoreError> {
         let dirty: Vec<ObjectId> = locked(&self.dirty).drain().collect();
         for (i, &oid) in dirty.iter().enumerate() {
-            let synced = match ObjFile::open(&self.obj_path(oid), false) {
+            // The cached open file if there is one: no open. Syncing it after its object
+            // was replaced, moved or removed is harmless (a replacement is synced by then).
+            let cached = locked(&self.open_files).get(&oid).cloned();
+            let opened = match cached {
+                Some(f) => Ok(f),
+                None => ObjFile::open(&self.obj_path(oid), false).map(Arc::new),
+            };
+            let synced = match opened {
                 Ok(f) => f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e)),
                 // Removed or moved meanwhile: nothing left to sync.
                 Err(FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),

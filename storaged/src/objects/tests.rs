@@ -266,3 +266,22 @@ fn different_objects_in_parallel_one_object_serialised() {
         assert_eq!(got[t as usize * 8..t as usize * 8 + 8], [t + 1; 8]);
     }
 }
+
+#[test]
+fn try_read_and_try_write_never_wait() {
+    let (_t, s) = store();
+    let o = oid(6, 0);
+    s.create_and_write(o, MIB4, None, 0, &pattern(4096, 1), false).unwrap();
+    let data = pattern(4096, 2);
+    s.try_write(o, 4096, &data).unwrap().unwrap();
+    assert_eq!(s.try_read(o, 4096, 4096).unwrap().unwrap(), data);
+    assert!(locked(&s.dirty).contains(&o), "an inline write is flushed later");
+    {
+        let _busy = s.locks.lock(o);
+        assert!(s.try_read(o, 0, 4096).is_none());
+        assert!(s.try_write(o, 0, &data).is_none());
+    }
+    // The lock came back whole: blocking calls still work.
+    assert_eq!(s.read(o, 0, 4096).unwrap(), pattern(4096, 1));
+    assert!(matches!(s.try_read(oid(6, 1), 0, 4096), Some(Err(StoreError::NoObject(_)))));
+}

@@ -1,0 +1,365 @@
+//! [`Vdi`]: reads and writes of one VDI's bytes, as objects on the storage nodes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use sheep_core::epoch::NodeInfo;
+use sheep_core::namespace::VdiEntry;
+use sheep_core::object::{validate_vdi_name, ObjectId, VdiId};
+use tokio::time::Instant;
+
+use super::cluster::Cluster;
+use super::error::VdiError;
+use super::inode_object::{self as layout, HEADER_LEN};
+use super::range::{fits, split, Piece};
+use super::replicate::{flush_all, read_one, to_all, Op};
+
+/// Time limits of the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct VdiOptions {
+    /// Everything one read, write or flush may spend, retries across epochs included,
+    /// before it fails with an I/O error.
+    pub retry_for: Duration,
+    /// Reads go first to this replica of each object (0 = the primary; failover to the
+    /// others still applies); `None`: spread over the replicas, from a random start.
+    pub read_replica: Option<usize>,
+}
+
+impl Default for VdiOptions {
+    fn default() -> Self {
+        VdiOptions { retry_for: Duration::from_secs(30), read_replica: None }
+    }
+}
+
+/// A start for the read rotation that differs between processes, so that many short-lived
+/// clients spread their reads too.
+fn random_start() -> usize {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().wrapping_mul(0x9e37_79b9)) as usize
+}
+
+/// An open VDI. Not `Send`; share it with `Rc` between the tasks of one `LocalSet`. Any
+/// number of reads and writes may be in flight at once.
+pub struct Vdi {
+    cluster: Rc<Cluster>,
+    entry: VdiEntry,
+    opts: VdiOptions,
+    header: Vec<u8>,
+    /// Owner vid per object index (0 = never written), as the inode on storage says.
+    table: RefCell<Vec<u32>>,
+    inode_exists: Cell<bool>,
+    inode_lock: tokio::sync::Mutex<()>,
+    /// First writes in progress, per index: serialised so that one creates the object.
+    first_writes: RefCell<HashMap<u32, Rc<tokio::sync::Mutex<()>>>>,
+    /// Storage nodes written since the last flush.
+    dirty: RefCell<HashSet<String>>,
+    /// Flushes run one at a time: a flush takes the dirty set, so a second concurrent flush
+    /// must wait for the first to be sure every write acked before it is durable.
+    flush_lock: tokio::sync::Mutex<()>,
+    next_replica: Cell<usize>,
+}
+
+impl Vdi {
+    /// Opens the VDI `name`: its entry from groupd's namespace, its inode from storage.
+    pub async fn open(cluster: Rc<Cluster>, name: &str, opts: VdiOptions) -> Result<Vdi, VdiError> {
+        validate_vdi_name(name).map_err(|e| VdiError::BadName(e.to_string()))?;
+        let (vdis, _) = cluster.group().vdi_list().await?;
+        let entry = vdis.into_iter().find(|v| v.name == name).ok_or_else(|| VdiError::NoVdi(name.into()))?;
+        Vdi::open_entry(cluster, entry, opts).await
+    }
+
+    /// Opens a VDI whose namespace entry the caller has already.
+    pub async fn open_entry(cluster: Rc<Cluster>, entry: VdiEntry, opts: VdiOptions) -> Result<Vdi, VdiError> {
+        if entry.object_size_shift > 31 {
+            return Err(VdiError::Unsupported("objects of 4 GiB are not supported by the object API".into()));
+        }
+        let view = cluster.view();
+        if view.ring.is_empty() {
+            return Err(VdiError::NoNodes(view.epoch));
+        }
+        let bad = |reason: String| VdiError::BadInode { name: entry.name.clone(), reason };
+        let inode = layout::inode_for(&entry).map_err(|e| bad(e.to_string()))?;
+        let header = layout::encode_header(&inode).map_err(|e| bad(e.to_string()))?;
+        let max = layout::max_objects(entry.size, entry.object_size_shift) as usize;
+        let vdi = Vdi {
+            cluster,
+            opts,
+            header,
+            table: RefCell::new(vec![0; max]),
+            inode_exists: Cell::new(false),
+            inode_lock: tokio::sync::Mutex::new(()),
+            first_writes: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(HashSet::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            next_replica: Cell::new(random_start()),
+            entry,
+        };
+        if let Some(table) = vdi.load_inode().await? {
+            vdi.inode_exists.set(true);
+            *vdi.table.borrow_mut() = table;
+        }
+        Ok(vdi)
+    }
+
+    pub fn entry(&self) -> &VdiEntry {
+        &self.entry
+    }
+
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+
+    pub fn vid(&self) -> VdiId {
+        self.entry.vid
+    }
+
+    pub fn object_size(&self) -> u64 {
+        1 << self.entry.object_size_shift
+    }
+
+    pub fn max_objects(&self) -> u32 {
+        self.table.borrow().len() as u32
+    }
+
+    pub fn cluster(&self) -> &Rc<Cluster> {
+        &self.cluster
+    }
+
+    fn copies(&self) -> usize {
+        usize::from(self.entry.copies)
+    }
+
+    pub fn inode_oid(&self) -> ObjectId {
+        ObjectId::inode(self.entry.vid)
+    }
+
+    /// The VDI owning object `idx`'s data, `None` while it was never written.
+    pub fn owner(&self, idx: u32) -> Option<VdiId> {
+        self.table.borrow().get(idx as usize).and_then(|&raw| VdiId::new(raw).ok())
+    }
+
+    pub fn is_written(&self, idx: u32) -> bool {
+        self.owner(idx).is_some()
+    }
+
+    /// The object holding index `idx`'s data, if written.
+    pub fn data_oid(&self, idx: u32) -> Option<ObjectId> {
+        self.owner(idx).map(|owner| ObjectId::data(owner, idx))
+    }
+
+    /// Where `oid`'s replicas are in the current epoch.
+    pub fn replicas(&self, oid: ObjectId) -> Vec<NodeInfo> {
+        self.cluster.view().ring.replicas(oid, self.copies()).into_iter().cloned().collect()
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<(), VdiError> {
+        if !fits(offset, len as u64, self.entry.size) {
+            return Err(VdiError::OutOfRange { offset, len: len as u64, size: self.entry.size });
+        }
+        if self.cluster.is_deleted(self.entry.vid) {
+            return Err(VdiError::Deleted(self.entry.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; never-written objects read as zeros.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VdiError> {
+        self.check(offset, buf.len())?;
+        let pieces = split(offset, buf.len(), self.entry.object_size_shift);
+        if let [p] = pieces.as_slice() {
+            return self.read_piece(*p, buf).await;
+        }
+        let mut rest = buf;
+        let mut parts = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(p.len);
+            rest = tail;
+            parts.push(self.read_piece(p, head));
+        }
+        try_join_all(parts).await.map(drop)
+    }
+
+    async fn read_piece(&self, p: Piece, buf: &mut [u8]) -> Result<(), VdiError> {
+        let Some(oid) = self.data_oid(p.idx) else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let first = match self.opts.read_replica {
+            Some(k) => k,
+            None => {
+                let first = self.next_replica.get();
+                self.next_replica.set(first.wrapping_add(1));
+                first
+            }
+        };
+        read_one(&self.cluster, oid, self.copies(), first, p.offset, buf, self.opts.retry_for).await
+    }
+
+    /// Writes `data` at `offset` to every replica; returns once all acknowledged. `fua`:
+    /// durable before the acknowledgement.
+    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VdiError> {
+        self.check(offset, data.len())?;
+        let pieces = split(offset, data.len(), self.entry.object_size_shift);
+        if let [p] = pieces.as_slice() {
+            return self.write_piece(*p, data, fua).await;
+        }
+        let parts = pieces.into_iter().map(|p| self.write_piece(p, &data[p.buf_offset..p.buf_offset + p.len], fua));
+        try_join_all(parts).await.map(drop)
+    }
+
+    async fn write_piece(&self, p: Piece, data: &[u8], fua: bool) -> Result<(), VdiError> {
+        let vid = self.entry.vid;
+        if self.owner(p.idx) == Some(vid) {
+            let oid = ObjectId::data(vid, p.idx);
+            let op = Op::Write { offset: p.offset, data, fua };
+            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+            self.mark_dirty(addrs);
+            return Ok(());
+        }
+        self.first_write(p, data, fua).await
+    }
+
+    /// The first write of this VDI to an index: creates the object (from the owner's object
+    /// when it is shared with a parent), then records it in the inode on every replica.
+    /// Serialised per index; a write that waited finds the object created and writes into it.
+    async fn first_write(&self, p: Piece, data: &[u8], fua: bool) -> Result<(), VdiError> {
+        let lock = self.first_writes.borrow_mut().entry(p.idx).or_default().clone();
+        let result = async {
+            let _guard = lock.lock().await;
+            let vid = self.entry.vid;
+            let oid = ObjectId::data(vid, p.idx);
+            let owner = self.owner(p.idx);
+            if owner == Some(vid) {
+                let op = Op::Write { offset: p.offset, data, fua };
+                let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+                self.mark_dirty(addrs);
+                return Ok(());
+            }
+            let base = owner.map_or(0, |o| ObjectId::data(o, p.idx).raw());
+            let object_size = self.object_size() as u32;
+            let op = Op::Create { object_size, base, offset: p.offset, data, fua };
+            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+            self.mark_dirty(addrs);
+            self.set_entry(p.idx, fua).await?;
+            self.table.borrow_mut()[p.idx as usize] = vid.get();
+            Ok(())
+        }
+        .await;
+        drop(lock);
+        let mut map = self.first_writes.borrow_mut();
+        if map.get(&p.idx).is_some_and(|l| Rc::strong_count(l) == 1) {
+            map.remove(&p.idx);
+        }
+        result
+    }
+
+    /// Records this VDI as the owner of `idx` in the inode object on every replica,
+    /// creating the inode object first if it does not exist yet.
+    async fn set_entry(&self, idx: u32, fua: bool) -> Result<(), VdiError> {
+        self.ensure_inode().await?;
+        let offset = layout::entry_offset(idx);
+        let offset = u32::try_from(offset).map_err(|_| VdiError::Unsupported("inode table too large".into()))?;
+        let bytes = self.entry.vid.get().to_le_bytes();
+        let op = Op::Write { offset, data: &bytes, fua };
+        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for).await?;
+        self.mark_dirty(addrs);
+        Ok(())
+    }
+
+    async fn ensure_inode(&self) -> Result<(), VdiError> {
+        if self.inode_exists.get() {
+            return Ok(());
+        }
+        let _guard = self.inode_lock.lock().await;
+        if self.inode_exists.get() {
+            return Ok(());
+        }
+        let len = layout::object_len(u64::from(self.max_objects()));
+        let object_size = u32::try_from(len).map_err(|_| VdiError::Unsupported("inode too large".into()))?;
+        let op = Op::Create { object_size, base: 0, offset: 0, data: &self.header, fua: false };
+        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for).await?;
+        self.mark_dirty(addrs);
+        self.inode_exists.set(true);
+        Ok(())
+    }
+
+    fn mark_dirty(&self, addrs: Vec<String>) {
+        let mut dirty = self.dirty.borrow_mut();
+        for a in addrs {
+            if !dirty.contains(&a) {
+                dirty.insert(a);
+            }
+        }
+    }
+
+    /// Makes every write acknowledged before it durable: a flush on every storage node
+    /// written since the last flush.
+    pub async fn flush(&self) -> Result<(), VdiError> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let addrs: Vec<String> = self.dirty.borrow_mut().drain().collect();
+        let result = flush_all(&self.cluster, addrs.clone(), self.opts.retry_for).await;
+        if result.is_err() {
+            self.mark_dirty(addrs);
+        }
+        result
+    }
+
+    /// The inode's table from storage, or `None` if the inode object exists on no replica
+    /// (the VDI was never written).
+    async fn load_inode(&self) -> Result<Option<Vec<u32>>, VdiError> {
+        let oid = self.inode_oid();
+        let started = Instant::now();
+        let deadline = started + self.opts.retry_for;
+        let table_len = 4 * self.table.borrow().len();
+        let mut last = None;
+        loop {
+            let view = self.cluster.view();
+            let nodes = view.ring.replicas(oid, self.copies());
+            let mut absent = 0;
+            for n in &nodes {
+                let mut header = vec![0u8; HEADER_LEN as usize];
+                let mut table = vec![0u8; table_len];
+                let pool = self.cluster.pool();
+                let got = match pool.read(&n.addr, view.epoch, oid.raw(), 0, &mut header).await {
+                    Ok(()) => pool.read(&n.addr, view.epoch, oid.raw(), HEADER_LEN, &mut table).await,
+                    Err(e) => Err(e),
+                };
+                match got {
+                    Ok(()) => {
+                        let inode = layout::decode(&header, &table).map_err(|e| VdiError::BadInode {
+                            name: self.entry.name.clone(),
+                            reason: format!("{e} (copy on {})", n.addr),
+                        })?;
+                        if inode.vid != self.entry.vid || inode.name != self.entry.name {
+                            return Err(VdiError::BadInode {
+                                name: self.entry.name.clone(),
+                                reason: format!("it belongs to VDI {:?} ({})", inode.name, inode.vid),
+                            });
+                        }
+                        return Ok(Some(inode.data_vdi_id().to_vec()));
+                    }
+                    Err(e) if e.is_code("noObject") => absent += 1,
+                    Err(e) => {
+                        tracing::debug!("inode of {}: {e}", self.entry.name);
+                        last = Some(e.to_string());
+                    }
+                }
+            }
+            if !nodes.is_empty() && absent == nodes.len() {
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                return Err(VdiError::Io {
+                    what: format!("reading the inode of {:?}", self.entry.name),
+                    after: started.elapsed(),
+                    last: last.unwrap_or_else(|| format!("no storage nodes in epoch {}", view.epoch)),
+                });
+            }
+            let until = deadline.min(Instant::now() + Duration::from_secs(1));
+            self.cluster.wait_newer(view.epoch, until).await;
+        }
+    }
+}

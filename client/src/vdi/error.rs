@@ -1,0 +1,121 @@
+//! Errors of the VDI engine and of one storage node call.
+
+use std::time::Duration;
+
+use sheep_rpc::codec;
+
+use crate::group;
+
+/// What one call to one storage node failed with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The node refused the request; `code` is a code word of storaged.capnp (`staleEpoch`,
+    /// `noObject`, `corrupt`, `noSpace`, `exists`, `badRequest`, `notJoined`).
+    #[error("storaged at {addr}: {message}")]
+    Refused { addr: String, code: String, message: String },
+    /// No connection could be made.
+    #[error("cannot reach storaged at {addr} ({reason})")]
+    Unreachable { addr: String, reason: String },
+    /// The node did not answer in time.
+    #[error("storaged at {addr} did not answer within {}", group::secs(*.after))]
+    Timeout { addr: String, after: Duration },
+    /// The connection broke under the call, or the answer was malformed.
+    #[error("storaged at {addr}: {message}")]
+    Rpc { addr: String, message: String },
+}
+
+impl NodeError {
+    pub(crate) fn from_capnp(addr: &str, e: &capnp::Error) -> NodeError {
+        let message = codec::error_message(e).to_string();
+        match codec::error_code(e) {
+            Some(code) if e.kind != capnp::ErrorKind::Disconnected => {
+                NodeError::Refused { addr: addr.into(), code: code.into(), message }
+            }
+            _ => NodeError::Rpc { addr: addr.into(), message },
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            NodeError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn is_code(&self, code: &str) -> bool {
+        self.code() == Some(code)
+    }
+
+    pub fn addr(&self) -> &str {
+        match self {
+            NodeError::Refused { addr, .. }
+            | NodeError::Unreachable { addr, .. }
+            | NodeError::Timeout { addr, .. }
+            | NodeError::Rpc { addr, .. } => addr,
+        }
+    }
+
+    /// The node is gone or hung, or it is not (yet) where our ring says: a new epoch is
+    /// expected to settle it.
+    pub fn wants_new_epoch(&self) -> bool {
+        match self {
+            NodeError::Refused { code, .. } => code == "staleEpoch" || code == "notJoined",
+            _ => true,
+        }
+    }
+
+    /// Retrying cannot help: the request itself is wrong, or the node is out of space.
+    pub fn is_final(&self) -> bool {
+        self.is_code("badRequest") || self.is_code("noSpace")
+    }
+}
+
+/// What a VDI operation can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VdiError {
+    #[error("there is no VDI named {0:?}")]
+    NoVdi(String),
+    #[error("the VDI {0:?} was deleted")]
+    Deleted(String),
+    #[error("{0}")]
+    BadName(String),
+    /// `offset + len` past the VDI's end.
+    #[error("range {offset}+{len} is past the end of the VDI ({size} bytes)")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error(transparent)]
+    Group(#[from] group::Error),
+    /// The cluster has no storage node to serve the VDI (no epoch yet, or an empty ring).
+    #[error("the cluster has no storage nodes (epoch {0})")]
+    NoNodes(u32),
+    /// A storage node refused for good (out of space, a bad request).
+    #[error("{0}")]
+    Node(NodeError),
+    /// The operation could not complete within the retry time.
+    #[error("I/O error: {what} failed after {}: {last}", group::secs(*.after))]
+    Io { what: String, after: Duration, last: String },
+    /// The VDI's inode object is unreadable or belongs to another VDI.
+    #[error("the inode of VDI {name:?} is unusable: {reason}")]
+    BadInode { name: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_node_errors() {
+        let e = capnp::Error::failed("remote exception: staleEpoch: node is at epoch 4".into());
+        let n = NodeError::from_capnp("127.0.0.1:7001", &e);
+        assert!(n.is_code("staleEpoch") && n.wants_new_epoch() && !n.is_final());
+        assert_eq!(n.to_string(), "storaged at 127.0.0.1:7001: node is at epoch 4");
+        let e = capnp::Error::failed("remote exception: noSpace: disk full".into());
+        assert!(NodeError::from_capnp("a:1", &e).is_final());
+        let e = capnp::Error::failed("remote exception: noObject: no such object".into());
+        let n = NodeError::from_capnp("a:1", &e);
+        assert!(!n.wants_new_epoch() && !n.is_final());
+        let d = NodeError::from_capnp("a:1", &capnp::Error::disconnected("gone".into()));
+        assert!(d.wants_new_epoch() && d.code().is_none());
+    }
+}

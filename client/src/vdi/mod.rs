@@ -1,0 +1,27 @@
+//! The VDI engine: a VDI's byte range as objects on the storage nodes.
+//!
+//! - [`Cluster`]: the current epoch and placement ring (following groupd's watch), and one
+//!   connection per storage node.
+//! - [`Vdi`]: an open VDI: `read`/`write` of any byte range (split by object, pieces in
+//!   parallel), `flush`. Writes go to every replica of the current epoch and are acked when
+//!   all acked; reads go to one replica, then the next on error. On a stale epoch or a dead
+//!   node the engine waits for the next epoch and retries, within [`VdiOptions::retry_for`].
+//! - [`inode_object`]: how the inode is laid out as an object.
+
+mod batch;
+mod cluster;
+mod engine;
+mod error;
+pub mod inode_object;
+pub mod range;
+mod replicate;
+pub mod sparse;
+mod store;
+
+pub use cluster::{Cluster, View};
+pub use engine::{Vdi, VdiOptions};
+pub use error::{NodeError, VdiError};
+pub use store::{CallLimits, RecoveryStatus, StorePool, StoreStat};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! Connections to storage nodes (one per address, reused, replaced when it breaks) and the
+//! typed, time-bounded calls of storaged's object API.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use sheep_rpc::storaged_capnp::storaged;
+
+use super::error::NodeError;
+use super::batch::{self, StoreConn};
+
+/// What a storage node reports about its store (`stat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStat {
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+    pub objects: u64,
+}
+
+/// A node's recovery progress (`recovery`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryStatus {
+    pub epoch: u32,
+    pub done: u64,
+    pub total: u64,
+    pub complete: bool,
+    pub listed: bool,
+}
+
+/// Time limits of storage calls.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    pub connect: Duration,
+    pub call: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits { connect: Duration::from_secs(1), call: Duration::from_secs(5) }
+    }
+}
+
+/// Resolves when a connection ends.
+type Closed = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
+/// How long a node that timed out or could not be reached is tried last by reads.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+struct Slot {
+    conn: RefCell<Option<StoreConn<storaged::Client>>>,
+    /// Until when reads try this node last (it timed out or was unreachable).
+    suspect_until: std::cell::Cell<Option<tokio::time::Instant>>,
+    /// Held while connecting, so that concurrent calls share one new connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// Connections to storage nodes by address. Not `Send`; share it with `Rc`.
+pub struct StorePool {
+    slots: RefCell<HashMap<String, Rc<Slot>>>,
+    limits: CallLimits,
+}
+
+impl StorePool {
+    pub fn new(limits: CallLimits) -> StorePool {
+        StorePool { slots: RefCell::new(HashMap::new()), limits }
+    }
+
+    pub fn limits(&self) -> CallLimits {
+        self.limits
+    }
+
+    fn slot(&self, addr: &str) -> Rc<Slot> {
+        if let Some(s) = self.slots.borrow().get(addr) {
+            return s.clone();
+        }
+        let slot = Rc::new(Slot {
+            conn: RefCell::new(None),
+            suspect_until: std::cell::Cell::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        });
+        self.slots.borrow_mut().insert(addr.to_string(), slot.clone());
+        slot
+    }
+
+    fn live(slot: &Slot) -> Option<(storaged::Client, Closed)> {
+        let c = slot.conn.borrow();
+        let c = c.as_ref()?;
+        c.is_alive().then(|| (c.client(), Box::pin(c.closed()) as Closed))
+    }
+
+    /// The live connection to `addr`, or a new one.
+    async fn get(&self, addr: &str) -> Result<(storaged::Client, Closed), NodeError> {
+        let slot = self.slot(addr);
+        if let Some(c) = Self::live(&slot) {
+            return Ok(c);
+        }
+        let _guard = slot.connecting.lock().await;
+        if let Some(c) = Self::live(&slot) {
+            return Ok(c);
+        }
+        let stale = slot.conn.borrow_mut().take();
+        drop(stale);
+        let conn = batch::connect::<storaged::Client>(addr, self.limits.connect)
+            .await
+            .map_err(|reason| NodeError::Unreachable { addr: addr.into(), reason })?;
+        let out = (conn.client(), Box::pin(conn.closed()) as Closed);
+        *slot.conn.borrow_mut() = Some(conn);
+        Ok(out)
+    }
+
+    /// Forgets the connection to `addr` (after a timeout: the next call reconnects) and
+    /// makes it a node reads try last for a while.
+    fn failed(&self, addr: &str) {
+        let slot = self.slots.borrow().get(addr).cloned();
+        if let Some(slot) = slot {
+            slot.suspect_until.set(Some(tokio::time::Instant::now() + SUSPECT_FOR));
+            let gone = slot.conn.borrow_mut().take();
+            drop(gone);
+        }
+    }
+
+    /// True while `addr` recently timed out or could not be reached.
+    pub fn is_suspect(&self, addr: &str) -> bool {
+        let slots = self.slots.borrow();
+        let until = slots.get(addr).and_then(|s| s.suspect_until.get());
+        until.is_some_and(|u| u > tokio::time::Instant::now())
+    }
+
+    fn cleared(&self, addr: &str) {
+        if let Some(slot) = self.slots.borrow().get(addr) {
+            if slot.suspect_until.get().is_some() {
+                slot.suspect_until.set(None);
+            }
+        }
+    }
+
+    /// Runs one call on the connection to `addr`, bounded by the call limit.
+    pub async fn call<T, F, Fut>(&self, addr: &str, f: F) -> Result<T, NodeError>
+    where
+        F: FnOnce(storaged::Client) -> Fut,
+        Fut: Future<Output = capnp::Result<T>>,
+    {
+        let (client, closed) = match self.get(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed(addr);
+                return Err(e);
+            }
+        };
+        let limit = self.limits.call;
+        tokio::select! {
+            r = tokio::time::timeout(limit, f(client)) => match r {
+                Ok(Ok(v)) => {
+                    self.cleared(addr);
+                    Ok(v)
+                }
+                Ok(Err(e)) => {
+                    let err = NodeError::from_capnp(addr, &e);
+                    if matches!(err, NodeError::Rpc { .. }) {
+                        self.failed(addr);
+                    }
+                    Err(err)
+                }
+                Err(_) => {
+                    self.failed(addr);
+                    Err(NodeError::Timeout { addr: addr.into(), after: limit })
+                }
+            },
+            () = closed => {
+                self.failed(addr);
+                Err(NodeError::Rpc { addr: addr.into(), message: "connection lost".into() })
+            }
+        }
+    }
+
+    pub async fn read(&self, addr: &str, epoch: u32, oid: u64, offset: u32, buf: &mut [u8]) -> Result<(), NodeError> {
+        let want = buf.len();
+        let len = u32::try_from(want).map_err(|_| bad(addr, "read too large"))?;
+        self.call(addr, |c| async move {
+            let mut req = c.read_request();
+            let mut p = req.get();
+            p.set_epoch(epoch);
+            p.set_oid(oid);
+            p.set_offset(offset);
+            p.set_length(len);
+            let resp = req.send().promise.await?;
+            let data = resp.get()?.get_data()?;
+            if data.len() != want {
+                return Err(capnp::Error::failed(format!("short read: {} of {want} bytes", data.len())));
+            }
+            buf.copy_from_slice(data);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn write(&self, addr: &str, epoch: u32, oid: u64, offset: u32, data: &[u8], fua: bool) -> Result<(), NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.write_request();
+            let mut p = req.get();
+            p.set_epoch(epoch);
+            p.set_oid(oid);
+            p.set_offset(offset);
+            p.set_data(data);
+            p.set_fua(fua);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_and_write(
+        &self,
+        addr: &str,
+        epoch: u32,
+        oid: u64,
+        object_size: u32,
+        base_oid: u64,
+        offset: u32,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.create_and_write_request();
+            let mut p = req.get();
+            p.set_epoch(epoch);
+            p.set_oid(oid);
+            p.set_object_size(object_size);
+            p.set_base_oid(base_oid);
+            p.set_offset(offset);
+            p.set_data(data);
+            p.set_fua(fua);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn flush(&self, addr: &str, epoch: u32) -> Result<(), NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.flush_request();
+            req.get().set_epoch(epoch);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn stat(&self, addr: &str) -> Result<StoreStat, NodeError> {
+        self.call(addr, |c| async move {
+            let resp = c.stat_request().send().promise.await?;
+            let s = resp.get()?.get_stat()?;
+            Ok(StoreStat { capacity: s.get_capacity(), used: s.get_used(), free: s.get_free(), objects: s.get_objects() })
+        })
+        .await
+    }
+
+    pub async fn recovery(&self, addr: &str) -> Result<RecoveryStatus, NodeError> {
+        self.call(addr, |c| async move {
+            let resp = c.recovery_request().send().promise.await?;
+            let s = resp.get()?.get_status()?;
+            Ok(RecoveryStatus {
+                epoch: s.get_epoch(),
+                done: s.get_done(),
+                total: s.get_total(),
+                complete: s.get_complete(),
+                listed: s.get_listed(),
+            })
+        })
+        .await
+    }
+}
+
+fn bad(addr: &str, message: &str) -> NodeError {
+    NodeError::Refused { addr: addr.into(), code: "badRequest".into(), message: message.into() }
+}

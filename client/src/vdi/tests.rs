@@ -1,0 +1,233 @@
+//! The engine against in-process fake storage nodes (objects in memory).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp::capability::Rc as CapRc;
+use sheep_core::epoch::NodeInfo;
+use sheep_core::namespace::VdiEntry;
+use sheep_core::object::VdiId;
+use sheep_rpc::storaged_capnp::storaged;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::group::{GroupClient, Options};
+
+#[derive(Default)]
+struct Fake {
+    objects: RefCell<HashMap<u64, Vec<u8>>>,
+    creates: Cell<usize>,
+    reads: Cell<usize>,
+    flushes: Cell<usize>,
+    /// Every read fails with this code word.
+    fail_reads: RefCell<Option<&'static str>>,
+}
+
+fn refuse(code: &str, text: &str) -> capnp::Error {
+    capnp::Error::failed(format!("{code}: {text}"))
+}
+
+struct Server(Rc<Fake>);
+
+impl storaged::Server for Server {
+    async fn read(self: CapRc<Self>, params: storaged::ReadParams, mut results: storaged::ReadResults) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        self.0.reads.set(self.0.reads.get() + 1);
+        if let Some(code) = *self.0.fail_reads.borrow() {
+            return Err(refuse(code, "injected"));
+        }
+        let objects = self.0.objects.borrow();
+        let obj = objects.get(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
+        let (off, len) = (p.get_offset() as usize, p.get_length() as usize);
+        let data = obj.get(off..off + len).ok_or_else(|| refuse("badRequest", "out of range"))?;
+        results.get().set_data(data);
+        Ok(())
+    }
+
+    async fn write(self: CapRc<Self>, params: storaged::WriteParams, _: storaged::WriteResults) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let mut objects = self.0.objects.borrow_mut();
+        let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
+        let (off, data) = (p.get_offset() as usize, p.get_data()?);
+        obj.get_mut(off..off + data.len()).ok_or_else(|| refuse("badRequest", "out of range"))?.copy_from_slice(data);
+        Ok(())
+    }
+
+    async fn create_and_write(
+        self: CapRc<Self>,
+        params: storaged::CreateAndWriteParams,
+        _: storaged::CreateAndWriteResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        // Give concurrent calls a chance to interleave, as a real node would.
+        tokio::task::yield_now().await;
+        let size = p.get_object_size() as usize;
+        if !size.is_multiple_of(4096) {
+            return Err(refuse("badRequest", "object size not a multiple of 4096"));
+        }
+        let mut objects = self.0.objects.borrow_mut();
+        let obj = objects.entry(p.get_oid()).or_insert_with(|| {
+            self.0.creates.set(self.0.creates.get() + 1);
+            vec![0; size]
+        });
+        let (off, data) = (p.get_offset() as usize, p.get_data()?);
+        obj.get_mut(off..off + data.len()).ok_or_else(|| refuse("badRequest", "out of range"))?.copy_from_slice(data);
+        Ok(())
+    }
+
+    async fn flush(self: CapRc<Self>, _: storaged::FlushParams, _: storaged::FlushResults) -> Result<(), capnp::Error> {
+        self.0.flushes.set(self.0.flushes.get() + 1);
+        Ok(())
+    }
+}
+
+/// Starts `n` fake nodes (zones 1..=n) on 127.0.0.1.
+async fn fakes(n: u32) -> (Vec<Rc<Fake>>, Vec<NodeInfo>) {
+    let mut out = Vec::new();
+    let mut nodes = Vec::new();
+    for zone in 1..=n {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let fake = Rc::new(Fake::default());
+        let f = fake.clone();
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let client: storaged::Client = capnp_rpc::new_client(Server(f.clone()));
+                tokio::task::spawn_local(crate::rpc::serve(stream, client.client));
+            }
+        });
+        nodes.push(NodeInfo { id: addr.clone(), addr, zone, weight: 1 });
+        out.push(fake);
+    }
+    (out, nodes)
+}
+
+fn entry(size: u64, shift: u8) -> VdiEntry {
+    VdiEntry { name: "t".into(), vid: VdiId::new(0x1234).unwrap(), size, copies: 3, object_size_shift: shift, created_ms: 1 }
+}
+
+fn run(f: impl std::future::Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f);
+}
+
+async fn cluster(nodes: &[NodeInfo]) -> Rc<Cluster> {
+    // No groupd: the fixed view never asks it.
+    let group = Rc::new(GroupClient::new(vec!["127.0.0.1:1".into()], Options::default()).unwrap());
+    let limits = CallLimits { connect: Duration::from_secs(1), call: Duration::from_secs(2) };
+    Cluster::fixed(group, 1, nodes, limits)
+}
+
+fn opts() -> VdiOptions {
+    VdiOptions { retry_for: Duration::from_secs(2), read_replica: None }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) | 1).collect()
+}
+
+#[test]
+fn writes_across_objects_read_back_and_survive_reopening() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        let e = entry(64 << 12, 12); // 64 objects of 4 KiB
+        let vdi = Vdi::open_entry(c.clone(), e.clone(), opts()).await.unwrap();
+        let reads = || fakes.iter().map(|f| f.reads.get()).sum::<usize>();
+        assert_eq!(reads(), 3, "opening asked every replica for the inode (absent)");
+        let mut zeros = vec![1u8; 10000];
+        vdi.read(100, &mut zeros).await.unwrap();
+        assert!(zeros.iter().all(|&b| b == 0), "never written reads as zeros");
+        assert_eq!(reads(), 3, "without asking anyone");
+
+        let data = pattern(3 * 4096 + 10, 3);
+        vdi.write(4000, &data, false).await.unwrap();
+        let mut back = vec![0u8; data.len()];
+        vdi.read(4000, &mut back).await.unwrap();
+        assert_eq!(back, data);
+        // Objects 0..=3 were written; every node holds all of them and the inode.
+        assert!((0..4).all(|i| vdi.is_written(i)) && !vdi.is_written(4));
+        for f in &fakes {
+            assert_eq!(f.objects.borrow().len(), 5);
+        }
+        vdi.flush().await.unwrap();
+        assert!(fakes.iter().all(|f| f.flushes.get() == 1));
+
+        let again = Vdi::open_entry(c, e, opts()).await.unwrap();
+        assert!((0..4).all(|i| again.is_written(i)) && !again.is_written(4), "the inode table was reloaded");
+        let mut back = vec![0u8; data.len() + 200];
+        again.read(3900, &mut back).await.unwrap();
+        assert!(back[..100].iter().all(|&b| b == 0));
+        assert_eq!(&back[100..100 + data.len()], &data[..]);
+    });
+}
+
+#[test]
+fn concurrent_first_writes_create_each_object_once() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        let vdi = Rc::new(Vdi::open_entry(c, entry(8 << 12, 12), opts()).await.unwrap());
+        let writes = (0..8u64).map(|k| {
+            let vdi = vdi.clone();
+            async move { vdi.write(k * 512, &pattern(512, k as u8), false).await }
+        });
+        futures::future::try_join_all(writes).await.unwrap();
+        // One data object and one inode per node.
+        assert!(fakes.iter().all(|f| f.creates.get() == 2), "{:?}", fakes.iter().map(|f| f.creates.get()).collect::<Vec<_>>());
+        let mut back = vec![0u8; 4096];
+        vdi.read(0, &mut back).await.unwrap();
+        for k in 0..8usize {
+            assert_eq!(&back[k * 512..(k + 1) * 512], &pattern(512, k as u8)[..]);
+        }
+    });
+}
+
+#[test]
+fn reads_fail_over_and_bad_requests_are_refused() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        let vdi = Vdi::open_entry(c, entry(4 << 12, 12), opts()).await.unwrap();
+        let data = pattern(4096, 9);
+        vdi.write(4096, &data, false).await.unwrap();
+        *fakes[0].fail_reads.borrow_mut() = Some("corrupt");
+        *fakes[1].fail_reads.borrow_mut() = Some("noObject");
+        for _ in 0..4 {
+            let mut back = vec![0u8; 4096];
+            vdi.read(4096, &mut back).await.unwrap();
+            assert_eq!(back, data);
+        }
+        assert!(matches!(vdi.read(4 << 12, &mut [0u8; 1]).await, Err(VdiError::OutOfRange { .. })));
+        assert!(matches!(vdi.write(u64::MAX, &[0u8; 2], false).await, Err(VdiError::OutOfRange { .. })));
+        // Every replica failing: an I/O error after the retry time, not a hang.
+        *fakes[2].fail_reads.borrow_mut() = Some("corrupt");
+        let started = std::time::Instant::now();
+        let e = vdi.read(4096, &mut [0u8; 16]).await.unwrap_err();
+        assert!(matches!(e, VdiError::Io { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn a_chosen_replica_is_read_first() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        let e = entry(4 << 12, 12);
+        let writer = Vdi::open_entry(c.clone(), e.clone(), opts()).await.unwrap();
+        writer.write(0, &pattern(4096, 1), false).await.unwrap();
+        let oid = writer.data_oid(0).unwrap();
+        for k in 0..3 {
+            let reader = Vdi::open_entry(c.clone(), e.clone(), VdiOptions { read_replica: Some(k), ..opts() }).await.unwrap();
+            let before: Vec<usize> = fakes.iter().map(|f| f.reads.get()).collect();
+            let mut back = vec![0u8; 4096];
+            reader.read(0, &mut back).await.unwrap();
+            let asked: Vec<usize> = (0..3).filter(|&i| fakes[i].reads.get() > before[i]).collect();
+            let want = nodes.iter().position(|n| n.addr == reader.replicas(oid)[k].addr).unwrap();
+            assert_eq!(asked, vec![want], "replica {k}");
+        }
+    });
+}

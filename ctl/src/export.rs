@@ -1,0 +1,56 @@
+//! `sheepctl export NAME --listen ADDR`: serves a VDI over NBD in the foreground. The work
+//! is done by the `ublk-dev` binary installed next to sheepctl, which this process becomes
+//! (exec), so that Ctrl-C and SIGTERM reach the server directly and it stops cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct NbdExportArgs {
+    /// The VDI to serve; it is also the NBD export name (nbd://ADDR/NAME)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Address ("ip:port") to listen on; port 0 picks a free one
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+    pub listen: SocketAddr,
+
+    /// NBD requests in flight per connection (1..=1024)
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub queue_depth: u16,
+}
+
+/// The `ublk-dev` binary next to this executable.
+fn server_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name("ublk-dev");
+    if !path.is_file() {
+        bail!(
+            "the NBD server binary {} is missing: build it with `cargo build -p ublk-dev` (or install it next to sheepctl)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Becomes `ublk-dev nbd …`; returns only if that could not be started.
+pub fn run(groupd: &str, a: &NbdExportArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    sheep_core::object::validate_vdi_name(&a.name)?;
+    let bin = server_binary()?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--groupd")
+        .arg(groupd)
+        .arg("nbd")
+        .arg("--vdi")
+        .arg(&a.name)
+        .arg("--listen")
+        .arg(a.listen.to_string())
+        .arg("--queue-depth")
+        .arg(a.queue_depth.to_string());
+    let err = cmd.exec();
+    bail!("cannot run {}: {err}", bin.display())
+}

@@ -1,0 +1,198 @@
+//! `sheepctl node info` and `node recovery`: what each storage node says about its store.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::future::join_all;
+use serde::Serialize;
+use sheep_client::vdi::{CallLimits, StorePool};
+use sheep_core::size::format_size;
+
+use crate::node::rows;
+use crate::output::{print_json, table};
+
+fn pool() -> StorePool {
+    StorePool::new(CallLimits { connect: Duration::from_secs(1), call: Duration::from_secs(3) })
+}
+
+#[derive(Serialize)]
+struct InfoRow {
+    id: String,
+    state: &'static str,
+    capacity: Option<u64>,
+    used: Option<u64>,
+    free: Option<u64>,
+    objects: Option<u64>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Info {
+    epoch: u32,
+    nodes: Vec<InfoRow>,
+    total: Totals,
+}
+
+#[derive(Serialize, Default)]
+struct Totals {
+    capacity: u64,
+    used: u64,
+    free: u64,
+    objects: u64,
+}
+
+/// Per-node capacity and use, from every node of the current epoch and every joining one.
+pub async fn info(groupd: &str, json: bool) -> Result<()> {
+    let info = crate::client(groupd)?.info().await?;
+    let (epoch, nodes) = rows(&info);
+    let pool = pool();
+    let stats = join_all(nodes.iter().map(|n| pool.stat(&n.addr))).await;
+    let mut total = Totals::default();
+    let rows: Vec<InfoRow> = nodes
+        .iter()
+        .zip(stats)
+        .map(|(n, s)| match s {
+            Ok(s) => {
+                total.capacity += s.capacity;
+                total.used += s.used;
+                total.free += s.free;
+                total.objects += s.objects;
+                InfoRow {
+                    id: n.id.clone(),
+                    state: n.state,
+                    capacity: Some(s.capacity),
+                    used: Some(s.used),
+                    free: Some(s.free),
+                    objects: Some(s.objects),
+                    error: None,
+                }
+            }
+            Err(e) => InfoRow {
+                id: n.id.clone(),
+                state: n.state,
+                capacity: None,
+                used: None,
+                free: None,
+                objects: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    if json {
+        return print_json(&Info { epoch, nodes: rows, total });
+    }
+    if rows.is_empty() {
+        println!("no storage nodes (epoch {epoch})");
+        return Ok(());
+    }
+    let size = |v: Option<u64>| v.map_or("-".into(), format_size);
+    let pct = |used: Option<u64>, cap: Option<u64>| match (used, cap) {
+        (Some(u), Some(c)) if c > 0 => format!("{:.1}%", u as f64 * 100.0 / c as f64),
+        _ => "-".into(),
+    };
+    let mut cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.state.to_string(),
+                size(r.capacity),
+                size(r.used),
+                size(r.free),
+                r.objects.map_or("-".into(), |o| o.to_string()),
+                pct(r.used, r.capacity),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    cells.push(vec![
+        "total".into(),
+        String::new(),
+        format_size(total.capacity),
+        format_size(total.used),
+        format_size(total.free),
+        total.objects.to_string(),
+        pct(Some(total.used), Some(total.capacity)),
+        String::new(),
+    ]);
+    println!("storage nodes (epoch {epoch})");
+    print!("{}", table("", &["ID", "STATE", "CAPACITY", "USED", "FREE", "OBJECTS", "USE", "ERROR"], &cells));
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RecoveryRow {
+    id: String,
+    epoch: Option<u32>,
+    done: Option<u64>,
+    total: Option<u64>,
+    listed: Option<bool>,
+    complete: Option<bool>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Recovery {
+    epoch: u32,
+    nodes: Vec<RecoveryRow>,
+}
+
+/// Per-node recovery progress.
+pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
+    let info = crate::client(groupd)?.info().await?;
+    let (epoch, nodes) = rows(&info);
+    let pool = pool();
+    let states = join_all(nodes.iter().map(|n| pool.recovery(&n.addr))).await;
+    let rows: Vec<RecoveryRow> = nodes
+        .iter()
+        .zip(states)
+        .map(|(n, r)| match r {
+            Ok(r) => RecoveryRow {
+                id: n.id.clone(),
+                epoch: Some(r.epoch),
+                done: Some(r.done),
+                total: Some(r.total),
+                listed: Some(r.listed),
+                complete: Some(r.complete),
+                error: None,
+            },
+            Err(e) => RecoveryRow {
+                id: n.id.clone(),
+                epoch: None,
+                done: None,
+                total: None,
+                listed: None,
+                complete: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    if json {
+        return print_json(&Recovery { epoch, nodes: rows });
+    }
+    if rows.is_empty() {
+        println!("no storage nodes (epoch {epoch})");
+        return Ok(());
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let state = match (r.complete, r.listed, &r.error) {
+                (_, _, Some(e)) => e.clone(),
+                (Some(true), _, _) => "complete".into(),
+                (_, Some(false), _) => "listing".into(),
+                _ => "recovering".into(),
+            };
+            let progress = match (r.done, r.total, r.listed) {
+                (Some(d), Some(t), Some(true)) => format!("{d}/{t}"),
+                (Some(d), _, Some(false)) => format!("{d}/?"),
+                _ => "-".into(),
+            };
+            vec![r.id.clone(), r.epoch.map_or("-".into(), |e| e.to_string()), progress, state]
+        })
+        .collect();
+    let complete = rows.iter().filter(|r| r.complete == Some(true)).count();
+    println!("recovery to epoch {epoch}: {complete} of {} nodes complete", rows.len());
+    print!("{}", table("", &["ID", "EPOCH", "OBJECTS", "STATE"], &cells));
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! `sheepctl vdi …`: the VDI namespace (through groupd) and the VDI's bytes (through the
+//! engine of the client crate).
+
+use std::io::Write;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiError, VdiOptions};
+use sheep_core::namespace::VdiEntry;
+use sheep_core::object::validate_vdi_name;
+use sheep_core::size::format_size;
+
+use crate::cli::{ObjectCmd, RangeArgs, VdiCmd};
+use crate::output::{list, print_json, table, time};
+
+/// Bytes per request of `read`, `write`, `import` and `export`, and how many are in flight.
+pub const CHUNK: u64 = 4 << 20;
+pub const IN_FLIGHT: usize = 8;
+
+/// A VDI as `vdi list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VdiRow {
+    pub name: String,
+    /// 6 hex digits, as Sheepdog shows them.
+    pub vid: String,
+    pub size: u64,
+    pub copies: u8,
+    pub object_size: u64,
+    pub created_ms: u64,
+}
+
+impl From<&VdiEntry> for VdiRow {
+    fn from(v: &VdiEntry) -> Self {
+        VdiRow {
+            name: v.name.clone(),
+            vid: v.vid.to_string(),
+            size: v.size,
+            copies: v.copies,
+            object_size: 1 << v.object_size_shift,
+            created_ms: v.created_ms,
+        }
+    }
+}
+
+pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
+    match cmd {
+        VdiCmd::Create { name, size, copies } => {
+            validate_vdi_name(name)?;
+            let v = crate::client(groupd)?.vdi_create(name, *size, copies.unwrap_or(0)).await?;
+            if json {
+                return print_json(&VdiRow::from(&v));
+            }
+            println!("created VDI {} (id {}, {}, {} copies)", v.name, v.vid, format_size(v.size), v.copies);
+            Ok(())
+        }
+        VdiCmd::List => {
+            let (vdis, _) = crate::client(groupd)?.vdi_list().await?;
+            let rows: Vec<VdiRow> = vdis.iter().map(VdiRow::from).collect();
+            if json {
+                return print_json(&rows);
+            }
+            if rows.is_empty() {
+                println!("no VDIs");
+            } else {
+                print!("{}", table("", LIST_HEADERS, &list_cells(&rows)));
+            }
+            Ok(())
+        }
+        VdiCmd::Delete { name } => {
+            validate_vdi_name(name)?;
+            let v = crate::client(groupd)?.vdi_delete(name).await?;
+            if json {
+                return print_json(&VdiRow::from(&v));
+            }
+            println!("deleted VDI {} (id {}); storage nodes remove its objects", v.name, v.vid);
+            Ok(())
+        }
+        VdiCmd::Read(r) => read(groupd, &r.range, r.replica.replica).await,
+        VdiCmd::Write(r) => write(groupd, r).await,
+        VdiCmd::Import(f) => crate::vdi_file::import(groupd, &f.name, &f.file, json).await,
+        VdiCmd::Export(e) => crate::vdi_file::export(groupd, &e.file.name, &e.file.file, e.replica.replica, json).await,
+        VdiCmd::Object(ObjectCmd::Map { name }) => map(groupd, name, json).await,
+    }
+}
+
+pub const LIST_HEADERS: &[&str] = &["NAME", "ID", "SIZE", "COPIES", "OBJECT SIZE", "CREATED"];
+
+pub fn list_cells(rows: &[VdiRow]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.vid.clone(),
+                format_size(r.size),
+                r.copies.to_string(),
+                format_size(r.object_size),
+                time(r.created_ms),
+            ]
+        })
+        .collect()
+}
+
+/// Opens `name` through the engine, with clear errors for a bad or unknown name.
+pub async fn open(groupd: &str, name: &str) -> Result<Rc<Vdi>> {
+    open_with(groupd, name, None).await
+}
+
+/// Like [`open`], reading from the given replica first.
+pub async fn open_with(groupd: &str, name: &str, replica: Option<u8>) -> Result<Rc<Vdi>> {
+    validate_vdi_name(name)?;
+    let group = Rc::new(crate::client(groupd)?);
+    let cluster = Cluster::connect(group, CallLimits::default()).await?;
+    let opts = VdiOptions { read_replica: replica.map(usize::from), ..VdiOptions::default() };
+    match Vdi::open(cluster, name, opts).await {
+        Ok(v) => Ok(Rc::new(v)),
+        Err(VdiError::NoVdi(n)) => bail!("there is no VDI named {n:?} (see `sheepctl vdi list`)"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `offset`/`len` checked against the VDI: the length to use.
+pub fn check_range(vdi: &Vdi, offset: u64, len: Option<u64>) -> Result<u64> {
+    let size = vdi.size();
+    if offset > size {
+        bail!("offset {offset} is past the end of VDI {} ({size} bytes, {})", vdi.entry().name, format_size(size));
+    }
+    let len = len.unwrap_or(size - offset);
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        bail!(
+            "offset {offset} + length {len} is past the end of VDI {} ({size} bytes, {})",
+            vdi.entry().name,
+            format_size(size)
+        );
+    }
+    Ok(len)
+}
+
+/// `[offset, offset + len)` in chunks of at most [`CHUNK`] bytes, aligned to multiples of it.
+pub fn chunks(offset: u64, len: u64) -> Vec<(u64, usize)> {
+    let end = offset + len;
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let next = ((pos / CHUNK) + 1) * CHUNK;
+        let n = next.min(end) - pos;
+        out.push((pos, n as usize));
+        pos += n;
+    }
+    out
+}
+
+/// `vdi read NAME [OFFSET [LEN]]`: to stdout, in order, several chunks in flight.
+async fn read(groupd: &str, r: &RangeArgs, replica: Option<u8>) -> Result<()> {
+    let vdi = open_with(groupd, &r.name, replica).await?;
+    let len = check_range(&vdi, r.offset, r.len)?;
+    let mut out = std::io::stdout().lock();
+    let mut reads = stream::iter(chunks(r.offset, len))
+        .map(|(off, n)| {
+            let vdi = vdi.clone();
+            async move {
+                let mut buf = vec![0u8; n];
+                vdi.read(off, &mut buf).await.map(|()| buf)
+            }
+        })
+        .buffered(IN_FLIGHT);
+    while let Some(buf) = reads.try_next().await? {
+        out.write_all(&buf).context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(())
+}
+
+/// Up to `n` bytes of stdin (fewer only at its end), read on the blocking pool so that the
+/// writes in flight go on meanwhile.
+pub async fn read_stdin(n: usize) -> std::io::Result<Vec<u8>> {
+    let task = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; n];
+        let mut stdin = std::io::stdin().lock();
+        let mut got = 0;
+        while got < n {
+            match std::io::Read::read(&mut stdin, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    });
+    task.await.map_err(std::io::Error::other)?
+}
+
+/// `vdi write NAME [OFFSET [LEN]]`: from stdin, several chunks in flight, then a flush.
+async fn write(groupd: &str, r: &RangeArgs) -> Result<()> {
+    let vdi = open(groupd, &r.name).await?;
+    let size = vdi.size();
+    let max = check_range(&vdi, r.offset, r.len)?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut written = 0u64;
+    for (off, n) in chunks(r.offset, max) {
+        let buf = read_stdin(n).await.context("reading stdin")?;
+        let got = buf.len();
+        if got > 0 {
+            let vdi = vdi.clone();
+            pending.push(async move { vdi.write(off, &buf, false).await.map(|()| buf.len() as u64) });
+        }
+        while pending.len() >= IN_FLIGHT {
+            written += pending.try_next().await?.unwrap_or(0);
+        }
+        if got < n {
+            break;
+        }
+    }
+    while let Some(n) = pending.try_next().await? {
+        written += n;
+    }
+    vdi.flush().await?;
+    if let Some(len) = r.len {
+        if written < len {
+            bail!("stdin ended after {written} of the {len} bytes asked for (those were written)");
+        }
+    } else if r.offset + written == size {
+        // Everything fitted exactly: check there is nothing more.
+        if !read_stdin(1).await.context("reading stdin")?.is_empty() {
+            bail!("stdin holds more than fits in VDI {} from offset {} ({size} bytes): the first {written} bytes were written", r.name, r.offset);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ObjectRow {
+    index: u32,
+    oid: String,
+    nodes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ObjectMap {
+    vdi: String,
+    vid: String,
+    epoch: u32,
+    inode: ObjectRow,
+    objects: Vec<ObjectRow>,
+}
+
+/// `vdi object map NAME`: the written objects and where they are in the current epoch.
+async fn map(groupd: &str, name: &str, json: bool) -> Result<()> {
+    let vdi = open(groupd, name).await?;
+    let ids = |oid| vdi.replicas(oid).into_iter().map(|n| n.id).collect::<Vec<_>>();
+    let inode = vdi.inode_oid();
+    let objects: Vec<ObjectRow> = (0..vdi.max_objects())
+        .filter_map(|idx| vdi.data_oid(idx).map(|oid| ObjectRow { index: idx, oid: oid.to_string(), nodes: ids(oid) }))
+        .collect();
+    let m = ObjectMap {
+        vdi: name.to_string(),
+        vid: vdi.vid().to_string(),
+        epoch: vdi.cluster().epoch(),
+        inode: ObjectRow { index: 0, oid: inode.to_string(), nodes: ids(inode) },
+        objects,
+    };
+    if json {
+        return print_json(&m);
+    }
+    println!(
+        "VDI {} (id {}), epoch {}: {} of {} objects written; inode {} on {}",
+        m.vdi,
+        m.vid,
+        m.epoch,
+        m.objects.len(),
+        vdi.max_objects(),
+        m.inode.oid,
+        list(&m.inode.nodes)
+    );
+    if !m.objects.is_empty() {
+        let rows: Vec<Vec<String>> =
+            m.objects.iter().map(|o| vec![o.index.to_string(), o.oid.clone(), list(&o.nodes)]).collect();
+        print!("{}", table("", &["INDEX", "OID", "NODES"], &rows));
+    }
+    Ok(())
+}
+
+/// An error for a file that does not fit.
+pub fn too_big(what: &str, len: u64, vdi: &Vdi) -> anyhow::Error {
+    anyhow!(
+        "{what} is {len} bytes ({}), larger than VDI {} ({} bytes, {})",
+        format_size(len),
+        vdi.entry().name,
+        vdi.size(),
+        format_size(vdi.size())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_aligned() {
+        assert_eq!(chunks(0, 10), vec![(0, 10)]);
+        assert_eq!(chunks(CHUNK - 1, 3), vec![(CHUNK - 1, 1), (CHUNK, 2)]);
+        assert_eq!(chunks(0, 2 * CHUNK).len(), 2);
+        assert!(chunks(5, 0).is_empty());
+    }
+
+    #[test]
+    fn list_table() {
+        let rows = vec![VdiRow {
+            name: "disk0".into(),
+            vid: "7c2b25".into(),
+            size: 10 << 30,
+            copies: 3,
+            object_size: 4 << 20,
+            created_ms: 0,
+        }];
+        assert_eq!(
+            table("", LIST_HEADERS, &list_cells(&rows)),
+            "\
+NAME   ID      SIZE      COPIES  OBJECT SIZE  CREATED
+disk0  7c2b25  10.0 GiB  3       4.0 MiB      1970-01-01 00:00:00 UTC
+"
+        );
+    }
+}

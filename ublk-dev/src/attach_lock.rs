@@ -1,0 +1,127 @@
+//! Exclusive attach: a VDI is served by one daemon at a time. The daemon opens its own
+//! client session in groupd, takes the VDI's lock with it, and keeps the session alive; a
+//! second attach of the same VDI is refused by groupd naming the holder. Closing the
+//! session (or its expiry, if the daemon dies) releases the lock.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use sheep_client::group::{self, GroupClient};
+use sheep_core::group::{SessionId, SessionKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Another session holds the lock; the message names it ("VDI disk0 is locked by
+    /// session 7 (nbd-export …)").
+    #[error("{0}")]
+    Held(String),
+    #[error("cannot open a session in groupd: {0}")]
+    Session(group::Error),
+    #[error("cannot lock VDI {vdi:?}: {err}")]
+    Lock { vdi: String, err: group::Error },
+}
+
+/// The VDI's lock, held by this process's own groupd session.
+pub struct AttachLock {
+    group: Rc<GroupClient>,
+    session: SessionId,
+    vdi: String,
+    token: u64,
+    keepalive: JoinHandle<()>,
+    /// Becomes `Some(reason)` when the session is gone (the lock may be someone else's).
+    lost: watch::Receiver<Option<String>>,
+}
+
+impl AttachLock {
+    /// Opens a client session named `holder` and locks `vdi` with it.
+    pub async fn acquire(group: Rc<GroupClient>, vdi: &str, holder: &str) -> Result<AttachLock, AttachError> {
+        let kind = SessionKind::Client { name: holder.to_string() };
+        let (session, lease) = group.open_session(&kind, "").await.map_err(AttachError::Session)?;
+        tracing::debug!("session {session} open, lease {lease:?}");
+        let (lost_tx, lost) = watch::channel(None);
+        let keepalive = tokio::task::spawn_local(keep_alive(group.clone(), session, lease, lost_tx));
+        match group.lock(session, vdi).await {
+            Ok(info) => {
+                tracing::info!("locked VDI {vdi} with session {session} (fencing token {})", info.lock.token);
+                Ok(AttachLock { group, session, vdi: vdi.to_string(), token: info.lock.token, keepalive, lost })
+            }
+            Err(err) => {
+                keepalive.abort();
+                if let Err(e) = group.close_session(session).await {
+                    tracing::warn!("closing session {session}: {e}");
+                }
+                if err.is_code("lockHeld") {
+                    Err(AttachError::Held(err.to_string()))
+                } else {
+                    Err(AttachError::Lock { vdi: vdi.to_string(), err })
+                }
+            }
+        }
+    }
+
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The lock's fencing token.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Resolves when the session is lost (expired or closed by someone else): the lock may
+    /// belong to another client now, so serving must stop. Returns why.
+    pub async fn lost(&mut self) -> String {
+        match self.lost.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The keepalive task ended without a reason: it was aborted; never resolves.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Unlocks the VDI and closes the session. Each call is bounded by the client's limits.
+    pub async fn release(self) {
+        self.keepalive.abort();
+        match self.group.unlock(self.session, &self.vdi, false).await {
+            Ok(()) => tracing::info!("unlocked VDI {}", self.vdi),
+            Err(e) => tracing::warn!("unlocking VDI {}: {e} (closing the session releases it)", self.vdi),
+        }
+        if let Err(e) = self.group.close_session(self.session).await {
+            tracing::warn!("closing session {}: {e} (it expires after its lease)", self.session);
+        }
+    }
+}
+
+impl Drop for AttachLock {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+/// Renews the session every lease/3. A refusal saying the session does not exist ends it
+/// and reports the loss; other failures (groupd unreachable, an election) are retried.
+async fn keep_alive(group: Rc<GroupClient>, session: SessionId, lease: Duration, lost: watch::Sender<Option<String>>) {
+    let period = (lease / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        match group.keepalive(session).await {
+            Ok(()) => last_ok = tokio::time::Instant::now(),
+            Err(e) if e.is_code("noSession") => {
+                lost.send_replace(Some(format!("groupd session {session} ended: {e}")));
+                return;
+            }
+            Err(e) => {
+                let since = last_ok.elapsed();
+                if since > lease {
+                    tracing::warn!("session {session} not renewed for {since:?} (lease {lease:?}): {e}");
+                } else {
+                    tracing::debug!("keepalive of session {session}: {e}");
+                }
+            }
+        }
+    }
+}

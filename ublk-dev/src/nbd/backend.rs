@@ -1,0 +1,195 @@
+//! What the NBD server serves: a [`Backend`], the VDI engine's [`Vdi`] in the daemon, a
+//! memory disk in the unit tests.
+
+use std::future::Future;
+
+use futures::{StreamExt, TryStreamExt};
+
+use sheep_client::vdi::{NodeError, Vdi, VdiError};
+
+use super::proto::{EINVAL, EIO, ENOSPC};
+
+/// A failed operation: the NBD error value, and the message for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoFailure {
+    pub errno: u32,
+    pub message: String,
+}
+
+impl IoFailure {
+    pub fn new(errno: u32, message: impl Into<String>) -> IoFailure {
+        IoFailure { errno, message: message.into() }
+    }
+}
+
+impl From<VdiError> for IoFailure {
+    fn from(e: VdiError) -> Self {
+        let errno = match &e {
+            VdiError::OutOfRange { .. } => EINVAL,
+            VdiError::Node(n @ NodeError::Refused { .. }) if n.is_code("noSpace") => ENOSPC,
+            _ => EIO,
+        };
+        IoFailure { errno, message: e.to_string() }
+    }
+}
+
+/// A disk of `size()` bytes. Any number of operations may be in flight at once.
+pub trait Backend {
+    fn size(&self) -> u64;
+    fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), IoFailure>>;
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> impl Future<Output = Result<(), IoFailure>>;
+    /// Every write acknowledged before it was called is durable when it returns.
+    fn flush(&self) -> impl Future<Output = Result<(), IoFailure>>;
+    /// `len` bytes at `offset` read as zeros afterwards. `may_unmap`: parts never written may
+    /// stay unallocated (they read as zeros already); otherwise they are allocated.
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> impl Future<Output = Result<(), IoFailure>>;
+}
+
+/// Zeros are written in pieces of at most this much, to this many objects at once.
+const ZERO_CHUNK: u64 = 1 << 20;
+const ZERO_OBJECTS_IN_FLIGHT: usize = 4;
+
+/// The VDI engine as a backend.
+///
+/// Write-zeroes and trim: the engine has no discard yet, so objects never written are left
+/// alone (they read as zeros) unless NO_HOLE asks for allocation, and the rest of the range
+/// is written with zeros, object by object.
+pub struct VdiBackend {
+    vdi: std::rc::Rc<Vdi>,
+}
+
+impl VdiBackend {
+    pub fn new(vdi: std::rc::Rc<Vdi>) -> VdiBackend {
+        VdiBackend { vdi }
+    }
+}
+
+impl Backend for VdiBackend {
+    fn size(&self) -> u64 {
+        self.vdi.size()
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoFailure> {
+        Ok(self.vdi.read(offset, buf).await?)
+    }
+
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), IoFailure> {
+        Ok(self.vdi.write(offset, data, fua).await?)
+    }
+
+    async fn flush(&self) -> Result<(), IoFailure> {
+        Ok(self.vdi.flush().await?)
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> Result<(), IoFailure> {
+        let object_size = self.vdi.object_size();
+        let end = offset.checked_add(len).ok_or_else(|| IoFailure::new(EINVAL, "range overflows"))?;
+        // The part of each object in the range that must be written.
+        let mut parts = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let idx = at / object_size;
+            let object_end = ((idx + 1) * object_size).min(end);
+            let idx = u32::try_from(idx).map_err(|_| IoFailure::new(EINVAL, "offset past the last object"))?;
+            if !may_unmap || self.vdi.is_written(idx) {
+                parts.push((at, object_end));
+            }
+            at = object_end;
+        }
+        let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
+        let zeros = &zeros;
+        futures::stream::iter(parts)
+            .map(|(start, stop)| async move {
+                let mut at = start;
+                while at < stop {
+                    let n = (stop - at).min(ZERO_CHUNK) as usize;
+                    self.vdi.write(at, &zeros[..n], fua).await?;
+                    at += n as u64;
+                }
+                Ok::<(), IoFailure>(())
+            })
+            .buffer_unordered(ZERO_OBJECTS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+#[cfg(test)]
+pub mod memory {
+    //! A disk in memory for the unit tests, with failures on demand.
+
+    use std::cell::{Cell, RefCell};
+
+    use super::*;
+
+    pub struct MemDisk {
+        pub data: RefCell<Vec<u8>>,
+        /// Operations touching this offset fail with EIO.
+        pub bad_offset: Cell<Option<u64>>,
+        pub flushes: Cell<u32>,
+        in_flight: Cell<usize>,
+        /// The most operations seen in flight at once.
+        pub max_in_flight: Cell<usize>,
+        /// Each operation yields this many times first, so that several are in flight.
+        pub yields: usize,
+    }
+
+    impl MemDisk {
+        pub fn new(size: usize) -> MemDisk {
+            MemDisk {
+                data: RefCell::new(vec![0; size]),
+                bad_offset: Cell::new(None),
+                flushes: Cell::new(0),
+                in_flight: Cell::new(0),
+                max_in_flight: Cell::new(0),
+                yields: 3,
+            }
+        }
+
+        async fn pause(&self, offset: u64) -> Result<(), IoFailure> {
+            self.in_flight.set(self.in_flight.get() + 1);
+            self.max_in_flight.set(self.max_in_flight.get().max(self.in_flight.get()));
+            for _ in 0..self.yields {
+                tokio::task::yield_now().await;
+            }
+            self.in_flight.set(self.in_flight.get() - 1);
+            if self.bad_offset.get() == Some(offset) {
+                return Err(IoFailure::new(EIO, "injected failure"));
+            }
+            Ok(())
+        }
+    }
+
+    impl Backend for MemDisk {
+        fn size(&self) -> u64 {
+            self.data.borrow().len() as u64
+        }
+
+        async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoFailure> {
+            self.pause(offset).await?;
+            let o = offset as usize;
+            buf.copy_from_slice(&self.data.borrow()[o..o + buf.len()]);
+            Ok(())
+        }
+
+        async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), IoFailure> {
+            self.pause(offset).await?;
+            let o = offset as usize;
+            self.data.borrow_mut()[o..o + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+
+        async fn flush(&self) -> Result<(), IoFailure> {
+            self.pause(u64::MAX).await?;
+            self.flushes.set(self.flushes.get() + 1);
+            Ok(())
+        }
+
+        async fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool, _fua: bool) -> Result<(), IoFailure> {
+            self.pause(offset).await?;
+            let o = offset as usize;
+            self.data.borrow_mut()[o..o + len as usize].fill(0);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The NBD export: a VDI served over the network block device protocol, for QEMU
+//! (`nbd://`) and for hosts without `ublk_drv`.
+//!
+//! - [`proto`]: the wire format, pure encoding and decoding;
+//! - [`handshake`]: the fixed newstyle negotiation (NBD_OPT_GO/INFO/EXPORT_NAME/LIST/ABORT);
+//! - [`transmission`]: one connection's requests, many in flight, replies as they complete;
+//! - [`backend`]: what is served (the VDI engine);
+//! - [`server`]: the daemon: listener, VDI lock, connections, clean stop.
+
+pub mod backend;
+pub mod handshake;
+pub mod proto;
+pub mod server;
+pub mod transmission;

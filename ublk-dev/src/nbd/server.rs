@@ -1,0 +1,208 @@
+//! The NBD export of one VDI: listen, take the VDI's lock, open it, serve every connection
+//! on the same engine until SIGTERM/SIGINT, then stop cleanly.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sheep_client::group::{GroupClient, Options};
+use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::backend::{Backend, VdiBackend};
+use super::handshake::{self, Outcome};
+use super::proto::*;
+use super::transmission::{self, End, Limits};
+use crate::attach_lock::AttachLock;
+
+/// What to export and where.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub vdi: String,
+    pub listen: SocketAddr,
+    pub groupd: Vec<String>,
+    pub limits: Limits,
+}
+
+/// A client has this long to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The flags of the export: flush, FUA, trim and write-zeroes, and multiple connections
+/// (every connection shares one engine, and flushes are serialised across them, so a flush
+/// on one connection covers the writes answered on all of them).
+pub const EXPORT_FLAGS: u16 =
+    TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_CAN_MULTI_CONN;
+
+/// Groupd limits of the daemon: it waits a little for a groupd that is restarting.
+fn group_options() -> Options {
+    Options {
+        connect_timeout: Duration::from_secs(1),
+        call_timeout: Duration::from_secs(3),
+        retry_for: Duration::from_secs(8),
+        wait_for_groupd: false,
+    }
+}
+
+/// Runs the export until a signal; returns an error if it could not start or had to stop.
+pub async fn run(cfg: ExportConfig) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let listener = TcpListener::bind(cfg.listen).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!("cannot listen on {}: the address is already in use", cfg.listen),
+        _ => anyhow!("cannot listen on {}: {e}", cfg.listen),
+    })?;
+    let local = listener.local_addr().context("local address of the listener")?;
+    let group = Rc::new(GroupClient::new(cfg.groupd.clone(), group_options())?);
+    let (vdis, _) = group.vdi_list().await.context("cannot list the VDIs")?;
+    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi) else {
+        bail!("there is no VDI named {:?} (see `sheepctl vdi list`)", cfg.vdi);
+    };
+    let holder = format!("nbd-export {local} pid {} on {}", std::process::id(), crate::hostname());
+    let mut lock = AttachLock::acquire(group.clone(), &cfg.vdi, &holder).await?;
+    let served = async {
+        let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
+        let vdi = Vdi::open_entry(cluster, entry, VdiOptions::default())
+            .await
+            .with_context(|| format!("cannot open VDI {:?}", cfg.vdi))?;
+        let backend = Rc::new(VdiBackend::new(Rc::new(vdi)));
+        let info = ExportInfo {
+            name: cfg.vdi.clone(),
+            size: backend.size(),
+            flags: EXPORT_FLAGS,
+            description: format!("Sheepdog VDI {}", cfg.vdi),
+        };
+        let url = nbd_url(local, &cfg.vdi);
+        tracing::info!("serving VDI {} ({} bytes) at {url} (session {})", cfg.vdi, info.size, lock.session());
+        println!("{url}");
+        // The line above is what a caller waits for.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let stopped = accept_loop(&listener, &backend, &info, &mut lock, &mut term, &mut int, cfg.limits).await;
+        drop(listener);
+        match backend.flush().await {
+            Ok(()) => tracing::info!("flushed VDI {}", cfg.vdi),
+            Err(e) => tracing::error!("final flush of VDI {} failed: {}", cfg.vdi, e.message),
+        }
+        stopped
+    };
+    let result = served.await;
+    lock.release().await;
+    result
+}
+
+/// Accepts connections until a signal or the loss of the lock; then stops every connection
+/// (requests in flight are answered) and returns.
+async fn accept_loop(
+    listener: &TcpListener,
+    backend: &Rc<VdiBackend>,
+    info: &ExportInfo,
+    lock: &mut AttachLock,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    limits: Limits,
+) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let outcome = loop {
+        tokio::select! {
+            a = listener.accept() => match a {
+                Ok((sock, peer)) => {
+                    conns.spawn_local(connection(backend.clone(), sock, peer, info.clone(), stop_rx.clone(), limits));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break Ok("SIGTERM"),
+            _ = int.recv() => break Ok("SIGINT"),
+            why = lock.lost() => break Err(anyhow!("{why}; the VDI lock may belong to someone else now: stopped serving")),
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    };
+    match &outcome {
+        Ok(sig) => tracing::info!("{sig}: stopping ({} connections open)", conns.len()),
+        Err(e) => tracing::error!("{e}"),
+    }
+    stop_tx.send_replace(true);
+    let all_closed = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.drain + Duration::from_secs(15), all_closed).await.is_err() {
+        tracing::warn!("{} connections did not close in time; dropped", conns.len());
+        conns.shutdown().await;
+    }
+    outcome.map(drop)
+}
+
+/// One client connection: handshake, then transmission.
+async fn connection(
+    backend: Rc<VdiBackend>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    info: ExportInfo,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    if let Err(e) = sock.set_nodelay(true) {
+        tracing::warn!("{peer}: cannot set TCP_NODELAY: {e}");
+    }
+    tracing::info!("{peer}: connected");
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut sock, &info)) => r,
+        () = transmission::stopped(&mut stop) => return,
+    };
+    match negotiated {
+        Ok(Ok(Outcome::Transmission)) => {}
+        Ok(Ok(Outcome::Aborted)) => {
+            tracing::info!("{peer}: aborted the handshake");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!("{peer}: handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("{peer}: no handshake within {HANDSHAKE_TIMEOUT:?}; closed");
+            return;
+        }
+    }
+    let (rd, wr) = sock.into_split();
+    let reader = BufReader::with_capacity(256 << 10, rd);
+    match transmission::serve(backend, reader, wr, stop, limits, &peer.to_string()).await {
+        Ok(End::Disconnected) => tracing::info!("{peer}: disconnected"),
+        Ok(End::Vanished) => tracing::info!("{peer}: closed the connection without NBD_CMD_DISC"),
+        Ok(End::Shutdown) => tracing::info!("{peer}: closed, the server is stopping"),
+        Err(e) => tracing::warn!("{peer}: connection ended: {e}"),
+    }
+}
+
+/// `nbd://127.0.0.1:10809/disk0`, the name percent-encoded where a URL needs it.
+pub fn nbd_url(addr: SocketAddr, name: &str) -> String {
+    let mut path = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("nbd://{addr}/{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let a: SocketAddr = "127.0.0.1:10809".parse().unwrap();
+        assert_eq!(nbd_url(a, "disk0"), "nbd://127.0.0.1:10809/disk0");
+        assert_eq!(nbd_url(a, "my disk/é"), "nbd://127.0.0.1:10809/my%20disk%2F%C3%A9");
+        let v6: SocketAddr = "[::1]:7".parse().unwrap();
+        assert_eq!(nbd_url(v6, "d"), "nbd://[::1]:7/d");
+    }
+}
