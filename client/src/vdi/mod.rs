@@ -8,7 +8,6 @@
 //!   node the engine waits for the next epoch and retries, within [`VdiOptions::retry_for`].
 //! - [`inode_object`]: how the inode is laid out as an object.
 
-mod batch;
 mod cluster;
 mod engine;
 mod error;

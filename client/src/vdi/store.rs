@@ -10,7 +10,7 @@ use std::time::Duration;
 use sheep_rpc::storaged_capnp::storaged;
 
 use super::error::NodeError;
-use super::batch::{self, StoreConn};
+use crate::rpc::{self, Connection};
 
 /// What a storage node reports about its store (`stat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ type Closed = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 struct Slot {
-    conn: RefCell<Option<StoreConn<storaged::Client>>>,
+    conn: RefCell<Option<Connection<storaged::Client>>>,
     /// Until when reads try this node last (it timed out or was unreachable).
     suspect_until: std::cell::Cell<Option<tokio::time::Instant>>,
     /// Held while connecting, so that concurrent calls share one new connection.
@@ -104,7 +104,7 @@ impl StorePool {
         }
         let stale = slot.conn.borrow_mut().take();
         drop(stale);
-        let conn = batch::connect::<storaged::Client>(addr, self.limits.connect)
+        let conn = rpc::connect::<storaged::Client>(addr, self.limits.connect)
             .await
             .map_err(|reason| NodeError::Unreachable { addr: addr.into(), reason })?;
         let out = (conn.client(), Box::pin(conn.closed()) as Closed);

@@ -1,24 +1,18 @@
-//! Connections to storage nodes whose outgoing messages are batched: capnp-rpc flushes its
-//! socket after every message, one `send` each; with many requests in flight that system
-//! call (and, on loopback, the receiver's work it carries) dominates the client's CPU. Here
-//! the writer only appends to a buffer, and a flusher task sends what accumulated once the
-//! other ready tasks had their turn: requests issued together leave in one `send`.
+//! Batched outgoing messages for capnp-rpc connections, client and server side: capnp-rpc
+//! flushes its socket after every message, one `send` each; with many requests in flight
+//! that system call (and, on loopback, the receiver's work it carries) dominates the CPU.
+//! Here the writer only appends to a buffer, and a flusher task sends what accumulated once
+//! the other ready tasks had their turn: messages issued together leave in one `send`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::io::AsyncWrite;
-use futures::FutureExt;
-use tokio::net::TcpStream;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-use crate::rpc::io_reason;
 
 struct Shared<W> {
     inner: W,
@@ -112,7 +106,7 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
         })
         .await;
         if let Err(e) = result {
-            tracing::debug!("storage connection write: {e}");
+            tracing::debug!("rpc connection write: {e}");
             shared.borrow_mut().error = Some((e.kind(), e.to_string()));
             return;
         }
@@ -126,79 +120,11 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
     }
 }
 
-/// A live connection to a storage node; dropping it closes the socket.
-pub(crate) struct StoreConn<C> {
-    client: C,
-    alive: Rc<Cell<bool>>,
-    closed: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl<C: Clone> StoreConn<C> {
-    pub(crate) fn client(&self) -> C {
-        self.client.clone()
-    }
-
-    pub(crate) fn is_alive(&self) -> bool {
-        self.alive.get()
-    }
-
-    /// Resolves when the connection ends or is dropped.
-    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let mut rx = self.closed.subscribe();
-        async move {
-            let _ = rx.wait_for(|c| *c).await;
-        }
-    }
-}
-
-impl<C> Drop for StoreConn<C> {
-    fn drop(&mut self) {
-        self.closed.send_replace(true);
-        self.task.abort();
-    }
-}
-
-/// Connects to `addr` within `timeout` (TCP_NODELAY, batched writes) and bootstraps its
-/// capability. Must be called inside a `LocalSet`.
-pub(crate) async fn connect<C>(addr: &str, timeout: Duration) -> Result<StoreConn<C>, String>
-where
-    C: capnp::capability::FromClientHook,
-{
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(format!("timed out after {}", crate::group::secs(timeout))),
-        Ok(Err(e)) => return Err(io_reason(&e)),
-        Ok(Ok(s)) => s,
-    };
-    stream.set_nodelay(true).map_err(|e| io_reason(&e))?;
-    let (reader, writer) = stream.into_split();
-    let shared = Rc::new(RefCell::new(Shared {
-        inner: writer.compat_write(),
-        buf: Vec::with_capacity(64 << 10),
-        waiting: None,
-        error: None,
-    }));
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::with_capacity(256 << 10, reader.compat()),
-        BatchWriter { shared: shared.clone() },
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
-    let mut system = RpcSystem::new(Box::new(network), None);
-    let client: C = system.bootstrap(rpc_twoparty_capnp::Side::Server);
-    let alive = Rc::new(Cell::new(true));
-    let flag = alive.clone();
-    let (closed, _) = tokio::sync::watch::channel(false);
-    let on_end = closed.clone();
-    let task = tokio::task::spawn_local(async move {
-        let ended = futures::future::select(system.boxed_local(), flusher(shared).boxed_local()).await;
-        if let futures::future::Either::Left((Err(e), _)) = ended {
-            tracing::debug!("storage connection ended: {e}");
-        }
-        flag.set(false);
-        on_end.send_replace(true);
-    });
-    Ok(StoreConn { client, alive, closed, task })
+/// Wraps `inner` for capnp-rpc: returns the writer to give the `VatNetwork` and the task
+/// that sends what it buffers (run it beside the `RpcSystem`; it ends on a send error).
+pub(crate) fn batched<W: AsyncWrite + Unpin>(inner: W) -> (BatchWriter<W>, impl std::future::Future<Output = ()>) {
+    let shared = Rc::new(RefCell::new(Shared { inner, buf: Vec::with_capacity(64 << 10), waiting: None, error: None }));
+    (BatchWriter { shared: shared.clone() }, flusher(shared))
 }
 
 #[cfg(test)]

@@ -1,21 +1,20 @@
-//! One Cap'n Proto RPC connection over TCP (two-party, this side the client).
+//! Cap'n Proto RPC connections over TCP (two-party): [`connect`] for the client side,
+//! [`serve`] for the server side; both set TCP_NODELAY and batch outgoing messages.
 //!
 //! The RPC system runs as a task of the current [`tokio::task::LocalSet`]; dropping the
 //! [`Connection`] stops it and closes the socket.
 
-use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::cell::Cell;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
-use futures::io::AsyncWrite;
 use futures::FutureExt;
 use tokio::net::TcpStream;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+mod batch;
 
 /// A live connection and the remote's bootstrap capability.
 pub struct Connection<C> {
@@ -73,9 +72,10 @@ where
     };
     stream.set_nodelay(true).map_err(|e| io_reason(&e))?;
     let (reader, writer) = stream.into_split();
+    let (writer, flusher) = batch::batched(writer.compat_write());
     let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader.compat()),
-        futures::io::BufWriter::new(writer.compat_write()),
+        futures::io::BufReader::with_capacity(256 << 10, reader.compat()),
+        writer,
         rpc_twoparty_capnp::Side::Client,
         Default::default(),
     );
@@ -86,7 +86,8 @@ where
     let (closed, _) = tokio::sync::watch::channel(false);
     let on_end = closed.clone();
     let task = tokio::task::spawn_local(async move {
-        if let Err(e) = system.await {
+        let ended = futures::future::select(system.boxed_local(), flusher.boxed_local()).await;
+        if let futures::future::Either::Left((Err(e), _)) = ended {
             tracing::debug!("rpc connection ended: {e}");
         }
         flag.set(false);
@@ -102,116 +103,17 @@ pub async fn serve(stream: TcpStream, bootstrap: capnp::capability::Client) {
         tracing::debug!("set_nodelay: {e}");
     }
     let (reader, writer) = stream.into_split();
-    let shared = Rc::new(RefCell::new(Replies { inner: writer.compat_write(), buf: Vec::new(), waiting: None, error: None }));
+    let (writer, flusher) = batch::batched(writer.compat_write());
     let network = twoparty::VatNetwork::new(
         futures::io::BufReader::with_capacity(256 << 10, reader.compat()),
-        ReplyWriter { shared: shared.clone() },
+        writer,
         rpc_twoparty_capnp::Side::Server,
         Default::default(),
     );
     let system = RpcSystem::new(Box::new(network), Some(bootstrap));
-    let ended = futures::future::select(system.boxed_local(), send_replies(shared).boxed_local()).await;
+    let ended = futures::future::select(system.boxed_local(), flusher.boxed_local()).await;
     if let futures::future::Either::Left((Err(e), _)) = ended {
         tracing::debug!("rpc connection ended: {e}");
-    }
-}
-
-/// The server's outgoing messages, batched: capnp-rpc flushes after every message (one
-/// `send` each); here a flush only wakes [`send_replies`], which sends everything that
-/// accumulated once the other ready tasks had their turn — replies finished together leave
-/// in one `send` (as the client side does in `vdi/batch.rs`).
-struct Replies<W> {
-    inner: W,
-    buf: Vec<u8>,
-    waiting: Option<Waker>,
-    /// The first send error; every later write fails with it.
-    error: Option<(io::ErrorKind, String)>,
-}
-
-struct ReplyWriter<W> {
-    shared: Rc<RefCell<Replies<W>>>,
-}
-
-impl<W> ReplyWriter<W> {
-    fn failed(&self) -> Option<io::Error> {
-        self.shared.borrow().error.as_ref().map(|(kind, text)| io::Error::new(*kind, text.clone()))
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for ReplyWriter<W> {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.failed() {
-            return Poll::Ready(Err(e));
-        }
-        self.shared.borrow_mut().buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(e) = self.failed() {
-            return Poll::Ready(Err(e));
-        }
-        if let Some(w) = self.shared.borrow_mut().waiting.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.shared.borrow_mut();
-        while !s.buf.is_empty() {
-            let Replies { inner, buf, .. } = &mut *s;
-            match Pin::new(inner).poll_write(cx, buf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    buf.drain(..n);
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Pin::new(&mut s.inner).poll_close(cx)
-    }
-}
-
-/// Sends what the writer buffered, after letting the other ready tasks add to it. Ends on a
-/// send error (recorded for the writer).
-async fn send_replies<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Replies<W>>>) {
-    let mut spare = Vec::new();
-    loop {
-        poll_fn(|cx| {
-            let mut s = shared.borrow_mut();
-            if s.buf.is_empty() {
-                s.waiting = Some(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
-        tokio::task::yield_now().await;
-        let out = std::mem::replace(&mut shared.borrow_mut().buf, std::mem::take(&mut spare));
-        let mut pos = 0;
-        let result = poll_fn(|cx| {
-            let mut s = shared.borrow_mut();
-            while pos < out.len() {
-                match Pin::new(&mut s.inner).poll_write(cx, &out[pos..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero))),
-                    Poll::Ready(Ok(n)) => pos += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            Pin::new(&mut s.inner).poll_flush(cx)
-        })
-        .await;
-        if let Err(e) = result {
-            tracing::debug!("rpc connection write: {e}");
-            shared.borrow_mut().error = Some((e.kind(), e.to_string()));
-            return;
-        }
-        spare = out;
-        spare.clear();
     }
 }
 
