@@ -273,15 +273,6 @@ fn parse_voters(s: &str) -> Result<u8, String> {
     }
 }
 
-/// clap's message without its usage and tips, on one line.
-pub fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// The subcommands named on a command line ("sheepctl cluster format"), for help hints.
 pub fn command_path(args: impl IntoIterator<Item = String>) -> String {
@@ -299,6 +290,7 @@ pub fn command_path(args: impl IntoIterator<Item = String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sheep_client::cli::one_line;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("sheepctl").chain(args.iter().copied()))

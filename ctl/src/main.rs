@@ -29,40 +29,15 @@ fn main() {
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => exit_clap(e),
+        Err(e) => sheep_client::cli::exit_clap(e, &cli::command_path(std::env::args())),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    sheep_client::cli::init_logging("warn");
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// Prints a command-line error as one line (help and version as clap does) and exits 2.
-fn exit_clap(e: clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
-            std::process::exit(0);
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            let _ = e.print();
-            std::process::exit(2);
-        }
-        _ => {
-            eprintln!("{}; see '{} --help'", cli::one_line(&e.to_string()), cli::command_path(std::env::args()));
-            std::process::exit(2);
-        }
-    }
-}
 
 fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

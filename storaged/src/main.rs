@@ -68,16 +68,9 @@ struct Args {
 fn main() {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => exit_clap(e),
+        Err(e) => sheep_client::cli::exit_clap(e, "storaged"),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    sheep_client::cli::init_logging("info");
     match run(args) {
         Ok(()) => {}
         Err(e) => {
@@ -88,25 +81,7 @@ fn main() {
 }
 
 /// Prints a command-line error as one line (help and version as clap does) and exits.
-fn exit_clap(e: clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = e.print();
-        std::process::exit(0);
-    }
-    eprintln!("{}; see 'storaged --help'", one_line(&e.to_string()));
-    std::process::exit(2);
-}
 
-/// clap's message without its usage and tips, on one line.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn parse_weight(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -201,6 +176,7 @@ async fn leave(node: &Node, client: &GroupClient, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sheep_client::cli::one_line;
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("storaged").chain(args.iter().copied()))
