@@ -73,4 +73,10 @@ interface Storaged {
 
   stat @9 () -> (stat :StoreStat);
   recovery @10 () -> (status :RecoveryStatus);
+
+  zero @11 (epoch :UInt32, oid :UInt64, offset :UInt32, length :UInt32, fua :Bool) -> ();
+  # Makes [offset, offset+length) of an existing object read as zeros, without sending them:
+  # whole blocks become holes (when the file system can punch them), partial ones are
+  # rewritten. Same bounds (badRequest) and missing object (noObject) rules as write; never
+  # creates the object. fua: durable before the reply (else made durable by flush).
 }

@@ -15,7 +15,7 @@ use crate::recovery;
 
 /// How long a request from a newer epoch waits for this node to catch up.
 pub const EPOCH_WAIT: Duration = Duration::from_secs(10);
-/// Reads and writes (without FUA) up to this size run on the RPC thread; larger ones, syncs,
+/// Reads, writes and zeroings (without FUA) up to this size run on the RPC thread; larger ones, syncs,
 /// creates and whole objects go to the blocking pool.
 const INLINE_MAX: u64 = 64 << 10;
 /// Attempts of one repair (each fetches the object anew).
@@ -125,6 +125,25 @@ pub async fn write(
     let objects = node.objects.clone();
     let data = std::sync::Arc::new(data.to_vec());
     let r = with_recovery(node, oid, first, move || objects.write(oid, offset, &data, fua)).await;
+    on_error(node, epoch, oid, r)
+}
+
+/// Makes a range of an existing object read as zeros (see `ObjectStore::zero`); never
+/// creates the object.
+pub async fn zero(
+    node: &Rc<Node>,
+    epoch: Epoch,
+    oid: ObjectId,
+    offset: u64,
+    len: u64,
+    fua: bool,
+) -> Result<(), capnp::Error> {
+    gate(node, epoch).await?;
+    // Small zeroings without FUA are a page-cache write or a small punch: done here (see
+    // `read`).
+    let first = if !fua && len <= INLINE_MAX { node.objects.try_zero(oid, offset, len) } else { None };
+    let objects = node.objects.clone();
+    let r = with_recovery(node, oid, first, move || objects.zero(oid, offset, len, fua)).await;
     on_error(node, epoch, oid, r)
 }
 

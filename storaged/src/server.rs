@@ -68,6 +68,17 @@ impl storaged::Server for StoragedImpl {
         ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua()).await
     }
 
+    async fn zero(
+        self: CapRc<Self>,
+        params: storaged::ZeroParams,
+        _: storaged::ZeroResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let oid = oid_of(p.get_oid())?;
+        let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
+        ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua()).await
+    }
+
     async fn create_and_write(
         self: CapRc<Self>,
         params: storaged::CreateAndWriteParams,

@@ -80,6 +80,24 @@ fn object_operations_over_rpc() {
         assert!(capacity >= free && free > 0);
         assert_eq!(recovery(&c).await.unwrap(), (0, 0, 0, false, false));
 
+        // Zero: ragged ends, whole blocks punched, FUA or not; the errors of write.
+        zero(&c, 0, b, 3000, 70_000, true).await.unwrap();
+        child[3000..73_000].fill(0);
+        zero(&c, 0, b, 100, 10, false).await.unwrap();
+        child[100..110].fill(0);
+        assert_eq!(read(&c, 0, b, 0, 80_000).await.unwrap(), child[..80_000]);
+        assert_eq!(fetch(&c, 0, b).await.unwrap().0, child);
+        assert_eq!(code_of(zero(&c, 0, b, OBJ - 1, 2, false).await), "badRequest");
+        assert_eq!(code_of(zero(&c, 0, b, OBJ, 1, true).await), "badRequest");
+        assert_eq!(code_of(zero(&c, 0, oid(0x10, 9), 0, 1, false).await), "noObject");
+        assert_eq!(code_of(zero(&c, 0, 0, 0, 1, false).await), "badRequest", "oid 0 names no VDI");
+        assert_eq!(list(&c, 0).await.unwrap().0, vec![a, b], "zero creates nothing");
+        let used_before = stat(&c).await.unwrap().1;
+        zero(&c, 0, b, 0, OBJ, false).await.unwrap();
+        assert_eq!(read(&c, 0, b, 0, OBJ).await.unwrap(), vec![0; OBJ as usize]);
+        let used_after = stat(&c).await.unwrap().1;
+        assert!(used_after <= used_before, "zeroing a whole object frees space: {used_before} -> {used_after}");
+
         remove(&c, 0, b).await.unwrap();
         remove(&c, 0, b).await.unwrap();
         assert_eq!(list(&c, 0).await.unwrap().0, vec![a]);
@@ -125,7 +143,10 @@ fn a_newer_epoch_waits_then_is_refused() {
         let conn = connect(&addr).await;
         let c = conn.client();
         let t = Instant::now();
-        assert_eq!(code_of(read(&c, 3, oid(0x20, 0), 0, 1).await), "staleEpoch");
+        // A read and a zero from epoch 3, both held, then both refused.
+        let (r, z) = futures::join!(read(&c, 3, oid(0x20, 0), 0, 1), zero(&c, 3, oid(0x20, 0), 0, 1, false));
+        assert_eq!(code_of(r), "staleEpoch");
+        assert_eq!(code_of(z), "staleEpoch");
         let waited = t.elapsed();
         assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(15), "waited {waited:?}");
     });

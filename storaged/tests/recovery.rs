@@ -214,6 +214,8 @@ fn recovery_moves_objects_purges_stale_and_quarantines_a_returning_node() {
         let conn = connect(&c.addrs[0]).await;
         let r = read(&conn.client(), e1.epoch, *model.keys().next().unwrap(), 0, 1).await;
         assert_eq!(code_of(r), "staleEpoch");
+        let r = zero(&conn.client(), e1.epoch, *model.keys().next().unwrap(), 0, 1, false).await;
+        assert_eq!(code_of(r), "staleEpoch", "zero follows the epoch rule too");
         drop(conn);
 
         // Node 2 dies: the other two hold everything again. Meanwhile one object changes

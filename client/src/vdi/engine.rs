@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::try_join_all;
+use futures::TryStreamExt;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{validate_vdi_name, ObjectId, VdiId};
@@ -14,8 +15,14 @@ use tokio::time::Instant;
 use super::cluster::Cluster;
 use super::error::VdiError;
 use super::inode_object::{self as layout, HEADER_LEN};
-use super::range::{fits, split, Piece};
+use super::range::{fits, spans, split, Piece, Span};
 use super::replicate::{flush_all, read_one, to_all, Op};
+
+/// Zeroing: one `zero` request covers at most this much of an object (a node that cannot
+/// punch holes writes real zeros for it, which must fit in one call's time limit).
+const ZERO_MAX: u32 = 64 << 20;
+/// Objects zeroed at once by one `write_zeroes`.
+const ZERO_IN_FLIGHT: usize = 8;
 
 /// Time limits of the engine.
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +148,12 @@ impl Vdi {
         self.table.borrow().get(idx as usize).and_then(|&raw| VdiId::new(raw).ok())
     }
 
+    /// Makes the table say `owner` holds index `idx` (what a clone's table looks like).
+    #[cfg(test)]
+    pub(crate) fn set_owner_for_test(&self, idx: u32, owner: VdiId) {
+        self.table.borrow_mut()[idx as usize] = owner.get();
+    }
+
     pub fn is_written(&self, idx: u32) -> bool {
         self.owner(idx).is_some()
     }
@@ -155,9 +168,9 @@ impl Vdi {
         self.cluster.view().ring.replicas(oid, self.copies()).into_iter().cloned().collect()
     }
 
-    fn check(&self, offset: u64, len: usize) -> Result<(), VdiError> {
-        if !fits(offset, len as u64, self.entry.size) {
-            return Err(VdiError::OutOfRange { offset, len: len as u64, size: self.entry.size });
+    fn check(&self, offset: u64, len: u64) -> Result<(), VdiError> {
+        if !fits(offset, len, self.entry.size) {
+            return Err(VdiError::OutOfRange { offset, len, size: self.entry.size });
         }
         if self.cluster.is_deleted(self.entry.vid) {
             return Err(VdiError::Deleted(self.entry.name.clone()));
@@ -167,7 +180,7 @@ impl Vdi {
 
     /// Reads `buf.len()` bytes at `offset`; never-written objects read as zeros.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VdiError> {
-        self.check(offset, buf.len())?;
+        self.check(offset, buf.len() as u64)?;
         let pieces = split(offset, buf.len(), self.entry.object_size_shift);
         if let [p] = pieces.as_slice() {
             return self.read_piece(*p, buf).await;
@@ -201,7 +214,7 @@ impl Vdi {
     /// Writes `data` at `offset` to every replica; returns once all acknowledged. `fua`:
     /// durable before the acknowledgement.
     pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VdiError> {
-        self.check(offset, data.len())?;
+        self.check(offset, data.len() as u64)?;
         let pieces = split(offset, data.len(), self.entry.object_size_shift);
         if let [p] = pieces.as_slice() {
             return self.write_piece(*p, data, fua).await;
@@ -220,6 +233,45 @@ impl Vdi {
             return Ok(());
         }
         self.first_write(p, data, fua).await
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros without sending any: objects never
+    /// written are left alone (they read as zeros already; no object is created), the
+    /// VDI's own objects get a `zero` request on every replica (the nodes punch holes), and
+    /// objects still shared with a parent are first copied on the nodes (copy-on-write, as a
+    /// first write does) and then zeroed. Objects go in parallel, [`ZERO_IN_FLIGHT`] at once.
+    /// `fua`: durable before the acknowledgement.
+    ///
+    /// Against concurrent writes no lock is needed: an object is zeroed only once the inode
+    /// table says this VDI owns it, which is set after its creation succeeded on every
+    /// replica, so a `zero` never meets a half-created object. A first write in flight on a
+    /// never-written object is not waited for: the zeroed range reads as zeros whether that
+    /// write lands before or after, unless the two overlap — and overlapping requests in
+    /// flight at once have no defined order, exactly as for two overlapping writes.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VdiError> {
+        self.check(offset, len)?;
+        futures::stream::iter(spans(offset, len, self.entry.object_size_shift, ZERO_MAX).map(Ok))
+            .try_for_each_concurrent(ZERO_IN_FLIGHT, |s| self.zero_span(s, fua))
+            .await
+    }
+
+    async fn zero_span(&self, s: Span, fua: bool) -> Result<(), VdiError> {
+        let vid = self.entry.vid;
+        match self.owner(s.idx) {
+            None => return Ok(()),
+            Some(owner) if owner != vid => {
+                // Shared with a parent, whose object must not change: make it ours first (a
+                // create from the base with no data: the node copies it), then zero ours.
+                let p = Piece { idx: s.idx, offset: 0, buf_offset: 0, len: 0 };
+                self.first_write(p, &[], fua).await?;
+            }
+            Some(_) => {}
+        }
+        let oid = ObjectId::data(vid, s.idx);
+        let op = Op::Zero { offset: s.offset, len: s.len, fua };
+        let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+        self.mark_dirty(addrs);
+        Ok(())
     }
 
     /// The first write of this VDI to an index: creates the object (from the owner's object

@@ -3,7 +3,8 @@
 //! - [`Cluster`]: the current epoch and placement ring (following groupd's watch), and one
 //!   connection per storage node.
 //! - [`Vdi`]: an open VDI: `read`/`write` of any byte range (split by object, pieces in
-//!   parallel), `flush`. Writes go to every replica of the current epoch and are acked when
+//!   parallel), `flush`, `write_zeroes` (a `zero` request per written object: no data sent,
+//!   nothing created). Writes go to every replica of the current epoch and are acked when
 //!   all acked; reads go to one replica, then the next on error. On a stale epoch or a dead
 //!   node the engine waits for the next epoch and retries, within [`VdiOptions::retry_for`].
 //! - [`inode_object`]: how the inode is laid out as an object.

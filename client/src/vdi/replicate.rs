@@ -1,5 +1,6 @@
-//! The retry loops of the engine: one request to every replica of an object (writes), or
-//! to one replica after another (reads), across epoch changes, within a bounded time.
+//! The retry loops of the engine: one request to every replica of an object (writes,
+//! zeroing), or to one replica after another (reads), across epoch changes, within a
+//! bounded time.
 
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub(crate) enum Op<'a> {
     Write { offset: u32, data: &'a [u8], fua: bool },
     /// Creates the object (zeros, or a copy of `base`) if absent, then writes.
     Create { object_size: u32, base: u64, offset: u32, data: &'a [u8], fua: bool },
+    /// Makes a range of an existing object read as zeros.
+    Zero { offset: u32, len: u32, fua: bool },
 }
 
 async fn send(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, op: Op<'_>) -> Result<(), NodeError> {
@@ -31,6 +34,7 @@ async fn send(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, op: Op<'
         Op::Create { object_size, base, offset, data, fua } => {
             pool.create_and_write(addr, epoch, oid.raw(), object_size, base, offset, data, fua).await
         }
+        Op::Zero { offset, len, fua } => pool.zero(addr, epoch, oid.raw(), offset, len, fua).await,
     }
 }
 

@@ -213,6 +213,22 @@ impl StorePool {
         .await
     }
 
+    /// Makes `len` bytes at `offset` of an existing object read as zeros (no data sent).
+    pub async fn zero(&self, addr: &str, epoch: u32, oid: u64, offset: u32, len: u32, fua: bool) -> Result<(), NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.zero_request();
+            let mut p = req.get();
+            p.set_epoch(epoch);
+            p.set_oid(oid);
+            p.set_offset(offset);
+            p.set_length(len);
+            p.set_fua(fua);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub async fn create_and_write(
         &self,

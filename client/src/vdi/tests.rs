@@ -21,6 +21,7 @@ struct Fake {
     creates: Cell<usize>,
     reads: Cell<usize>,
     flushes: Cell<usize>,
+    zeros: Cell<usize>,
     /// Every read fails with this code word.
     fail_reads: RefCell<Option<&'static str>>,
 }
@@ -68,12 +69,27 @@ impl storaged::Server for Server {
             return Err(refuse("badRequest", "object size not a multiple of 4096"));
         }
         let mut objects = self.0.objects.borrow_mut();
+        // Copy-on-write: the base from this node (the tests keep every copy everywhere).
+        let base = match p.get_base_oid() {
+            0 => None,
+            b => Some(objects.get(&b).cloned().ok_or_else(|| refuse("noObject", "no base"))?),
+        };
         let obj = objects.entry(p.get_oid()).or_insert_with(|| {
             self.0.creates.set(self.0.creates.get() + 1);
-            vec![0; size]
+            base.unwrap_or_else(|| vec![0; size])
         });
         let (off, data) = (p.get_offset() as usize, p.get_data()?);
         obj.get_mut(off..off + data.len()).ok_or_else(|| refuse("badRequest", "out of range"))?.copy_from_slice(data);
+        Ok(())
+    }
+
+    async fn zero(self: CapRc<Self>, params: storaged::ZeroParams, _: storaged::ZeroResults) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        self.0.zeros.set(self.0.zeros.get() + 1);
+        let mut objects = self.0.objects.borrow_mut();
+        let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
+        let (off, len) = (p.get_offset() as usize, p.get_length() as usize);
+        obj.get_mut(off..off + len).ok_or_else(|| refuse("badRequest", "out of range"))?.fill(0);
         Ok(())
     }
 
@@ -229,5 +245,80 @@ fn a_chosen_replica_is_read_first() {
             let want = nodes.iter().position(|n| n.addr == reader.replicas(oid)[k].addr).unwrap();
             assert_eq!(asked, vec![want], "replica {k}");
         }
+    });
+}
+
+#[test]
+fn write_zeroes_zeroes_written_objects_and_creates_nothing() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        let e = entry(16 << 12, 12); // 16 objects of 4 KiB
+        let vdi = Vdi::open_entry(c.clone(), e.clone(), opts()).await.unwrap();
+        // Objects 1..=3 written with data; a model of the whole VDI.
+        let mut model = vec![0u8; 16 << 12];
+        let data = pattern(3 << 12, 5);
+        vdi.write(1 << 12, &data, false).await.unwrap();
+        model[1 << 12..4 << 12].copy_from_slice(&data);
+        let objects = || fakes.iter().map(|f| f.objects.borrow().len()).collect::<Vec<_>>();
+        let before = objects();
+        // The end of object 1, all of object 2, the start of object 3.
+        let (off, len) = ((1 << 12) + 1000, 4096 - 1000 + 4096 + 10);
+        vdi.write_zeroes(off as u64, len as u64, true).await.unwrap();
+        model[off..off + len].fill(0);
+        let mut back = vec![0u8; model.len()];
+        vdi.read(0, &mut back).await.unwrap();
+        assert_eq!(back, model);
+        assert!(fakes.iter().all(|f| f.zeros.get() == 3), "one zero per object on every replica");
+        // Never-written objects: nothing sent, nothing created.
+        vdi.write_zeroes(8 << 12, 8 << 12, false).await.unwrap();
+        vdi.write_zeroes(0, 1 << 12, false).await.unwrap();
+        assert!(fakes.iter().all(|f| f.zeros.get() == 3));
+        assert_eq!(objects(), before);
+        assert!(!vdi.is_written(0) && !vdi.is_written(8));
+        // The replicas agree.
+        let first = fakes[0].objects.borrow().clone();
+        assert!(fakes.iter().all(|f| *f.objects.borrow() == first));
+        // Zeroing is remembered by the nodes: a new opener reads the same.
+        let again = Vdi::open_entry(c, e, opts()).await.unwrap();
+        let mut back = vec![0u8; model.len()];
+        again.read(0, &mut back).await.unwrap();
+        assert_eq!(back, model);
+        // Range checks as for write; nothing is a no-op.
+        assert!(matches!(vdi.write_zeroes(16 << 12, 1, false).await, Err(VdiError::OutOfRange { .. })));
+        assert!(matches!(vdi.write_zeroes(u64::MAX, 2, false).await, Err(VdiError::OutOfRange { .. })));
+        vdi.write_zeroes(16 << 12, 0, false).await.unwrap();
+        // Non-FUA zeroes are flushed by the next flush.
+        vdi.write_zeroes(2 << 12, 1, false).await.unwrap();
+        vdi.flush().await.unwrap();
+        assert!(fakes.iter().all(|f| f.flushes.get() == 1));
+    });
+}
+
+#[test]
+fn write_zeroes_copies_an_object_shared_with_a_parent_first() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        let parent = entry(4 << 12, 12);
+        let pv = Vdi::open_entry(c.clone(), parent.clone(), opts()).await.unwrap();
+        let data = pattern(4 << 12, 8);
+        pv.write(0, &data, false).await.unwrap();
+        // A child whose table still points at the parent's objects (what a clone looks like).
+        let child = VdiEntry { name: "c".into(), vid: VdiId::new(0x5678).unwrap(), ..parent.clone() };
+        let cv = Vdi::open_entry(c.clone(), child, opts()).await.unwrap();
+        for i in 0..4 {
+            cv.set_owner_for_test(i, parent.vid);
+        }
+        cv.write_zeroes(100, 200, false).await.unwrap();
+        let mut back = vec![0u8; 4 << 12];
+        cv.read(0, &mut back).await.unwrap();
+        let mut want = data.clone();
+        want[100..300].fill(0);
+        assert_eq!(back, want);
+        assert_eq!(cv.owner(0), Some(cv.vid()), "the child has its own object now");
+        pv.read(0, &mut back).await.unwrap();
+        assert_eq!(back, data, "the parent's object is untouched");
+        assert!(fakes.iter().all(|f| f.objects.borrow().contains_key(&cv.data_oid(0).unwrap().raw())));
     });
 }

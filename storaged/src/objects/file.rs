@@ -238,6 +238,78 @@ impl ObjFile {
         self.write_crcs(first, &crcs)
     }
 
+    /// Makes `len` bytes at `offset` read as zeros. Whole blocks become holes (zeros are
+    /// written where the file system cannot punch) with the zero-block crc, as if never
+    /// written; blocks only partly covered are rewritten like [`Self::write`] does. Data
+    /// first, then crcs: a crash in between leaves blocks that fail their crc (reported
+    /// as corrupt and repaired), as for `write`.
+    pub fn zero(&self, offset: u64, len: u64) -> Result<(), FileError> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let block = BLOCK as u64;
+        let end = offset + len;
+        // Whole blocks [first_whole, end_whole); none when the range sits inside one block.
+        let first_whole = offset.div_ceil(block);
+        let end_whole = end / block;
+        if first_whole >= end_whole {
+            // No whole block: at most two partial blocks, each under BLOCK bytes.
+            return self.zero_partial(offset, end);
+        }
+        self.zero_partial(offset, first_whole * block)?;
+        self.zero_partial(end_whole * block, end)?;
+        let (first, count) = (first_whole as usize, (end_whole - first_whole) as usize);
+        self.punch(self.layout.data_off() + first_whole * block, (end_whole - first_whole) * block)?;
+        self.write_crcs(first, &vec![zero_block_crc(); count])
+    }
+
+    /// Writes zeros over [from, to) (less than two blocks: the ragged edges of a zeroing).
+    fn zero_partial(&self, from: u64, to: u64) -> Result<(), FileError> {
+        if from >= to {
+            return Ok(());
+        }
+        self.write(from, &vec![0u8; (to - from) as usize])
+    }
+
+    /// Deallocates `len` bytes of the file at `at` (which then read as zeros); where the
+    /// file system cannot punch holes, writes zeros instead, in bounded chunks.
+    fn punch(&self, at: u64, len: u64) -> Result<(), FileError> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(off), Ok(n)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
+                return Err(FileError::Range(format!("range {at}+{len} is too large to punch")));
+            };
+            // SAFETY: the fd is open for the life of `self.file`; fallocate reads no memory.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    n,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
+                return Err(FileError::Io(e));
+            }
+        }
+        // No hole punching here: real zeros, at most ZERO_CHUNK bytes of buffer at a time.
+        const ZERO_CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZERO_CHUNK) as usize;
+            self.file.write_all_at(&zeros[..n], at + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
     /// Fills a freshly created object with `data` (the whole object), leaving blocks of
     /// zeros as holes.
     pub fn fill(&self, data: &[u8]) -> Result<(), FileError> {

@@ -248,6 +248,35 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// Makes `len` bytes at `offset` of an existing live object read as zeros, freeing the
+    /// whole blocks' space where the file system can (see [`ObjFile::zero`]).
+    pub fn zero(&self, oid: ObjectId, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
+        let _g = self.locks.lock(oid);
+        self.zero_locked(oid, offset, len, fua)
+    }
+
+    /// Like [`Self::zero`] without FUA, but `None` at once if the object is locked (see
+    /// [`Self::try_write`]).
+    pub fn try_zero(&self, oid: ObjectId, offset: u64, len: u64) -> Option<Result<(), StoreError>> {
+        let _g = self.locks.try_lock(oid)?;
+        Some(self.zero_locked(oid, offset, len, false))
+    }
+
+    // No `check_space`: zeroing frees space (the partial edge blocks it rewrites still
+    // report a full disk from the write itself).
+    fn zero_locked(&self, oid: ObjectId, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
+        let f = self.live_file(oid)?;
+        // A repair under way must not put older data over these zeros.
+        self.note_write(oid);
+        f.zero(offset, len).map_err(|e| StoreError::from_file(oid, "zero", e))?;
+        if fua {
+            f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
+        } else {
+            locked(&self.dirty).insert(oid);
+        }
+        Ok(())
+    }
+
     fn note_write(&self, oid: ObjectId) {
         if let Some(dirtied) = locked(&self.repairing).get_mut(&oid) {
             *dirtied = true;

@@ -139,6 +139,18 @@ pub async fn write(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, data
     Ok(())
 }
 
+pub async fn zero(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, len: u32, fua: bool) -> capnp::Result<()> {
+    let mut req = c.zero_request();
+    let mut p = req.get();
+    p.set_epoch(epoch);
+    p.set_oid(oid);
+    p.set_offset(offset);
+    p.set_length(len);
+    p.set_fua(fua);
+    req.send().promise.await?;
+    Ok(())
+}
+
 pub async fn read(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, len: u32) -> capnp::Result<Vec<u8>> {
     let mut req = c.read_request();
     let mut p = req.get();

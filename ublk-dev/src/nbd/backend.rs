@@ -45,15 +45,19 @@ pub trait Backend {
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> impl Future<Output = Result<(), IoFailure>>;
 }
 
-/// Zeros are written in pieces of at most this much, to this many objects at once.
+/// NO_HOLE on never-written objects: zeros are written in pieces of at most this much, to
+/// this many objects at once.
 const ZERO_CHUNK: u64 = 1 << 20;
 const ZERO_OBJECTS_IN_FLIGHT: usize = 4;
 
 /// The VDI engine as a backend.
 ///
-/// Write-zeroes and trim: the engine has no discard yet, so objects never written are left
-/// alone (they read as zeros) unless NO_HOLE asks for allocation, and the rest of the range
-/// is written with zeros, object by object.
+/// Write-zeroes and trim go to [`Vdi::write_zeroes`]: objects already written get a `zero`
+/// request on their replicas (no data sent; the nodes free the space), objects never written
+/// are left alone (they read as zeros). With NO_HOLE (`may_unmap == false`), never-written
+/// objects in the range are then allocated by writing zeros into them, so that the range is
+/// backed by objects afterwards. (Within an object, storage stays sparse either way: objects
+/// are sparse files on the nodes, so "allocated" means "the object exists".)
 pub struct VdiBackend {
     vdi: std::rc::Rc<Vdi>,
 }
@@ -82,19 +86,26 @@ impl Backend for VdiBackend {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> Result<(), IoFailure> {
+        self.vdi.write_zeroes(offset, len, fua).await?;
+        if may_unmap {
+            return Ok(());
+        }
+        // NO_HOLE: the parts of objects still never written, allocated with zeros.
         let object_size = self.vdi.object_size();
         let end = offset.checked_add(len).ok_or_else(|| IoFailure::new(EINVAL, "range overflows"))?;
-        // The part of each object in the range that must be written.
         let mut parts = Vec::new();
         let mut at = offset;
         while at < end {
             let idx = at / object_size;
             let object_end = ((idx + 1) * object_size).min(end);
             let idx = u32::try_from(idx).map_err(|_| IoFailure::new(EINVAL, "offset past the last object"))?;
-            if !may_unmap || self.vdi.is_written(idx) {
+            if !self.vdi.is_written(idx) {
                 parts.push((at, object_end));
             }
             at = object_end;
+        }
+        if parts.is_empty() {
+            return Ok(());
         }
         let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
         let zeros = &zeros;
