@@ -1,12 +1,13 @@
-//! ublk-dev: the block device front-ends of a VDI, on the `client` crate's engine. Today the
-//! NBD export ([`nbd`]); the ublk target comes next, in the same binary. Both attach a VDI
+//! ublk-dev: the block device front-ends of a VDI, on the `client` crate's engine: the ublk
+//! target ([`ublk`], `/dev/ublkbN`) and the NBD export ([`nbd`]). Both attach a VDI
 //! exclusively ([`attach_lock`]).
 //!
-//! Everything here runs on a tokio current-thread runtime inside a `LocalSet` (capnp-rpc is
-//! `!Send`).
+//! The engine runs on a tokio current-thread runtime inside a `LocalSet` (capnp-rpc is
+//! `!Send`): the NBD export's only thread, the ublk target's engine thread.
 
 pub mod attach_lock;
 pub mod nbd;
+pub mod ublk;
 
 /// This host's name, for session names ("nbd-export … on HOST").
 pub fn hostname() -> String {

@@ -1,5 +1,5 @@
-//! ublk-dev: serves one VDI as a block device. `ublk-dev nbd` is the NBD export (what
-//! `sheepctl export` runs); the ublk target comes later in this same binary.
+//! ublk-dev: serves one VDI as a block device: `ublk-dev ublk` is the ublk target (what
+//! `sheepctl add` starts), `ublk-dev nbd` the NBD export (what `sheepctl export` runs).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Serve a VDI as /dev/ublkbN until SIGTERM or SIGINT (or `sheepctl del`); the VDI is
+    /// locked in groupd while it is served. Prints /dev/ublkbN on stdout once it is live.
+    Ublk(UblkArgs),
     /// Export a VDI over NBD (for QEMU's nbd:// and for hosts without ublk_drv) until
     /// SIGTERM or SIGINT; the VDI is locked in groupd while it is served. Prints
     /// nbd://ADDR/NAME on stdout once it is listening.
@@ -45,6 +48,25 @@ struct NbdArgs {
     queue_depth: u16,
 }
 
+#[derive(Args, Debug)]
+struct UblkArgs {
+    /// The VDI to serve (with --recover: optional, checked against the device's)
+    #[arg(long, value_name = "NAME", required_unless_present = "recover")]
+    vdi: Option<String>,
+
+    /// Hardware queues, each served by its own thread (default: one per CPU)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: Option<u16>,
+
+    /// Requests in flight per queue
+    #[arg(long, value_name = "D", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    depth: u16,
+
+    /// Re-attach /dev/ublkbID, whose daemon died, instead of creating a device
+    #[arg(long, value_name = "ID")]
+    recover: Option<u32>,
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -59,24 +81,40 @@ fn main() {
 
 
 fn run(cli: Cli) -> Result<()> {
+    let groupd = group::parse_addrs(&cli.groupd);
+    match cli.cmd {
+        Cmd::Ublk(a) => serve_ublk(a, groupd),
+        Cmd::Nbd(a) => serve_nbd(a, groupd),
+    }
+}
+
+/// The ublk target runs its own threads (queues and engine), no runtime here.
+fn serve_ublk(a: UblkArgs, groupd: Vec<String>) -> Result<()> {
+    if let Some(v) = &a.vdi {
+        sheep_core::object::validate_vdi_name(v)?;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64) as u16;
+    ublk_dev::ublk::run(ublk_dev::ublk::UblkConfig {
+        vdi: a.vdi,
+        groupd,
+        queues: a.queues.unwrap_or(cpus),
+        depth: a.depth,
+        recover: a.recover,
+    })
+}
+
+fn serve_nbd(a: NbdArgs, groupd: Vec<String>) -> Result<()> {
+    if groupd.is_empty() {
+        bail!("--groupd needs at least one address");
+    }
+    sheep_core::object::validate_vdi_name(&a.vdi)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        match cli.cmd {
-            Cmd::Nbd(a) => {
-                let groupd = group::parse_addrs(&cli.groupd);
-                if groupd.is_empty() {
-                    bail!("--groupd needs at least one address");
-                }
-                sheep_core::object::validate_vdi_name(&a.vdi)?;
-                let limits = Limits { queue_depth: usize::from(a.queue_depth), ..Limits::default() };
-                server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits }).await
-            }
-        }
-    })?;
+    let limits = Limits { queue_depth: usize::from(a.queue_depth), ..Limits::default() };
+    local.block_on(&rt, server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits }))?;
     // Tasks left on the runtime (the engine's watch) are not waited for.
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())

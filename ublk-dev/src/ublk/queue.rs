@@ -1,0 +1,95 @@
+//! One queue thread: a task per tag that fetches a request from the kernel, hands it to the
+//! engine, waits for the reply and commits it — the libublk queue loop, kept short.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::{BufDesc, UblkError};
+
+use super::engine::EngineHandle;
+use super::notify::{self, Notifier};
+use super::request;
+
+/// How long an idle queue sleeps in the kernel before it lets libublk release its buffers'
+/// pages; replies never wait for it (the eventfd wakes the ring).
+const IDLE_SECS: u64 = 20;
+
+/// Serves queue `qid` until the device stops.
+pub fn serve(qid: u16, dev: &UblkDev, engine: EngineHandle) {
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!("queue {qid}: cannot set up: {e}");
+            return;
+        }
+    };
+    let wake = match Notifier::new() {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            tracing::error!("queue {qid}: cannot create its eventfd: {e}");
+            return;
+        }
+    };
+    let exe = Rc::new(smol::LocalExecutor::new());
+    let tasks: Vec<_> = (0..dev.dev_info.queue_depth)
+        .map(|tag| {
+            let (q, engine, wake) = (q.clone(), engine.clone(), wake.clone());
+            exe.spawn(async move {
+                match io_task(&q, tag, &engine, &wake).await {
+                    Ok(()) | Err(UblkError::QueueIsDown) => {}
+                    Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
+                }
+            })
+        })
+        .collect();
+    let armed = {
+        let (q, wake) = (q.clone(), wake.clone());
+        exe.spawn(async move { notify::keep_armed(&q, &wake).await })
+    };
+    let run_ops = || while exe.try_tick() {};
+    let is_done = || tasks.iter().all(|t| t.is_finished());
+    let ended = smol::block_on(exe.run(libublk::wait_and_handle_io_events(&q, Some(IDLE_SECS), run_ops, is_done)));
+    if let Err(e) = ended {
+        tracing::error!("queue {qid}: {e}");
+    }
+    drop(armed);
+    tracing::debug!("queue {qid}: stopped");
+}
+
+/// One tag: fetch, serve, commit, forever (until the queue is down).
+async fn io_task(q: &UblkQueue<'_>, tag: u16, engine: &EngineHandle, wake: &Arc<Notifier>) -> Result<(), UblkError> {
+    let max_io = q.dev.dev_info.max_io_buf_bytes;
+    let dev_size = q.dev.tgt.dev_size;
+    let mut buf = IoBuf::<u8>::new(max_io as usize);
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
+    loop {
+        let iod = q.get_iod(tag);
+        let res = match request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, dev_size, max_io) {
+            Err(errno) => {
+                tracing::warn!("queue {} tag {tag}: refused op_flags {:#x}: {}", q.get_qid(), iod.op_flags, std::io::Error::from_raw_os_error(errno));
+                -errno
+            }
+            Ok(op) => {
+                let data = match op {
+                    request::BlockOp::Write { len, .. } => buf.as_slice()[..len as usize].to_vec(),
+                    _ => Vec::new(),
+                };
+                match engine.submit(op, data, wake).await {
+                    Ok(Ok(read)) => {
+                        if let request::BlockOp::Read { len, .. } = op {
+                            debug_assert_eq!(read.len(), len as usize);
+                            buf.as_mut_slice()[..read.len()].copy_from_slice(&read);
+                        }
+                        op.success()
+                    }
+                    Ok(Err(errno)) => errno,
+                    // The reply was dropped: the engine is gone.
+                    Err(_) => -libc::EIO,
+                }
+            }
+        };
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res).await?;
+    }
+}
