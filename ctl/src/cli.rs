@@ -41,6 +41,12 @@ pub enum Cmd {
     /// Stop the local cluster of DIR: shut the cluster down, then stop exactly the
     /// processes of DIR's pid files
     Down(DownArgs),
+    /// Attach a VDI as a block device, /dev/ublkbN (needs ublk_drv and root); prints the device
+    Add(crate::attach::AddArgs),
+    /// Detach a block device made by `add` (refused while it is mounted, unless --force)
+    Del(crate::attach::DelArgs),
+    /// The block devices made by `add` on this host: device, VDI, daemon pid, queues, state
+    List,
     /// Serve a VDI over NBD in the foreground until Ctrl-C or SIGTERM (QEMU: nbd://ADDR/NAME);
     /// the VDI is locked while it is served, so no one else attaches it
     Export(crate::export::NbdExportArgs),
@@ -238,6 +244,15 @@ pub struct UpArgs {
     /// How long to wait for every node to start and join, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+
+    /// Size of the VDI `disk0` that `up` creates (if missing) and attaches: as /dev/ublkbN where
+    /// ublk_drv is loaded, else as an NBD export
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    pub disk_size: u64,
+
+    /// Do not create or attach `disk0`
+    #[arg(long)]
+    pub no_disk: bool,
 }
 
 #[derive(Args, Debug)]

@@ -245,8 +245,14 @@ pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
     })
     .await
     .with_context(|| not_up_hint(&dir))?;
+    let disk = if args.no_disk {
+        None
+    } else {
+        progress.set(&format!("attaching {}", crate::local_disk::DISK));
+        Some(crate::local_disk::attach(&dir, &client, &layout.groupd_addrs(), args.disk_size).await?)
+    };
     progress.done();
-    summary(&dir, &layout, &info, formatted.is_some(), &started, already, json)
+    summary(&dir, &layout, &info, formatted.is_some(), &started, already, disk.as_ref(), json)
 }
 
 fn not_up_hint(dir: &Path) -> String {
@@ -300,6 +306,7 @@ fn summary(
     formatted: bool,
     started: &[Started],
     already: usize,
+    disk: Option<&crate::local_disk::Attached>,
     json: bool,
 ) -> Result<()> {
     let id = info.config.as_ref().map_or(String::new(), |c| c.cluster_id.clone());
@@ -320,6 +327,7 @@ fn summary(
             "started": started,
             "already_running": already,
             "sheep_groupd": export,
+            "disk": disk,
         }));
     }
     let how = if formatted {
@@ -339,6 +347,9 @@ fn summary(
         println!("  node {n}: groupd {}  storaged {}", layout.groupd_addr(n), layout.storaged_addr(n));
     }
     println!("logs and pid files: {}/node<N>/{{groupd,storaged}}.{{log,pid}}", dir.display());
+    if let Some(d) = disk {
+        println!("{}", d.describe());
+    }
     println!();
     println!("to use it:");
     println!("  export SHEEP_GROUPD={export}");
@@ -391,6 +402,13 @@ pub async fn down(args: &DownArgs, json: bool) -> Result<()> {
     for d in storaged.iter().chain(&groupd) {
         running.push((d.clone(), d.running_pid()?));
     }
+    // The disk first: a mounted one stops `down` before anything else is touched.
+    let detached = crate::local_disk::detach(&dir, &layout.groupd_addrs())?;
+    if !json {
+        for line in &detached {
+            println!("{line}");
+        }
+    }
     let mut report = Vec::new();
     let mut shut = "not running";
     if running.iter().any(|(d, pid)| d.name == "groupd" && pid.is_some()) {
@@ -411,7 +429,7 @@ pub async fn down(args: &DownArgs, json: bool) -> Result<()> {
         }
     }
     if json {
-        print_json(&json!({ "dir": dir, "cluster": shut, "daemons": report }))?;
+        print_json(&json!({ "dir": dir, "cluster": shut, "daemons": report, "disk": detached }))?;
     }
     if failed {
         bail!("some processes of {} did not stop; see above", dir.display());

@@ -1,10 +1,12 @@
 //! sheepctl: the command line of Sheepdog in Rust.
 
+mod attach;
 mod bench;
 mod cli;
 mod cluster;
 mod export;
 mod local;
+mod local_disk;
 mod node;
 mod node_stat;
 mod output;
@@ -54,6 +56,9 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Up(a) => local::up(a, cli.json).await,
             Cmd::Down(a) => local::down(a, cli.json).await,
             Cmd::Export(a) => export::run(&cli.groupd, a),
+            Cmd::Add(a) => attach::add(&cli.groupd, a, cli.json),
+            Cmd::Del(a) => attach::del(a, cli.json),
+            Cmd::List => attach::list(cli.json),
         }
     })
 }

@@ -83,3 +83,30 @@ fn groupd_refuses_a_data_dir_it_cannot_write() {
     let out = run("groupd", &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()]);
     assert_clear_failure(&out, "a-file");
 }
+
+/// Block device commands on a host without ublk_drv name the module and the NBD way out; with
+/// the driver (and root), a device that does not exist is named.
+#[test]
+fn block_device_commands_without_the_driver_or_device_say_why() {
+    let out = run("sheepctl", &["--groupd", "127.0.0.1:1", "add", "bad/name"]);
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        // With the driver, the VDI name is checked (before any groupd is asked).
+        assert_clear_failure(&out, "bad/name");
+        let out = run("sheepctl", &["del", "/dev/ublkb99999"]);
+        assert_clear_failure(&out, "ublkb99999");
+    } else {
+        assert_clear_failure(&out, "ublk_drv");
+        assert_clear_failure(&out, "sheepctl export");
+        let out = run("ublk-dev", &["--groupd", "127.0.0.1:1", "ublk", "--vdi", "disk0"]);
+        assert_clear_failure(&out, "/dev/ublk-control is missing");
+        let out = run("sheepctl", &["del", "/dev/ublkb0"]);
+        assert_clear_failure(&out, "no Sheepdog ublk device matches");
+        let out = run("sheepctl", &["list"]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("no Sheepdog ublk devices"));
+    }
+    let out = run("sheepctl", &["add", "disk0", "--queues", "0"]);
+    assert_clear_failure(&out, "--queues");
+    let out = run("sheepctl", &["add", "disk0", "--depth", "100000"]);
+    assert_clear_failure(&out, "--depth");
+}

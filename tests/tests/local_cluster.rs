@@ -81,8 +81,30 @@ fn up_starts_and_formats_down_stops_up_resumes() {
     assert_eq!(started.len(), 6);
     assert!(started.iter().all(|p| alive(*p)));
 
-    ok(ctl(&["down", "--dir", d]));
+    // disk0 is created and attached: a ublk device where the kernel has ublk_drv, else an NBD
+    // export that qemu-img reads.
+    let vdis = ok(ctl(&["--groupd", &groupd, "vdi", "list"]));
+    assert!(vdis.contains("disk0") && vdis.contains("10.0 GiB"), "{vdis}");
+    let mut export_pid = None;
+    if Path::new("/dev/ublk-control").exists() {
+        assert!(out.contains("attached as /dev/ublkb"), "{out}");
+    } else {
+        assert!(out.contains("/dev/ublk-control is missing"), "{out}");
+        let url = out.split_whitespace().find(|w| w.starts_with("nbd://")).expect("an nbd:// address").to_string();
+        let info = Command::new("qemu-img").args(["info", "--output=json", &url]).output().unwrap();
+        assert!(info.status.success(), "qemu-img info {url}: {}", String::from_utf8_lossy(&info.stderr));
+        assert!(String::from_utf8_lossy(&info.stdout).contains("\"virtual-size\": 10737418240"));
+        let pid: i32 = std::fs::read_to_string(dir.join("nbd-disk0.pid")).unwrap().trim().parse().unwrap();
+        assert!(alive(pid));
+        export_pid = Some(pid);
+    }
+
+    let down = ok(ctl(&["down", "--dir", d]));
     assert!(started.iter().all(|p| !alive(*p)), "down stops every daemon it started");
+    if let Some(pid) = export_pid {
+        assert!(down.contains("stopped the NBD export"), "{down}");
+        assert!(!alive(pid), "down stops the NBD export");
+    }
 
     let out = ok(ctl(&["up", "--dir", d]));
     assert!(out.contains("restarted"), "{out}");

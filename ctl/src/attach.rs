@@ -1,0 +1,297 @@
+//! `sheepctl add | del | list`: the ublk devices of this host. `add` starts one `ublk-dev
+//! ublk` daemon per VDI, detached, and waits until its device is live; `del` stops it;
+//! `list` reads the kernel's devices (see `ublk_dev::ublk::devices`).
+
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use ublk_dev::ublk::devices::{self, Device, DeviceState};
+
+use crate::output;
+use crate::procs;
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The VDI to attach; with --recover, the device (/dev/ublkbN) or the VDI it serves
+    #[arg(value_name = "NAME|DEV")]
+    pub target: String,
+
+    /// Hardware queues, each served by its own thread [default: one per CPU]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: Option<u16>,
+
+    /// Requests in flight per queue
+    #[arg(long, value_name = "D", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub depth: u16,
+
+    /// Re-attach a device whose daemon died (state "quiesced" in `sheepctl list`): the same
+    /// /dev/ublkbN comes back and a filesystem mounted on it carries on
+    #[arg(long)]
+    pub recover: bool,
+
+    /// The daemon's log [default: /run/sheep/ublk-NAME.log, or $SHEEP_RUN_DIR/ublk-NAME.log]
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+
+    /// How long to wait for the device to become live, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 90)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DelArgs {
+    /// The device (/dev/ublkbN, ublkbN or N) or the VDI it serves
+    #[arg(value_name = "DEV|NAME")]
+    pub target: String,
+
+    /// Delete it even while it is mounted or held open (its users get I/O errors)
+    #[arg(long)]
+    pub force: bool,
+
+    /// How long to wait for the daemon to flush and stop, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Where the daemons' logs go by default.
+fn run_dir() -> PathBuf {
+    std::env::var_os("SHEEP_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/sheep"))
+}
+
+/// `sheepctl add`: prints the device once it is live.
+pub fn add(groupd: &str, a: &AddArgs, json: bool) -> Result<()> {
+    let dev = attach(groupd, a)?;
+    if json {
+        output::print_json(&dev)?;
+    } else {
+        println!("{}", dev.device);
+    }
+    Ok(())
+}
+
+/// Starts (or recovers) the daemon of a VDI and waits for its device. Used by `add` and `up`.
+pub fn attach(groupd: &str, a: &AddArgs) -> Result<Device> {
+    devices::check_driver()?;
+    let existing = devices::find(&a.target).ok();
+    let (vdi, recover) = match (&existing, a.recover) {
+        (Some(d), _) if d.state == DeviceState::Quiesced => (d.vdi.clone(), Some(d.id)),
+        (Some(d), true) => bail!(
+            "{} is {} (daemon pid {}): only a device whose daemon died can be recovered",
+            d.device,
+            d.state.as_str(),
+            d.pid
+        ),
+        (Some(d), false) if d.vdi == a.target => {
+            bail!("VDI {} is already attached here as {} (daemon pid {})", d.vdi, d.device, d.pid)
+        }
+        (None, true) => bail!("no Sheepdog ublk device matches {:?} (see `sheepctl list`)", a.target),
+        _ => {
+            sheep_core::object::validate_vdi_name(&a.target)?;
+            (a.target.clone(), None)
+        }
+    };
+    if let (Some(d), false) = (&existing, a.recover) {
+        eprintln!("{} serves VDI {} and its daemon died: recovering it", d.device, d.vdi);
+    }
+    let log = match &a.log {
+        Some(l) => l.clone(),
+        None => {
+            let dir = run_dir();
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join(format!("ublk-{vdi}.log"))
+        }
+    };
+    let mut args = vec!["--groupd".to_string(), groupd.to_string(), "ublk".into()];
+    match recover {
+        Some(id) => args.extend(["--recover".into(), id.to_string(), "--vdi".into(), vdi.clone()]),
+        None => {
+            args.extend(["--vdi".into(), vdi.clone(), "--depth".into(), a.depth.to_string()]);
+            if let Some(q) = a.queues {
+                args.extend(["--queues".into(), q.to_string()]);
+            }
+        }
+    }
+    let bin = procs::find_binary("ublk-dev")?;
+    let mut child = spawn(&bin, &args, &log)?;
+    let device = wait_live(&mut child, &log, Duration::from_secs(a.timeout))?;
+    let id = device.trim_start_matches("/dev/ublkb").parse::<u32>().with_context(|| format!("the daemon printed {device:?}"))?;
+    match devices::device(id)? {
+        Some(d) => Ok(d),
+        None => bail!("{device} is live but not listed as a Sheepdog device"),
+    }
+}
+
+/// Starts the daemon in its own session, stdout piped (it prints the device there), stderr
+/// appended to `log`.
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+    // SAFETY: setsid() is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))
+}
+
+/// Waits for the daemon's first stdout line (`/dev/ublkbN`). If it exits first, its log's
+/// error is the error; if the time runs out, it is stopped.
+fn wait_live(child: &mut Child, log: &Path, timeout: Duration) -> Result<String> {
+    let stdout = child.stdout.take().context("the daemon's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let r = std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line);
+        let _ = tx.send(r);
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(line)) if line.starts_with("/dev/") => return Ok(line.trim().to_string()),
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // stdout closed without a device: the daemon failed; reap it for its status.
+                let status = wait_exit(child, Duration::from_secs(10));
+                bail!("{}", daemon_failure(log, status));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() >= deadline {
+            let _ = procs::signal(child.id() as i32, libc::SIGTERM);
+            let _ = wait_exit(child, Duration::from_secs(10));
+            bail!(
+                "the device was not live after {}s; the daemon was stopped (log: {})\n{}",
+                timeout.as_secs(),
+                log.display(),
+                procs::log_tail(log, 5)
+            );
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// The daemon's own one-line error from its log, else the log's tail.
+fn daemon_failure(log: &Path, status: Option<std::process::ExitStatus>) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let last_error = text.lines().rev().find_map(|l| l.strip_prefix("error: "));
+    match last_error {
+        Some(e) => e.to_string(),
+        None => format!(
+            "the daemon exited ({}) without a device (log: {}):\n{}",
+            status.map_or("not reaped".into(), |s| s.to_string()),
+            log.display(),
+            procs::log_tail(log, 8)
+        ),
+    }
+}
+
+/// `sheepctl del`.
+pub fn del(a: &DelArgs, json: bool) -> Result<()> {
+    let dev = del_quietly(a)?;
+    if json {
+        output::print_json(&Deleted { device: &dev.device, vdi: &dev.vdi })?;
+    } else {
+        println!("deleted {} (VDI {})", dev.device, dev.vdi);
+    }
+    Ok(())
+}
+
+/// Stops a device's daemon (or deletes the device of a dead one) and waits until it is gone.
+pub fn del_quietly(a: &DelArgs) -> Result<Device> {
+    let dev = devices::find(&a.target)?;
+    if !a.force && devices::in_use(&dev.device) {
+        bail!(
+            "{} (VDI {}) is in use: mounted or held open; unmount it first, or use --force (its users then get I/O errors)",
+            dev.device,
+            dev.vdi
+        );
+    }
+    if dev.daemon_alive {
+        procs::signal(dev.pid, libc::SIGTERM).with_context(|| format!("cannot signal the daemon (pid {})", dev.pid))?;
+        let deadline = Instant::now() + Duration::from_secs(a.timeout);
+        while !procs::is_gone(dev.pid) || device_exists(dev.id) {
+            if Instant::now() >= deadline {
+                bail!("{}'s daemon (pid {}) did not stop within {}s", dev.device, dev.pid, a.timeout);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    } else {
+        // The daemon died: nothing holds the device but the kernel. Its VDI lock is freed
+        // when the dead daemon's groupd session expires.
+        let ctrl = libublk::ctrl::UblkCtrl::new_simple(dev.id as i32)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", dev.device))?;
+        ctrl.del_dev().map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", dev.device))?;
+    }
+    Ok(dev)
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    device: &'a str,
+    vdi: &'a str,
+}
+
+fn device_exists(id: u32) -> bool {
+    Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+}
+
+/// `sheepctl list`.
+pub fn list(json: bool) -> Result<()> {
+    let all = devices::list()?;
+    if json {
+        return output::print_json(&all);
+    }
+    if all.is_empty() {
+        match devices::check_driver() {
+            Ok(()) => println!("no Sheepdog ublk devices on this host"),
+            Err(e) => println!("no Sheepdog ublk devices on this host ({e})"),
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|d| {
+            let state = match d.state {
+                DeviceState::Quiesced => format!("quiesced: daemon died, `sheepctl add --recover {}`", d.device),
+                s if !d.daemon_alive => format!("{} (daemon gone)", s.as_str()),
+                s => s.as_str().to_string(),
+            };
+            vec![
+                d.device.clone(),
+                d.vdi.clone(),
+                d.pid.to_string(),
+                d.queues.to_string(),
+                d.depth.to_string(),
+                sheep_core::size::format_size(d.size),
+                state,
+            ]
+        })
+        .collect();
+    print!("{}", output::table("", &["DEVICE", "VDI", "PID", "QUEUES", "DEPTH", "SIZE", "STATE"], &rows));
+    Ok(())
+}
