@@ -18,7 +18,8 @@ fn ublk_device_with_ext4_recovery_and_fio_verify() {
         return;
     }
     let script = vm::repo_root().join("tests/vm/ublk_disk.sh");
-    let out = vm::run_file(&script, Duration::from_secs(900), &[]);
+    let repo = format!("SHEEP_REPO={}", vm::repo_root().display());
+    let out = vm::run_file(&script, Duration::from_secs(900), &[repo.as_str()]);
     eprintln!("VM run took {:?}", out.elapsed);
     out.assert_success();
     for step in [

@@ -6,7 +6,9 @@
 # verify on a raw device while a storaged is killed -9. Prints "ublk-vm: OK" at the end.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The repository: given by the Rust test (which copies this script into the VM's share),
+# else where this script lives.
+ROOT="${SHEEP_REPO:-$(cd "$(dirname "$0")/../.." && pwd)}"
 export PATH="$ROOT/target/debug:$PATH"
 W="$(mktemp -d /tmp/ublk-vm.XXXXXX)"
 C="$W/cluster"
