@@ -7,6 +7,7 @@
 //! Everything here is built on capnp-rpc, which is `!Send`: use it from a tokio
 //! current-thread runtime inside a [`tokio::task::LocalSet`].
 
+pub mod check;
 pub mod cli;
 pub mod group;
 pub mod rpc;

@@ -102,7 +102,22 @@ pub enum Op {
     RecoverForce,
     /// `copies` 0: the cluster's default.
     VdiCreate { name: String, size: u64, copies: u8 },
-    VdiDelete { name: String },
+    /// Deletes the VDI (with its snapshots), or only its snapshot `tag`.
+    VdiDelete {
+        name: String,
+        #[serde(default)]
+        tag: Option<String>,
+    },
+    /// Freezes the working VDI as snapshot `tag`. While the VDI is locked, only the lock's
+    /// session may: the holder is the writer, and it snapshots between two of its writes.
+    VdiSnapshot { session: SessionId, name: String, tag: String },
+    VdiClone { name: String, tag: String, new_name: String },
+    /// Refused while the VDI is locked (attached).
+    VdiRollback { name: String, tag: String },
+    /// Grows the working VDI.
+    VdiResize { name: String, size: u64 },
+    /// Sets (`Some`) or deletes (`None`) an attribute; `exclusive`: fail if it exists.
+    VdiSetAttr { name: String, key: String, value: Option<Vec<u8>>, exclusive: bool },
     /// A storage node holds every object it owns in `epoch`.
     RecoveryDone { session: SessionId, epoch: Epoch },
 }
@@ -119,7 +134,13 @@ pub enum EventKind {
     Shutdown,
     Resumed,
     VdiCreated(VdiEntry),
+    /// The VDI's objects may be removed (nothing reads them any more).
     VdiDeleted(VdiEntry),
+    /// Deleted, but a live VDI still reads its objects: they stay.
+    VdiRetired(VdiEntry),
+    /// `snapshot` is the frozen former working VDI; `working` goes on from it.
+    VdiSnapshotted { snapshot: VdiEntry, working: VdiEntry },
+    VdiResized(VdiEntry),
     Recovered { node: String, epoch: Epoch },
     /// Every node of `epoch` has recovered: stale copies may be purged.
     RecoveryComplete(Epoch),
@@ -141,6 +162,7 @@ pub enum Reply {
     Seq(u64),
     Locked(Lock),
     Vdi(VdiEntry),
+    Snapshot { snapshot: VdiEntry, working: VdiEntry },
 }
 
 /// A refused command. Refusals are part of the total order too: every groupd refuses the
@@ -231,18 +253,81 @@ impl GroupState {
                 self.emit(t, EventKind::VdiCreated(entry.clone()));
                 Ok(Reply::Vdi(entry))
             }
-            Op::VdiDelete { name } => {
+            Op::VdiDelete { name, tag } => {
                 self.running()?;
-                if self.locks.contains_key(name) {
-                    let l = &self.locks[name];
-                    let holder = self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
-                    return Err(GroupError::LockHeld { vdi: name.clone(), session: l.session, holder });
+                let deletion = match tag {
+                    None => {
+                        self.not_locked(name)?;
+                        self.vdis.delete(name)?
+                    }
+                    Some(tag) => self.vdis.delete_snapshot(name, tag)?,
+                };
+                let first = deletion.removed.first().cloned().expect("a deletion removes at least one entry");
+                self.emit_deletion(t, deletion);
+                Ok(Reply::Vdi(first))
+            }
+            Op::VdiSnapshot { session, name, tag } => {
+                self.running()?;
+                if let Some(l) = self.locks.get(name) {
+                    if l.session != *session {
+                        return Err(self.lock_held(name));
+                    }
                 }
-                let entry = self.vdis.delete(name)?;
-                self.emit(t, EventKind::VdiDeleted(entry.clone()));
+                let (snapshot, working) = self.vdis.take_snapshot(name, tag, t)?;
+                self.emit(t, EventKind::VdiSnapshotted { snapshot: snapshot.clone(), working: working.clone() });
+                Ok(Reply::Snapshot { snapshot, working })
+            }
+            Op::VdiClone { name, tag, new_name } => {
+                self.running()?;
+                let entry = self.vdis.clone_snapshot(name, tag, new_name, t)?;
+                self.emit(t, EventKind::VdiCreated(entry.clone()));
                 Ok(Reply::Vdi(entry))
             }
+            Op::VdiRollback { name, tag } => {
+                self.running()?;
+                self.not_locked(name)?;
+                let (working, deletion) = self.vdis.rollback(name, tag, t)?;
+                self.emit_deletion(t, deletion);
+                self.emit(t, EventKind::VdiCreated(working.clone()));
+                Ok(Reply::Vdi(working))
+            }
+            Op::VdiResize { name, size } => {
+                self.running()?;
+                let entry = self.vdis.resize(name, *size)?;
+                self.emit(t, EventKind::VdiResized(entry.clone()));
+                Ok(Reply::Vdi(entry))
+            }
+            Op::VdiSetAttr { name, key, value, exclusive } => {
+                self.running()?;
+                self.vdis.set_attr(name, key, value.as_deref(), *exclusive)?;
+                Ok(Reply::Done)
+            }
             Op::RecoveryDone { session, epoch } => self.recovery_done(t, *session, *epoch),
+        }
+    }
+
+    fn lock_held(&self, vdi: &str) -> GroupError {
+        let l = &self.locks[vdi];
+        let holder = self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
+        GroupError::LockHeld { vdi: vdi.into(), session: l.session, holder }
+    }
+
+    /// Refuses while VDI `name` is locked (attached somewhere).
+    fn not_locked(&self, name: &str) -> Result<(), GroupError> {
+        if self.locks.contains_key(name) {
+            return Err(self.lock_held(name));
+        }
+        Ok(())
+    }
+
+    fn emit_deletion(&mut self, t: u64, d: crate::namespace::Deletion) {
+        for e in &d.removed {
+            if !d.collectable.iter().any(|c| c.vid == e.vid) {
+                self.emit(t, EventKind::VdiRetired(e.clone()));
+            }
+        }
+        for e in d.collectable {
+            self.emit(t, EventKind::VdiDeleted(e));
         }
     }
 

@@ -316,9 +316,9 @@ fn vdis_are_created_with_cluster_defaults_and_deleted() {
     ));
     let c = log.client("ublk");
     log.apply(Op::Lock { session: c, vdi: "a".into() }).unwrap();
-    assert!(matches!(log.apply(Op::VdiDelete { name: "a".into() }), Err(GroupError::LockHeld { .. })));
+    assert!(matches!(log.apply(Op::VdiDelete { name: "a".into(), tag: None }), Err(GroupError::LockHeld { .. })));
     log.apply(Op::Unlock { session: c, vdi: "a".into(), force: false }).unwrap();
-    log.apply(Op::VdiDelete { name: "a".into() }).unwrap();
+    log.apply(Op::VdiDelete { name: "a".into(), tag: None }).unwrap();
     assert!(log.state.vdis.is_deleted(a.vid));
     assert!(log.state.vdis.get("a").is_none());
 }
@@ -357,4 +357,55 @@ fn a_restarted_node_must_report_its_recovery_again() {
     log.join(1);
     assert_eq!(log.state.epochs.current(), epoch, "same nodes, same epoch");
     assert!(!log.state.recovered.contains(&node(1).id));
+}
+
+#[test]
+fn snapshots_respect_the_lock_and_deletions_say_what_may_be_removed() {
+    let mut log = Log::new();
+    log.format();
+    let Reply::Vdi(a) = log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }).unwrap() else {
+        panic!("not a VDI")
+    };
+    let holder = log.client("ublk-dev 1");
+    let other = log.client("sheepctl");
+    log.apply(Op::Lock { session: holder, vdi: "a".into() }).unwrap();
+    let snap = |session| Op::VdiSnapshot { session, name: "a".into(), tag: "s1".into() };
+    assert!(matches!(log.apply(snap(other)), Err(GroupError::LockHeld { .. })), "only the writer snapshots");
+    let Reply::Snapshot { snapshot, working } = log.apply(snap(holder)).unwrap() else { panic!("not a snapshot") };
+    assert_eq!((snapshot.vid, working.parent), (a.vid, Some(a.vid)));
+    let from = log.state.next_seq() - 1;
+    let last = log.state.events_from(from, 10).unwrap();
+    assert!(matches!(&last[0].kind, EventKind::VdiSnapshotted { snapshot: s, .. } if s.vid == a.vid));
+    // Rollback is refused while attached; resize is not.
+    let rollback = Op::VdiRollback { name: "a".into(), tag: "s1".into() };
+    assert!(matches!(log.apply(rollback.clone()), Err(GroupError::LockHeld { .. })));
+    let Reply::Vdi(grown) = log.apply(Op::VdiResize { name: "a".into(), size: 2 << 20 }).unwrap() else { panic!() };
+    assert_eq!(grown.size, 2 << 20);
+    // Deleting the snapshot while the working VDI reads it: retired, objects kept.
+    let seq = log.state.next_seq();
+    log.apply(Op::VdiDelete { name: "a".into(), tag: Some("s1".into()) }).unwrap();
+    let kinds: Vec<EventKind> = log.state.events_from(seq, 10).unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(matches!(kinds.as_slice(), [EventKind::VdiRetired(e)] if e.vid == a.vid), "{kinds:?}");
+    log.apply(Op::Unlock { session: holder, vdi: "a".into(), force: false }).unwrap();
+    // Deleting the VDI: both ids become collectable.
+    let seq = log.state.next_seq();
+    log.apply(Op::VdiDelete { name: "a".into(), tag: None }).unwrap();
+    let deleted: Vec<_> = log
+        .state
+        .events_from(seq, 10)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::VdiDeleted(v) => Some(v.vid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert!(deleted.contains(&a.vid) && deleted.contains(&working.vid));
+    // Attributes go through the log too.
+    log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0 }).unwrap();
+    let set = |v: Option<&[u8]>, exclusive| Op::VdiSetAttr { name: "b".into(), key: "k".into(), value: v.map(<[u8]>::to_vec), exclusive };
+    log.apply(set(Some(b"1"), true)).unwrap();
+    assert!(log.apply(set(Some(b"2"), true)).is_err());
+    assert_eq!(log.state.vdis.get_attr("b", "k").unwrap(), b"1");
 }

@@ -64,6 +64,9 @@ pub enum ClusterCmd {
     /// Recover a shut-down cluster
     #[command(subcommand)]
     Recover(RecoverCmd),
+    /// Check that every object of every VDI has its replicas on the right nodes with the
+    /// same valid content; repair what is not (unless --dry-run)
+    Check(crate::check::ClusterCheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,14 +105,74 @@ pub enum VdiCmd {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]
         copies: Option<u8>,
     },
-    /// List the VDIs: name, id, size, copies, creation time
+    /// List the VDIs and their snapshots: name, snapshot tag, id, size, used and shared
+    /// space (one copy), copies, creation time
     List,
-    /// Delete a VDI; the storage nodes remove its objects (a node that is down does so when
-    /// it comes back)
+    /// Delete a VDI with its snapshots, or one snapshot (--snapshot); objects nothing reads
+    /// any more are removed (a node that is down does so when it comes back)
     Delete {
         /// The VDI's name
         #[arg(value_name = "NAME")]
         name: String,
+        /// Delete only this snapshot of it
+        #[arg(long, value_name = "TAG")]
+        snapshot: Option<String>,
+    },
+    /// Take a snapshot: the VDI as it is now becomes read-only snapshot TAG, and the VDI goes
+    /// on from it (copy-on-write). An attached VDI is snapshotted by its daemon, between two
+    /// writes.
+    Snapshot {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long, value_name = "TAG")]
+        tag: String,
+    },
+    /// Make a new VDI NEW from snapshot TAG of NAME (copy-on-write: nothing is copied now)
+    Clone {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long, value_name = "TAG")]
+        snapshot: String,
+        #[arg(value_name = "NEW")]
+        new_name: String,
+    },
+    /// Throw away the VDI's changes since snapshot TAG (refused while it is attached)
+    Rollback {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long, value_name = "TAG")]
+        snapshot: String,
+    },
+    /// Grow a VDI (an attached device sees the new size); shrinking is refused
+    Resize {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+    },
+    /// The VDIs as a tree: each under the snapshot it goes on from or was cloned from
+    Tree,
+    /// Set attribute KEY of a VDI to VALUE (or stdin), ordered through groupd
+    Setattr {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(value_name = "KEY")]
+        key: String,
+        #[arg(value_name = "VALUE")]
+        value: Option<String>,
+        /// Fail if the attribute exists already
+        #[arg(long)]
+        exclusive: bool,
+        /// Delete the attribute
+        #[arg(long, conflicts_with = "exclusive")]
+        delete: bool,
+    },
+    /// Print attribute KEY of a VDI
+    Getattr {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(value_name = "KEY")]
+        key: String,
     },
     /// Copy a VDI's bytes to stdout: all of it, or LEN bytes from OFFSET
     Read(ReadArgs),
@@ -123,6 +186,12 @@ pub enum VdiCmd {
     /// Objects of a VDI
     #[command(subcommand)]
     Object(ObjectCmd),
+    /// VDI locks: list them, or release one whoever holds it
+    #[command(subcommand)]
+    Lock(crate::vdi_lock::VdiLockCmd),
+    /// Check that every object of a VDI has its replicas on the right nodes with the same
+    /// valid content; repair what is not (unless --dry-run)
+    Check(crate::check::VdiCheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,12 +233,15 @@ pub struct ExportArgs {
     pub replica: ReplicaArg,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct ReplicaArg {
     /// Read each object from its N-th replica first (0 = the primary), to check one copy;
     /// another replica is still used if that one fails [default: spread over the replicas]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=30))]
     pub replica: Option<u8>,
+    /// Read snapshot TAG of the VDI instead of the VDI itself
+    #[arg(long, value_name = "TAG")]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -31,6 +31,7 @@ pub async fn run(client: &GroupClient, cmd: &ClusterCmd, json: bool) -> Result<(
                 Ok(())
             }
         }
+        ClusterCmd::Check(a) => crate::check::cluster(&client.addrs().join(","), a, json).await,
         ClusterCmd::Recover(RecoverCmd::Force) => {
             client.recover_force().await?;
             let info = client.info().await?;

@@ -51,7 +51,7 @@ impl Attached {
 /// Creates `disk0` of `size` if the cluster has none, and attaches it unless it is already.
 pub async fn attach(dir: &Path, client: &GroupClient, groupd: &[String], size: u64) -> Result<Attached> {
     let (vdis, _) = client.vdi_list().await.context("cannot list the VDIs")?;
-    let entry = match vdis.into_iter().find(|v| v.name == DISK) {
+    let entry = match vdis.into_iter().find(|v| v.name == DISK && !v.is_snapshot()) {
         Some(v) => {
             if v.size != size {
                 eprintln!("note: VDI {DISK} exists with {}; --disk-size is ignored", format_size(v.size));

@@ -2,6 +2,7 @@
 
 mod attach;
 mod bench;
+mod check;
 mod cli;
 mod cluster;
 mod export;
@@ -12,6 +13,8 @@ mod node_stat;
 mod output;
 mod procs;
 mod vdi;
+mod vdi_lock;
+mod vdi_family;
 mod vdi_file;
 
 use std::time::Duration;

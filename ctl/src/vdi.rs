@@ -12,8 +12,8 @@ use sheep_core::namespace::VdiEntry;
 use sheep_core::object::validate_vdi_name;
 use sheep_core::size::format_size;
 
-use crate::cli::{ObjectCmd, RangeArgs, VdiCmd};
-use crate::output::{list, print_json, table, time};
+use crate::cli::{ObjectCmd, RangeArgs, ReplicaArg, VdiCmd};
+use crate::output::{list, print_json, table};
 
 /// Bytes per request of `read`, `write`, `import` and `export`, and how many are in flight.
 pub const CHUNK: u64 = 4 << 20;
@@ -55,65 +55,60 @@ pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
             println!("created VDI {} (id {}, {}, {} copies)", v.name, v.vid, format_size(v.size), v.copies);
             Ok(())
         }
-        VdiCmd::List => {
-            let (vdis, _) = crate::client(groupd)?.vdi_list().await?;
-            let rows: Vec<VdiRow> = vdis.iter().map(VdiRow::from).collect();
-            if json {
-                return print_json(&rows);
-            }
-            if rows.is_empty() {
-                println!("no VDIs");
-            } else {
-                print!("{}", table("", LIST_HEADERS, &list_cells(&rows)));
-            }
-            Ok(())
-        }
-        VdiCmd::Delete { name } => {
+        VdiCmd::List => crate::vdi_family::list(groupd, json).await,
+        VdiCmd::Delete { name, snapshot: Some(tag) } => crate::vdi_family::delete_snapshot(groupd, name, tag, json).await,
+        VdiCmd::Delete { name, snapshot: None } => {
             validate_vdi_name(name)?;
             let v = crate::client(groupd)?.vdi_delete(name).await?;
             if json {
                 return print_json(&VdiRow::from(&v));
             }
-            println!("deleted VDI {} (id {}); storage nodes remove its objects", v.name, v.vid);
+            println!("deleted VDI {} with its snapshots (id {}); storage nodes remove the objects nothing reads any more", v.name, v.vid);
             Ok(())
         }
-        VdiCmd::Read(r) => read(groupd, &r.range, r.replica.replica).await,
-        VdiCmd::Write(r) => write(groupd, r).await,
+        VdiCmd::Snapshot { name, tag } => crate::vdi_family::snapshot(groupd, name, tag, json).await,
+        VdiCmd::Clone { name, snapshot, new_name } => crate::vdi_family::clone(groupd, name, snapshot, new_name, json).await,
+        VdiCmd::Rollback { name, snapshot } => crate::vdi_family::rollback(groupd, name, snapshot, json).await,
+        VdiCmd::Resize { name, size } => crate::vdi_family::resize(groupd, name, *size, json).await,
+        VdiCmd::Tree => crate::vdi_family::tree(groupd, json).await,
+        VdiCmd::Setattr { name, key, value, exclusive, delete } => {
+            crate::vdi_family::setattr(groupd, name, key, value.as_deref(), *exclusive, *delete).await
+        }
+        VdiCmd::Getattr { name, key } => crate::vdi_family::getattr(groupd, name, key).await,
+        VdiCmd::Read(r) => read(groupd, &r.range, &r.replica).await,
+        VdiCmd::Write(r) => crate::vdi_lock::with_lock(groupd, &r.name, "vdi write", |vdi| write(vdi, r)).await,
         VdiCmd::Import(f) => crate::vdi_file::import(groupd, &f.name, &f.file, json).await,
-        VdiCmd::Export(e) => crate::vdi_file::export(groupd, &e.file.name, &e.file.file, e.replica.replica, json).await,
+        VdiCmd::Export(e) => crate::vdi_file::export(groupd, &e.file.name, &e.file.file, &e.replica, json).await,
         VdiCmd::Object(ObjectCmd::Map { name }) => map(groupd, name, json).await,
+        VdiCmd::Lock(l) => crate::vdi_lock::run(groupd, l, json).await,
+        VdiCmd::Check(a) => crate::check::vdi(groupd, a, json).await,
     }
-}
-
-pub const LIST_HEADERS: &[&str] = &["NAME", "ID", "SIZE", "COPIES", "OBJECT SIZE", "CREATED"];
-
-pub fn list_cells(rows: &[VdiRow]) -> Vec<Vec<String>> {
-    rows.iter()
-        .map(|r| {
-            vec![
-                r.name.clone(),
-                r.vid.clone(),
-                format_size(r.size),
-                r.copies.to_string(),
-                format_size(r.object_size),
-                time(r.created_ms),
-            ]
-        })
-        .collect()
 }
 
 /// Opens `name` through the engine, with clear errors for a bad or unknown name.
 pub async fn open(groupd: &str, name: &str) -> Result<Rc<Vdi>> {
-    open_with(groupd, name, None).await
+    open_with(groupd, name, &ReplicaArg::default()).await
 }
 
-/// Like [`open`], reading from the given replica first.
-pub async fn open_with(groupd: &str, name: &str, replica: Option<u8>) -> Result<Rc<Vdi>> {
+/// Like [`open`], reading from the given replica first, or opening a snapshot (read-only).
+pub async fn open_with(groupd: &str, name: &str, from: &ReplicaArg) -> Result<Rc<Vdi>> {
     validate_vdi_name(name)?;
     let group = Rc::new(crate::client(groupd)?);
+    let (vdis, _) = group.vdi_list().await?;
+    let entry = match &from.snapshot {
+        None => vdis.into_iter().find(|v| v.name == name && !v.is_snapshot()),
+        Some(tag) => {
+            let found = vdis.iter().find(|v| v.name == name && v.snapshot.as_deref() == Some(tag.as_str())).cloned();
+            if found.is_none() && vdis.iter().any(|v| v.name == name) {
+                bail!("VDI {name:?} has no snapshot {tag:?} (see `sheepctl vdi list`)");
+            }
+            found
+        }
+    };
+    let Some(entry) = entry else { bail!("there is no VDI named {name:?} (see `sheepctl vdi list`)") };
     let cluster = Cluster::connect(group, CallLimits::default()).await?;
-    let opts = VdiOptions { read_replica: replica.map(usize::from), ..VdiOptions::default() };
-    match Vdi::open(cluster, name, opts).await {
+    let opts = VdiOptions { read_replica: from.replica.map(usize::from), ..VdiOptions::default() };
+    match Vdi::open_entry(cluster, entry, opts).await {
         Ok(v) => Ok(Rc::new(v)),
         Err(VdiError::NoVdi(n)) => bail!("there is no VDI named {n:?} (see `sheepctl vdi list`)"),
         Err(e) => Err(e.into()),
@@ -152,8 +147,8 @@ pub fn chunks(offset: u64, len: u64) -> Vec<(u64, usize)> {
 }
 
 /// `vdi read NAME [OFFSET [LEN]]`: to stdout, in order, several chunks in flight.
-async fn read(groupd: &str, r: &RangeArgs, replica: Option<u8>) -> Result<()> {
-    let vdi = open_with(groupd, &r.name, replica).await?;
+async fn read(groupd: &str, r: &RangeArgs, from: &ReplicaArg) -> Result<()> {
+    let vdi = open_with(groupd, &r.name, from).await?;
     let len = check_range(&vdi, r.offset, r.len)?;
     let mut out = std::io::stdout().lock();
     let mut reads = stream::iter(chunks(r.offset, len))
@@ -193,9 +188,9 @@ pub async fn read_stdin(n: usize) -> std::io::Result<Vec<u8>> {
     task.await.map_err(std::io::Error::other)?
 }
 
-/// `vdi write NAME [OFFSET [LEN]]`: from stdin, several chunks in flight, then a flush.
-async fn write(groupd: &str, r: &RangeArgs) -> Result<()> {
-    let vdi = open(groupd, &r.name).await?;
+/// `vdi write NAME [OFFSET [LEN]]`: from stdin, several chunks in flight, then a flush;
+/// `vdi` is opened under its lock (see `vdi_lock::with_lock`).
+async fn write(vdi: Rc<Vdi>, r: &RangeArgs) -> Result<()> {
     let size = vdi.size();
     let max = check_range(&vdi, r.offset, r.len)?;
     let mut pending = futures::stream::FuturesUnordered::new();
@@ -304,24 +299,5 @@ mod tests {
         assert_eq!(chunks(CHUNK - 1, 3), vec![(CHUNK - 1, 1), (CHUNK, 2)]);
         assert_eq!(chunks(0, 2 * CHUNK).len(), 2);
         assert!(chunks(5, 0).is_empty());
-    }
-
-    #[test]
-    fn list_table() {
-        let rows = vec![VdiRow {
-            name: "disk0".into(),
-            vid: "7c2b25".into(),
-            size: 10 << 30,
-            copies: 3,
-            object_size: 4 << 20,
-            created_ms: 0,
-        }];
-        assert_eq!(
-            table("", LIST_HEADERS, &list_cells(&rows)),
-            "\
-NAME   ID      SIZE      COPIES  OBJECT SIZE  CREATED
-disk0  7c2b25  10.0 GiB  3       4.0 MiB      1970-01-01 00:00:00 UTC
-"
-        );
     }
 }

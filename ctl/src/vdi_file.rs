@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::IsTerminal;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -12,10 +13,11 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sheep_client::vdi::sparse::{data_extents, is_zero};
+use sheep_client::vdi::Vdi;
 use sheep_core::size::format_size;
 
 use crate::output::print_json;
-use crate::vdi::{chunks, open, open_with, too_big, IN_FLIGHT};
+use crate::vdi::{chunks, open_with, too_big, IN_FLIGHT};
 
 /// The granularity of zero detection on import.
 const BLOCK: usize = 4096;
@@ -48,7 +50,11 @@ fn progress(total: u64, what: &str) -> ProgressBar {
 /// never written are skipped (they read as zeros already); an object written before is
 /// written whole, zeros included.
 pub async fn import(groupd: &str, name: &str, path: &Path, json: bool) -> Result<()> {
-    let vdi = open(groupd, name).await?;
+    crate::vdi_lock::with_lock(groupd, name, "vdi import", |vdi| import_into(vdi, name, path, json)).await
+}
+
+/// `import` into `vdi`, opened under its lock.
+async fn import_into(vdi: Rc<Vdi>, name: &str, path: &Path, json: bool) -> Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = file_len(&file).with_context(|| format!("cannot read the size of {}", path.display()))?;
     if len > vdi.size() {
@@ -88,8 +94,8 @@ pub async fn import(groupd: &str, name: &str, path: &Path, json: bool) -> Result
 
 /// `vdi export NAME FILE`: the whole VDI into FILE (created or truncated), never-written
 /// and all-zero ranges left as holes.
-pub async fn export(groupd: &str, name: &str, path: &Path, replica: Option<u8>, json: bool) -> Result<()> {
-    let vdi = open_with(groupd, name, replica).await?;
+pub async fn export(groupd: &str, name: &str, path: &Path, from: &crate::cli::ReplicaArg, json: bool) -> Result<()> {
+    let vdi = open_with(groupd, name, from).await?;
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let size = vdi.size();
     let is_regular = file.metadata().map(|m| m.file_type().is_file()).unwrap_or(false);

@@ -119,12 +119,61 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let vdi = codec::read_vdi(resp.get()?.get_vdi()?)?;
             Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })
         }
-        Op::VdiDelete { name } => {
+        Op::VdiDelete { name, tag: None } => {
             let mut req = client.vdi_delete_request();
             req.get().set_name(name.as_str());
             let resp = req.send().promise.await?;
-            let vdi = codec::read_vdi(resp.get()?.get_vdi()?)?;
-            Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })
+            vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
+        }
+        Op::VdiDelete { name, tag: Some(tag) } => {
+            let mut req = client.vdi_delete_snapshot_request();
+            req.get().set_name(name.as_str());
+            req.get().set_tag(tag.as_str());
+            let resp = req.send().promise.await?;
+            vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
+        }
+        Op::VdiSnapshot { session, name, tag } => {
+            let mut req = client.vdi_snapshot_request();
+            req.get().set_session(*session);
+            req.get().set_name(name.as_str());
+            req.get().set_tag(tag.as_str());
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            let reply = Reply::Snapshot { snapshot: codec::read_vdi(r.get_snapshot()?)?, working: codec::read_vdi(r.get_working()?)? };
+            Ok(Outcome { reply, lease_ms: 0, holder: String::new() })
+        }
+        Op::VdiClone { name, tag, new_name } => {
+            let mut req = client.vdi_clone_request();
+            req.get().set_name(name.as_str());
+            req.get().set_tag(tag.as_str());
+            req.get().set_new_name(new_name.as_str());
+            let resp = req.send().promise.await?;
+            vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
+        }
+        Op::VdiRollback { name, tag } => {
+            let mut req = client.vdi_rollback_request();
+            req.get().set_name(name.as_str());
+            req.get().set_tag(tag.as_str());
+            let resp = req.send().promise.await?;
+            vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
+        }
+        Op::VdiResize { name, size } => {
+            let mut req = client.vdi_resize_request();
+            req.get().set_name(name.as_str());
+            req.get().set_size(*size);
+            let resp = req.send().promise.await?;
+            vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
+        }
+        Op::VdiSetAttr { name, key, value, exclusive } => {
+            let mut req = client.vdi_set_attr_request();
+            let mut p = req.get();
+            p.set_name(name.as_str());
+            p.set_key(key.as_str());
+            p.set_value(value.as_deref().unwrap_or(&[]));
+            p.set_delete(value.is_none());
+            p.set_exclusive(*exclusive);
+            req.send().promise.await?;
+            Ok(Outcome::done())
         }
         Op::RecoveryDone { session, epoch } => {
             let mut req = client.recovery_done_request();
@@ -134,6 +183,10 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             Ok(Outcome::done())
         }
     }
+}
+
+fn vdi_outcome(vdi: sheep_core::namespace::VdiEntry) -> Result<Outcome, capnp::Error> {
+    Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })
 }
 
 /// Forwards a keepalive.

@@ -65,6 +65,16 @@ async fn raft_call(node: &Node, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, 
     }
 }
 
+impl GroupdServer {
+    /// Submits a namespace change whose answer is one VDI entry.
+    async fn submit_vdi(&self, op: Op, what: &str) -> Result<sheep_core::namespace::VdiEntry, capnp::Error> {
+        match self.node.submit(op).await?.reply {
+            Reply::Vdi(v) => Ok(v),
+            _ => Err(bad_request(format!("unexpected answer to {what}"))),
+        }
+    }
+}
+
 impl groupd::Server for GroupdServer {
     async fn open_session(
         self: Rc<Self>,
@@ -276,12 +286,116 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiDeleteParams,
         mut results: groupd::VdiDeleteResults,
     ) -> Result<(), capnp::Error> {
-        let op = Op::VdiDelete { name: text(params.get()?.get_name())? };
-        let out = self.node.submit(op).await?;
-        let Reply::Vdi(vdi) = &out.reply else {
-            return Err(bad_request("unexpected answer to vdiDelete"));
+        let op = Op::VdiDelete { name: text(params.get()?.get_name())?, tag: None };
+        let vdi = self.submit_vdi(op, "vdiDelete").await?;
+        codec::write_vdi(results.get().init_vdi(), &vdi);
+        Ok(())
+    }
+
+    async fn vdi_delete_snapshot(
+        self: Rc<Self>,
+        params: groupd::VdiDeleteSnapshotParams,
+        mut results: groupd::VdiDeleteSnapshotResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::VdiDelete { name: text(p.get_name())?, tag: Some(text(p.get_tag())?) }
         };
-        codec::write_vdi(results.get().init_vdi(), vdi);
+        let vdi = self.submit_vdi(op, "vdiDeleteSnapshot").await?;
+        codec::write_vdi(results.get().init_vdi(), &vdi);
+        Ok(())
+    }
+
+    async fn vdi_snapshot(
+        self: Rc<Self>,
+        params: groupd::VdiSnapshotParams,
+        mut results: groupd::VdiSnapshotResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::VdiSnapshot { session: p.get_session(), name: text(p.get_name())?, tag: text(p.get_tag())? }
+        };
+        let out = self.node.submit(op).await?;
+        let Reply::Snapshot { snapshot, working } = &out.reply else {
+            return Err(bad_request("unexpected answer to vdiSnapshot"));
+        };
+        let mut r = results.get();
+        codec::write_vdi(r.reborrow().init_snapshot(), snapshot);
+        codec::write_vdi(r.init_working(), working);
+        Ok(())
+    }
+
+    async fn vdi_clone(
+        self: Rc<Self>,
+        params: groupd::VdiCloneParams,
+        mut results: groupd::VdiCloneResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::VdiClone { name: text(p.get_name())?, tag: text(p.get_tag())?, new_name: text(p.get_new_name())? }
+        };
+        let vdi = self.submit_vdi(op, "vdiClone").await?;
+        codec::write_vdi(results.get().init_vdi(), &vdi);
+        Ok(())
+    }
+
+    async fn vdi_rollback(
+        self: Rc<Self>,
+        params: groupd::VdiRollbackParams,
+        mut results: groupd::VdiRollbackResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::VdiRollback { name: text(p.get_name())?, tag: text(p.get_tag())? }
+        };
+        let vdi = self.submit_vdi(op, "vdiRollback").await?;
+        codec::write_vdi(results.get().init_vdi(), &vdi);
+        Ok(())
+    }
+
+    async fn vdi_resize(
+        self: Rc<Self>,
+        params: groupd::VdiResizeParams,
+        mut results: groupd::VdiResizeResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::VdiResize { name: text(p.get_name())?, size: p.get_size() }
+        };
+        let vdi = self.submit_vdi(op, "vdiResize").await?;
+        codec::write_vdi(results.get().init_vdi(), &vdi);
+        Ok(())
+    }
+
+    async fn vdi_set_attr(
+        self: Rc<Self>,
+        params: groupd::VdiSetAttrParams,
+        _: groupd::VdiSetAttrResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            let value = if p.get_delete() { None } else { Some(p.get_value()?.to_vec()) };
+            Op::VdiSetAttr { name: text(p.get_name())?, key: text(p.get_key())?, value, exclusive: p.get_exclusive() }
+        };
+        self.node.submit(op).await?;
+        Ok(())
+    }
+
+    async fn vdi_get_attr(
+        self: Rc<Self>,
+        params: groupd::VdiGetAttrParams,
+        mut results: groupd::VdiGetAttrResults,
+    ) -> Result<(), capnp::Error> {
+        let (name, key) = {
+            let p = params.get()?;
+            (text(p.get_name())?, text(p.get_key())?)
+        };
+        let value = {
+            let state = self.node.sm.state();
+            state.vdis.get_attr(&name, &key).map(<[u8]>::to_vec)
+        };
+        let value = value.map_err(|e| capnp::Error::failed(e.to_string()))?;
+        results.get().set_value(&value);
         Ok(())
     }
 

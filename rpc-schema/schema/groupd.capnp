@@ -9,7 +9,7 @@
 # Errors are returned as capnp exceptions whose description starts with a stable code word
 # followed by ": " and a human sentence, e.g. "notFormatted: the cluster is not formatted".
 # Code words: notFormatted, alreadyFormatted, wrongCluster, noSession, lockHeld, notLocked,
-# shuttingDown, compacted, noMaster, badRequest, vdiExists, noVdi.
+# shuttingDown, compacted, noMaster, badRequest, vdiExists, noVdi, attrExists, noAttr.
 
 struct NodeInfo {
   # A storage node (storaged) as it appears in an epoch's node list.
@@ -92,6 +92,9 @@ struct VdiInfo {
   copies @3 :UInt8;
   objectSizeShift @4 :UInt8;
   createdMs @5 :UInt64;
+  parent @6 :UInt32;         # the snapshot it goes on from or was cloned from; 0: none
+  isSnapshot @7 :Bool;       # a read-only snapshot of `name`, tagged `tag`
+  tag @8 :Text;
 }
 
 struct Event {
@@ -125,6 +128,12 @@ struct Event {
       epoch @18 :UInt32;
     }
     recoveryComplete @19 :UInt32;   # every node of this epoch recovered: `.stale` may go
+    vdiRetired @20 :VdiInfo;        # deleted, but a live VDI still reads its objects: kept
+    vdiSnapshotted :group {
+      snapshot @21 :VdiInfo;        # the frozen former working VDI
+      working @22 :VdiInfo;         # the new working VDI, going on from it
+    }
+    vdiResized @23 :VdiInfo;
   }
 }
 
@@ -176,4 +185,19 @@ interface Groupd {
   vdiList @15 () -> (vdis :List(VdiInfo), deletedVids :List(UInt32));
   recoveryDone @16 (session :UInt64, epoch :UInt32) -> ();
   # A storage node (by its session) reports it holds every object it owns in `epoch`.
+
+  # --- snapshots, clones, attributes ---
+  vdiDeleteSnapshot @17 (name :Text, tag :Text) -> (vdi :VdiInfo);
+  # Fails with noVdi. Its objects stay while a live VDI still reads them.
+  vdiSnapshot @18 (session :UInt64, name :Text, tag :Text) -> (snapshot :VdiInfo, working :VdiInfo);
+  # While the VDI is locked only the holder's session may (lockHeld otherwise).
+  vdiClone @19 (name :Text, tag :Text, newName :Text) -> (vdi :VdiInfo);
+  vdiRollback @20 (name :Text, tag :Text) -> (vdi :VdiInfo);
+  # Fails with lockHeld while the VDI is attached.
+  vdiResize @21 (name :Text, size :UInt64) -> (vdi :VdiInfo);
+  # Grows only (badRequest otherwise).
+  vdiSetAttr @22 (name :Text, key :Text, value :Data, delete :Bool, exclusive :Bool) -> ();
+  # Fails with attrExists (exclusive), noAttr (delete), noVdi.
+  vdiGetAttr @23 (name :Text, key :Text) -> (value :Data);
+  # Served from this groupd's applied state. Fails with noAttr, noVdi.
 }

@@ -8,7 +8,8 @@
 #
 # Errors are capnp exceptions whose text starts with a code word and ": " (as in groupd.capnp).
 # Code words: staleEpoch, noObject, corrupt, noSpace, exists, badRequest, notJoined, ioError
-# (a disk error other than a full disk).
+# (a disk error other than a full disk), fenced (a write whose lock token is stale: final,
+# never retried).
 
 using G = import "groupd.capnp";
 
@@ -46,11 +47,16 @@ interface Storaged {
   # noObject if the node does not hold it; corrupt if a block fails its checksum (the node
   # then repairs its copy from another replica).
 
-  write @3 (epoch :UInt32, oid :UInt64, offset :UInt32, data :Data, fua :Bool) -> ();
+  write @3 (epoch :UInt32, oid :UInt64, offset :UInt32, data :Data, fua :Bool,
+            fence :UInt64) -> ();
   # Into an existing object; noObject if absent.
+  # fence (here and in createAndWrite and zero): the writer's VDI lock token (the groupd
+  # log index that granted its lock), 0 when it holds no lock. Refused with `fenced` when the
+  # token is older than the newest lock this node has seen for the object's VDI, or when it
+  # is 0 while that VDI is locked: a writer that lost its lock can never write again.
 
   createAndWrite @4 (epoch :UInt32, oid :UInt64, objectSize :UInt32, baseOid :UInt64,
-                     offset :UInt32, data :Data, fua :Bool) -> ();
+                     offset :UInt32, data :Data, fua :Bool, fence :UInt64) -> ();
   # Creates the object (zeros, or a copy of baseOid when non-zero: copy-on-write, fetched by
   # the node itself from the base's replicas) and writes data into it, atomically: the object
   # appears whole or not at all. An object that exists already is written into.
@@ -74,7 +80,8 @@ interface Storaged {
   stat @9 () -> (stat :StoreStat);
   recovery @10 () -> (status :RecoveryStatus);
 
-  zero @11 (epoch :UInt32, oid :UInt64, offset :UInt32, length :UInt32, fua :Bool) -> ();
+  zero @11 (epoch :UInt32, oid :UInt64, offset :UInt32, length :UInt32, fua :Bool,
+            fence :UInt64) -> ();
   # Makes [offset, offset+length) of an existing object read as zeros, without sending them:
   # whole blocks become holes (when the file system can punch them), partial ones are
   # rewritten. Same bounds (badRequest) and missing object (noObject) rules as write; never

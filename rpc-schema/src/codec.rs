@@ -143,6 +143,9 @@ pub fn write_vdi(mut b: vdi_info::Builder<'_>, v: &VdiEntry) {
     b.set_copies(v.copies);
     b.set_object_size_shift(v.object_size_shift);
     b.set_created_ms(v.created_ms);
+    b.set_parent(v.parent.map_or(0, |p| p.get()));
+    b.set_is_snapshot(v.snapshot.is_some());
+    b.set_tag(v.snapshot.as_deref().unwrap_or(""));
 }
 
 pub fn read_vid(raw: u32) -> capnp::Result<VdiId> {
@@ -157,6 +160,11 @@ pub fn read_vdi(r: vdi_info::Reader<'_>) -> capnp::Result<VdiEntry> {
         copies: r.get_copies(),
         object_size_shift: r.get_object_size_shift(),
         created_ms: r.get_created_ms(),
+        parent: match r.get_parent() {
+            0 => None,
+            p => Some(read_vid(p)?),
+        },
+        snapshot: if r.get_is_snapshot() { Some(text(r.get_tag())?) } else { None },
     })
 }
 
@@ -276,6 +284,13 @@ pub fn write_event(mut b: event::Builder<'_>, e: &Event) {
         EventKind::Resumed => b.set_resumed(()),
         EventKind::VdiCreated(v) => write_vdi(b.init_vdi_created(), v),
         EventKind::VdiDeleted(v) => write_vdi(b.init_vdi_deleted(), v),
+        EventKind::VdiRetired(v) => write_vdi(b.init_vdi_retired(), v),
+        EventKind::VdiSnapshotted { snapshot, working } => {
+            let mut g = b.init_vdi_snapshotted();
+            write_vdi(g.reborrow().init_snapshot(), snapshot);
+            write_vdi(g.init_working(), working);
+        }
+        EventKind::VdiResized(v) => write_vdi(b.init_vdi_resized(), v),
         EventKind::Recovered { node, epoch } => {
             let mut r = b.init_recovered();
             r.set_node(node.as_str());
@@ -305,6 +320,12 @@ pub fn read_event(r: event::Reader<'_>) -> capnp::Result<Event> {
         Which::Resumed(()) => EventKind::Resumed,
         Which::VdiCreated(v) => EventKind::VdiCreated(read_vdi(v?)?),
         Which::VdiDeleted(v) => EventKind::VdiDeleted(read_vdi(v?)?),
+        Which::VdiRetired(v) => EventKind::VdiRetired(read_vdi(v?)?),
+        Which::VdiSnapshotted(g) => EventKind::VdiSnapshotted {
+            snapshot: read_vdi(g.get_snapshot()?)?,
+            working: read_vdi(g.get_working()?)?,
+        },
+        Which::VdiResized(v) => EventKind::VdiResized(read_vdi(v?)?),
         Which::Recovered(r) => EventKind::Recovered { node: text(r.get_node())?, epoch: r.get_epoch() },
         Which::RecoveryComplete(epoch) => EventKind::RecoveryComplete(epoch),
     };

@@ -16,6 +16,16 @@ fn vdi() -> sheep_core::namespace::VdiEntry {
         copies: 3,
         object_size_shift: 22,
         created_ms: 77,
+        parent: None,
+        snapshot: None,
+    }
+}
+
+fn snap() -> sheep_core::namespace::VdiEntry {
+    sheep_core::namespace::VdiEntry {
+        parent: Some(sheep_core::object::VdiId::new(0x12).unwrap()),
+        snapshot: Some("before-upgrade".into()),
+        ..vdi()
     }
 }
 
@@ -49,6 +59,9 @@ fn every_event_kind_round_trips() {
         EventKind::Resumed,
         EventKind::VdiCreated(vdi()),
         EventKind::VdiDeleted(vdi()),
+        EventKind::VdiRetired(snap()),
+        EventKind::VdiSnapshotted { snapshot: snap(), working: vdi() },
+        EventKind::VdiResized(vdi()),
         EventKind::Recovered { node: "127.0.0.1:7001".into(), epoch: 4 },
         EventKind::RecoveryComplete(4),
     ];

@@ -4,6 +4,7 @@
 //! `DIR/obj/`), the object API (`server`, `ops`), and recovery after every epoch change
 //! (`recovery`, pulling from other nodes through `peers`).
 
+mod fence;
 mod membership;
 mod node;
 mod objects;
@@ -139,6 +140,7 @@ fn run(args: Args) -> Result<()> {
             wait_for_groupd: false,
         };
         let client = Rc::new(GroupClient::new(addrs, opts)?);
+        node.set_group(client.clone());
         tokio::task::spawn_local(recovery::run(node.clone(), client.clone()));
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;

@@ -169,6 +169,14 @@ async fn follow(node: &Rc<Node>, client: &Rc<GroupClient>, session: SessionId, m
                 if let Some(c) = &info.config {
                     node.set_cluster_copies(c.copies);
                 }
+                // The watch starts after `info`: the locks held now, with their tokens, are
+                // what the earlier Locked events would have told (fencing starts from them).
+                node.fences().sync(info.locks.iter().map(|l| (l.lock.vdi.as_str(), l.lock.token)));
+                // And the VDI names the locks are by; failing that, writes ask for them.
+                match client.vdi_list().await {
+                    Ok((vdis, deleted)) => node.set_vdis(&vdis, &deleted),
+                    Err(e) => warn!("cannot list the VDIs: {e}"),
+                }
                 // A new session or a resynchronisation: recovery takes stock again.
                 node.kick_recovery();
                 joined_seen = info.sessions.iter().any(|s| s.id == session);
@@ -234,6 +242,14 @@ fn sync(node: &Node, epochs: &[EpochRecord], cluster_id: Option<&str>) -> Result
 }
 
 fn apply(node: &Rc<Node>, session: SessionId, joined_seen: &mut bool, e: &Event) -> Result<Step> {
+    // The lock table follows every lock event, whoever's session.
+    match &e.kind {
+        EventKind::Locked(l) => node.fences().locked(&l.vdi, l.token),
+        EventKind::Unlocked { vdi, .. } => node.fences().unlocked(vdi),
+        EventKind::Shutdown => node.fences().all_unlocked(),
+        EventKind::Formatted(_) => node.fences().clear(),
+        _ => {}
+    }
     match &e.kind {
         EventKind::Joined(s) if s.id == session => *joined_seen = true,
         EventKind::Left { session: s, expired } if *s == session => {

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use sheep_core::epoch::{Epoch, EpochLog, EpochRecord, NodeInfo};
@@ -13,8 +13,10 @@ use sheep_core::group::{SessionId, DEFAULT_COPIES};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
 use sheep_core::placement::PlacementRing;
+use sheep_client::group::GroupClient;
 use tokio::sync::watch;
 
+use crate::fence::{Fenced, Fences};
 use crate::objects::ObjectStore;
 use crate::peers::Peers;
 use crate::recovery::Progress;
@@ -37,7 +39,16 @@ pub struct Node {
     kick_tx: watch::Sender<u64>,
     view: RefCell<ClusterView>,
     ring: RefCell<Option<(Epoch, Rc<EpochRing>)>>,
+    /// The newest lock of every VDI name: writes with a stale token are refused.
+    fences: RefCell<Fences>,
+    /// groupd, to learn the name of a VDI the view does not know yet (set by main).
+    group: RefCell<Option<Rc<GroupClient>>>,
+    /// One VDI list asked of groupd at a time, however many writes need it.
+    refreshing: tokio::sync::Mutex<()>,
 }
+
+/// How long a VDI id that groupd's list did not have stays unknown before a write asks again.
+const UNKNOWN_VID_RECHECK: Duration = Duration::from_secs(10);
 
 /// An epoch's node list and its placement ring.
 pub struct EpochRing {
@@ -57,6 +68,10 @@ impl EpochRing {
 struct ClusterView {
     copies: Option<u8>,
     vdi_copies: HashMap<VdiId, u8>,
+    /// The name of every live VDI: locks (and fencing) are by name.
+    vdi_names: HashMap<VdiId, String>,
+    /// VDI ids groupd's list did not have, and when it was asked.
+    unknown: HashMap<VdiId, Instant>,
     deleted: HashSet<VdiId>,
 }
 
@@ -105,7 +120,66 @@ impl Node {
             kick_tx,
             view: RefCell::default(),
             ring: RefCell::new(None),
+            fences: RefCell::default(),
+            group: RefCell::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The groupd client the write path asks for VDIs it does not know.
+    pub fn set_group(&self, client: Rc<GroupClient>) {
+        *self.group.borrow_mut() = Some(client);
+    }
+
+    /// The lock table the write path checks (see `fence`).
+    pub fn fences(&self) -> std::cell::RefMut<'_, Fences> {
+        self.fences.borrow_mut()
+    }
+
+    /// The name of the VDI `vid`, from the view; `None` if the view does not know it.
+    pub fn vdi_name(&self, vid: VdiId) -> Option<String> {
+        self.view.borrow().vdi_names.get(&vid).cloned()
+    }
+
+    /// The fencing rule for a write to an object of VDI `vid` with lock token `fence`. A VDI
+    /// the view does not know (its creation not seen yet, or the node just started) is
+    /// looked up in groupd's list once; still unknown, the write is accepted: no lock can be
+    /// tied to it.
+    pub async fn check_fence(&self, vid: VdiId, fence: u64) -> Result<(), Fenced> {
+        let name = match self.vdi_name(vid) {
+            Some(n) => Some(n),
+            None => self.refresh_for(vid).await,
+        };
+        match name {
+            Some(name) => self.fences.borrow_mut().check(&name, fence),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks groupd for the VDI list (unless `vid` was asked for recently), then the name.
+    async fn refresh_for(&self, vid: VdiId) -> Option<String> {
+        let recent = |v: &ClusterView| v.unknown.get(&vid).is_some_and(|t| t.elapsed() < UNKNOWN_VID_RECHECK);
+        if recent(&self.view.borrow()) {
+            return None;
+        }
+        let client = self.group.borrow().clone()?;
+        let _one = self.refreshing.lock().await;
+        // Another write may have refreshed meanwhile.
+        if let Some(n) = self.vdi_name(vid) {
+            return Some(n);
+        }
+        if recent(&self.view.borrow()) {
+            return None;
+        }
+        match client.vdi_list().await {
+            Ok((vdis, deleted)) => self.set_vdis(&vdis, &deleted),
+            Err(e) => tracing::debug!("cannot list the VDIs to check a write's lock token: {e}"),
+        }
+        let name = self.vdi_name(vid);
+        if name.is_none() {
+            self.view.borrow_mut().unknown.insert(vid, Instant::now());
+        }
+        name
     }
 
     /// The newest epoch this node has applied (0: none yet).
@@ -156,13 +230,17 @@ impl Node {
     }
 
     pub fn vdi_created(&self, vdi: &VdiEntry) {
-        self.view.borrow_mut().vdi_copies.insert(vdi.vid, vdi.copies);
+        let mut v = self.view.borrow_mut();
+        v.vdi_copies.insert(vdi.vid, vdi.copies);
+        v.vdi_names.insert(vdi.vid, vdi.name.clone());
+        v.unknown.remove(&vdi.vid);
     }
 
     /// Records a deleted VDI; true if it was not known as deleted yet.
     pub fn vdi_deleted(&self, vid: VdiId) -> bool {
         let mut v = self.view.borrow_mut();
         v.vdi_copies.remove(&vid);
+        v.vdi_names.remove(&vid);
         v.deleted.insert(vid)
     }
 
@@ -170,6 +248,9 @@ impl Node {
     pub fn set_vdis(&self, vdis: &[VdiEntry], deleted: &[VdiId]) {
         let mut v = self.view.borrow_mut();
         v.vdi_copies = vdis.iter().map(|e| (e.vid, e.copies)).collect();
+        v.vdi_names = vdis.iter().map(|e| (e.vid, e.name.clone())).collect();
+        let ClusterView { unknown, vdi_names, .. } = &mut *v;
+        unknown.retain(|vid, _| !vdi_names.contains_key(vid));
         v.deleted.extend(deleted.iter().copied());
     }
 

@@ -40,6 +40,15 @@ pub fn bad_request(text: impl std::fmt::Display) -> capnp::Error {
     capnp::Error::failed(format!("badRequest: {text}"))
 }
 
+/// The fencing rule (see `fence`): a write whose VDI lock token is stale is refused with
+/// `fenced`, before it touches the disk (inline fast path included).
+pub async fn fence_gate(node: &Node, oid: ObjectId, fence: u64) -> Result<(), capnp::Error> {
+    node.check_fence(oid.vid(), fence).await.map_err(|e| {
+        info!("refused a write to object {oid}: {e}");
+        capnp::Error::failed(format!("fenced: {e}"))
+    })
+}
+
 fn stale_epoch(asked: Epoch, have: Epoch) -> capnp::Error {
     capnp::Error::failed(format!("staleEpoch: request of epoch {asked}, this node is at epoch {have}"))
 }
@@ -118,8 +127,10 @@ pub async fn write(
     offset: u64,
     data: &[u8],
     fua: bool,
+    fence: u64,
 ) -> Result<(), capnp::Error> {
     gate(node, epoch).await?;
+    fence_gate(node, oid, fence).await?;
     // Small writes without FUA land in the page cache: done here (see `read`).
     let first = if !fua && data.len() as u64 <= INLINE_MAX { node.objects.try_write(oid, offset, data) } else { None };
     let objects = node.objects.clone();
@@ -137,8 +148,10 @@ pub async fn zero(
     offset: u64,
     len: u64,
     fua: bool,
+    fence: u64,
 ) -> Result<(), capnp::Error> {
     gate(node, epoch).await?;
+    fence_gate(node, oid, fence).await?;
     // Small zeroings without FUA are a page-cache write or a small punch: done here (see
     // `read`).
     let first = if !fua && len <= INLINE_MAX { node.objects.try_zero(oid, offset, len) } else { None };
@@ -157,8 +170,10 @@ pub async fn create_and_write(
     offset: u64,
     data: Vec<u8>,
     fua: bool,
+    fence: u64,
 ) -> Result<(), capnp::Error> {
     gate(node, epoch).await?;
+    fence_gate(node, oid, fence).await?;
     // An object this node should hold already may be on its way: pull it first, so that
     // the write lands on its data and not on zeros.
     if !node.objects.contains(oid) && node.recovery.borrow().unsettled(node.epoch()) {

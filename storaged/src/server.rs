@@ -65,7 +65,8 @@ impl storaged::Server for StoragedImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let oid = oid_of(p.get_oid())?;
-        ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua()).await
+        ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua(), p.get_fence())
+            .await
     }
 
     async fn zero(
@@ -76,7 +77,7 @@ impl storaged::Server for StoragedImpl {
         let p = params.get()?;
         let oid = oid_of(p.get_oid())?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
-        ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua()).await
+        ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await
     }
 
     async fn create_and_write(
@@ -95,7 +96,8 @@ impl storaged::Server for StoragedImpl {
         }
         let data = p.get_data()?.to_vec();
         let offset = u64::from(p.get_offset());
-        ops::create_and_write(&self.node, p.get_epoch(), oid, p.get_object_size(), base, offset, data, p.get_fua())
+        let fence = p.get_fence();
+        ops::create_and_write(&self.node, p.get_epoch(), oid, p.get_object_size(), base, offset, data, p.get_fua(), fence)
             .await
     }
 

@@ -295,6 +295,58 @@ fn a_corrupt_copy_is_refused_then_repaired_from_a_replica() {
     });
 }
 
+/// Writes carry the writer's VDI lock token: once the lock moved (a forced unlock, then a
+/// new holder), the old holder's writes are refused with `fenced`, the new one's accepted.
+#[test]
+fn writes_with_a_stale_lock_token_are_fenced() {
+    let mut c = Cluster::new();
+    let (rt, local) = runtime();
+    local.block_on(&rt, async {
+        c.group.format(1, 20, 1, false).await.unwrap();
+        c.add_node();
+        let e = c.wait_epoch(&[0]).await;
+        c.wait_recovered(&[0], e.epoch).await;
+        let vdi = c.group.vdi_create("fenced", 64 << 20, 0).await.unwrap();
+        let o = oid(vdi.vid.get(), 0);
+        let conn = connect(&c.addrs[0]).await;
+        let n = conn.client();
+        let kind = |name: &str| sheep_core::group::SessionKind::Client { name: name.into() };
+
+        // Holder A.
+        let (a, _) = c.group.open_session(&kind("a"), "").await.unwrap();
+        let t1 = c.group.lock(a, "fenced").await.unwrap().lock.token;
+        create_fenced(&n, e.epoch, o, OBJ, b"a", t1).await.unwrap();
+        write_fenced(&n, e.epoch, o, 0, b"a", t1).await.unwrap();
+        // A writer without the lock is refused while the VDI is locked.
+        assert_eq!(code_of(write_fenced(&n, e.epoch, o, 0, b"x", 0).await), "fenced");
+        assert_eq!(code_of(zero_fenced(&n, e.epoch, o, 0, 1, 0).await), "fenced");
+
+        // A forced unlock, then holder B.
+        c.group.unlock(0, "fenced", true).await.unwrap();
+        let (b, _) = c.group.open_session(&kind("b"), "").await.unwrap();
+        let t2 = c.group.lock(b, "fenced").await.unwrap().lock.token;
+        assert!(t2 > t1);
+        write_fenced(&n, e.epoch, o, 4096, b"b", t2).await.unwrap();
+        // A's writes are refused from now on, whatever the node's event stream has seen.
+        assert_eq!(code_of(write_fenced(&n, e.epoch, o, 0, b"x", t1).await), "fenced");
+        assert_eq!(code_of(create_fenced(&n, e.epoch, o, OBJ, b"x", t1).await), "fenced");
+        assert_eq!(code_of(zero_fenced(&n, e.epoch, o, 0, 1, t1).await), "fenced");
+        assert_eq!(read(&n, e.epoch, o, 0, 1).await.unwrap(), b"a");
+        assert_eq!(read(&n, e.epoch, o, 4096, 1).await.unwrap(), b"b");
+
+        // B's lock ends (its lease runs out, nobody keeps it alive): a writer without a
+        // lock may write again once the node saw it; A stays fenced.
+        wait("B's lock to be released on the node", || async {
+            write_fenced(&n, e.epoch, o, 8192, b"z", 0).await.map_err(|e| e.to_string())
+        })
+        .await;
+        assert_eq!(code_of(write_fenced(&n, e.epoch, o, 0, b"x", t1).await), "fenced");
+        // Other VDIs are not concerned.
+        let other = c.group.vdi_create("other", 64 << 20, 0).await.unwrap();
+        create_fenced(&n, e.epoch, oid(other.vid.get(), 0), OBJ, b"o", 0).await.unwrap();
+    });
+}
+
 #[test]
 fn a_quick_restart_serves_only_pulled_data() {
     let mut c = Cluster::new();

@@ -52,6 +52,23 @@ impl Cluster {
         }
     }
 
+    /// One groupd and `nodes` storaged, formatted with `copies` (and `extra` format flags,
+    /// e.g. `["--object-size", "1M"]`), running with every node in the epoch.
+    pub fn formatted(nodes: usize, copies: u8, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new();
+        c.add_groupd();
+        c.wait_group(0, 1, 1);
+        let copies = copies.to_string();
+        let mut args = vec!["cluster", "format", "--copies", copies.as_str()];
+        args.extend_from_slice(extra);
+        c.ctl_ok(&args);
+        for _ in 0..nodes {
+            c.add_storaged();
+        }
+        c.wait_epoch_nodes(0, nodes, sheep_core::group::ClusterStatus::Running);
+        c
+    }
+
     fn ip(&self, n: usize) -> Ipv4Addr {
         assert!((1..255).contains(&n), "node number {n} out of range");
         Ipv4Addr::new(127, self.net[0], self.net[1], n as u8)

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod nbd;
 pub mod vm;
 pub mod rand;
 pub mod wait;

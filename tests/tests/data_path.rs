@@ -13,15 +13,7 @@ const MIB: usize = 1 << 20;
 
 /// One groupd, `nodes` storaged, formatted with 3 copies.
 fn cluster(nodes: usize) -> Cluster {
-    let mut c = Cluster::new();
-    c.add_groupd();
-    c.wait_group(0, 1, 1);
-    c.ctl_ok(&["cluster", "format", "--copies", "3"]);
-    for _ in 0..nodes {
-        c.add_storaged();
-    }
-    c.wait_epoch_nodes(0, nodes, ClusterStatus::Running);
-    c
+    Cluster::formatted(nodes, 3, &[])
 }
 
 fn live(c: &mut Cluster) -> Vec<usize> {

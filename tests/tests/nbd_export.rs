@@ -4,99 +4,25 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sheep_core::group::ClusterStatus;
 use sheep_tests::rand::Rng;
-use sheep_tests::{wait_until, Cluster, Daemon};
-
-const T: Duration = Duration::from_secs(60);
+use sheep_tests::nbd::{listen_addr, qemu_io_ok, run_tool, serving, start_export, url_or_exit, LIMIT as T};
+use sheep_tests::{wait_until, Cluster};
 const MIB: u64 = 1 << 20;
 
 /// One groupd, `nodes` storaged, formatted with 3 copies, and a VDI `disk0` of `size`.
 fn cluster(nodes: usize, size: &str) -> Cluster {
-    let mut c = Cluster::new();
-    c.add_groupd();
-    c.wait_group(0, 1, 1);
-    c.ctl_ok(&["cluster", "format", "--copies", "3"]);
-    for _ in 0..nodes {
-        c.add_storaged();
-    }
-    c.wait_epoch_nodes(0, nodes, ClusterStatus::Running);
+    let c = Cluster::formatted(nodes, 3, &[]);
     c.ctl_ok(&["vdi", "create", "disk0", size]);
     c
 }
 
-/// An address of this cluster's loopback block that no daemon uses, port 0 (picked by the
-/// server and printed).
-fn listen_addr(c: &Cluster) -> String {
-    let ip = c.groupd_addrs[0].rsplit_once(':').map(|(ip, _)| ip).expect("groupd address");
-    let (net, _) = ip.rsplit_once('.').expect("IPv4");
-    format!("{net}.200:0")
-}
-
-/// `sheepctl export NAME --listen ADDR` as a daemon, logging to `log`.
-fn start_export(c: &Cluster, name: &str, listen: &str, log: &str) -> Daemon {
-    let args = ["--groupd", &c.groupd_addrs.join(","), "export", name, "--listen", listen];
-    Daemon::start("sheepctl", args.iter().map(|s| s.to_string()).collect(), c.path(log))
-}
-
-/// Waits until the export prints its URL (`Ok(url)`) or exits (`Err(its log)`).
-fn url_or_exit(d: &mut Daemon) -> Result<String, String> {
-    wait_until(T, "the export to print its nbd:// address or to exit", || {
-        let text = std::fs::read_to_string(&d.log).unwrap_or_default();
-        if let Some(url) = text.lines().find(|l| l.starts_with("nbd://")) {
-            return Ok(Ok(url.trim().to_string()));
-        }
-        if !d.is_running() {
-            return Ok(Err(text));
-        }
-        Err(text.lines().last().unwrap_or("").to_string())
-    })
-}
-
-fn serving(c: &Cluster, log: &str) -> (Daemon, String) {
-    let mut d = start_export(c, "disk0", &listen_addr(c), log);
-    match url_or_exit(&mut d) {
-        Ok(url) => (d, url),
-        Err(log) => panic!("the export stopped:\n{log}\n{}", c.logs()),
-    }
-}
-
-/// Runs a tool with a time limit; kills it if it overruns.
-fn run_tool(program: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install qemu-utils (ci/install-deps does)"));
-    let start = Instant::now();
-    while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!("{program} {args:?} took more than {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("wait")
-}
-
-/// `qemu-io -f raw URL -c CMD…`; panics unless every command succeeded.
+/// `qemu-io` commands given as owned strings.
 fn qemu_io(url: &str, cmds: &[String]) -> String {
-    let mut args = vec!["-f", "raw", url];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    let out = run_tool("qemu-io", &args, T);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let bad = text.lines().find(|l| l.contains("failed") || l.contains("error") || l.contains("Error"));
-    assert!(out.status.success() && bad.is_none(), "qemu-io {cmds:?}:\n{text}");
-    text
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io_ok(url, &cmds)
 }
 
 /// (offset, length, pattern byte): pieces that cross 4 MiB object boundaries, the first
@@ -115,7 +41,7 @@ fn pieces(size: u64) -> Vec<(u64, u64, u8)> {
 #[test]
 fn qemu_io_patterns_cross_object_boundaries() {
     let c = cluster(3, "32M");
-    let (mut export, url) = serving(&c, "export.log");
+    let (mut export, url) = serving(&c, "disk0", "export.log");
     let size = 32 * MIB;
     let writes: Vec<String> = pieces(size).iter().map(|(o, l, p)| format!("write -P {p:#x} {o} {l}")).collect();
     qemu_io(&url, &writes);
@@ -144,7 +70,7 @@ fn qemu_io_patterns_cross_object_boundaries() {
 #[test]
 fn qemu_img_convert_into_the_export_then_compare() {
     let c = cluster(3, "40M");
-    let (_export, url) = serving(&c, "export.log");
+    let (_export, url) = serving(&c, "disk0", "export.log");
     // Data with holes: random parts, zero parts, a part of a written object zeroed.
     let mut data = vec![0u8; 40 * MIB as usize];
     let mut rng = Rng::new(7);
@@ -172,7 +98,7 @@ fn qemu_img_convert_into_the_export_then_compare() {
 #[test]
 fn a_flush_after_writes_survives_a_storaged_kill() {
     let mut c = cluster(3, "32M");
-    let (mut export, url) = serving(&c, "export.log");
+    let (mut export, url) = serving(&c, "disk0", "export.log");
     let mut writes: Vec<String> = pieces(32 * MIB).iter().map(|(o, l, p)| format!("write -P {p:#x} {o} {l}")).collect();
     writes.push("flush".into());
     qemu_io(&url, &writes);
@@ -189,7 +115,7 @@ fn a_flush_after_writes_survives_a_storaged_kill() {
 #[test]
 fn a_second_export_is_refused_naming_the_holder_until_the_first_stops() {
     let c = cluster(3, "16M");
-    let (mut first, url) = serving(&c, "first.log");
+    let (mut first, url) = serving(&c, "disk0", "first.log");
     let addr_of_first = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
 
     let mut second = start_export(&c, "disk0", &listen_addr(&c), "second.log");
@@ -208,7 +134,7 @@ fn a_second_export_is_refused_naming_the_holder_until_the_first_stops() {
     // The first one stops cleanly and releases the lock; now the second can start.
     first.signal(libc::SIGTERM);
     assert_eq!(first.wait_exit(T), Some(0));
-    let (mut third, url) = serving(&c, "third.log");
+    let (mut third, url) = serving(&c, "disk0", "third.log");
     qemu_io(&url, &["write -P 0x5a 0 4096".into()]);
 
     // A daemon that dies holds the lock only until its session expires.
@@ -228,7 +154,7 @@ fn a_second_export_is_refused_naming_the_holder_until_the_first_stops() {
 #[test]
 fn an_export_whose_session_expired_stops_serving() {
     let c = cluster(3, "8M");
-    let (mut first, _) = serving(&c, "first.log");
+    let (mut first, _) = serving(&c, "disk0", "first.log");
     // Hung longer than its lease: its session expires and the lock goes to another export.
     first.signal(libc::SIGSTOP);
     let (_second, url) = wait_until(T, "the lock of the paused export to expire", || {
@@ -301,7 +227,7 @@ fn connect_by_hand(addr: &str) -> (TcpStream, u64, u16) {
 #[test]
 fn clean_disconnect_and_error_replies_by_hand() {
     let c = cluster(3, "8M");
-    let (mut export, url) = serving(&c, "export.log");
+    let (mut export, url) = serving(&c, "disk0", "export.log");
     let addr = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
     let (mut s, size, flags) = connect_by_hand(&addr);
     assert_eq!(size, 8 * MIB);
@@ -335,5 +261,5 @@ fn clean_disconnect_and_error_replies_by_hand() {
     assert_eq!(export.wait_exit(T), Some(0));
     let log = std::fs::read_to_string(&export.log).unwrap_or_default();
     assert!(log.contains("unlocked VDI disk0"), "{log}");
-    let (_again, _) = serving(&c, "again.log");
+    let (_again, _) = serving(&c, "disk0", "again.log");
 }

@@ -2,8 +2,9 @@
 //! ublk_drv, see ci/vm): `sheepctl up` attaching disk0 as /dev/ublkb0, a second attach refused
 //! (same host, another daemon, NBD), ext4 with a tree of checksummed files across umount + del
 //! + add, del refused while mounted, kill -9 of ublk-dev under the mounted filesystem and
-//! `sheepctl add --recover`, and fio randwrite with crc32c verify on a raw device while a
-//! storaged is killed -9. One boot, about 100 s under emulation.
+//! `sheepctl add --recover`, a crash-consistent snapshot of the busy filesystem (its clone
+//! fscks clean, fsynced files intact), and fio randwrite with crc32c verify on a raw device
+//! while it is snapshotted and a storaged is killed -9. One boot, about 2 min under emulation.
 //!
 //! Needs root and qemu (ci/vm/build installs it): skipped with a printed reason when not
 //! root, except under CI (CI=true), where a VM that cannot start fails the test.
@@ -27,8 +28,9 @@ fn ublk_device_with_ext4_recovery_and_fio_verify() {
         "ublk-vm: second attach refused; unknown VDI or device named",
         "ublk-vm: ext4: every checksum verified after umount, del, add",
         "ublk-vm: kill -9 of ublk-dev under a mounted ext4: recovered, files intact, writes work",
+        "ublk-vm: snapshot of a busy mounted ext4: clone fscks clean",
         "ublk-vm: killed storaged of node 3",
-        "ublk-vm: fio randwrite 64M with crc32c verify passed across a storaged kill -9",
+        "ublk-vm: fio randwrite 64M with crc32c verify passed across a snapshot and a storaged kill -9",
         "ublk-vm: OK",
     ] {
         assert!(out.output.contains(step), "missing {step:?} in the console:\n{}", out.output);

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use sheep_client::group::{GroupClient, Options};
 use sheep_client::vdi::{CallLimits, Cluster as VdiCluster, Vdi, VdiOptions};
-use sheep_core::group::ClusterStatus;
 use sheep_tests::rand::Rng;
 use sheep_tests::Cluster;
 
@@ -18,15 +17,7 @@ const OBJ: usize = 4 * MIB;
 
 /// One groupd, `nodes` storaged, formatted with 3 copies.
 fn cluster(nodes: usize) -> Cluster {
-    let mut c = Cluster::new();
-    c.add_groupd();
-    c.wait_group(0, 1, 1);
-    c.ctl_ok(&["cluster", "format", "--copies", "3"]);
-    for _ in 0..nodes {
-        c.add_storaged();
-    }
-    c.wait_epoch_nodes(0, nodes, ClusterStatus::Running);
-    c
+    Cluster::formatted(nodes, 3, &[])
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {

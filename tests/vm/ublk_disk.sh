@@ -2,8 +2,9 @@
 # The real /dev/ublkbN path, run inside the test VM (ci/vm/run) by tests/tests/ublk_vm.rs:
 # a 3-node cluster whose `sheepctl up` attaches disk0 as /dev/ublkb0; exclusive attach; ext4
 # with a tree of checksummed files across unmount/del/add; del refused while mounted; kill -9
-# of the ublk daemon under a mounted filesystem and `add --recover`; fio randwrite with crc32c
-# verify on a raw device while a storaged is killed -9. Prints "ublk-vm: OK" at the end.
+# of the ublk daemon under a mounted filesystem and `add --recover`; a crash-consistent
+# snapshot of the busy filesystem; fio randwrite with crc32c verify on a raw device while it
+# is snapshotted and a storaged is killed -9. Prints "ublk-vm: OK" at the end.
 set -euo pipefail
 
 # The repository: given by the Rust test (which copies this script into the VM's share),
@@ -107,23 +108,55 @@ sync
 [ "$(field state "$dev")" = live ] || fail "not live after recovery"
 [ "$(field pid "$dev")" != "$pid" ] || fail "same daemon pid after recovery"
 step "kill -9 of ublk-dev under a mounted ext4: recovered, files intact, writes work"
+
+# A snapshot of the mounted, busy filesystem is crash-consistent: a clone of it passes fsck
+# after its journal replays, and every file fsynced before the snapshot is there, intact.
+: >"$W/done"
+(for i in $(seq 1 30); do
+    head -c $((100000 + i * 4099)) /dev/urandom >"$M/busy.$i" && sync "$M/busy.$i" && echo "$i" >>"$W/done"
+done) &
+writer=$!
+sleep 3
+cp "$W/done" "$W/done-before"
+sheepctl vdi snapshot disk0 --tag busy | tee "$W/snap.txt"
+grep -q "taken by ublk-dev" "$W/snap.txt" || fail "the snapshot of an attached VDI was not taken by its daemon"
+wait "$writer" || fail "writes after the snapshot failed"
+sheepctl vdi clone disk0 --snapshot busy snapcheck
+dev2="$(sheepctl add snapcheck)"
+set +e; e2fsck -fy "$dev2" >"$W/fsck1.txt" 2>&1; rc=$?; set -e
+[ "$rc" -le 1 ] || { cat "$W/fsck1.txt"; fail "e2fsck -fy of the snapshot's clone exited $rc"; }
+e2fsck -fn "$dev2" >"$W/fsck2.txt" 2>&1 || { cat "$W/fsck2.txt"; fail "the snapshot's clone is not clean after its journal replay"; }
+M2="$W/mnt2"; mkdir -p "$M2"
+mount -o ro "$dev2" "$M2"
+(cd "$M2" && sha256sum --quiet -c "$W/sums") || fail "the first tree in the snapshot's clone"
+while read -r i; do
+    cmp -s "$M/busy.$i" "$M2/busy.$i" || fail "busy.$i, fsynced before the snapshot, differs in it"
+done <"$W/done-before"
+umount "$M2"
+sheepctl del "$dev2"
+step "snapshot of a busy mounted ext4: clone fscks clean, $(wc -l <"$W/done-before") fsynced files intact"
 umount "$M"
 
 # fio randwrite + crc32c verify on a raw device, a storaged killed -9 in the middle.
 sheepctl vdi create raw 64M >/dev/null
 raw="$(sheepctl add raw --queues 2 --depth 64)"
+(sleep 4; sheepctl vdi snapshot raw --tag during-fio >"$W/fio-snap.txt" 2>&1; echo $? >"$W/fio-snap.rc") &
+snapper=$!
 (sleep 8; kill -9 "$(cat "$C/node3/storaged.pid")"; echo "ublk-vm: killed storaged of node 3 (${SECONDS}s)") &
 killer=$!
 fio --name=verify --filename="$raw" --rw=randwrite --bs=4k --size=64M --direct=1 \
     --ioengine=libaio --iodepth=16 --verify=crc32c --verify_fatal=1 --do_verify=1 \
     --eta=never --output="$W/fio.txt" || { cat "$W/fio.txt"; fail "fio verify"; }
 wait "$killer"
+wait "$snapper"
+[ "$(cat "$W/fio-snap.rc")" = 0 ] || { cat "$W/fio-snap.txt"; fail "snapshot during fio"; }
+grep -q "taken by ublk-dev" "$W/fio-snap.txt" || fail "the snapshot during fio was not taken by the daemon"
 grep -E "WRITE:|READ:|verify" "$W/fio.txt" || true
 # Everything was read back and verified by fio; read it again once the cluster has healed.
 fio --name=reverify --filename="$raw" --rw=randread --bs=4k --size=64M --direct=1 \
     --ioengine=libaio --iodepth=16 --verify=crc32c --verify_only=1 --verify_fatal=1 \
     --eta=never --output="$W/fio2.txt" || { cat "$W/fio2.txt"; fail "fio verify_only after the storaged kill"; }
-step "fio randwrite 64M with crc32c verify passed across a storaged kill -9"
+step "fio randwrite 64M with crc32c verify passed across a snapshot and a storaged kill -9"
 
 sheepctl del "$raw"
 sheepctl down --dir "$C"

@@ -6,6 +6,7 @@
 //! `!Send`): the NBD export's only thread, the ublk target's engine thread.
 
 pub mod attach_lock;
+pub mod follow;
 pub mod nbd;
 pub mod ublk;
 

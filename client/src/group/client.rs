@@ -352,7 +352,103 @@ impl GroupClient {
         .await
     }
 
-    /// Every live VDI, and the ids of every deleted one.
+    /// Deletes snapshot `tag` of VDI `name`. Its objects stay while a live VDI (the working
+    /// VDI going on from it, a clone) still reads them. Refused with `noVdi`.
+    pub async fn vdi_delete_snapshot(&self, name: &str, tag: &str) -> Result<VdiEntry, Error> {
+        self.call("vdi delete snapshot", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_delete_snapshot_request();
+            req.get().set_name(name);
+            req.get().set_tag(tag);
+            let resp = req.send().promise.await?;
+            codec::read_vdi(resp.get()?.get_vdi()?)
+        })
+        .await
+    }
+
+    /// Freezes the working VDI `name` as snapshot `tag`; returns (the snapshot, the new
+    /// working VDI). While the VDI is locked only the holder's `session` may.
+    pub async fn vdi_snapshot(&self, session: SessionId, name: &str, tag: &str) -> Result<(VdiEntry, VdiEntry), Error> {
+        self.call("vdi snapshot", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_snapshot_request();
+            req.get().set_session(session);
+            req.get().set_name(name);
+            req.get().set_tag(tag);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            Ok((codec::read_vdi(r.get_snapshot()?)?, codec::read_vdi(r.get_working()?)?))
+        })
+        .await
+    }
+
+    /// A new VDI `new_name` starting from snapshot `tag` of `name`.
+    pub async fn vdi_clone(&self, name: &str, tag: &str, new_name: &str) -> Result<VdiEntry, Error> {
+        self.call("vdi clone", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_clone_request();
+            req.get().set_name(name);
+            req.get().set_tag(tag);
+            req.get().set_new_name(new_name);
+            let resp = req.send().promise.await?;
+            codec::read_vdi(resp.get()?.get_vdi()?)
+        })
+        .await
+    }
+
+    /// Replaces the working VDI `name` by one going on from snapshot `tag`. Refused with
+    /// `lockHeld` while it is attached.
+    pub async fn vdi_rollback(&self, name: &str, tag: &str) -> Result<VdiEntry, Error> {
+        self.call("vdi rollback", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_rollback_request();
+            req.get().set_name(name);
+            req.get().set_tag(tag);
+            let resp = req.send().promise.await?;
+            codec::read_vdi(resp.get()?.get_vdi()?)
+        })
+        .await
+    }
+
+    /// Grows the working VDI `name` to `size` bytes.
+    pub async fn vdi_resize(&self, name: &str, size: u64) -> Result<VdiEntry, Error> {
+        self.call("vdi resize", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_resize_request();
+            req.get().set_name(name);
+            req.get().set_size(size);
+            let resp = req.send().promise.await?;
+            codec::read_vdi(resp.get()?.get_vdi()?)
+        })
+        .await
+    }
+
+    /// Sets attribute `key` of VDI `name` (`None`: deletes it). `exclusive`: refused with
+    /// `attrExists` if it exists.
+    pub async fn vdi_set_attr(&self, name: &str, key: &str, value: Option<&[u8]>, exclusive: bool) -> Result<(), Error> {
+        self.call("vdi setattr", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_set_attr_request();
+            let mut p = req.get();
+            p.set_name(name);
+            p.set_key(key);
+            p.set_value(value.unwrap_or(&[]));
+            p.set_delete(value.is_none());
+            p.set_exclusive(exclusive);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Attribute `key` of VDI `name`; refused with `noAttr`.
+    pub async fn vdi_get_attr(&self, name: &str, key: &str) -> Result<Vec<u8>, Error> {
+        self.call("vdi getattr", Duration::ZERO, |c| async move {
+            let mut req = c.vdi_get_attr_request();
+            req.get().set_name(name);
+            req.get().set_key(key);
+            let resp = req.send().promise.await?;
+            Ok(resp.get()?.get_value()?.to_vec())
+        })
+        .await
+    }
+
+    /// Every working VDI and live snapshot, and the ids of deleted VDIs whose objects may be
+    /// removed.
     pub async fn vdi_list(&self) -> Result<(Vec<VdiEntry>, Vec<VdiId>), Error> {
         self.call("vdi list", Duration::ZERO, |c| async move {
             let resp = c.vdi_list_request().send().promise.await?;

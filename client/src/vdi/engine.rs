@@ -33,11 +33,14 @@ pub struct VdiOptions {
     /// Reads go first to this replica of each object (0 = the primary; failover to the
     /// others still applies); `None`: spread over the replicas, from a random start.
     pub read_replica: Option<usize>,
+    /// The fencing token of the VDI lock this writer holds (0: it holds none), sent with
+    /// every write: storage nodes refuse it once the lock has moved to a newer holder.
+    pub fence: u64,
 }
 
 impl Default for VdiOptions {
     fn default() -> Self {
-        VdiOptions { retry_for: Duration::from_secs(30), read_replica: None }
+        VdiOptions { retry_for: Duration::from_secs(30), read_replica: None, fence: 0 }
     }
 }
 
@@ -74,7 +77,7 @@ impl Vdi {
     pub async fn open(cluster: Rc<Cluster>, name: &str, opts: VdiOptions) -> Result<Vdi, VdiError> {
         validate_vdi_name(name).map_err(|e| VdiError::BadName(e.to_string()))?;
         let (vdis, _) = cluster.group().vdi_list().await?;
-        let entry = vdis.into_iter().find(|v| v.name == name).ok_or_else(|| VdiError::NoVdi(name.into()))?;
+        let entry = vdis.into_iter().find(|v| v.name == name && !v.is_snapshot()).ok_or_else(|| VdiError::NoVdi(name.into()))?;
         Vdi::open_entry(cluster, entry, opts).await
     }
 
@@ -104,11 +107,30 @@ impl Vdi {
             next_replica: Cell::new(random_start()),
             entry,
         };
-        if let Some(table) = vdi.load_inode().await? {
+        let table_len = vdi.table.borrow().len();
+        let own = vdi.load_table(vdi.entry.vid, Some(&vdi.entry.name), table_len).await?;
+        if let Some(mut table) = own {
             vdi.inode_exists.set(true);
+            table.resize(table_len, 0);
+            *vdi.table.borrow_mut() = table;
+        } else if let Some(parent) = vdi.entry.parent {
+            // Never written since its snapshot (or clone, or rollback): the table is the
+            // parent snapshot's, whose inode object always exists (see `materialize`).
+            let Some(mut table) = vdi.load_table(parent, None, table_len).await? else {
+                return Err(VdiError::BadInode {
+                    name: vdi.entry.name.clone(),
+                    reason: format!("the inode of its parent snapshot {parent} is missing"),
+                });
+            };
+            table.resize(table_len, 0);
             *vdi.table.borrow_mut() = table;
         }
         Ok(vdi)
+    }
+
+    /// The options it was opened with (to open its successor the same way).
+    pub fn options(&self) -> VdiOptions {
+        self.opts
     }
 
     pub fn entry(&self) -> &VdiEntry {
@@ -178,6 +200,13 @@ impl Vdi {
         Ok(())
     }
 
+    fn check_writable(&self) -> Result<(), VdiError> {
+        if self.entry.is_snapshot() {
+            return Err(VdiError::ReadOnly(self.entry.label()));
+        }
+        Ok(())
+    }
+
     /// Reads `buf.len()` bytes at `offset`; never-written objects read as zeros.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VdiError> {
         self.check(offset, buf.len() as u64)?;
@@ -214,6 +243,7 @@ impl Vdi {
     /// Writes `data` at `offset` to every replica; returns once all acknowledged. `fua`:
     /// durable before the acknowledgement.
     pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VdiError> {
+        self.check_writable()?;
         self.check(offset, data.len() as u64)?;
         let pieces = split(offset, data.len(), self.entry.object_size_shift);
         if let [p] = pieces.as_slice() {
@@ -228,7 +258,7 @@ impl Vdi {
         if self.owner(p.idx) == Some(vid) {
             let oid = ObjectId::data(vid, p.idx);
             let op = Op::Write { offset: p.offset, data, fua };
-            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
             self.mark_dirty(addrs);
             return Ok(());
         }
@@ -236,10 +266,12 @@ impl Vdi {
     }
 
     /// Makes `len` bytes at `offset` read as zeros without sending any: objects never
-    /// written are left alone (they read as zeros already; no object is created), the
-    /// VDI's own objects get a `zero` request on every replica (the nodes punch holes), and
-    /// objects still shared with a parent are first copied on the nodes (copy-on-write, as a
-    /// first write does) and then zeroed. Objects go in parallel, [`ZERO_IN_FLIGHT`] at once.
+    /// written are left alone (they read as zeros already; no object is created); objects
+    /// covered whole are unmapped (inode entry back to 0, the VDI's own object removed: a
+    /// discard gives the space back); of the others, the VDI's own objects get a `zero`
+    /// request on every replica (the nodes punch holes), and objects still shared with a
+    /// parent are first copied on the nodes (copy-on-write, as a first write does) and then
+    /// zeroed. Objects go in parallel, [`ZERO_IN_FLIGHT`] at once.
     /// `fua`: durable before the acknowledgement.
     ///
     /// Against concurrent writes no lock is needed: an object is zeroed only once the inode
@@ -249,6 +281,7 @@ impl Vdi {
     /// write lands before or after, unless the two overlap — and overlapping requests in
     /// flight at once have no defined order, exactly as for two overlapping writes.
     pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VdiError> {
+        self.check_writable()?;
         self.check(offset, len)?;
         futures::stream::iter(spans(offset, len, self.entry.object_size_shift, ZERO_MAX).map(Ok))
             .try_for_each_concurrent(ZERO_IN_FLIGHT, |s| self.zero_span(s, fua))
@@ -257,8 +290,10 @@ impl Vdi {
 
     async fn zero_span(&self, s: Span, fua: bool) -> Result<(), VdiError> {
         let vid = self.entry.vid;
+        let whole = s.offset == 0 && u64::from(s.len) == self.object_size();
         match self.owner(s.idx) {
             None => return Ok(()),
+            Some(_) if whole => return self.unmap(s.idx, fua).await,
             Some(owner) if owner != vid => {
                 // Shared with a parent, whose object must not change: make it ours first (a
                 // create from the base with no data: the node copies it), then zero ours.
@@ -269,7 +304,7 @@ impl Vdi {
         }
         let oid = ObjectId::data(vid, s.idx);
         let op = Op::Zero { offset: s.offset, len: s.len, fua };
-        let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+        let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
         self.mark_dirty(addrs);
         Ok(())
     }
@@ -278,45 +313,71 @@ impl Vdi {
     /// when it is shared with a parent), then records it in the inode on every replica.
     /// Serialised per index; a write that waited finds the object created and writes into it.
     async fn first_write(&self, p: Piece, data: &[u8], fua: bool) -> Result<(), VdiError> {
-        let lock = self.first_writes.borrow_mut().entry(p.idx).or_default().clone();
-        let result = async {
-            let _guard = lock.lock().await;
+        self.serialised(p.idx, async {
             let vid = self.entry.vid;
             let oid = ObjectId::data(vid, p.idx);
             let owner = self.owner(p.idx);
             if owner == Some(vid) {
                 let op = Op::Write { offset: p.offset, data, fua };
-                let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+                let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
                 self.mark_dirty(addrs);
                 return Ok(());
             }
             let base = owner.map_or(0, |o| ObjectId::data(o, p.idx).raw());
             let object_size = self.object_size() as u32;
             let op = Op::Create { object_size, base, offset: p.offset, data, fua };
-            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for).await?;
+            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
             self.mark_dirty(addrs);
-            self.set_entry(p.idx, fua).await?;
+            self.set_entry(p.idx, vid.get(), fua).await?;
             self.table.borrow_mut()[p.idx as usize] = vid.get();
             Ok(())
-        }
-        .await;
+        })
+        .await
+    }
+
+    /// Runs `f` alone among the changes of index `idx`'s owner (first writes, unmaps).
+    async fn serialised<T>(&self, idx: u32, f: impl std::future::Future<Output = T>) -> T {
+        let lock = self.first_writes.borrow_mut().entry(idx).or_default().clone();
+        let result = {
+            let _guard = lock.lock().await;
+            f.await
+        };
         drop(lock);
         let mut map = self.first_writes.borrow_mut();
-        if map.get(&p.idx).is_some_and(|l| Rc::strong_count(l) == 1) {
-            map.remove(&p.idx);
+        if map.get(&idx).is_some_and(|l| Rc::strong_count(l) == 1) {
+            map.remove(&idx);
         }
         result
     }
 
-    /// Records this VDI as the owner of `idx` in the inode object on every replica,
-    /// creating the inode object first if it does not exist yet.
-    async fn set_entry(&self, idx: u32, fua: bool) -> Result<(), VdiError> {
+    /// A whole object discarded: its inode entry goes back to 0 (it reads as zeros, shares
+    /// nothing with a parent any more), then the object, if it is this VDI's own, is removed
+    /// from its replicas and its space comes back. Only the working VDI reads objects of its
+    /// own id (a snapshot freezes the old id, and the VDI goes on with a new one), so nothing
+    /// else loses data. A crash between the two steps leaves an object nothing reads.
+    async fn unmap(&self, idx: u32, fua: bool) -> Result<(), VdiError> {
+        self.serialised(idx, async {
+            let Some(owner) = self.owner(idx) else { return Ok(()) };
+            self.set_entry(idx, 0, fua).await?;
+            self.table.borrow_mut()[idx as usize] = 0;
+            if owner == self.entry.vid {
+                super::lifecycle::remove_everywhere(&self.cluster, ObjectId::data(owner, idx), self.entry.copies, self.opts.retry_for)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets inode entry `idx` to `owner` (0: never written) on every replica, creating the
+    /// inode object first if it does not exist yet.
+    async fn set_entry(&self, idx: u32, owner: u32, fua: bool) -> Result<(), VdiError> {
         self.ensure_inode().await?;
         let offset = layout::entry_offset(idx);
         let offset = u32::try_from(offset).map_err(|_| VdiError::Unsupported("inode table too large".into()))?;
-        let bytes = self.entry.vid.get().to_le_bytes();
+        let bytes = owner.to_le_bytes();
         let op = Op::Write { offset, data: &bytes, fua };
-        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for).await?;
+        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
         self.mark_dirty(addrs);
         Ok(())
     }
@@ -329,13 +390,30 @@ impl Vdi {
         if self.inode_exists.get() {
             return Ok(());
         }
-        let len = layout::object_len(u64::from(self.max_objects()));
+        // Room for the table of the largest VDI this object size allows, so that a resize
+        // never has to move the inode (the object is sparse: unused room costs nothing).
+        let most = layout::max_objects(sheep_core::inode::max_vdi_size(self.entry.object_size_shift), self.entry.object_size_shift);
+        let len = layout::object_len(most.max(u64::from(self.max_objects())));
         let object_size = u32::try_from(len).map_err(|_| VdiError::Unsupported("inode too large".into()))?;
-        let op = Op::Create { object_size, base: 0, offset: 0, data: &self.header, fua: false };
-        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for).await?;
+        // A VDI going on from a snapshot starts with the snapshot's table: written in the
+        // same create, up to its last non-zero entry.
+        let mut data = self.header.clone();
+        {
+            let table = self.table.borrow();
+            let used = table.iter().rposition(|&e| e != 0).map_or(0, |i| i + 1);
+            data.extend(table[..used].iter().flat_map(|e| e.to_le_bytes()));
+        }
+        let op = Op::Create { object_size, base: 0, offset: 0, data: &data, fua: false };
+        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
         self.mark_dirty(addrs);
         self.inode_exists.set(true);
         Ok(())
+    }
+
+    /// Makes sure the inode object exists (with the inherited table): done before the VDI
+    /// becomes a snapshot, so that every snapshot's table can be read from its own inode.
+    pub async fn materialize(&self) -> Result<(), VdiError> {
+        self.ensure_inode().await
     }
 
     fn mark_dirty(&self, addrs: Vec<String>) {
@@ -359,40 +437,43 @@ impl Vdi {
         result
     }
 
-    /// The inode's table from storage, or `None` if the inode object exists on no replica
-    /// (the VDI was never written).
-    async fn load_inode(&self) -> Result<Option<Vec<u32>>, VdiError> {
-        let oid = self.inode_oid();
+    /// The table of `vid`'s inode from storage (`len` entries at most), or `None` if its inode
+    /// object exists on no replica (never written). `name`: the name the inode must carry.
+    async fn load_table(&self, vid: VdiId, name: Option<&str>, len: usize) -> Result<Option<Vec<u32>>, VdiError> {
+        let oid = ObjectId::inode(vid);
         let started = Instant::now();
         let deadline = started + self.opts.retry_for;
-        let table_len = 4 * self.table.borrow().len();
         let mut last = None;
         loop {
             let view = self.cluster.view();
             let nodes = view.ring.replicas(oid, self.copies());
             let mut absent = 0;
             for n in &nodes {
-                let mut header = vec![0u8; HEADER_LEN as usize];
-                let mut table = vec![0u8; table_len];
                 let pool = self.cluster.pool();
+                let mut header = vec![0u8; HEADER_LEN as usize];
                 let got = match pool.read(&n.addr, view.epoch, oid.raw(), 0, &mut header).await {
-                    Ok(()) => pool.read(&n.addr, view.epoch, oid.raw(), HEADER_LEN, &mut table).await,
+                    Ok(()) => {
+                        let inode = layout::decode(&header, &[]).map_err(|e| VdiError::BadInode {
+                            name: self.entry.name.clone(),
+                            reason: format!("inode of {vid}: {e} (copy on {})", n.addr),
+                        })?;
+                        if inode.vid != vid || name.is_some_and(|want| inode.name != want) {
+                            return Err(VdiError::BadInode {
+                                name: self.entry.name.clone(),
+                                reason: format!("inode {oid} belongs to VDI {:?} ({})", inode.name, inode.vid),
+                            });
+                        }
+                        // A resized VDI's table is longer than its header says; a parent's
+                        // may be shorter than ours: read what both have.
+                        let own = layout::max_objects(sheep_core::inode::max_vdi_size(inode.object_size_shift()), inode.object_size_shift());
+                        let len = if name.is_some() { len } else { len.min(own as usize) };
+                        let mut table = vec![0u8; 4 * len];
+                        pool.read(&n.addr, view.epoch, oid.raw(), HEADER_LEN, &mut table).await.map(|()| table)
+                    }
                     Err(e) => Err(e),
                 };
                 match got {
-                    Ok(()) => {
-                        let inode = layout::decode(&header, &table).map_err(|e| VdiError::BadInode {
-                            name: self.entry.name.clone(),
-                            reason: format!("{e} (copy on {})", n.addr),
-                        })?;
-                        if inode.vid != self.entry.vid || inode.name != self.entry.name {
-                            return Err(VdiError::BadInode {
-                                name: self.entry.name.clone(),
-                                reason: format!("it belongs to VDI {:?} ({})", inode.name, inode.vid),
-                            });
-                        }
-                        return Ok(Some(inode.data_vdi_id().to_vec()));
-                    }
+                    Ok(table) => return Ok(Some(layout::decode_table(&table))),
                     Err(e) if e.is_code("noObject") => absent += 1,
                     Err(e) => {
                         tracing::debug!("inode of {}: {e}", self.entry.name);
@@ -405,7 +486,7 @@ impl Vdi {
             }
             if Instant::now() >= deadline {
                 return Err(VdiError::Io {
-                    what: format!("reading the inode of {:?}", self.entry.name),
+                    what: format!("reading the inode of {:?} ({vid})", self.entry.name),
                     after: started.elapsed(),
                     last: last.unwrap_or_else(|| format!("no storage nodes in epoch {}", view.epoch)),
                 });

@@ -10,7 +10,7 @@ use crate::group;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// The node refused the request; `code` is a code word of storaged.capnp (`staleEpoch`,
-    /// `noObject`, `corrupt`, `noSpace`, `exists`, `badRequest`, `notJoined`).
+    /// `noObject`, `corrupt`, `noSpace`, `exists`, `badRequest`, `notJoined`, `fenced`).
     #[error("storaged at {addr}: {message}")]
     Refused { addr: String, code: String, message: String },
     /// No connection could be made.
@@ -64,9 +64,15 @@ impl NodeError {
         }
     }
 
-    /// Retrying cannot help: the request itself is wrong, or the node is out of space.
+    /// Retrying cannot help: the request itself is wrong, the node is out of space, or the
+    /// writer's VDI lock moved to another holder (`fenced`: retrying must never succeed).
     pub fn is_final(&self) -> bool {
-        self.is_code("badRequest") || self.is_code("noSpace")
+        self.is_code("badRequest") || self.is_code("noSpace") || self.is_fenced()
+    }
+
+    /// The node refused a write because its lock token is stale (see storaged.capnp).
+    pub fn is_fenced(&self) -> bool {
+        self.is_code("fenced")
     }
 }
 
@@ -90,6 +96,10 @@ pub enum VdiError {
     /// A storage node refused for good (out of space, a bad request).
     #[error("{0}")]
     Node(NodeError),
+    /// A storage node refused a write: this writer's VDI lock is gone or moved to a newer
+    /// holder (its fencing token is stale). Final: the writer must stop writing.
+    #[error("write refused, the VDI lock was lost: {0}")]
+    Fenced(NodeError),
     /// The operation could not complete within the retry time.
     #[error("I/O error: {what} failed after {}: {last}", group::secs(*.after))]
     Io { what: String, after: Duration, last: String },
@@ -98,6 +108,9 @@ pub enum VdiError {
     BadInode { name: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    /// A write to a snapshot (`name@tag`): snapshots never change.
+    #[error("{0} is a snapshot: it is read-only (clone it to write)")]
+    ReadOnly(String),
 }
 
 #[cfg(test)]
@@ -115,6 +128,9 @@ mod tests {
         let e = capnp::Error::failed("remote exception: noObject: no such object".into());
         let n = NodeError::from_capnp("a:1", &e);
         assert!(!n.wants_new_epoch() && !n.is_final());
+        let e = capnp::Error::failed("remote exception: fenced: token 5 is older than 9".into());
+        let n = NodeError::from_capnp("a:1", &e);
+        assert!(n.is_fenced() && n.is_final() && !n.wants_new_epoch());
         let d = NodeError::from_capnp("a:1", &capnp::Error::disconnected("gone".into()));
         assert!(d.wants_new_epoch() && d.code().is_none());
     }

@@ -105,6 +105,8 @@ mod tests {
             copies: 3,
             object_size_shift: 22,
             created_ms: 1234,
+            parent: None,
+            snapshot: None,
         }
     }
 

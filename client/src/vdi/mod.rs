@@ -8,11 +8,14 @@
 //!   all acked; reads go to one replica, then the next on error. On a stale epoch or a dead
 //!   node the engine waits for the next epoch and retries, within [`VdiOptions::retry_for`].
 //! - [`inode_object`]: how the inode is laid out as an object.
+//! - [`lifecycle`]: snapshots (taken by the VDI's writer) and reclaiming a deleted
+//!   snapshot's objects.
 
 mod cluster;
 mod engine;
 mod error;
 pub mod inode_object;
+pub mod lifecycle;
 pub mod range;
 mod replicate;
 pub mod sparse;

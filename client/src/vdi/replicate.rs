@@ -27,14 +27,15 @@ pub(crate) enum Op<'a> {
     Zero { offset: u32, len: u32, fua: bool },
 }
 
-async fn send(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, op: Op<'_>) -> Result<(), NodeError> {
+/// `fence`: the writer's lock token (0: none), checked by the node against the VDI's lock.
+async fn send(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, op: Op<'_>, fence: u64) -> Result<(), NodeError> {
     let pool = cluster.pool();
     match op {
-        Op::Write { offset, data, fua } => pool.write(addr, epoch, oid.raw(), offset, data, fua).await,
+        Op::Write { offset, data, fua } => pool.write(addr, epoch, oid.raw(), offset, data, fua, fence).await,
         Op::Create { object_size, base, offset, data, fua } => {
-            pool.create_and_write(addr, epoch, oid.raw(), object_size, base, offset, data, fua).await
+            pool.create_and_write(addr, epoch, oid.raw(), object_size, base, offset, data, fua, fence).await
         }
-        Op::Zero { offset, len, fua } => pool.zero(addr, epoch, oid.raw(), offset, len, fua).await,
+        Op::Zero { offset, len, fua } => pool.zero(addr, epoch, oid.raw(), offset, len, fua, fence).await,
     }
 }
 
@@ -56,12 +57,15 @@ fn give_up(what: impl FnOnce() -> String, started: Instant, last: Option<String>
 /// Sends `op` to every replica of `oid` in the current epoch, in parallel; succeeds when
 /// all acknowledged. A round with failures is retried whole (the requests are idempotent)
 /// on the then current epoch until `retry_for` is spent. Returns the addresses written.
+/// `fence`: the writer's lock token; a node's `fenced` refusal ends it at once (the lock
+/// moved to another writer: no retry can succeed, and none may).
 pub(crate) async fn to_all(
     cluster: &Cluster,
     oid: ObjectId,
     copies: usize,
     op: Op<'_>,
     retry_for: Duration,
+    fence: u64,
 ) -> Result<Vec<String>, VdiError> {
     let started = Instant::now();
     let deadline = started + retry_for;
@@ -71,10 +75,13 @@ pub(crate) async fn to_all(
         let addrs: Vec<String> = view.ring.replicas(oid, copies).into_iter().map(|n| n.addr.clone()).collect();
         let mut wants_epoch = addrs.is_empty();
         if !addrs.is_empty() {
-            let results = join_all(addrs.iter().map(|a| send(cluster, a, view.epoch, oid, op))).await;
+            let results = join_all(addrs.iter().map(|a| send(cluster, a, view.epoch, oid, op, fence))).await;
             let errors: Vec<NodeError> = results.into_iter().filter_map(Result::err).collect();
             if errors.is_empty() {
                 return Ok(addrs);
+            }
+            if let Some(e) = errors.iter().find(|e| e.is_code("fenced")) {
+                return Err(VdiError::Fenced(e.clone()));
             }
             if let Some(e) = errors.iter().find(|e| e.is_final()) {
                 return Err(VdiError::Node(e.clone()));

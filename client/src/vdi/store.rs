@@ -198,7 +198,19 @@ impl StorePool {
         .await
     }
 
-    pub async fn write(&self, addr: &str, epoch: u32, oid: u64, offset: u32, data: &[u8], fua: bool) -> Result<(), NodeError> {
+    /// `fence` (here, in `zero` and `create_and_write`): the writer's VDI lock token, 0 when
+    /// it holds none; the node refuses with `fenced` once the lock moved on.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write(
+        &self,
+        addr: &str,
+        epoch: u32,
+        oid: u64,
+        offset: u32,
+        data: &[u8],
+        fua: bool,
+        fence: u64,
+    ) -> Result<(), NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.write_request();
             let mut p = req.get();
@@ -207,6 +219,7 @@ impl StorePool {
             p.set_offset(offset);
             p.set_data(data);
             p.set_fua(fua);
+            p.set_fence(fence);
             req.send().promise.await?;
             Ok(())
         })
@@ -214,7 +227,17 @@ impl StorePool {
     }
 
     /// Makes `len` bytes at `offset` of an existing object read as zeros (no data sent).
-    pub async fn zero(&self, addr: &str, epoch: u32, oid: u64, offset: u32, len: u32, fua: bool) -> Result<(), NodeError> {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn zero(
+        &self,
+        addr: &str,
+        epoch: u32,
+        oid: u64,
+        offset: u32,
+        len: u32,
+        fua: bool,
+        fence: u64,
+    ) -> Result<(), NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.zero_request();
             let mut p = req.get();
@@ -223,6 +246,7 @@ impl StorePool {
             p.set_offset(offset);
             p.set_length(len);
             p.set_fua(fua);
+            p.set_fence(fence);
             req.send().promise.await?;
             Ok(())
         })
@@ -240,6 +264,7 @@ impl StorePool {
         offset: u32,
         data: &[u8],
         fua: bool,
+        fence: u64,
     ) -> Result<(), NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.create_and_write_request();
@@ -251,6 +276,7 @@ impl StorePool {
             p.set_offset(offset);
             p.set_data(data);
             p.set_fua(fua);
+            p.set_fence(fence);
             req.send().promise.await?;
             Ok(())
         })

@@ -24,6 +24,20 @@ struct Fake {
     zeros: Cell<usize>,
     /// Every read fails with this code word.
     fail_reads: RefCell<Option<&'static str>>,
+    /// Writes, creates and zeroings with a fence below this are refused with `fenced`.
+    min_fence: Cell<u64>,
+    /// Refused as fenced so far.
+    fenced: Cell<usize>,
+}
+
+impl Fake {
+    fn fence(&self, fence: u64) -> Result<(), capnp::Error> {
+        if fence < self.min_fence.get() {
+            self.fenced.set(self.fenced.get() + 1);
+            return Err(refuse("fenced", "stale token"));
+        }
+        Ok(())
+    }
 }
 
 fn refuse(code: &str, text: &str) -> capnp::Error {
@@ -49,6 +63,7 @@ impl storaged::Server for Server {
 
     async fn write(self: CapRc<Self>, params: storaged::WriteParams, _: storaged::WriteResults) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        self.0.fence(p.get_fence())?;
         let mut objects = self.0.objects.borrow_mut();
         let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
         let (off, data) = (p.get_offset() as usize, p.get_data()?);
@@ -62,6 +77,7 @@ impl storaged::Server for Server {
         _: storaged::CreateAndWriteResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        self.0.fence(p.get_fence())?;
         // Give concurrent calls a chance to interleave, as a real node would.
         tokio::task::yield_now().await;
         let size = p.get_object_size() as usize;
@@ -85,6 +101,7 @@ impl storaged::Server for Server {
 
     async fn zero(self: CapRc<Self>, params: storaged::ZeroParams, _: storaged::ZeroResults) -> Result<(), capnp::Error> {
         let p = params.get()?;
+        self.0.fence(p.get_fence())?;
         self.0.zeros.set(self.0.zeros.get() + 1);
         let mut objects = self.0.objects.borrow_mut();
         let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
@@ -95,6 +112,12 @@ impl storaged::Server for Server {
 
     async fn flush(self: CapRc<Self>, _: storaged::FlushParams, _: storaged::FlushResults) -> Result<(), capnp::Error> {
         self.0.flushes.set(self.0.flushes.get() + 1);
+        Ok(())
+    }
+
+    async fn remove(self: CapRc<Self>, params: storaged::RemoveParams, _: storaged::RemoveResults) -> Result<(), capnp::Error> {
+        let oid = params.get()?.get_oid();
+        self.0.objects.borrow_mut().remove(&oid).ok_or_else(|| refuse("noObject", "absent"))?;
         Ok(())
     }
 }
@@ -121,7 +144,7 @@ async fn fakes(n: u32) -> (Vec<Rc<Fake>>, Vec<NodeInfo>) {
 }
 
 fn entry(size: u64, shift: u8) -> VdiEntry {
-    VdiEntry { name: "t".into(), vid: VdiId::new(0x1234).unwrap(), size, copies: 3, object_size_shift: shift, created_ms: 1 }
+    VdiEntry { name: "t".into(), vid: VdiId::new(0x1234).unwrap(), size, copies: 3, object_size_shift: shift, created_ms: 1, parent: None, snapshot: None }
 }
 
 fn run(f: impl std::future::Future<Output = ()>) {
@@ -137,7 +160,7 @@ async fn cluster(nodes: &[NodeInfo]) -> Rc<Cluster> {
 }
 
 fn opts() -> VdiOptions {
-    VdiOptions { retry_for: Duration::from_secs(2), read_replica: None }
+    VdiOptions { retry_for: Duration::from_secs(2), read_replica: None, fence: 0 }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -228,6 +251,32 @@ fn reads_fail_over_and_bad_requests_are_refused() {
 }
 
 #[test]
+fn fenced_writes_fail_at_once_and_carry_the_token() {
+    run(async {
+        let (fakes, nodes) = fakes(3).await;
+        let c = cluster(&nodes).await;
+        for f in &fakes {
+            f.min_fence.set(5);
+        }
+        let vdi = Vdi::open_entry(c.clone(), entry(4 << 12, 12), VdiOptions { fence: 5, ..opts() }).await.unwrap();
+        vdi.write(0, &pattern(4096, 1), false).await.unwrap();
+        vdi.write_zeroes(0, 512, false).await.unwrap();
+        // The lock moved on: on one replica only is enough to stop the writer, at once.
+        fakes[1].min_fence.set(9);
+        let started = std::time::Instant::now();
+        let e = vdi.write(0, &pattern(4096, 2), false).await.unwrap_err();
+        assert!(matches!(&e, VdiError::Fenced(n) if n.is_fenced()), "{e}");
+        assert_eq!(fakes[1].fenced.get(), 1, "never retried");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let e = vdi.write_zeroes(0, 4096, false).await.unwrap_err();
+        assert!(matches!(e, VdiError::Fenced(_)), "{e}");
+        // A writer without a lock (fence 0) is refused the same way.
+        let unlocked = Vdi::open_entry(c, entry(4 << 12, 12), opts()).await.unwrap();
+        assert!(matches!(unlocked.write(8192, &[1; 16], false).await, Err(VdiError::Fenced(_))));
+    });
+}
+
+#[test]
 fn a_chosen_replica_is_read_first() {
     run(async {
         let (fakes, nodes) = fakes(3).await;
@@ -269,12 +318,17 @@ fn write_zeroes_zeroes_written_objects_and_creates_nothing() {
         let mut back = vec![0u8; model.len()];
         vdi.read(0, &mut back).await.unwrap();
         assert_eq!(back, model);
-        assert!(fakes.iter().all(|f| f.zeros.get() == 3), "one zero per object on every replica");
+        // Objects 1 and 3 in part: a zero each on every replica; object 2 whole: unmapped,
+        // its object removed (a discard gives the space back).
+        assert!(fakes.iter().all(|f| f.zeros.get() == 2), "one zero per partial object on every replica");
+        assert!(!vdi.is_written(2) && vdi.is_written(1) && vdi.is_written(3));
+        let after_unmap = objects();
+        assert!(after_unmap.iter().zip(&before).all(|(a, b)| a + 1 == *b), "{after_unmap:?} vs {before:?}");
         // Never-written objects: nothing sent, nothing created.
         vdi.write_zeroes(8 << 12, 8 << 12, false).await.unwrap();
         vdi.write_zeroes(0, 1 << 12, false).await.unwrap();
-        assert!(fakes.iter().all(|f| f.zeros.get() == 3));
-        assert_eq!(objects(), before);
+        assert!(fakes.iter().all(|f| f.zeros.get() == 2));
+        assert_eq!(objects(), after_unmap);
         assert!(!vdi.is_written(0) && !vdi.is_written(8));
         // The replicas agree.
         let first = fakes[0].objects.borrow().clone();

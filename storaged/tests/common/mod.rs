@@ -139,6 +139,43 @@ pub async fn write(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, data
     Ok(())
 }
 
+/// A write carrying a VDI lock token (`fence`; the other helpers send 0: no lock held).
+pub async fn write_fenced(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, data: &[u8], fence: u64) -> capnp::Result<()> {
+    let mut req = c.write_request();
+    let mut p = req.get();
+    p.set_epoch(epoch);
+    p.set_oid(oid);
+    p.set_offset(offset);
+    p.set_data(data);
+    p.set_fence(fence);
+    req.send().promise.await?;
+    Ok(())
+}
+
+pub async fn create_fenced(c: &storaged::Client, epoch: u32, oid: u64, size: u32, data: &[u8], fence: u64) -> capnp::Result<()> {
+    let mut req = c.create_and_write_request();
+    let mut p = req.get();
+    p.set_epoch(epoch);
+    p.set_oid(oid);
+    p.set_object_size(size);
+    p.set_data(data);
+    p.set_fence(fence);
+    req.send().promise.await?;
+    Ok(())
+}
+
+pub async fn zero_fenced(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, len: u32, fence: u64) -> capnp::Result<()> {
+    let mut req = c.zero_request();
+    let mut p = req.get();
+    p.set_epoch(epoch);
+    p.set_oid(oid);
+    p.set_offset(offset);
+    p.set_length(len);
+    p.set_fence(fence);
+    req.send().promise.await?;
+    Ok(())
+}
+
 pub async fn zero(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, len: u32, fua: bool) -> capnp::Result<()> {
     let mut req = c.zero_request();
     let mut p = req.get();

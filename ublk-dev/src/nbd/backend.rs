@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use sheep_client::vdi::{NodeError, Vdi, VdiError};
 
-use super::proto::{EINVAL, EIO, ENOSPC};
+use super::proto::{EINVAL, EIO, ENOSPC, EPERM};
 
 /// A failed operation: the NBD error value, and the message for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,8 @@ impl From<VdiError> for IoFailure {
         let errno = match &e {
             VdiError::OutOfRange { .. } => EINVAL,
             VdiError::Node(n @ NodeError::Refused { .. }) if n.is_code("noSpace") => ENOSPC,
+            // The VDI's lock moved to another writer: storage refuses this one for good.
+            VdiError::Fenced(_) => EPERM,
             _ => EIO,
         };
         IoFailure { errno, message: e.to_string() }
@@ -59,39 +61,66 @@ const ZERO_OBJECTS_IN_FLIGHT: usize = 4;
 /// backed by objects afterwards. (Within an object, storage stays sparse either way: objects
 /// are sparse files on the nodes, so "allocated" means "the object exists".)
 pub struct VdiBackend {
-    vdi: std::rc::Rc<Vdi>,
+    vdi: std::cell::RefCell<std::rc::Rc<Vdi>>,
+    /// Requests hold it shared; [`VdiBackend::switch`] holds it alone, so that the VDI is
+    /// swapped (after a snapshot, a resize) between requests, never under one. Fair: a
+    /// waiting switch holds back new requests.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl VdiBackend {
     pub fn new(vdi: std::rc::Rc<Vdi>) -> VdiBackend {
-        VdiBackend { vdi }
+        VdiBackend { vdi: std::cell::RefCell::new(vdi), gate: tokio::sync::RwLock::new(()) }
+    }
+
+    /// The VDI requests go to now.
+    pub fn current(&self) -> std::rc::Rc<Vdi> {
+        self.vdi.borrow().clone()
+    }
+
+    /// Runs `f` on the current VDI with no request in flight and none starting, and goes
+    /// on with the VDI it returns (on error, with the same one).
+    pub async fn switch<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(std::rc::Rc<Vdi>) -> Fut,
+        Fut: Future<Output = Result<(T, std::rc::Rc<Vdi>), E>>,
+    {
+        let _alone = self.gate.write().await;
+        let (out, next) = f(self.current()).await?;
+        *self.vdi.borrow_mut() = next;
+        Ok(out)
     }
 }
 
 impl Backend for VdiBackend {
     fn size(&self) -> u64 {
-        self.vdi.size()
+        self.current().size()
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoFailure> {
-        Ok(self.vdi.read(offset, buf).await?)
+        let _in = self.gate.read().await;
+        Ok(self.current().read(offset, buf).await?)
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), IoFailure> {
-        Ok(self.vdi.write(offset, data, fua).await?)
+        let _in = self.gate.read().await;
+        Ok(self.current().write(offset, data, fua).await?)
     }
 
     async fn flush(&self) -> Result<(), IoFailure> {
-        Ok(self.vdi.flush().await?)
+        let _in = self.gate.read().await;
+        Ok(self.current().flush().await?)
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> Result<(), IoFailure> {
-        self.vdi.write_zeroes(offset, len, fua).await?;
+        let _in = self.gate.read().await;
+        let vdi = self.current();
+        vdi.write_zeroes(offset, len, fua).await?;
         if may_unmap {
             return Ok(());
         }
         // NO_HOLE: the parts of objects still never written, allocated with zeros.
-        let object_size = self.vdi.object_size();
+        let object_size = vdi.object_size();
         let end = offset.checked_add(len).ok_or_else(|| IoFailure::new(EINVAL, "range overflows"))?;
         let mut parts = Vec::new();
         let mut at = offset;
@@ -99,7 +128,7 @@ impl Backend for VdiBackend {
             let idx = at / object_size;
             let object_end = ((idx + 1) * object_size).min(end);
             let idx = u32::try_from(idx).map_err(|_| IoFailure::new(EINVAL, "offset past the last object"))?;
-            if !self.vdi.is_written(idx) {
+            if !vdi.is_written(idx) {
                 parts.push((at, object_end));
             }
             at = object_end;
@@ -108,13 +137,13 @@ impl Backend for VdiBackend {
             return Ok(());
         }
         let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
-        let zeros = &zeros;
+        let (zeros, vdi) = (&zeros, &vdi);
         futures::stream::iter(parts)
             .map(|(start, stop)| async move {
                 let mut at = start;
                 while at < stop {
                     let n = (stop - at).min(ZERO_CHUNK) as usize;
-                    self.vdi.write(at, &zeros[..n], fua).await?;
+                    vdi.write(at, &zeros[..n], fua).await?;
                     at += n as u64;
                 }
                 Ok::<(), IoFailure>(())
@@ -202,5 +231,20 @@ pub mod memory {
             self.data.borrow_mut()[o..o + len as usize].fill(0);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_become_errno_values() {
+        let refused = |code: &str| NodeError::Refused { addr: "a:1".into(), code: code.into(), message: "m".into() };
+        // A writer fenced off (its lock moved) gets EPERM: not retried, not an I/O error.
+        assert_eq!(IoFailure::from(VdiError::Fenced(refused("fenced"))).errno, EPERM);
+        assert_eq!(IoFailure::from(VdiError::Node(refused("noSpace"))).errno, ENOSPC);
+        assert_eq!(IoFailure::from(VdiError::OutOfRange { offset: 1, len: 1, size: 1 }).errno, EINVAL);
+        assert_eq!(IoFailure::from(VdiError::NoNodes(1)).errno, EIO);
     }
 }

@@ -59,17 +59,30 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
     let local = listener.local_addr().context("local address of the listener")?;
     let group = Rc::new(GroupClient::new(cfg.groupd.clone(), group_options())?);
     let (vdis, _) = group.vdi_list().await.context("cannot list the VDIs")?;
-    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi) else {
+    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi && !v.is_snapshot()) else {
         bail!("there is no VDI named {:?} (see `sheepctl vdi list`)", cfg.vdi);
     };
     let holder = format!("nbd-export {local} pid {} on {}", std::process::id(), crate::hostname());
     let mut lock = AttachLock::acquire(group.clone(), &cfg.vdi, &holder).await?;
+    let follow_from = group.info().await.map(|i| i.applied_seq + 1).context("cannot read the cluster's state")?;
     let served = async {
         let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
-        let vdi = Vdi::open_entry(cluster, entry, VdiOptions::default())
+        // Writes carry the lock's token: after a forced unlock the session (and this
+        // export) lives on, but storage refuses its writes (EPERM), see attach_lock.rs.
+        let opts = VdiOptions { fence: lock.token(), ..VdiOptions::default() };
+        let vdi = Vdi::open_entry(cluster, entry, opts)
             .await
             .with_context(|| format!("cannot open VDI {:?}", cfg.vdi))?;
         let backend = Rc::new(VdiBackend::new(Rc::new(vdi)));
+        // Snapshots asked of this export are taken between requests; a resize applies to
+        // connections opened after it (NBD tells the size once, at the handshake).
+        let follower = tokio::task::spawn_local(crate::follow::follow(
+            group.clone(),
+            backend.clone(),
+            lock.session(),
+            follow_from,
+            |size| tracing::info!("new connections see the new size, {size} bytes"),
+        ));
         let info = ExportInfo {
             name: cfg.vdi.clone(),
             size: backend.size(),
@@ -82,6 +95,7 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
         // The line above is what a caller waits for.
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let stopped = accept_loop(&listener, &backend, &info, &mut lock, &mut term, &mut int, cfg.limits).await;
+        follower.abort();
         drop(listener);
         match backend.flush().await {
             Ok(()) => tracing::info!("flushed VDI {}", cfg.vdi),

@@ -75,8 +75,16 @@ pub struct Ready {
     pub token: u64,
 }
 
-/// Asks the device to stop. Called on the engine thread; must not block for long.
-pub type StopDevice = Box<dyn Fn() + Send>;
+/// What the engine thread may do to the device. Called on the engine thread; must not block
+/// for long.
+pub trait DeviceControl: Send {
+    /// Stops the device (the queues end once their requests are answered).
+    fn stop(&self);
+    /// The VDI grew to `size` bytes: the device grows too.
+    fn resize(&self, size: u64);
+}
+
+pub type StopDevice = Box<dyn DeviceControl>;
 
 /// Starts the engine thread and waits until it is serving (or failed to start).
 pub fn start(cfg: EngineConfig, stop_device: StopDevice) -> Result<(EngineHandle, Ready, JoinHandle<Result<()>>)> {
@@ -127,19 +135,28 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
     let group = Rc::new(GroupClient::new(cfg.groupd.clone(), group_options())?);
     let (vdis, _) = group.vdi_list().await.context("cannot list the VDIs")?;
-    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi) else {
+    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi && !v.is_snapshot()) else {
         bail!("there is no VDI named {:?} (see `sheepctl vdi list`)", cfg.vdi);
     };
     let mut lock = acquire(&group, &cfg).await?;
+    // Snapshot requests and resizes from here on are this daemon's to follow.
+    let follow_from = group.info().await.map(|i| i.applied_seq + 1).context("cannot read the cluster's state")?;
     let served = async {
         let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
-        let vdi = Vdi::open_entry(cluster, entry, VdiOptions::default())
+        // Every write carries the lock's token: once the lock is taken from this daemon
+        // (a forced unlock), storage refuses its writes (EPERM) instead of mixing them
+        // with the new holder's.
+        let opts = VdiOptions { fence: lock.token(), ..VdiOptions::default() };
+        let vdi = Vdi::open_entry(cluster, entry, opts)
             .await
             .with_context(|| format!("cannot open VDI {:?}", cfg.vdi))?;
         let backend = Rc::new(VdiBackend::new(Rc::new(vdi)));
         let r = Ready { size: backend.size(), session: lock.session(), token: lock.token() };
         tracing::info!("serving VDI {} ({} bytes), session {}, fencing token {}", cfg.vdi, r.size, r.session, r.token);
         ready.send(r).map_err(|_| anyhow!("the daemon went away before the device was created"))?;
+        let control = &stop_device;
+        let follower = crate::follow::follow(group.clone(), backend.clone(), lock.session(), follow_from, |size| control.resize(size));
+        tokio::pin!(follower);
 
         let mut tasks = JoinSet::new();
         let mut stopping = false;
@@ -152,21 +169,22 @@ async fn serve(
                     None => break,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = &mut follower => {}
                 _ = term.recv(), if !stopping => {
                     tracing::info!("SIGTERM: stopping the device");
                     stopping = true;
-                    stop_device();
+                    stop_device.stop();
                 }
                 _ = int.recv(), if !stopping => {
                     tracing::info!("SIGINT: stopping the device");
                     stopping = true;
-                    stop_device();
+                    stop_device.stop();
                 }
                 why = lock.lost(), if lost.is_none() => {
                     tracing::error!("{why}; the VDI lock may belong to someone else now: stopping the device");
                     lost = Some(why);
                     stopping = true;
-                    stop_device();
+                    stop_device.stop();
                 }
             }
         }

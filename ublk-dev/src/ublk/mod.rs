@@ -14,7 +14,7 @@ pub mod params;
 mod queue;
 pub mod request;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ pub fn run(cfg: UblkConfig) -> Result<()> {
         Some(id) => recovery_target(id, &cfg)?,
     };
     let switch = Arc::new(StopSwitch::default());
+    // The device's size as the queues check requests against it: grows on a resize.
+    let dev_size = switch.size.clone();
     let stop = switch.clone();
     let engine_cfg = EngineConfig {
         vdi: vdi.clone(),
@@ -57,7 +59,8 @@ pub fn run(cfg: UblkConfig) -> Result<()> {
         holder: format!("ublk-dev pid {} on {}", std::process::id(), crate::hostname()),
         wait_for_lock: if cfg.recover.is_some() { RECOVER_LOCK_WAIT } else { Duration::ZERO },
     };
-    let (engine, ready, engine_thread) = engine::start(engine_cfg, Box::new(move || stop.trigger()))?;
+    let (engine, ready, engine_thread) = engine::start(engine_cfg, Box::new(stop))?;
+    dev_size.store(ready.size, Ordering::SeqCst);
 
     // From here on, a failure must let the engine unlock before the process ends.
     let give_up = |engine: engine::EngineHandle, thread: std::thread::JoinHandle<Result<()>>, e: anyhow::Error| {
@@ -91,7 +94,7 @@ pub fn run(cfg: UblkConfig) -> Result<()> {
         Ok(())
     };
     let q_engine = engine.clone();
-    let queue_fn = move |qid: u16, dev: &UblkDev| queue::serve(qid, dev, q_engine.clone());
+    let queue_fn = move |qid: u16, dev: &UblkDev| queue::serve(qid, dev, q_engine.clone(), dev_size.clone());
     let live = move |ctrl: &UblkCtrl| {
         let info = ctrl.dev_info();
         tracing::info!(
@@ -175,30 +178,48 @@ fn describe(e: &UblkError) -> String {
     }
 }
 
-/// Lets the engine thread stop the device once it exists.
+/// Lets the engine thread stop or grow the device once it exists.
 #[derive(Default)]
 struct StopSwitch {
     requested: AtomicBool,
     ctrl: Mutex<Option<Arc<UblkCtrl>>>,
+    size: Arc<AtomicU64>,
+}
+
+/// Control commands go through a per-thread ring, which libublk only sets up on the thread
+/// that created the control (it panics without one).
+fn with_ctrl_ring(what: &str, f: impl FnOnce() -> Result<i32, UblkError>) {
+    let ring = libublk::ublk_init_ctrl_task_ring(|ring| {
+        if ring.is_none() {
+            *ring = Some(io_uring::IoUring::<io_uring::squeue::Entry128>::builder().build(4)?);
+        }
+        Ok(())
+    });
+    if let Err(e) = ring.and_then(|_| f()) {
+        tracing::warn!("{what}: {}", describe(&e));
+    }
+}
+
+impl engine::DeviceControl for Arc<StopSwitch> {
+    fn stop(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Some(ctrl) = self.ctrl() {
+            with_ctrl_ring("stopping the device", || ctrl.kill_dev());
+        }
+    }
+
+    fn resize(&self, size: u64) {
+        // Requests up to the new end are served from now on; then the kernel is told.
+        self.size.fetch_max(size, Ordering::SeqCst);
+        if let Some(ctrl) = self.ctrl() {
+            with_ctrl_ring("growing the device", || ctrl.update_size(size));
+        }
+    }
 }
 
 impl StopSwitch {
-    fn trigger(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-        let ctrl = self.ctrl.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(ctrl) = ctrl {
-            // Control commands go through a per-thread ring, which libublk only sets up on
-            // the thread that created the control (it panics without one).
-            let ring = libublk::ublk_init_ctrl_task_ring(|ring| {
-                if ring.is_none() {
-                    *ring = Some(io_uring::IoUring::<io_uring::squeue::Entry128>::builder().build(4)?);
-                }
-                Ok(())
-            });
-            if let Err(e) = ring.and_then(|_| ctrl.kill_dev()) {
-                tracing::warn!("stopping the device: {}", describe(&e));
-            }
-        }
+    fn ctrl(&self) -> Option<Arc<UblkCtrl>> {
+        self.ctrl.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Gives the switch the device; false if a stop was already asked for.

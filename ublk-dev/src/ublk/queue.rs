@@ -2,6 +2,7 @@
 //! engine, waits for the reply and commits it — the libublk queue loop, kept short.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use libublk::helpers::IoBuf;
@@ -17,7 +18,7 @@ use super::request;
 const IDLE_SECS: u64 = 20;
 
 /// Serves queue `qid` until the device stops.
-pub fn serve(qid: u16, dev: &UblkDev, engine: EngineHandle) {
+pub fn serve(qid: u16, dev: &UblkDev, engine: EngineHandle, dev_size: Arc<AtomicU64>) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -35,9 +36,9 @@ pub fn serve(qid: u16, dev: &UblkDev, engine: EngineHandle) {
     let exe = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = (0..dev.dev_info.queue_depth)
         .map(|tag| {
-            let (q, engine, wake) = (q.clone(), engine.clone(), wake.clone());
+            let (q, engine, wake, dev_size) = (q.clone(), engine.clone(), wake.clone(), dev_size.clone());
             exe.spawn(async move {
-                match io_task(&q, tag, &engine, &wake).await {
+                match io_task(&q, tag, &engine, &wake, &dev_size).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
                 }
@@ -59,14 +60,20 @@ pub fn serve(qid: u16, dev: &UblkDev, engine: EngineHandle) {
 }
 
 /// One tag: fetch, serve, commit, forever (until the queue is down).
-async fn io_task(q: &UblkQueue<'_>, tag: u16, engine: &EngineHandle, wake: &Arc<Notifier>) -> Result<(), UblkError> {
+async fn io_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    engine: &EngineHandle,
+    wake: &Arc<Notifier>,
+    dev_size: &AtomicU64,
+) -> Result<(), UblkError> {
     let max_io = q.dev.dev_info.max_io_buf_bytes;
-    let dev_size = q.dev.tgt.dev_size;
     let mut buf = IoBuf::<u8>::new(max_io as usize);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
     loop {
         let iod = q.get_iod(tag);
-        let res = match request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, dev_size, max_io) {
+        let size = dev_size.load(Ordering::SeqCst);
+        let res = match request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, size, max_io) {
             Err(errno) => {
                 tracing::warn!("queue {} tag {tag}: refused op_flags {:#x}: {}", q.get_qid(), iod.op_flags, std::io::Error::from_raw_os_error(errno));
                 -errno

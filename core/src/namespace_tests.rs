@@ -1,0 +1,128 @@
+//! Snapshots, clones, rollbacks, resizes, deletions and attributes of the namespace.
+
+use super::*;
+
+fn ns_with(name: &str) -> (Namespace, VdiEntry) {
+    let mut ns = Namespace::default();
+    let e = ns.create(name, 1 << 30, 3, 22, 1).unwrap();
+    (ns, e)
+}
+
+#[test]
+fn a_snapshot_freezes_the_working_vdi_and_a_new_one_goes_on() {
+    let (mut ns, first) = ns_with("v");
+    let (snap, working) = ns.take_snapshot("v", "s1", 5).unwrap();
+    assert_eq!(snap.vid, first.vid, "the old inode becomes the snapshot");
+    assert_eq!(snap.snapshot.as_deref(), Some("s1"));
+    assert_eq!(snap.label(), "v@s1");
+    assert_ne!(working.vid, first.vid);
+    assert_eq!(working.parent, Some(first.vid));
+    assert_eq!(ns.get("v"), Some(&working));
+    assert_eq!(ns.snapshot("v", "s1"), Some(&snap));
+    assert_eq!(ns.list().count(), 2);
+    assert_eq!(
+        ns.take_snapshot("v", "s1", 6),
+        Err(NamespaceError::SnapshotExists { name: "v".into(), tag: "s1".into() })
+    );
+    assert!(matches!(ns.take_snapshot("v", "a/b", 6), Err(NamespaceError::Invalid(_))));
+    assert_eq!(ns.take_snapshot("w", "s", 6), Err(NamespaceError::NoVdi("w".into())));
+    let (s2, w2) = ns.take_snapshot("v", "s2", 7).unwrap();
+    assert_eq!(s2.vid, working.vid);
+    assert_eq!(ns.ancestors(&w2).collect::<Vec<_>>(), vec![working.vid, first.vid]);
+}
+
+#[test]
+fn clones_and_rollbacks_start_from_a_snapshot() {
+    let (mut ns, first) = ns_with("v");
+    let (snap, working) = ns.take_snapshot("v", "s1", 5).unwrap();
+    ns.resize("v", 2 << 30).unwrap();
+    let c = ns.clone_snapshot("v", "s1", "c", 6).unwrap();
+    assert_eq!((c.parent, c.size, c.snapshot.clone()), (Some(snap.vid), 1 << 30, None));
+    assert_eq!(ns.clone_snapshot("v", "s1", "c", 6), Err(NamespaceError::Exists("c".into())));
+    assert!(matches!(ns.clone_snapshot("v", "nope", "d", 6), Err(NamespaceError::NoSnapshot { .. })));
+
+    let (back, deletion) = ns.rollback("v", "s1", 7).unwrap();
+    assert_eq!(back.parent, Some(first.vid));
+    assert_eq!(back.size, 1 << 30, "a rollback restores the snapshot's size");
+    assert_eq!(deletion.removed.len(), 1);
+    assert_eq!(deletion.collectable.iter().map(|e| e.vid).collect::<Vec<_>>(), vec![working.vid]);
+    assert!(ns.is_deleted(working.vid));
+}
+
+#[test]
+fn resize_only_grows() {
+    let (mut ns, _) = ns_with("v");
+    assert_eq!(ns.resize("v", 2 << 30).unwrap().size, 2 << 30);
+    assert!(matches!(ns.resize("v", 1 << 30), Err(NamespaceError::Invalid(m)) if m.contains("shrinking")));
+    assert!(matches!(ns.resize("v", (2 << 30) + 1), Err(NamespaceError::Invalid(_))));
+    assert!(matches!(ns.resize("v", 8 << 40), Err(NamespaceError::Invalid(_))));
+    assert_eq!(ns.resize("w", 1 << 30), Err(NamespaceError::NoVdi("w".into())));
+}
+
+#[test]
+fn objects_stay_while_a_live_vdi_descends_from_a_deleted_snapshot() {
+    let (mut ns, first) = ns_with("v");
+    let (s1, _w) = ns.take_snapshot("v", "s1", 5).unwrap();
+    let clone = ns.clone_snapshot("v", "s1", "c", 6).unwrap();
+    // The snapshot has descendants (the working VDI and the clone): retired, not collectable.
+    let d = ns.delete_snapshot("v", "s1").unwrap();
+    assert_eq!(d.removed, vec![s1.clone()]);
+    assert!(d.collectable.is_empty());
+    assert!(!ns.is_deleted(first.vid));
+    assert!(ns.snapshot("v", "s1").is_none());
+    assert_eq!(ns.by_vid(first.vid).map(|e| e.vid), Some(first.vid), "still known while needed");
+    // Deleting v (its working VDI): the clone still reads the retired snapshot.
+    let d = ns.delete("v").unwrap();
+    assert_eq!(d.collectable.len(), 1, "only v's working VDI: {d:?}");
+    assert!(!ns.is_deleted(first.vid));
+    // The clone goes: now nothing reads the snapshot's objects.
+    let d = ns.delete("c").unwrap();
+    let mut gone: Vec<VdiId> = d.collectable.iter().map(|e| e.vid).collect();
+    gone.sort();
+    let mut want = vec![clone.vid, first.vid];
+    want.sort();
+    assert_eq!(gone, want);
+    assert!(ns.is_deleted(first.vid) && ns.is_deleted(clone.vid));
+    assert_eq!(ns.list().count(), 0);
+}
+
+#[test]
+fn deleting_a_vdi_takes_its_snapshots_along() {
+    let (mut ns, first) = ns_with("v");
+    let (_, w1) = ns.take_snapshot("v", "a", 2).unwrap();
+    let (_, w2) = ns.take_snapshot("v", "b", 3).unwrap();
+    let d = ns.delete("v").unwrap();
+    assert_eq!(d.removed.len(), 3);
+    let mut gone: Vec<VdiId> = d.collectable.iter().map(|e| e.vid).collect();
+    gone.sort();
+    let mut want = vec![first.vid, w1.vid, w2.vid];
+    want.sort();
+    assert_eq!(gone, want);
+    // The name is free again, with a new id.
+    let again = ns.create("v", 4096, 3, 22, 9).unwrap();
+    assert!(!want.contains(&again.vid));
+}
+
+#[test]
+fn attributes() {
+    let (mut ns, _) = ns_with("v");
+    ns.set_attr("v", "k", Some(b"one"), false).unwrap();
+    assert_eq!(ns.get_attr("v", "k").unwrap(), b"one");
+    assert_eq!(
+        ns.set_attr("v", "k", Some(b"two"), true),
+        Err(NamespaceError::AttrExists { name: "v".into(), key: "k".into() })
+    );
+    ns.set_attr("v", "k", Some(b"two"), false).unwrap();
+    assert_eq!(ns.get_attr("v", "k").unwrap(), b"two");
+    ns.set_attr("v", "k", None, false).unwrap();
+    assert!(matches!(ns.get_attr("v", "k"), Err(NamespaceError::NoAttr { .. })));
+    assert!(matches!(ns.set_attr("v", "k", None, false), Err(NamespaceError::NoAttr { .. })));
+    assert!(matches!(ns.set_attr("v", "", Some(b"x"), false), Err(NamespaceError::Invalid(_))));
+    assert!(matches!(ns.set_attr("v", "big", Some(&vec![0; MAX_ATTR_VALUE + 1]), false), Err(NamespaceError::Invalid(_))));
+    assert!(matches!(ns.set_attr("w", "k", Some(b"x"), false), Err(NamespaceError::NoVdi(_))));
+    ns.set_attr("v", "k", Some(b"x"), false).unwrap();
+    // Attributes go with the VDI.
+    ns.delete("v").unwrap();
+    ns.create("v", 4096, 3, 22, 9).unwrap();
+    assert!(ns.get_attr("v", "k").is_err());
+}
