@@ -38,8 +38,22 @@ mount -t devtmpfs devtmpfs $h/dev || fail "mount $h/dev"
 mkdir -p $h/dev/pts $h/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $h/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $h/dev/shm
+# Host directories under /tmp or /run the job needs (listed by ci/vm/run): held aside before
+# the fresh tmpfs hide them, then bound back at the same paths.
+i=0
+while read -r keep; do
+    i=$((i + 1))
+    [ -d "$h$keep" ] || continue
+    mkdir -p /keep/$i && mount --bind "$h$keep" /keep/$i || fail "holding $keep"
+done </out/keep
 mount -t tmpfs -o mode=1777 tmpfs $h/tmp || fail "mount $h/tmp"
 mount -t tmpfs -o mode=755 tmpfs $h/run || fail "mount $h/run"
+i=0
+while read -r keep; do
+    i=$((i + 1))
+    [ -d /keep/$i ] || continue
+    mkdir -p "$h$keep" && mount --bind /keep/$i "$h$keep" || fail "binding $keep back"
+done </out/keep
 mkdir -p $h/run/lock $h/tmp/vm-out
 mount --bind /out $h/tmp/vm-out || fail "bind-mounting the writable share at /tmp/vm-out"
 

@@ -28,6 +28,8 @@ fn ublk_device_with_ext4_recovery_and_fio_verify() {
         "ublk-vm: second attach refused; unknown VDI or device named",
         "ublk-vm: ext4: every checksum verified after umount, del, add",
         "ublk-vm: kill -9 of ublk-dev under a mounted ext4: recovered, files intact, writes work",
+        "ublk-vm: fstrim:",
+        "ublk-vm: vdi resize: the device grew to 768 MiB",
         "ublk-vm: snapshot of a busy mounted ext4: clone fscks clean",
         "ublk-vm: killed storaged of node 3",
         "ublk-vm: fio randwrite 64M with crc32c verify passed across a snapshot and a storaged kill -9",

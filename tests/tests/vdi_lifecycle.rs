@@ -154,6 +154,17 @@ fn an_attached_vdi_is_snapshotted_by_its_export_between_writes() {
     qemu_io_ok(&url, &["read -P 0 4M 8M", "read -P 0xaa 0 1M"]);
     assert_eq!(data_objects(&c).len(), before - 3, "the discarded object's 3 copies are gone");
     assert_eq!(read(&c, &["v", "--snapshot", "live", "4M", "2M"]), vec![0xaa; 2 * MIB], "the snapshot keeps its data");
+    // Grown while attached: a new connection sees the new size.
+    c.ctl_ok(&["vdi", "resize", "v", "24M"]);
+    wait_until(Duration::from_secs(20), "the export to follow the resize", || {
+        let (ok, text) = qemu_io(&url, &["read -P 0 20M 4M"]);
+        if ok {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    qemu_io_ok(&url, &["write -P 0xdd 23M 1M", "read -P 0xdd 23M 1M"]);
     export.signal(libc::SIGTERM);
     export.wait_exit(Duration::from_secs(20));
     c.ctl_ok(&["vdi", "rollback", "v", "--snapshot", "live"]);

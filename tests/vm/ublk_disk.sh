@@ -109,6 +109,40 @@ sync
 [ "$(field pid "$dev")" != "$pid" ] || fail "same daemon pid after recovery"
 step "kill -9 of ublk-dev under a mounted ext4: recovered, files intact, writes work"
 
+# fstrim gives the space of deleted files back: the discards unmap whole objects, which are
+# removed from the nodes.
+objects() { find "$C" -path '*/storaged/obj/*' -type f | wc -l; }
+head -c $((20 << 20)) /dev/urandom >"$M/trimme"
+sync
+before="$(objects)"
+rm "$M/trimme"
+sync
+fstrim -v "$M"
+after="$(objects)"
+[ "$after" -le $((before - 9)) ] || fail "fstrim freed too little: $before object copies before, $after after"
+(cd "$M" && sha256sum --quiet -c "$W/sums") || fail "checksums after fstrim"
+step "fstrim: $before object copies before, $after after"
+
+# Grow: the VDI grows; the device follows live where the kernel can resize a ublk device
+# (UPDATE_SIZE, Linux 6.16+), else after a re-attach; ext4 then grows into it.
+sheepctl vdi resize disk0 768M
+for _ in $(seq 1 50); do [ "$(blockdev --getsize64 "$dev")" = $((768 << 20)) ] && break; sleep 0.2; done
+if [ "$(blockdev --getsize64 "$dev")" = $((768 << 20)) ]; then
+    how="live"
+else
+    grep -q "cannot resize a live device" "$SHEEP_RUN_DIR/ublk-disk0.log" || fail "the device neither grew nor said why"
+    how="after re-attach ($(uname -r) has no UPDATE_SIZE)"
+    umount "$M"
+    sheepctl del disk0
+    dev="$(sheepctl add disk0)"
+    mount "$dev" "$M"
+    [ "$(blockdev --getsize64 "$dev")" = $((768 << 20)) ] || fail "re-attached at $(blockdev --getsize64 "$dev") bytes"
+fi
+resize2fs "$dev" >/dev/null 2>&1 || fail "resize2fs of the mounted ext4"
+head -c $((8 << 20)) /dev/urandom >"$M/after-grow" && sync
+(cd "$M" && sha256sum --quiet -c "$W/sums") || fail "checksums after the grow"
+step "vdi resize: the device grew to 768 MiB $how, ext4 grown to $(df -h --output=size "$M" | tail -1 | tr -d ' ')"
+
 # A snapshot of the mounted, busy filesystem is crash-consistent: a clone of it passes fsck
 # after its journal replays, and every file fsynced before the snapshot is there, intact.
 : >"$W/done"

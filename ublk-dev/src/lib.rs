@@ -5,7 +5,7 @@
 //! The engine runs on a tokio current-thread runtime inside a `LocalSet` (capnp-rpc is
 //! `!Send`): the NBD export's only thread, the ublk target's engine thread.
 
-pub mod attach_lock;
+pub use sheep_client::group::attach_lock;
 pub mod follow;
 pub mod nbd;
 pub mod ublk;

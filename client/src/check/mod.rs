@@ -21,14 +21,12 @@
 //! checksums repairs that copy from another replica by itself (storaged's rule for every
 //! read), so a dry run may be followed by such repairs made by the nodes.
 
-mod lock;
 pub mod plan;
 mod rpc;
 mod run;
 
 use sheep_core::object::ObjectId;
 
-pub use lock::LockError;
 pub use run::run;
 
 /// What to check.

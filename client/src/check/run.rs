@@ -10,7 +10,7 @@ use futures::stream::{self, StreamExt};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
 
-use super::lock::{LockError, RepairLock};
+use crate::group::attach_lock::{AttachError, AttachLock};
 use super::plan::{decide, Digest, Plan, Seen};
 use super::{rpc, Action, CheckError, CheckOptions, ObjectProblem, ReplicaState, Report, Scope};
 use crate::vdi::{Cluster, NodeError, Vdi, VdiOptions};
@@ -145,11 +145,11 @@ pub async fn run(
     }
     for (owner, items) in by_owner {
         let lock = match by_vid.get(&owner) {
-            Some(e) => match RepairLock::acquire(cluster.group().clone(), &e.name).await {
+            Some(e) => match AttachLock::acquire(cluster.group().clone(), &e.name, &format!("sheepctl check pid {}", std::process::id())).await {
                 Ok(l) => Some(l),
                 Err(err) => {
                     let why = match err {
-                        LockError::Held(msg) => format!("not repaired: {msg} (detach it, or run the check with --dry-run)"),
+                        AttachError::Held(msg) => format!("not repaired: {msg} (detach it, or run the check with --dry-run)"),
                         other => format!("not repaired: {other}"),
                     };
                     for i in items {
@@ -162,7 +162,7 @@ pub async fn run(
             // no one can lock or write it, so no lock is needed.
             None => None,
         };
-        let token = lock.as_ref().map_or(0, RepairLock::token);
+        let token = lock.as_ref().map_or(0, AttachLock::token);
         for i in items {
             let f = &found[i];
             report.problems[i].action = repair_one(cluster, epoch, f.oid, &f.nodes, token).await;

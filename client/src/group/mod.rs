@@ -5,6 +5,7 @@
 //! [`Watcher`] follows the one total order of events from a sequence number, across such
 //! reconnections, with no gap and no duplicate.
 
+pub mod attach_lock;
 mod client;
 mod conn;
 mod error;

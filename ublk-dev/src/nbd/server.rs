@@ -125,7 +125,9 @@ async fn accept_loop(
         tokio::select! {
             a = listener.accept() => match a {
                 Ok((sock, peer)) => {
-                    conns.spawn_local(connection(backend.clone(), sock, peer, info.clone(), stop_rx.clone(), limits));
+                    // The size as of now: a connection made after a resize sees the new one.
+                    let info = ExportInfo { size: backend.size(), ..info.clone() };
+                    conns.spawn_local(connection(backend.clone(), sock, peer, info, stop_rx.clone(), limits));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning.

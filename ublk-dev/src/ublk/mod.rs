@@ -188,15 +188,24 @@ struct StopSwitch {
 
 /// Control commands go through a per-thread ring, which libublk only sets up on the thread
 /// that created the control (it panics without one).
-fn with_ctrl_ring(what: &str, f: impl FnOnce() -> Result<i32, UblkError>) {
+/// Returns whether the command succeeded (the driver answers some with a negative errno).
+fn with_ctrl_ring(what: &str, f: impl FnOnce() -> Result<i32, UblkError>) -> bool {
     let ring = libublk::ublk_init_ctrl_task_ring(|ring| {
         if ring.is_none() {
             *ring = Some(io_uring::IoUring::<io_uring::squeue::Entry128>::builder().build(4)?);
         }
         Ok(())
     });
-    if let Err(e) = ring.and_then(|_| f()) {
-        tracing::warn!("{what}: {}", describe(&e));
+    match ring.and_then(|_| f()) {
+        Ok(r) if r >= 0 => true,
+        Ok(r) => {
+            tracing::warn!("{what}: {}", std::io::Error::from_raw_os_error(-r));
+            false
+        }
+        Err(e) => {
+            tracing::warn!("{what}: {}", describe(&e));
+            false
+        }
     }
 }
 
@@ -212,7 +221,16 @@ impl engine::DeviceControl for Arc<StopSwitch> {
         // Requests up to the new end are served from now on; then the kernel is told.
         self.size.fetch_max(size, Ordering::SeqCst);
         if let Some(ctrl) = self.ctrl() {
-            with_ctrl_ring("growing the device", || ctrl.update_size(size));
+            if with_ctrl_ring("growing the device", || ctrl.update_size(size)) {
+                tracing::info!("{} grew to {size} bytes", ctrl.get_bdev_path());
+            } else {
+                // UBLK_U_CMD_UPDATE_SIZE arrived in Linux 6.16: older drivers refuse it.
+                tracing::warn!(
+                    "{} keeps its old size: this kernel's ublk_drv cannot resize a live device (Linux 6.16 or later can); \
+                     re-attach it (`sheepctl del`, `sheepctl add`) to see {size} bytes",
+                    ctrl.get_bdev_path()
+                );
+            }
         }
     }
 }

@@ -1,12 +1,14 @@
-//! Exclusive attach: a VDI is served by one daemon at a time. The daemon opens its own
-//! client session in groupd, takes the VDI's lock with it, and keeps the session alive; a
-//! second attach of the same VDI is refused by groupd naming the holder. Closing the
-//! session (or its expiry, if the daemon dies) releases the lock.
+//! A VDI's lock held by a session of our own: how a VDI is attached exclusively (ublk-dev,
+//! the NBD export), and how sheepctl writes, snapshots or repairs one while nobody else
+//! does. The holder opens a client session in groupd, takes the VDI's lock with it, and keeps
+//! the session alive; anyone else is refused by groupd naming the holder. Closing the session
+//! (or its expiry, if the holder dies) releases the lock. The lock's fencing token goes with
+//! every write (`VdiOptions::fence`).
 
 use std::rc::Rc;
 use std::time::Duration;
 
-use sheep_client::group::{self, GroupClient};
+use super::{Error as GroupError, GroupClient};
 use sheep_core::group::{SessionId, SessionKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,9 +20,9 @@ pub enum AttachError {
     #[error("{0}")]
     Held(String),
     #[error("cannot open a session in groupd: {0}")]
-    Session(group::Error),
+    Session(GroupError),
     #[error("cannot lock VDI {vdi:?}: {err}")]
-    Lock { vdi: String, err: group::Error },
+    Lock { vdi: String, err: GroupError },
 }
 
 /// The VDI's lock, held by this process's own groupd session.
