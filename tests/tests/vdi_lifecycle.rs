@@ -110,17 +110,17 @@ fn data_objects(c: &Cluster) -> BTreeSet<(usize, String)> {
 #[test]
 fn deleting_a_snapshot_then_the_vdi_gives_the_space_back() {
     let c = Cluster::formatted(3, 3, &[]);
-    c.ctl_ok(&["vdi", "create", "v", "64M"]);
-    write(&c, "v", 0, &random(40 * MIB, 3));
-    assert_eq!(data_objects(&c).len(), 10 * 3, "40 MiB in 4 MiB objects, 3 copies");
+    c.ctl_ok(&["vdi", "create", "v", "128M"]);
+    write(&c, "v", 0, &random(100 * MIB, 3));
+    assert_eq!(data_objects(&c).len(), 25 * 3, "100 MiB in 4 MiB objects, 3 copies");
     c.ctl_ok(&["vdi", "snapshot", "v", "--tag", "before"]);
-    let after = random(40 * MIB, 4);
+    let after = random(100 * MIB, 4);
     write(&c, "v", 0, &after);
-    assert_eq!(data_objects(&c).len(), 20 * 3, "every object copied on write");
+    assert_eq!(data_objects(&c).len(), 50 * 3, "every object copied on write");
     let out = c.ctl_ok(&["vdi", "delete", "v", "--snapshot", "before"]);
-    assert!(out.contains("10 object(s)"), "{out}");
-    assert_eq!(data_objects(&c).len(), 10 * 3, "the snapshot's objects, read by nobody, are gone");
-    assert_eq!(read(&c, &["v", "0", "40M"]), after);
+    assert!(out.contains("25 object(s)"), "{out}");
+    assert_eq!(data_objects(&c).len(), 25 * 3, "back to 100 MiB x 3 copies: the snapshot's objects are gone");
+    assert_eq!(read(&c, &["v", "0", "100M"]), after);
     c.ctl_ok(&["vdi", "delete", "v"]);
     wait_until(Duration::from_secs(30), "every object of the deleted VDI to be removed", || {
         let left: Vec<_> = (0..3).flat_map(|i| c.objects_on(i)).collect();

@@ -64,7 +64,8 @@ fn zeroing_a_range_reads_back_creates_nothing_and_replicas_agree() {
         model[..3 * OBJ].copy_from_slice(&data);
         vdi.flush().await.unwrap();
         let data_oid = |idx: u32| format!("{:016x}", vdi.data_oid(idx).unwrap().raw());
-        let whole_before = allocated(&c, &data_oid(1));
+        let (oid0, oid1) = (data_oid(0), data_oid(1));
+        let ragged_before = allocated(&c, &oid0);
 
         // All of object 1 and ragged ends of objects 0 and 2.
         let (off, len) = (OBJ - 12_345, OBJ + 12_345 + 777);
@@ -74,12 +75,15 @@ fn zeroing_a_range_reads_back_creates_nothing_and_replicas_agree() {
         vdi.read(0, &mut back).await.unwrap();
         assert_same(&back, &model, "read after write_zeroes");
 
-        // Zeroed whole blocks give their space back (where the file system punches holes:
-        // ext4, xfs, tmpfs; else they are written with zeros and stay allocated).
-        let whole_after = allocated(&c, &data_oid(1));
-        assert!(whole_after <= whole_before, "allocated {whole_before} -> {whole_after}");
-        if whole_after >= whole_before {
-            eprintln!("the store's file system did not punch holes ({whole_before} bytes allocated before and after)");
+        // The object covered whole is unmapped: gone from every node.
+        assert!(!vdi.is_written(1), "object 1 is unmapped");
+        assert!(all_objects(&c).iter().all(|(_, o)| *o != oid1), "object 1's copies are removed");
+        // Zeroed whole blocks of a ragged end give their space back (where the file system
+        // punches holes: ext4, xfs, tmpfs; else they are written with zeros and stay allocated).
+        let ragged_after = allocated(&c, &oid0);
+        assert!(ragged_after <= ragged_before, "allocated {ragged_before} -> {ragged_after}");
+        if ragged_after >= ragged_before {
+            eprintln!("the store's file system did not punch holes ({ragged_before} bytes allocated before and after)");
         }
 
         // Never-written objects: nothing is created anywhere.
@@ -88,6 +92,9 @@ fn zeroing_a_range_reads_back_creates_nothing_and_replicas_agree() {
         vdi.write_zeroes((3 * OBJ + 100) as u64, 1000, true).await.unwrap();
         assert_eq!(all_objects(&c), before, "zeroing never-written objects created objects");
         assert!(!vdi.is_written(3) && !vdi.is_written(4));
+        // Zeroing the unmapped object again is a no-op.
+        vdi.write_zeroes(OBJ as u64, 4096, false).await.unwrap();
+        assert_eq!(all_objects(&c), before);
         vdi.flush().await.unwrap();
     });
 
