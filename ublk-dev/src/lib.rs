@@ -6,6 +6,7 @@
 //! `!Send`): the NBD export's only thread, the ublk target's engine thread.
 
 pub use sheep_client::group::attach_lock;
+pub mod attached;
 pub mod follow;
 pub mod nbd;
 pub mod ublk;

@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use sheep_client::group::{GroupClient, Options};
-use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
+use anyhow::{anyhow, Context, Result};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,16 +36,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EXPORT_FLAGS: u16 =
     TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_CAN_MULTI_CONN;
 
-/// Groupd limits of the daemon: it waits a little for a groupd that is restarting.
-fn group_options() -> Options {
-    Options {
-        connect_timeout: Duration::from_secs(1),
-        call_timeout: Duration::from_secs(3),
-        retry_for: Duration::from_secs(8),
-        wait_for_groupd: false,
-    }
-}
-
 /// Runs the export until a signal; returns an error if it could not start or had to stop.
 pub async fn run(cfg: ExportConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
@@ -57,32 +45,15 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
         _ => anyhow!("cannot listen on {}: {e}", cfg.listen),
     })?;
     let local = listener.local_addr().context("local address of the listener")?;
-    let group = Rc::new(GroupClient::new(cfg.groupd.clone(), group_options())?);
-    let (vdis, _) = group.vdi_list().await.context("cannot list the VDIs")?;
-    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi && !v.is_snapshot()) else {
-        bail!("there is no VDI named {:?} (see `sheepctl vdi list`)", cfg.vdi);
-    };
     let holder = format!("nbd-export {local} pid {} on {}", std::process::id(), crate::hostname());
-    let mut lock = AttachLock::acquire(group.clone(), &cfg.vdi, &holder).await?;
-    let follow_from = group.info().await.map(|i| i.applied_seq + 1).context("cannot read the cluster's state")?;
+    let mut attached = crate::attached::attach(&cfg.groupd, &cfg.vdi, &holder, Duration::ZERO).await?;
     let served = async {
-        let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
-        // Writes carry the lock's token: after a forced unlock the session (and this
-        // export) lives on, but storage refuses its writes (EPERM), see attach_lock.rs.
-        let opts = VdiOptions { fence: lock.token(), ..VdiOptions::default() };
-        let vdi = Vdi::open_entry(cluster, entry, opts)
-            .await
-            .with_context(|| format!("cannot open VDI {:?}", cfg.vdi))?;
-        let backend = Rc::new(VdiBackend::new(Rc::new(vdi)));
+        let backend = attached.backend.clone();
         // Snapshots asked of this export are taken between requests; a resize applies to
         // connections opened after it (NBD tells the size once, at the handshake).
-        let follower = tokio::task::spawn_local(crate::follow::follow(
-            group.clone(),
-            backend.clone(),
-            lock.session(),
-            follow_from,
-            |size| tracing::info!("new connections see the new size, {size} bytes"),
-        ));
+        let follower = tokio::task::spawn_local(
+            attached.follow(|size| tracing::info!("new connections see the new size, {size} bytes")),
+        );
         let info = ExportInfo {
             name: cfg.vdi.clone(),
             size: backend.size(),
@@ -90,11 +61,11 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
             description: format!("Sheepdog VDI {}", cfg.vdi),
         };
         let url = nbd_url(local, &cfg.vdi);
-        tracing::info!("serving VDI {} ({} bytes) at {url} (session {})", cfg.vdi, info.size, lock.session());
+        tracing::info!("serving VDI {} ({} bytes) at {url} (session {})", cfg.vdi, info.size, attached.lock.session());
         println!("{url}");
         // The line above is what a caller waits for.
         let _ = std::io::Write::flush(&mut std::io::stdout());
-        let stopped = accept_loop(&listener, &backend, &info, &mut lock, &mut term, &mut int, cfg.limits).await;
+        let stopped = accept_loop(&listener, &backend, &info, &mut attached.lock, &mut term, &mut int, cfg.limits).await;
         follower.abort();
         drop(listener);
         match backend.flush().await {
@@ -104,7 +75,7 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
         stopped
     };
     let result = served.await;
-    lock.release().await;
+    attached.lock.release().await;
     result
 }
 

@@ -10,19 +10,16 @@
 use std::rc::Rc;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::channel::oneshot;
-use sheep_client::group::{GroupClient, Options};
-use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::notify::Notifier;
 use super::request::BlockOp;
-use crate::attach_lock::{AttachError, AttachLock};
 use crate::nbd::backend::{Backend, IoFailure, VdiBackend};
 
 /// A request's outcome: the data read (empty for the others) or a negative errno.
@@ -115,16 +112,6 @@ pub fn start(cfg: EngineConfig, stop_device: StopDevice) -> Result<(EngineHandle
     }
 }
 
-/// Groupd limits of the daemon: it waits a little for a groupd that is restarting.
-fn group_options() -> Options {
-    Options {
-        connect_timeout: Duration::from_secs(1),
-        call_timeout: Duration::from_secs(3),
-        retry_for: Duration::from_secs(8),
-        wait_for_groupd: false,
-    }
-}
-
 async fn serve(
     cfg: EngineConfig,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -133,29 +120,14 @@ async fn serve(
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-    let group = Rc::new(GroupClient::new(cfg.groupd.clone(), group_options())?);
-    let (vdis, _) = group.vdi_list().await.context("cannot list the VDIs")?;
-    let Some(entry) = vdis.into_iter().find(|v| v.name == cfg.vdi && !v.is_snapshot()) else {
-        bail!("there is no VDI named {:?} (see `sheepctl vdi list`)", cfg.vdi);
-    };
-    let mut lock = acquire(&group, &cfg).await?;
-    // Snapshot requests and resizes from here on are this daemon's to follow.
-    let follow_from = group.info().await.map(|i| i.applied_seq + 1).context("cannot read the cluster's state")?;
+    let mut attached = crate::attached::attach(&cfg.groupd, &cfg.vdi, &cfg.holder, cfg.wait_for_lock).await?;
     let served = async {
-        let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
-        // Every write carries the lock's token: once the lock is taken from this daemon
-        // (a forced unlock), storage refuses its writes (EPERM) instead of mixing them
-        // with the new holder's.
-        let opts = VdiOptions { fence: lock.token(), ..VdiOptions::default() };
-        let vdi = Vdi::open_entry(cluster, entry, opts)
-            .await
-            .with_context(|| format!("cannot open VDI {:?}", cfg.vdi))?;
-        let backend = Rc::new(VdiBackend::new(Rc::new(vdi)));
-        let r = Ready { size: backend.size(), session: lock.session(), token: lock.token() };
+        let backend = attached.backend.clone();
+        let r = Ready { size: backend.size(), session: attached.lock.session(), token: attached.lock.token() };
         tracing::info!("serving VDI {} ({} bytes), session {}, fencing token {}", cfg.vdi, r.size, r.session, r.token);
         ready.send(r).map_err(|_| anyhow!("the daemon went away before the device was created"))?;
         let control = &stop_device;
-        let follower = crate::follow::follow(group.clone(), backend.clone(), lock.session(), follow_from, |size| control.resize(size));
+        let follower = attached.follow(|size| control.resize(size));
         tokio::pin!(follower);
 
         let mut tasks = JoinSet::new();
@@ -180,7 +152,7 @@ async fn serve(
                     stopping = true;
                     stop_device.stop();
                 }
-                why = lock.lost(), if lost.is_none() => {
+                why = attached.lock.lost(), if lost.is_none() => {
                     tracing::error!("{why}; the VDI lock may belong to someone else now: stopping the device");
                     lost = Some(why);
                     stopping = true;
@@ -199,26 +171,8 @@ async fn serve(
         }
     };
     let result = served.await;
-    lock.release().await;
+    attached.lock.release().await;
     result
-}
-
-/// Takes the VDI's lock; while another session holds it, retries until `wait_for_lock` ends.
-async fn acquire(group: &Rc<GroupClient>, cfg: &EngineConfig) -> Result<AttachLock> {
-    let deadline = Instant::now() + cfg.wait_for_lock;
-    let mut said = false;
-    loop {
-        match AttachLock::acquire(group.clone(), &cfg.vdi, &cfg.holder).await {
-            Err(AttachError::Held(msg)) if Instant::now() < deadline => {
-                if !said {
-                    tracing::info!("{msg}; waiting up to {:?} for its session to end", cfg.wait_for_lock);
-                    said = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            r => return r.map_err(anyhow::Error::from),
-        }
-    }
 }
 
 async fn run(backend: Rc<VdiBackend>, job: Job) {
