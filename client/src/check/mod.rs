@@ -22,7 +22,6 @@
 //! read), so a dry run may be followed by such repairs made by the nodes.
 
 pub mod plan;
-mod rpc;
 mod run;
 
 use sheep_core::object::ObjectId;

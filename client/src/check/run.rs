@@ -12,7 +12,7 @@ use sheep_core::object::{ObjectId, VdiId};
 
 use crate::group::attach_lock::{AttachError, AttachLock};
 use super::plan::{decide, Digest, Plan, Seen};
-use super::{rpc, Action, CheckError, CheckOptions, ObjectProblem, ReplicaState, Report, Scope};
+use super::{Action, CheckError, CheckOptions, ObjectProblem, ReplicaState, Report, Scope};
 use crate::vdi::{Cluster, NodeError, Vdi, VdiOptions};
 
 /// How long opening a VDI (reading its inode, with failover between replicas) may take.
@@ -217,7 +217,7 @@ async fn recovering(cluster: &Cluster, epoch: u32, addrs: &[String]) -> Option<S
 
 /// Which nodes hold a live copy of each object (by raw id).
 async fn list_all(cluster: &Cluster, epoch: u32, addrs: &[String], errors: &mut Vec<String>) -> HashMap<u64, Vec<String>> {
-    let lists = join_all(addrs.iter().map(|a| rpc::list_live(cluster, a, epoch))).await;
+    let lists = join_all(addrs.iter().map(|a| cluster.pool().list_live(a, epoch))).await;
     let mut holders: HashMap<u64, Vec<String>> = HashMap::new();
     for (addr, l) in addrs.iter().zip(lists) {
         match l {
@@ -308,9 +308,9 @@ async fn observe_all(
     keep: bool,
 ) -> (Vec<Seen>, Vec<Option<Vec<u8>>>) {
     let all = join_all(nodes.iter().map(|a| async move {
-        match rpc::fetch(cluster, a, epoch, oid).await {
-            Ok(f) if f.stale => (Seen::StaleOnly, None),
-            Ok(f) => (Seen::Data(Digest::of(&f.data)), keep.then_some(f.data)),
+        match cluster.pool().fetch(a, epoch, oid.raw()).await {
+            Ok((_, true)) => (Seen::StaleOnly, None),
+            Ok((data, false)) => (Seen::Data(Digest::of(&data)), keep.then_some(data)),
             Err(e) if e.is_code("noObject") => (Seen::Missing, None),
             Err(e) if e.is_code("corrupt") => (Seen::Corrupt, None),
             Err(e) => (Seen::Unknown(short_error(&e)), None),
@@ -361,14 +361,22 @@ async fn repair_one(cluster: &Cluster, epoch: u32, oid: ObjectId, nodes: &[Strin
     Action::Unrepairable(format!("still inconsistent after the repair ({})", now.join(", ")))
 }
 
-/// Writes the whole content to one replica. A copy that cannot be written into (corrupt
-/// blocks, another object size) is removed first and created anew.
+/// Writes the whole content to one replica: created if absent, written over from offset 0
+/// if present (every block rewritten, durable before the answer). A copy that cannot be
+/// written into (corrupt blocks, another object size) is removed first and created anew.
 async fn put(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, data: &[u8], token: u64) -> Result<(), NodeError> {
-    match rpc::put_whole(cluster, addr, epoch, oid, data, token).await {
+    let size = u32::try_from(data.len()).map_err(|_| NodeError::Refused {
+        addr: addr.into(),
+        code: "badRequest".into(),
+        message: format!("object {oid} of {} bytes is too large for the object API", data.len()),
+    })?;
+    let pool = cluster.pool();
+    let put_whole = || pool.create_and_write(addr, epoch, oid.raw(), size, 0, 0, data, true, token);
+    match put_whole().await {
         Err(e) if e.is_code("corrupt") || e.is_code("badRequest") => {
             tracing::debug!("repair {oid} on {addr}: {e}; replacing the copy");
-            rpc::remove(cluster, addr, epoch, oid).await?;
-            rpc::put_whole(cluster, addr, epoch, oid, data, token).await
+            pool.remove(addr, epoch, oid.raw()).await?;
+            put_whole().await
         }
         other => other,
     }

@@ -87,17 +87,7 @@ pub(crate) async fn remove_everywhere(cluster: &Rc<Cluster>, oid: ObjectId, copi
         let view = cluster.view();
         let mut failed = None;
         for n in view.ring.replicas(oid, usize::from(copies)) {
-            let r = cluster
-                .pool()
-                .call(&n.addr, |c| async move {
-                    let mut req = c.remove_request();
-                    req.get().set_epoch(view.epoch);
-                    req.get().set_oid(oid.raw());
-                    req.send().promise.await?;
-                    Ok(())
-                })
-                .await;
-            match r {
+            match cluster.pool().remove(&n.addr, view.epoch, oid.raw()).await {
                 Ok(()) => {}
                 Err(e) if e.is_code("noObject") => {}
                 Err(e) => failed = Some(e),

@@ -283,6 +283,44 @@ impl StorePool {
         .await
     }
 
+    /// A whole object as `addr` holds it: (data, whether it came from the node's `.stale/`).
+    pub async fn fetch(&self, addr: &str, epoch: u32, oid: u64) -> Result<(Vec<u8>, bool), NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.fetch_request();
+            req.get().set_epoch(epoch);
+            req.get().set_oid(oid);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            Ok((r.get_data()?.to_vec(), r.get_stale()))
+        })
+        .await
+    }
+
+    /// The objects `addr` holds live (in `obj/`, not only in `.stale/`).
+    pub async fn list_live(&self, addr: &str, epoch: u32) -> Result<std::collections::HashSet<u64>, NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.list_request();
+            req.get().set_epoch(epoch);
+            let resp = req.send().promise.await?;
+            let r = resp.get()?;
+            let stale: std::collections::HashSet<u64> = r.get_stale()?.iter().collect();
+            Ok(r.get_oids()?.iter().filter(|o| !stale.contains(o)).collect())
+        })
+        .await
+    }
+
+    /// Removes `oid` from `addr` (its live and stale copies).
+    pub async fn remove(&self, addr: &str, epoch: u32, oid: u64) -> Result<(), NodeError> {
+        self.call(addr, |c| async move {
+            let mut req = c.remove_request();
+            req.get().set_epoch(epoch);
+            req.get().set_oid(oid);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn flush(&self, addr: &str, epoch: u32) -> Result<(), NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.flush_request();
