@@ -38,7 +38,11 @@ impl Fake {
 }
 
 impl groupd::Server for Fake {
-    async fn open_session(self: CapRc<Self>, p: groupd::OpenSessionParams, mut r: groupd::OpenSessionResults) -> Result<(), capnp::Error> {
+    async fn open_session(
+        self: CapRc<Self>,
+        p: groupd::OpenSessionParams,
+        mut r: groupd::OpenSessionResults,
+    ) -> Result<(), capnp::Error> {
         let p = p.get()?;
         let kind = match p.get_kind()? {
             sheep_rpc::groupd_capnp::SessionKind::Storage => SessionKind::Storage(codec::read_node(p.get_node()?)?),
@@ -51,7 +55,11 @@ impl groupd::Server for Fake {
         Ok(())
     }
 
-    async fn keepalive(self: CapRc<Self>, p: groupd::KeepaliveParams, _: groupd::KeepaliveResults) -> Result<(), capnp::Error> {
+    async fn keepalive(
+        self: CapRc<Self>,
+        p: groupd::KeepaliveParams,
+        _: groupd::KeepaliveResults,
+    ) -> Result<(), capnp::Error> {
         let id = p.get()?.get_session();
         if self.state.borrow().state.sessions.contains_key(&id) {
             Ok(())
@@ -60,12 +68,20 @@ impl groupd::Server for Fake {
         }
     }
 
-    async fn close_session(self: CapRc<Self>, p: groupd::CloseSessionParams, _: groupd::CloseSessionResults) -> Result<(), capnp::Error> {
+    async fn close_session(
+        self: CapRc<Self>,
+        p: groupd::CloseSessionParams,
+        _: groupd::CloseSessionResults,
+    ) -> Result<(), capnp::Error> {
         self.apply(Op::CloseSession { session: p.get()?.get_session(), expired: false })?;
         Ok(())
     }
 
-    async fn propose(self: CapRc<Self>, p: groupd::ProposeParams, mut r: groupd::ProposeResults) -> Result<(), capnp::Error> {
+    async fn propose(
+        self: CapRc<Self>,
+        p: groupd::ProposeParams,
+        mut r: groupd::ProposeResults,
+    ) -> Result<(), capnp::Error> {
         let p = p.get()?;
         let op = Op::Broadcast { session: p.get_session(), payload: p.get_payload()?.to_vec() };
         let Reply::Seq(seq) = self.apply(op)? else { unreachable!() };
@@ -78,7 +94,12 @@ impl groupd::Server for Fake {
         let (from, max) = (p.get_from_seq(), p.get_max_entries() as usize);
         let until = Instant::now() + Duration::from_millis(u64::from(p.get_wait_ms()));
         loop {
-            let events = self.state.borrow().state.events_from(from, max).map_err(|_| capnp::Error::failed("compacted: gone".into()))?;
+            let events = self
+                .state
+                .borrow()
+                .state
+                .events_from(from, max)
+                .map_err(|_| capnp::Error::failed("compacted: gone".into()))?;
             if !events.is_empty() || Instant::now() >= until {
                 let next = events.last().map_or(from, |e| e.seq + 1);
                 codec::write_events(r.get().init_events(events.len() as u32), &events);
@@ -96,7 +117,11 @@ impl groupd::Server for Fake {
         Ok(())
     }
 
-    async fn format(self: CapRc<Self>, p: groupd::FormatParams, mut r: groupd::FormatResults) -> Result<(), capnp::Error> {
+    async fn format(
+        self: CapRc<Self>,
+        p: groupd::FormatParams,
+        mut r: groupd::FormatResults,
+    ) -> Result<(), capnp::Error> {
         let p = p.get()?;
         let op = Op::Format {
             cluster_id: "test-cluster".into(),
@@ -169,7 +194,10 @@ fn unreachable_groupd_is_reported_at_once_with_every_address() {
         let t = Instant::now();
         let err = client.info().await.unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
-        assert_eq!(err.to_string(), format!("cannot reach groupd at {a} (connection refused), {b} (connection refused)"));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach groupd at {a} (connection refused), {b} (connection refused)")
+        );
     });
 }
 

@@ -91,17 +91,43 @@ pub struct Command {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Format { cluster_id: String, copies: u8, object_size_shift: u8, voters: u8, force: bool },
+    Format {
+        cluster_id: String,
+        copies: u8,
+        object_size_shift: u8,
+        voters: u8,
+        force: bool,
+    },
     /// `store_cluster`: the cluster id a storage node's store already belongs to ("" if new).
-    OpenSession { kind: SessionKind, store_cluster: String },
-    CloseSession { session: SessionId, expired: bool },
-    Broadcast { session: SessionId, payload: Vec<u8> },
-    Lock { session: SessionId, vdi: String },
-    Unlock { session: SessionId, vdi: String, force: bool },
+    OpenSession {
+        kind: SessionKind,
+        store_cluster: String,
+    },
+    CloseSession {
+        session: SessionId,
+        expired: bool,
+    },
+    Broadcast {
+        session: SessionId,
+        payload: Vec<u8>,
+    },
+    Lock {
+        session: SessionId,
+        vdi: String,
+    },
+    Unlock {
+        session: SessionId,
+        vdi: String,
+        force: bool,
+    },
     Shutdown,
     RecoverForce,
     /// `copies` 0: the cluster's default.
-    VdiCreate { name: String, size: u64, copies: u8 },
+    VdiCreate {
+        name: String,
+        size: u64,
+        copies: u8,
+    },
     /// Deletes the VDI (with its snapshots), or only its snapshot `tag`.
     VdiDelete {
         name: String,
@@ -110,27 +136,59 @@ pub enum Op {
     },
     /// Freezes the working VDI as snapshot `tag`. While the VDI is locked, only the lock's
     /// session may: the holder is the writer, and it snapshots between two of its writes.
-    VdiSnapshot { session: SessionId, name: String, tag: String },
-    VdiClone { name: String, tag: String, new_name: String },
+    VdiSnapshot {
+        session: SessionId,
+        name: String,
+        tag: String,
+    },
+    VdiClone {
+        name: String,
+        tag: String,
+        new_name: String,
+    },
     /// Refused while the VDI is locked (attached).
-    VdiRollback { name: String, tag: String },
+    VdiRollback {
+        name: String,
+        tag: String,
+    },
     /// Grows the working VDI.
-    VdiResize { name: String, size: u64 },
+    VdiResize {
+        name: String,
+        size: u64,
+    },
     /// Sets (`Some`) or deletes (`None`) an attribute; `exclusive`: fail if it exists.
-    VdiSetAttr { name: String, key: String, value: Option<Vec<u8>>, exclusive: bool },
+    VdiSetAttr {
+        name: String,
+        key: String,
+        value: Option<Vec<u8>>,
+        exclusive: bool,
+    },
     /// A storage node holds every object it owns in `epoch`.
-    RecoveryDone { session: SessionId, epoch: Epoch },
+    RecoveryDone {
+        session: SessionId,
+        epoch: Epoch,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     Formatted(ClusterConfig),
     Joined(Session),
-    Left { session: SessionId, expired: bool },
+    Left {
+        session: SessionId,
+        expired: bool,
+    },
     Epoch(EpochRecord),
-    Broadcast { session: SessionId, payload: Vec<u8> },
+    Broadcast {
+        session: SessionId,
+        payload: Vec<u8>,
+    },
     Locked(Lock),
-    Unlocked { vdi: String, session: SessionId, forced: bool },
+    Unlocked {
+        vdi: String,
+        session: SessionId,
+        forced: bool,
+    },
     Shutdown,
     Resumed,
     VdiCreated(VdiEntry),
@@ -139,9 +197,15 @@ pub enum EventKind {
     /// Deleted, but a live VDI still reads its objects: they stay.
     VdiRetired(VdiEntry),
     /// `snapshot` is the frozen former working VDI; `working` goes on from it.
-    VdiSnapshotted { snapshot: VdiEntry, working: VdiEntry },
+    VdiSnapshotted {
+        snapshot: VdiEntry,
+        working: VdiEntry,
+    },
     VdiResized(VdiEntry),
-    Recovered { node: String, epoch: Epoch },
+    Recovered {
+        node: String,
+        epoch: Epoch,
+    },
     /// Every node of `epoch` has recovered: stale copies may be purged.
     RecoveryComplete(Epoch),
 }
@@ -173,7 +237,9 @@ pub enum GroupError {
     NotFormatted,
     #[error("alreadyFormatted: the cluster is already formatted (id {0}); use --force to format it anew")]
     AlreadyFormatted(String),
-    #[error("wrongCluster: this store belongs to cluster {store}, but the cluster is {cluster}; its data is left untouched")]
+    #[error(
+        "wrongCluster: this store belongs to cluster {store}, but the cluster is {cluster}; its data is left untouched"
+    )]
     WrongCluster { store: String, cluster: String },
     #[error("noSession: session {0} does not exist (expired or closed)")]
     NoSession(SessionId),
@@ -352,11 +418,7 @@ impl GroupState {
     /// Nodes of the last epoch that have no live session (while shut down: who we wait for).
     pub fn missing_nodes(&self) -> Vec<NodeInfo> {
         let Some(last) = self.epochs.latest() else { return Vec::new() };
-        last.nodes
-            .iter()
-            .filter(|n| !self.storage_sessions().any(|(_, live)| live.id == n.id))
-            .cloned()
-            .collect()
+        last.nodes.iter().filter(|n| !self.storage_sessions().any(|(_, live)| live.id == n.id)).cloned().collect()
     }
 
     fn emit(&mut self, time_ms: u64, kind: EventKind) -> u64 {
@@ -419,13 +481,8 @@ impl GroupState {
         if cluster_id.is_empty() {
             return Err(GroupError::BadRequest("empty cluster id".into()));
         }
-        let config = ClusterConfig {
-            cluster_id: cluster_id.to_string(),
-            created_ms: t,
-            copies,
-            object_size_shift,
-            voters,
-        };
+        let config =
+            ClusterConfig { cluster_id: cluster_id.to_string(), created_ms: t, copies, object_size_shift, voters };
         // A new format forgets the old cluster's history: epochs count from 1 again, and
         // storage nodes with live sessions carry on as the new cluster's first epoch.
         self.config = Some(config.clone());
@@ -459,11 +516,8 @@ impl GroupState {
                 _ => {}
             }
             // A node that restarts before its old session expired replaces that session.
-            let old: Vec<SessionId> = self
-                .storage_sessions()
-                .filter(|(_, n)| n.id == node.id)
-                .map(|(s, _)| s.id)
-                .collect();
+            let old: Vec<SessionId> =
+                self.storage_sessions().filter(|(_, n)| n.id == node.id).map(|(s, _)| s.id).collect();
             for id in old {
                 self.drop_session(t, id, true);
             }
@@ -492,8 +546,7 @@ impl GroupState {
 
     /// Removes a session and releases its locks.
     fn drop_session(&mut self, t: u64, id: SessionId, expired: bool) {
-        let released: Vec<String> =
-            self.locks.values().filter(|l| l.session == id).map(|l| l.vdi.clone()).collect();
+        let released: Vec<String> = self.locks.values().filter(|l| l.session == id).map(|l| l.vdi.clone()).collect();
         for vdi in released {
             self.locks.remove(&vdi);
             self.emit(t, EventKind::Unlocked { vdi, session: id, forced: false });
@@ -586,9 +639,11 @@ impl GroupState {
     }
 
     fn recovery_done(&mut self, t: u64, session: SessionId, epoch: Epoch) -> Result<Reply, GroupError> {
-        let node = self.session(session)?.node().cloned().ok_or_else(|| {
-            GroupError::BadRequest("only a storage node reports recovery".into())
-        })?;
+        let node = self
+            .session(session)?
+            .node()
+            .cloned()
+            .ok_or_else(|| GroupError::BadRequest("only a storage node reports recovery".into()))?;
         let Some(current) = self.epochs.latest().cloned() else { return Err(GroupError::NotFormatted) };
         // A report for an older epoch is outdated: the node recovers again for the new one.
         if epoch != current.epoch || !current.nodes.iter().any(|n| n.id == node.id) {
@@ -618,7 +673,6 @@ impl SessionKind {
         matches!(self, SessionKind::Storage(_))
     }
 }
-
 
 /// A groupd instance as `info` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -49,7 +49,9 @@ impl Log {
     }
 
     fn client(&mut self, name: &str) -> SessionId {
-        match self.apply(Op::OpenSession { kind: SessionKind::Client { name: name.into() }, store_cluster: String::new() }) {
+        match self
+            .apply(Op::OpenSession { kind: SessionKind::Client { name: name.into() }, store_cluster: String::new() })
+        {
             Ok(Reply::Session(id)) => id,
             other => panic!("client: {other:?}"),
         }
@@ -83,10 +85,12 @@ fn format_twice_needs_force_and_restarts_the_history() {
     log.format();
     log.join(1);
     assert_eq!(log.state.epochs.current(), 2);
-    let again = log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: false });
+    let again =
+        log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: false });
     assert_eq!(again, Err(GroupError::AlreadyFormatted("abc".into())));
     assert_eq!(log.state.config.as_ref().unwrap().cluster_id, "abc", "a refused format changes nothing");
-    log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: true }).unwrap();
+    log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: true })
+        .unwrap();
     assert_eq!(log.state.config.as_ref().unwrap().copies, 2);
     assert_eq!(log.state.epochs.current(), 1);
     assert_eq!(log.epoch_nodes(), vec![node(1).id]);
@@ -96,7 +100,8 @@ fn format_twice_needs_force_and_restarts_the_history() {
 fn format_refuses_bad_parameters() {
     let mut log = Log::new();
     for (copies, shift, voters) in [(0, 22, 3), (3, 12, 3), (3, 40, 3), (3, 22, 4)] {
-        let r = log.apply(Op::Format { cluster_id: "x".into(), copies, object_size_shift: shift, voters, force: false });
+        let r =
+            log.apply(Op::Format { cluster_id: "x".into(), copies, object_size_shift: shift, voters, force: false });
         assert!(matches!(r, Err(GroupError::BadRequest(_))), "{copies} {shift} {voters}: {r:?}");
     }
     assert_eq!(log.state.status, ClusterStatus::Unformatted);
@@ -195,7 +200,10 @@ fn locks_are_exclusive_fenced_and_released_with_the_session() {
     };
     assert_eq!(la.token, log.index, "token is the granting log index");
     assert!(matches!(log.apply(Op::Lock { session: b, vdi: "v".into() }), Err(GroupError::LockHeld { .. })));
-    assert!(matches!(log.apply(Op::Unlock { session: b, vdi: "v".into(), force: false }), Err(GroupError::NotLocked { .. })));
+    assert!(matches!(
+        log.apply(Op::Unlock { session: b, vdi: "v".into(), force: false }),
+        Err(GroupError::NotLocked { .. })
+    ));
     log.leave(a, true);
     let lb = match log.apply(Op::Lock { session: b, vdi: "v".into() }) {
         Ok(Reply::Locked(l)) => l,
@@ -300,10 +308,7 @@ fn info_lists_holders_and_missing_nodes() {
 #[test]
 fn vdis_are_created_with_cluster_defaults_and_deleted() {
     let mut log = Log::new();
-    assert_eq!(
-        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }),
-        Err(GroupError::NotFormatted)
-    );
+    assert_eq!(log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }), Err(GroupError::NotFormatted));
     log.format();
     let a = match log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }) {
         Ok(Reply::Vdi(e)) => e,
@@ -404,7 +409,12 @@ fn snapshots_respect_the_lock_and_deletions_say_what_may_be_removed() {
     assert!(deleted.contains(&a.vid) && deleted.contains(&working.vid));
     // Attributes go through the log too.
     log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0 }).unwrap();
-    let set = |v: Option<&[u8]>, exclusive| Op::VdiSetAttr { name: "b".into(), key: "k".into(), value: v.map(<[u8]>::to_vec), exclusive };
+    let set = |v: Option<&[u8]>, exclusive| Op::VdiSetAttr {
+        name: "b".into(),
+        key: "k".into(),
+        value: v.map(<[u8]>::to_vec),
+        exclusive,
+    };
     log.apply(set(Some(b"1"), true)).unwrap();
     assert!(log.apply(set(Some(b"2"), true)).is_err());
     assert_eq!(log.state.vdis.get_attr("b", "k").unwrap(), b"1");

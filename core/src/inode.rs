@@ -141,8 +141,7 @@ impl Inode {
             return Err(InodeError::ReadOnly);
         }
         let max_objects = self.max_objects();
-        let entry =
-            self.data_vdi_id.get_mut(idx as usize).ok_or(InodeError::IndexOutOfRange { idx, max_objects })?;
+        let entry = self.data_vdi_id.get_mut(idx as usize).ok_or(InodeError::IndexOutOfRange { idx, max_objects })?;
         *entry = owner.map_or(0, VdiId::get);
         Ok(())
     }

@@ -53,8 +53,7 @@ fn geometry() {
 
 #[test]
 fn new_refuses_bad_specs() {
-    let spec =
-        InodeSpec { name: "disk", vid: vid(1), size: MIB, copies: 3, object_size_shift: 22, ctime_ms: 0 };
+    let spec = InodeSpec { name: "disk", vid: vid(1), size: MIB, copies: 3, object_size_shift: 22, ctime_ms: 0 };
     assert!(Inode::new(spec.clone()).is_ok());
     let too_large = InodeSpec { size: 4 * TIB + 1, ..spec.clone() };
     assert_eq!(Inode::new(too_large), Err(InodeError::TooLarge { size: 4 * TIB + 1, max: 4 * TIB }));

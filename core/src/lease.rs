@@ -49,11 +49,7 @@ impl LeaseTable {
 
     /// Sessions whose lease ran out at `now`.
     pub fn expired(&self, now: u64) -> Vec<SessionId> {
-        self.last_seen
-            .iter()
-            .filter(|(_, &t)| now.saturating_sub(t) >= self.lease_ms)
-            .map(|(&id, _)| id)
-            .collect()
+        self.last_seen.iter().filter(|(_, &t)| now.saturating_sub(t) >= self.lease_ms).map(|(&id, _)| id).collect()
     }
 
     /// Forgets everything: called when this groupd stops being master, so that if it

@@ -161,8 +161,16 @@ impl Namespace {
             return Err(NamespaceError::Invalid(format!("copies must be 1..={MAX_COPIES}, not {copies}")));
         }
         let vid = self.new_vid(name)?;
-        let entry =
-            VdiEntry { name: name.into(), vid, size, copies, object_size_shift, created_ms, parent: None, snapshot: None };
+        let entry = VdiEntry {
+            name: name.into(),
+            vid,
+            size,
+            copies,
+            object_size_shift,
+            created_ms,
+            parent: None,
+            snapshot: None,
+        };
         self.vdis.insert(name.into(), entry.clone());
         Ok(entry)
     }
@@ -184,14 +192,21 @@ impl Namespace {
     }
 
     /// A new VDI `new_name` starting from snapshot `tag` of `name`.
-    pub fn clone_snapshot(&mut self, name: &str, tag: &str, new_name: &str, t: u64) -> Result<VdiEntry, NamespaceError> {
+    pub fn clone_snapshot(
+        &mut self,
+        name: &str,
+        tag: &str,
+        new_name: &str,
+        t: u64,
+    ) -> Result<VdiEntry, NamespaceError> {
         validate_vdi_name(new_name).map_err(|e| NamespaceError::Invalid(e.to_string()))?;
         let base = self.snapshot_of(name, tag)?.clone();
         if self.vdis.contains_key(new_name) {
             return Err(NamespaceError::Exists(new_name.into()));
         }
         let vid = self.new_vid(new_name)?;
-        let entry = VdiEntry { name: new_name.into(), vid, created_ms: t, parent: Some(base.vid), snapshot: None, ..base };
+        let entry =
+            VdiEntry { name: new_name.into(), vid, created_ms: t, parent: Some(base.vid), snapshot: None, ..base };
         self.vdis.insert(new_name.into(), entry.clone());
         Ok(entry)
     }
@@ -249,8 +264,7 @@ impl Namespace {
         for e in &gone {
             self.retired.insert(e.vid, e.clone());
         }
-        let collectable: Vec<VdiId> =
-            self.retired.keys().copied().filter(|&v| !self.has_live_descendant(v)).collect();
+        let collectable: Vec<VdiId> = self.retired.keys().copied().filter(|&v| !self.has_live_descendant(v)).collect();
         let collectable: Vec<VdiEntry> = collectable
             .into_iter()
             .filter_map(|v| self.retired.remove(&v))
@@ -286,7 +300,13 @@ impl Namespace {
 
     /// Sets (`Some`) or removes (`None`) attribute `key` of VDI `name`. `exclusive`: fail if it
     /// exists already.
-    pub fn set_attr(&mut self, name: &str, key: &str, value: Option<&[u8]>, exclusive: bool) -> Result<(), NamespaceError> {
+    pub fn set_attr(
+        &mut self,
+        name: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        exclusive: bool,
+    ) -> Result<(), NamespaceError> {
         self.working(name)?;
         if key.is_empty() || key.len() > MAX_ATTR_KEY {
             return Err(NamespaceError::Invalid(format!("an attribute key is 1 to {MAX_ATTR_KEY} bytes")));
@@ -300,7 +320,9 @@ impl Namespace {
             }
             Some(v) => {
                 if v.len() > MAX_ATTR_VALUE {
-                    return Err(NamespaceError::Invalid(format!("an attribute value is at most {MAX_ATTR_VALUE} bytes")));
+                    return Err(NamespaceError::Invalid(format!(
+                        "an attribute value is at most {MAX_ATTR_VALUE} bytes"
+                    )));
                 }
                 if exclusive && attrs.contains_key(key) {
                     return Err(NamespaceError::AttrExists { name: name.into(), key: key.into() });

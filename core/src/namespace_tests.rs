@@ -118,7 +118,10 @@ fn attributes() {
     assert!(matches!(ns.get_attr("v", "k"), Err(NamespaceError::NoAttr { .. })));
     assert!(matches!(ns.set_attr("v", "k", None, false), Err(NamespaceError::NoAttr { .. })));
     assert!(matches!(ns.set_attr("v", "", Some(b"x"), false), Err(NamespaceError::Invalid(_))));
-    assert!(matches!(ns.set_attr("v", "big", Some(&vec![0; MAX_ATTR_VALUE + 1]), false), Err(NamespaceError::Invalid(_))));
+    assert!(matches!(
+        ns.set_attr("v", "big", Some(&vec![0; MAX_ATTR_VALUE + 1]), false),
+        Err(NamespaceError::Invalid(_))
+    ));
     assert!(matches!(ns.set_attr("w", "k", Some(b"x"), false), Err(NamespaceError::NoVdi(_))));
     ns.set_attr("v", "k", Some(b"x"), false).unwrap();
     // Attributes go with the VDI.

@@ -267,11 +267,7 @@ impl ParseIdError {
     }
 
     fn object(text: &str) -> Self {
-        ParseIdError {
-            what: "object id",
-            text: text.into(),
-            expected: "16 hex digits of a well-formed object id",
-        }
+        ParseIdError { what: "object id", text: text.into(), expected: "16 hex digits of a well-formed object id" }
     }
 }
 

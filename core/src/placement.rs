@@ -78,13 +78,12 @@ impl PlacementRing {
         nodes.dedup_by(|later, earlier| later.id == earlier.id);
         assert!(nodes.len() <= u32::MAX as usize, "too many nodes for a ring");
 
-        let points_of =
-            |node: &NodeInfo| node.weight.saturating_mul(vnodes_per_weight).min(MAX_POINTS_PER_NODE);
+        let points_of = |node: &NodeInfo| node.weight.saturating_mul(vnodes_per_weight).min(MAX_POINTS_PER_NODE);
         let total: usize = nodes.iter().map(|n| points_of(n) as usize).sum();
         let mut points = Vec::with_capacity(total);
         for (index, node) in nodes.iter().enumerate() {
-            let node_points = (0..points_of(node))
-                .map(|i| RingPoint { position: vnode_position(&node.id, i), node: index as u32 });
+            let node_points =
+                (0..points_of(node)).map(|i| RingPoint { position: vnode_position(&node.id, i), node: index as u32 });
             points.extend(node_points);
         }
         points.sort_unstable();

@@ -34,8 +34,7 @@ fn shuffle<T>(items: &mut [T], rng: &mut u64) {
 
 /// How many of `count` objects each node of `ring` is primary for, by node id.
 fn primary_counts(ring: &PlacementRing, count: u32) -> std::collections::BTreeMap<String, u32> {
-    let mut counts: std::collections::BTreeMap<String, u32> =
-        ring.nodes().iter().map(|n| (n.id.clone(), 0)).collect();
+    let mut counts: std::collections::BTreeMap<String, u32> = ring.nodes().iter().map(|n| (n.id.clone(), 0)).collect();
     for oid in objects(count) {
         *counts.get_mut(&ring.primary(oid).unwrap().id).unwrap() += 1;
     }
@@ -75,8 +74,7 @@ fn positions_are_pinned() {
 
 #[test]
 fn same_node_list_in_any_order_places_alike() {
-    let nodes: Vec<NodeInfo> =
-        (1..=12).map(|i| node(&format!("10.0.0.{i}:7000"), i % 4, 1 + i % 2)).collect();
+    let nodes: Vec<NodeInfo> = (1..=12).map(|i| node(&format!("10.0.0.{i}:7000"), i % 4, 1 + i % 2)).collect();
     let reference = PlacementRing::new(&nodes);
     let expected: Vec<Vec<String>> = objects(2000).map(|oid| replica_ids(&reference, oid, 3)).collect();
     let mut rng = 1;

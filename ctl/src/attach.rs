@@ -120,7 +120,10 @@ pub fn attach(groupd: &str, a: &AddArgs) -> Result<Device> {
     let bin = procs::find_binary("ublk-dev")?;
     let mut child = spawn(&bin, &args, &log)?;
     let device = wait_live(&mut child, &log, Duration::from_secs(a.timeout))?;
-    let id = device.trim_start_matches("/dev/ublkb").parse::<u32>().with_context(|| format!("the daemon printed {device:?}"))?;
+    let id = device
+        .trim_start_matches("/dev/ublkb")
+        .parse::<u32>()
+        .with_context(|| format!("the daemon printed {device:?}"))?;
     match devices::device(id)? {
         Some(d) => Ok(d),
         None => bail!("{device} is live but not listed as a Sheepdog device"),

@@ -192,7 +192,12 @@ async fn bench(groupd: &str, args: &BenchArgs, jobs: &[Job], json: bool) -> Resu
     let vdi = crate::vdi::open(groupd, &args.name).await?;
     let region = args.size.min(vdi.size());
     if !json {
-        eprintln!("bench on VDI {} ({} region, {} s per job): prefilling", args.name, format_size(region), args.runtime);
+        eprintln!(
+            "bench on VDI {} ({} region, {} s per job): prefilling",
+            args.name,
+            format_size(region),
+            args.runtime
+        );
     }
     prefill(&vdi, region).await?;
     let mut results = Vec::new();

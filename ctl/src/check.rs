@@ -239,7 +239,8 @@ mod tests {
         };
         let text = render(&r);
         assert!(text.contains("a:1 (primary)=ok (12345678); b:1=missing; c:1=extra copy"), "{text}");
-        assert!(text.contains("repaired: copied from a:1 to b:1 (tie: no majority among the valid copies, the primary's won)"));
+        assert!(text
+            .contains("repaired: copied from a:1 to b:1 (tie: no majority among the valid copies, the primary's won)"));
         assert!(text.ends_with("checked 9 objects of 2 VDIs (epoch 4): 1 repaired, 0 unrepairable, 1 with extra copies (left for recovery to remove)\n"));
         assert!(r.success());
         let v = to_json(&r);
@@ -252,7 +253,11 @@ mod tests {
     fn check_dry_run_with_problems_fails() {
         let r = Report {
             dry_run: true,
-            problems: vec![problem(Action::WouldRepair { source: "a:1".into(), targets: vec!["b:1".into()], tie: false })],
+            problems: vec![problem(Action::WouldRepair {
+                source: "a:1".into(),
+                targets: vec!["b:1".into()],
+                tie: false,
+            })],
             ..Report::default()
         };
         assert!(!r.success());

@@ -267,7 +267,11 @@ pub struct BenchArgs {
     pub size: u64,
     /// Jobs to run, comma-separated, in this order, from: seqwrite, randwrite1, randwrite32,
     /// randread1, randread32, seqread
-    #[arg(long, value_name = "JOB[,JOB...]", default_value = "seqwrite,randwrite1,randwrite32,randread1,randread32,seqread")]
+    #[arg(
+        long,
+        value_name = "JOB[,JOB...]",
+        default_value = "seqwrite,randwrite1,randwrite32,randread1,randread32,seqread"
+    )]
     pub jobs: String,
 }
 
@@ -343,10 +347,7 @@ pub const DEFAULT_DIR: &str = "sheep-cluster";
 pub fn parse_object_size(s: &str) -> Result<u8, String> {
     let bytes = parse_size(s)?;
     if !bytes.is_power_of_two() || !((1u64 << 20)..=(1u64 << 32)).contains(&bytes) {
-        return Err(format!(
-            "object size must be a power of two from 1M to 4G, not {s} ({})",
-            format_size(bytes)
-        ));
+        return Err(format!("object size must be a power of two from 1M to 4G, not {s} ({})", format_size(bytes)));
     }
     Ok(bytes.trailing_zeros() as u8)
 }
@@ -359,7 +360,6 @@ fn parse_voters(s: &str) -> Result<u8, String> {
         _ => Err(format!("voters must be 1, 3 or 5, not {s:?}")),
     }
 }
-
 
 /// The subcommands named on a command line ("sheepctl cluster format"), for help hints.
 pub fn command_path(args: impl IntoIterator<Item = String>) -> String {
@@ -393,8 +393,9 @@ mod tests {
 
     #[test]
     fn format_flags() {
-        let cli = parse(&["--json", "cluster", "format", "--copies", "2", "--object-size", "1M", "--voters", "5", "--force"])
-            .unwrap();
+        let cli =
+            parse(&["--json", "cluster", "format", "--copies", "2", "--object-size", "1M", "--voters", "5", "--force"])
+                .unwrap();
         let Cmd::Cluster(ClusterCmd::Format(f)) = cli.cmd else { panic!("not format") };
         assert_eq!((f.copies, f.object_size, f.voters, f.force), (2, 20, 5, true));
         assert!(cli.json);

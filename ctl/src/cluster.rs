@@ -173,7 +173,11 @@ mod tests {
                 object_size_shift: 22,
                 voters: 3,
             }),
-            members: vec![member(2, MemberRole::Submaster), member(1, MemberRole::Master), member(3, MemberRole::Submaster)],
+            members: vec![
+                member(2, MemberRole::Submaster),
+                member(1, MemberRole::Master),
+                member(3, MemberRole::Submaster),
+            ],
             epochs: vec![
                 EpochRecord { epoch: 1, time_ms: 1_795_000_001_000, nodes: vec![node(1), node(2)] },
                 EpochRecord { epoch: 2, time_ms: 1_795_000_002_000, nodes: vec![node(1)] },
@@ -234,7 +238,10 @@ Epoch history (newest first):
             answered_by: "127.0.0.1:7000".into(),
         };
         let text = render_info(&info);
-        assert!(text.starts_with("Status:       unformatted (run `sheepctl cluster format`)\nCluster id:   -\n"), "{text}");
+        assert!(
+            text.starts_with("Status:       unformatted (run `sheepctl cluster format`)\nCluster id:   -\n"),
+            "{text}"
+        );
         assert!(text.contains("Master:       none (election in progress)"));
         assert!(text.contains("Storage nodes:\n  (none)\n"));
     }

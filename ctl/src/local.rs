@@ -86,7 +86,8 @@ fn load_layout(dir: &Path) -> Result<Option<Layout>> {
 fn save_layout(dir: &Path, layout: &Layout) -> Result<()> {
     let path = dir.join(LAYOUT_FILE);
     let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
-    fs::write(&tmp, serde_json::to_string_pretty(layout)? + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::write(&tmp, serde_json::to_string_pretty(layout)? + "\n")
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -173,7 +174,8 @@ pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
     let groupd_bin = find_binary("groupd")?;
     let storaged_bin = find_binary("storaged")?;
     for n in 1..=layout.nodes {
-        fs::create_dir_all(dir.join(format!("node{n}"))).with_context(|| format!("cannot create node dirs in {}", dir.display()))?;
+        fs::create_dir_all(dir.join(format!("node{n}")))
+            .with_context(|| format!("cannot create node dirs in {}", dir.display()))?;
     }
     save_layout(&dir, &layout)?;
 
@@ -240,7 +242,8 @@ pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
     progress.set("waiting for the cluster to run with every node");
     let info = wait_until(deadline, &mut started, || async {
         let info = client.info().await.ok()?;
-        let in_epoch = info.epochs.last().is_some_and(|e| want_storaged.iter().all(|id| e.nodes.iter().any(|n| &n.id == id)));
+        let in_epoch =
+            info.epochs.last().is_some_and(|e| want_storaged.iter().all(|id| e.nodes.iter().any(|n| &n.id == id)));
         (info.status == ClusterStatus::Running && in_epoch).then_some(info)
     })
     .await
@@ -392,7 +395,11 @@ impl Drop for Progress {
 pub async fn down(args: &DownArgs, json: bool) -> Result<()> {
     let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
     let Some(layout) = load_layout(&dir)? else {
-        bail!("no local cluster in {}: {LAYOUT_FILE} not found (start one with `sheepctl up --dir {}`)", dir.display(), dir.display());
+        bail!(
+            "no local cluster in {}: {LAYOUT_FILE} not found (start one with `sheepctl up --dir {}`)",
+            dir.display(),
+            dir.display()
+        );
     };
     let storaged: Vec<Daemon> = (1..=layout.nodes).map(|n| Daemon::new(&dir, n, "storaged")).collect();
     let groupd: Vec<Daemon> = (1..=layout.nodes).map(|n| Daemon::new(&dir, n, "groupd")).collect();
@@ -578,10 +585,7 @@ mod tests {
     fn daemon_command_lines() {
         let l = Layout { nodes: 3, port_base: 7000 };
         let dir = Path::new("/c");
-        assert_eq!(
-            Daemon::new(dir, 1, "groupd").args(&l),
-            ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd"]
-        );
+        assert_eq!(Daemon::new(dir, 1, "groupd").args(&l), ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd"]);
         assert_eq!(
             Daemon::new(dir, 2, "groupd").args(&l),
             ["--listen", "127.0.0.2:7000", "--data", "/c/node2/groupd", "--join", "127.0.0.1:7000"]

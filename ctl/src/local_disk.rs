@@ -81,7 +81,9 @@ pub async fn attach(dir: &Path, client: &GroupClient, groupd: &[String], size: u
         }
         Err(why) => {
             let why = match why {
-                devices::DevError::NoDriver => "/dev/ublk-control is missing; load ublk_drv (`modprobe ublk_drv`) for one".into(),
+                devices::DevError::NoDriver => {
+                    "/dev/ublk-control is missing; load ublk_drv (`modprobe ublk_drv`) for one".into()
+                }
                 other => other.to_string(),
             };
             let (url, pid) = nbd_export(dir, &groupd_arg)?;

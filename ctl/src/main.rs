@@ -13,9 +13,9 @@ mod node_stat;
 mod output;
 mod procs;
 mod vdi;
-mod vdi_lock;
 mod vdi_family;
 mod vdi_file;
+mod vdi_lock;
 
 use std::time::Duration;
 
@@ -43,12 +43,8 @@ fn main() {
     }
 }
 
-
 fn run(cli: Cli) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         match &cli.cmd {

@@ -185,7 +185,11 @@ mod tests {
         let states: Vec<(&str, &str, Option<u64>)> = rows.iter().map(|r| (r.id.as_str(), r.state, r.session)).collect();
         assert_eq!(
             states,
-            vec![("127.0.0.1:7001", "up", Some(8)), ("127.0.0.2:7001", "down", None), ("127.0.0.3:7001", "joining", Some(9))]
+            vec![
+                ("127.0.0.1:7001", "up", Some(8)),
+                ("127.0.0.2:7001", "down", None),
+                ("127.0.0.3:7001", "joining", Some(9))
+            ]
         );
         assert_eq!(
             table("", HEADERS, &cells(&rows)),

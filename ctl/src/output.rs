@@ -93,10 +93,7 @@ mod tests {
             vec!["b".to_string(), "12".to_string(), "".to_string()],
         ];
         let t = table("  ", &["ID", "ZONE", "STATE"], &rows);
-        assert_eq!(
-            t,
-            "  ID              ZONE  STATE\n  127.0.0.1:7001  0     up\n  b               12\n"
-        );
+        assert_eq!(t, "  ID              ZONE  STATE\n  127.0.0.1:7001  0     up\n  b               12\n");
         assert_eq!(table("", &["A"], &[]), "A\n");
     }
 

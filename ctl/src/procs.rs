@@ -178,8 +178,9 @@ mod tests {
         let data = tmp.path().join("data");
         // `sleep` stands in for a daemon: argv0 "sleep", and a --data argument it ignores
         // would make it fail, so check the negative and the liveness part only.
-        let mut child = spawn_detached(Path::new("/bin/sleep"), &["30".into()], &tmp.path().join("log"), &tmp.path().join("p.pid"))
-            .unwrap();
+        let mut child =
+            spawn_detached(Path::new("/bin/sleep"), &["30".into()], &tmp.path().join("log"), &tmp.path().join("p.pid"))
+                .unwrap();
         let pid = read_pid(&tmp.path().join("p.pid")).unwrap().unwrap();
         assert_eq!(pid as u32, child.id());
         assert!(!is_gone(pid));

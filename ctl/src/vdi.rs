@@ -56,18 +56,25 @@ pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
             Ok(())
         }
         VdiCmd::List => crate::vdi_family::list(groupd, json).await,
-        VdiCmd::Delete { name, snapshot: Some(tag) } => crate::vdi_family::delete_snapshot(groupd, name, tag, json).await,
+        VdiCmd::Delete { name, snapshot: Some(tag) } => {
+            crate::vdi_family::delete_snapshot(groupd, name, tag, json).await
+        }
         VdiCmd::Delete { name, snapshot: None } => {
             validate_vdi_name(name)?;
             let v = crate::client(groupd)?.vdi_delete(name).await?;
             if json {
                 return print_json(&VdiRow::from(&v));
             }
-            println!("deleted VDI {} with its snapshots (id {}); storage nodes remove the objects nothing reads any more", v.name, v.vid);
+            println!(
+                "deleted VDI {} with its snapshots (id {}); storage nodes remove the objects nothing reads any more",
+                v.name, v.vid
+            );
             Ok(())
         }
         VdiCmd::Snapshot { name, tag } => crate::vdi_family::snapshot(groupd, name, tag, json).await,
-        VdiCmd::Clone { name, snapshot, new_name } => crate::vdi_family::clone(groupd, name, snapshot, new_name, json).await,
+        VdiCmd::Clone { name, snapshot, new_name } => {
+            crate::vdi_family::clone(groupd, name, snapshot, new_name, json).await
+        }
         VdiCmd::Rollback { name, snapshot } => crate::vdi_family::rollback(groupd, name, snapshot, json).await,
         VdiCmd::Resize { name, size } => crate::vdi_family::resize(groupd, name, *size, json).await,
         VdiCmd::Tree => crate::vdi_family::tree(groupd, json).await,

@@ -160,11 +160,14 @@ pub async fn delete_snapshot(groupd: &str, name: &str, tag: &str, json: bool) ->
     let (live, _) = group.vdi_list().await?;
     let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
     // If nothing descends from it any more, the storage nodes remove all of it by themselves.
-    let removed = if live.iter().any(|e| lifecycle::ancestry(e, &live).contains(&gone.vid) || e.parent == Some(gone.vid)) {
-        lifecycle::reclaim(&cluster, &gone, &live).await.context("the snapshot is deleted, but reclaiming its objects failed (`sheepctl cluster check` retries)")?
-    } else {
-        0
-    };
+    let removed =
+        if live.iter().any(|e| lifecycle::ancestry(e, &live).contains(&gone.vid) || e.parent == Some(gone.vid)) {
+            lifecycle::reclaim(&cluster, &gone, &live).await.context(
+                "the snapshot is deleted, but reclaiming its objects failed (`sheepctl cluster check` retries)",
+            )?
+        } else {
+            0
+        };
     if json {
         return print_json(&serde_json::json!({ "deleted": gone, "objects_removed": removed }));
     }
@@ -192,7 +195,8 @@ pub async fn list(groupd: &str, json: bool) -> Result<()> {
     let group = Rc::new(crate::client(groupd)?);
     let (mut vdis, _) = group.vdi_list().await?;
     vdis.sort_by(|a, b| (&a.name, a.created_ms, a.is_snapshot()).cmp(&(&b.name, b.created_ms, b.is_snapshot())));
-    let cluster = if vdis.is_empty() { None } else { Some(Cluster::connect(group.clone(), CallLimits::default()).await?) };
+    let cluster =
+        if vdis.is_empty() { None } else { Some(Cluster::connect(group.clone(), CallLimits::default()).await?) };
     let mut rows = Vec::new();
     for v in &vdis {
         let (used, shared) = match &cluster {
@@ -274,7 +278,13 @@ pub async fn tree(groupd: &str, json: bool) -> Result<()> {
 
 fn draw(all: &[VdiEntry], v: &VdiEntry, prefix: &str, last: bool, root: bool, out: &mut String) {
     let what = if v.is_snapshot() { "snapshot" } else { "working" };
-    let line = if root { String::new() } else if last { "└─ ".into() } else { "├─ ".into() };
+    let line = if root {
+        String::new()
+    } else if last {
+        "└─ ".into()
+    } else {
+        "├─ ".into()
+    };
     out.push_str(&format!("{prefix}{line}{} ({what}, id {}, {})\n", v.label(), v.vid, format_size(v.size)));
     let mut kids: Vec<&VdiEntry> = all.iter().filter(|c| c.parent == Some(v.vid)).collect();
     kids.sort_by_key(|c| (c.name.clone(), c.created_ms));
@@ -285,7 +295,14 @@ fn draw(all: &[VdiEntry], v: &VdiEntry, prefix: &str, last: bool, root: bool, ou
 }
 
 /// `vdi setattr NAME KEY [VALUE]`: the value from stdin when absent.
-pub async fn setattr(groupd: &str, name: &str, key: &str, value: Option<&str>, exclusive: bool, delete: bool) -> Result<()> {
+pub async fn setattr(
+    groupd: &str,
+    name: &str,
+    key: &str,
+    value: Option<&str>,
+    exclusive: bool,
+    delete: bool,
+) -> Result<()> {
     validate_vdi_name(name)?;
     let client = crate::client(groupd)?;
     if delete {

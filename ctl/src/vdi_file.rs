@@ -154,12 +154,13 @@ fn report(json: bool, verb: &str, name: &str, path: &Path, bytes: u64, data: u64
             seconds,
         });
     }
-    let rate = if seconds > 0.0 { format!(", {}/s", format_size((bytes as f64 / seconds) as u64)) } else { String::new() };
-    let (from, to) = if verb == "imported" { (path.display().to_string(), name.to_string()) } else { (name.to_string(), path.display().to_string()) };
-    println!(
-        "{verb} {from} to {to}: {} ({} of data) in {seconds:.1} s{rate}",
-        format_size(bytes),
-        format_size(data)
-    );
+    let rate =
+        if seconds > 0.0 { format!(", {}/s", format_size((bytes as f64 / seconds) as u64)) } else { String::new() };
+    let (from, to) = if verb == "imported" {
+        (path.display().to_string(), name.to_string())
+    } else {
+        (name.to_string(), path.display().to_string())
+    };
+    println!("{verb} {from} to {to}: {} ({} of data) in {seconds:.1} s{rate}", format_size(bytes), format_size(data));
     Ok(())
 }

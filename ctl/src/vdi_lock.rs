@@ -156,7 +156,11 @@ mod tests {
             config: None,
             members: Vec::new(),
             epochs: Vec::new(),
-            sessions: vec![Session { id: 7, kind: SessionKind::Client { name: "nbd".into() }, opened_ms: 1_700_000_000_000 }],
+            sessions: vec![Session {
+                id: 7,
+                kind: SessionKind::Client { name: "nbd".into() },
+                opened_ms: 1_700_000_000_000,
+            }],
             locks: vec![
                 LockInfo { lock: Lock { vdi: "v".into(), session: 7, token: 42 }, holder: "nbd".into() },
                 LockInfo { lock: Lock { vdi: "w".into(), session: 9, token: 50 }, holder: String::new() },
@@ -166,7 +170,10 @@ mod tests {
             answered_by: String::new(),
         };
         let r = rows(&info);
-        assert_eq!(r[0], LockRow { vdi: "v".into(), session: 7, holder: "nbd".into(), token: 42, since_ms: 1_700_000_000_000 });
+        assert_eq!(
+            r[0],
+            LockRow { vdi: "v".into(), session: 7, holder: "nbd".into(), token: 42, since_ms: 1_700_000_000_000 }
+        );
         assert_eq!(r[1].since_ms, 0);
         let text = table("", HEADERS, &cells(&r));
         assert!(text.starts_with("VDI  SESSION  HOLDER  TOKEN  SINCE\n"), "{text}");

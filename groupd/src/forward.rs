@@ -139,7 +139,10 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             req.get().set_tag(tag.as_str());
             let resp = req.send().promise.await?;
             let r = resp.get()?;
-            let reply = Reply::Snapshot { snapshot: codec::read_vdi(r.get_snapshot()?)?, working: codec::read_vdi(r.get_working()?)? };
+            let reply = Reply::Snapshot {
+                snapshot: codec::read_vdi(r.get_snapshot()?)?,
+                working: codec::read_vdi(r.get_working()?)?,
+            };
             Ok(Outcome { reply, lease_ms: 0, holder: String::new() })
         }
         Op::VdiClone { name, tag, new_name } => {

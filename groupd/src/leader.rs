@@ -211,9 +211,10 @@ pub async fn wait_voters_have(node: &Node, index: u64, limit: Duration) {
                 }
                 let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
                 let matched = m.replication.clone().unwrap_or_default();
-                voters.iter().filter(|v| **v != node.id).all(|v| {
-                    matched.get(v).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= index)
-                })
+                voters
+                    .iter()
+                    .filter(|v| **v != node.id)
+                    .all(|v| matched.get(v).and_then(|l| l.as_ref()).is_some_and(|l| l.index >= index))
             };
             if done || metrics.changed().await.is_err() {
                 return;

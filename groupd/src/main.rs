@@ -130,16 +130,15 @@ async fn raft_stopped(raft: &Raft) -> String {
 async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let listener =
-        TcpListener::bind(&cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let listener = TcpListener::bind(&cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     let local_addr = listener.local_addr().with_context(|| format!("cannot listen on {}", cli.listen))?;
     if local_addr.ip().is_unspecified() {
         tracing::warn!(%local_addr, "listening on an unspecified address: other groupd instances cannot reach it there");
     }
     let addr = local_addr.to_string();
 
-    let files = LogFiles::open(&cli.data)
-        .with_context(|| format!("cannot open the raft log in {}", cli.data.display()))?;
+    let files =
+        LogFiles::open(&cli.data).with_context(|| format!("cannot open the raft log in {}", cli.data.display()))?;
     let fresh = files.is_empty();
     let replay_upto = files.last_log_id().map_or(0, |l| l.index);
     let log = LogStore::new(files);

@@ -162,10 +162,7 @@ impl PeerConn {
             }
             Ok(Ok(r)) => r,
         };
-        let bytes = response
-            .get()
-            .and_then(|r| r.get_body())
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = response.get().and_then(|r| r.get_body()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let answer: Result<Resp, RaftError<E>> =
             serde_json::from_slice(bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

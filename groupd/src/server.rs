@@ -168,11 +168,7 @@ impl groupd::Server for GroupdServer {
         Ok(())
     }
 
-    async fn info(
-        self: Rc<Self>,
-        _: groupd::InfoParams,
-        mut results: groupd::InfoResults,
-    ) -> Result<(), capnp::Error> {
+    async fn info(self: Rc<Self>, _: groupd::InfoParams, mut results: groupd::InfoResults) -> Result<(), capnp::Error> {
         let info = self.node.info();
         codec::write_cluster_info(results.get().init_info(), &info);
         Ok(())

@@ -183,11 +183,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 Some(l) => format!("{}-{}-{:x}", l.leader_id, l.index, random_u64()),
                 None => format!("--{:x}", random_u64()),
             };
-            let meta = SnapshotMeta {
-                last_log_id: d.last_applied,
-                last_membership: d.last_membership.clone(),
-                snapshot_id,
-            };
+            let meta =
+                SnapshotMeta { last_log_id: d.last_applied, last_membership: d.last_membership.clone(), snapshot_id };
             (meta, data)
         };
         let bytes = encode_snapshot(&meta, &data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -245,10 +242,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.inner.snapshot.borrow().as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
-        }))
+        Ok(self
+            .inner
+            .snapshot
+            .borrow()
+            .as_ref()
+            .map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
     }
 }
 

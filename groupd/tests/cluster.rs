@@ -72,9 +72,8 @@ fn elect_replicate_forward_and_fail_over() {
     g[mi].kill9();
     let killed_at = Instant::now();
     let survivor = g[(mi + 1) % 3].addr.clone();
-    let new_master = wait_for(Duration::from_secs(15), "a new master", || {
-        master_of(&survivor).filter(|m| *m != master)
-    });
+    let new_master =
+        wait_for(Duration::from_secs(15), "a new master", || master_of(&survivor).filter(|m| *m != master));
     eprintln!("failover took {:?}", killed_at.elapsed());
     keepalive(&survivor, session).unwrap();
     let i = info(&new_master).unwrap();
@@ -175,9 +174,7 @@ fn later_groupd_are_members_until_more_voters_are_wanted() {
     let root = test_root();
     let g = three(root.path(), &[]);
     let d = Groupd::start(root.path(), "d", "127.0.0.4", &["--join", &g[1].addr]);
-    let role_of_d = |at: &str| {
-        info(at).ok().and_then(|i| i.members.iter().find(|m| m.addr == d.addr).map(|m| m.role))
-    };
+    let role_of_d = |at: &str| info(at).ok().and_then(|i| i.members.iter().find(|m| m.addr == d.addr).map(|m| m.role));
     wait_for(Duration::from_secs(10), "d to be a member", || {
         (role_of_d(&g[0].addr) == Some(MemberRole::Member)).then_some(())
     });

@@ -4,12 +4,12 @@
 
 use capnp::text;
 use sheep_core::epoch::{EpochRecord, NodeInfo};
+use sheep_core::group::{
+    ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupError, GroupMember, Lock, LockInfo, MemberRole,
+    Session, SessionKind,
+};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
-use sheep_core::group::{
-    ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupError, GroupMember, Lock,
-    LockInfo, MemberRole, Session, SessionKind,
-};
 
 use crate::groupd_capnp::{
     cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, session, vdi_info,
@@ -307,24 +307,19 @@ pub fn read_event(r: event::Reader<'_>) -> capnp::Result<Event> {
         Which::Joined(s) => EventKind::Joined(read_session(s?)?),
         Which::Left(l) => EventKind::Left { session: l.get_session(), expired: l.get_expired() },
         Which::Epoch(rec) => EventKind::Epoch(read_epoch(rec?)?),
-        Which::Broadcast(bc) => {
-            EventKind::Broadcast { session: bc.get_session(), payload: bc.get_payload()?.to_vec() }
-        }
+        Which::Broadcast(bc) => EventKind::Broadcast { session: bc.get_session(), payload: bc.get_payload()?.to_vec() },
         Which::Locked(l) => EventKind::Locked(read_lock_info(l?)?.lock),
-        Which::Unlocked(u) => EventKind::Unlocked {
-            vdi: text(u.get_vdi())?,
-            session: u.get_session(),
-            forced: u.get_forced(),
-        },
+        Which::Unlocked(u) => {
+            EventKind::Unlocked { vdi: text(u.get_vdi())?, session: u.get_session(), forced: u.get_forced() }
+        }
         Which::Shutdown(()) => EventKind::Shutdown,
         Which::Resumed(()) => EventKind::Resumed,
         Which::VdiCreated(v) => EventKind::VdiCreated(read_vdi(v?)?),
         Which::VdiDeleted(v) => EventKind::VdiDeleted(read_vdi(v?)?),
         Which::VdiRetired(v) => EventKind::VdiRetired(read_vdi(v?)?),
-        Which::VdiSnapshotted(g) => EventKind::VdiSnapshotted {
-            snapshot: read_vdi(g.get_snapshot()?)?,
-            working: read_vdi(g.get_working()?)?,
-        },
+        Which::VdiSnapshotted(g) => {
+            EventKind::VdiSnapshotted { snapshot: read_vdi(g.get_snapshot()?)?, working: read_vdi(g.get_working()?)? }
+        }
         Which::VdiResized(v) => EventKind::VdiResized(read_vdi(v?)?),
         Which::Recovered(r) => EventKind::Recovered { node: text(r.get_node())?, epoch: r.get_epoch() },
         Which::RecoveryComplete(epoch) => EventKind::RecoveryComplete(epoch),

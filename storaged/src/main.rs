@@ -83,7 +83,6 @@ fn main() {
 
 /// Prints a command-line error as one line (help and version as clap does) and exits.
 
-
 fn parse_weight(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(w) if w >= 1 => Ok(w),
@@ -98,10 +97,7 @@ fn run(args: Args) -> Result<()> {
     }
     let store = StoreDir::open(&args.data)?;
     let id = args.listen.to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         // Listen first: a node that cannot serve claims nothing in its store.

@@ -150,7 +150,12 @@ enum Step {
 }
 
 /// Follows the events until the cluster shuts down or the session is gone.
-async fn follow(node: &Rc<Node>, client: &Rc<GroupClient>, session: SessionId, mut keepalive: AbortOnDrop) -> Result<Followed> {
+async fn follow(
+    node: &Rc<Node>,
+    client: &Rc<GroupClient>,
+    session: SessionId,
+    mut keepalive: AbortOnDrop,
+) -> Result<Followed> {
     let mut watcher = Watcher::new(client.clone(), 1, WATCH_BATCH, WATCH_WAIT);
     // Set once the watch has passed this session's own `joined` event: events before it are
     // history (an old shutdown, an old format), not news.
@@ -264,7 +269,10 @@ fn apply(node: &Rc<Node>, session: SessionId, joined_seen: &mut bool, e: &Event)
             // Before this session's own join, a format is history: a later one may follow.
             let old = node.cluster_id();
             if *joined_seen || old.is_empty() {
-                info!("cluster formatted: id {}, {} copies, object size 2^{}", cfg.cluster_id, cfg.copies, cfg.object_size_shift);
+                info!(
+                    "cluster formatted: id {}, {} copies, object size 2^{}",
+                    cfg.cluster_id, cfg.copies, cfg.object_size_shift
+                );
                 node.adopt_cluster(&cfg.cluster_id)?;
                 if !old.is_empty() && old != cfg.cluster_id {
                     // A new cluster reuses VDI ids: no object of the old one may survive.

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use sheep_client::group::GroupClient;
 use sheep_core::epoch::{Epoch, EpochLog, EpochRecord, NodeInfo};
 use sheep_core::group::{SessionId, DEFAULT_COPIES};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
 use sheep_core::placement::PlacementRing;
-use sheep_client::group::GroupClient;
 use tokio::sync::watch;
 
 use crate::fence::{Fenced, Fences};
@@ -100,12 +100,8 @@ impl Node {
         config: StoreConfig,
         epochs: Option<EpochLog>,
     ) -> Node {
-        let state = State {
-            config,
-            epochs_unreadable: epochs.is_none(),
-            epochs: epochs.unwrap_or_default(),
-            session: 0,
-        };
+        let state =
+            State { config, epochs_unreadable: epochs.is_none(), epochs: epochs.unwrap_or_default(), session: 0 };
         let (epoch_tx, _) = watch::channel(state.epochs.current());
         let (kick_tx, _) = watch::channel(0);
         Node {

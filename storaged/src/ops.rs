@@ -110,7 +110,13 @@ fn on_error<T>(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, r: Result<T, StoreE
     })
 }
 
-pub async fn read(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, offset: u64, len: u64) -> Result<Vec<u8>, capnp::Error> {
+pub async fn read(
+    node: &Rc<Node>,
+    epoch: Epoch,
+    oid: ObjectId,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, capnp::Error> {
     gate(node, epoch).await?;
     // Small reads come from the page cache in microseconds: done here, they cost no hop to
     // a disk thread and back (unless a disk task holds the object).
@@ -184,7 +190,8 @@ pub async fn create_and_write(
         _ => None,
     };
     let objects = node.objects.clone();
-    let r = blocking(move || objects.create_and_write(oid, object_size, base_data.as_deref(), offset, &data, fua)).await;
+    let r =
+        blocking(move || objects.create_and_write(oid, object_size, base_data.as_deref(), offset, &data, fua)).await;
     on_error(node, epoch, oid, r).map(|_| ())
 }
 

@@ -126,7 +126,5 @@ impl Peers {
 }
 
 fn read_oids(r: capnp::primitive_list::Reader<'_, u64>) -> capnp::Result<Vec<ObjectId>> {
-    r.iter()
-        .map(|raw| ObjectId::from_raw(raw).map_err(|e| capnp::Error::failed(format!("badRequest: {e}"))))
-        .collect()
+    r.iter().map(|raw| ObjectId::from_raw(raw).map_err(|e| capnp::Error::failed(format!("badRequest: {e}")))).collect()
 }

@@ -242,8 +242,7 @@ async fn list_everyone(
             Listing::default()
         }
     };
-    let peers: Vec<&str> =
-        ring.record.nodes.iter().filter(|n| n.id != node.info.id).map(|n| n.addr.as_str()).collect();
+    let peers: Vec<&str> = ring.record.nodes.iter().filter(|n| n.id != node.info.id).map(|n| n.addr.as_str()).collect();
     let answers = futures::future::join_all(peers.iter().map(|addr| node.peers.list(addr, epoch))).await;
     let previous = epoch.checked_sub(1).and_then(|e| node.ring(e));
     let leavers: Vec<String> = previous
@@ -255,7 +254,9 @@ async fn list_everyone(
     // A node that left may or may not know the new epoch yet: ask in the one it knows.
     let left_answers = futures::future::join_all(leavers.iter().map(|addr| async move {
         match tokio::time::timeout(LEAVER_WAIT, node.peers.list(addr, epoch - 1)).await {
-            Ok(Err(e)) if e.is_code("staleEpoch") => tokio::time::timeout(LEAVER_WAIT, node.peers.list(addr, epoch)).await,
+            Ok(Err(e)) if e.is_code("staleEpoch") => {
+                tokio::time::timeout(LEAVER_WAIT, node.peers.list(addr, epoch)).await
+            }
             other => other,
         }
     }))
@@ -363,9 +364,7 @@ pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError>
         Found::Data(d) => d,
         Found::Absent => return Ok(false),
         Found::Unknown => {
-            return Err(StoreError::Io(format!(
-                "object {oid} may exist on a node that did not answer; try again"
-            )))
+            return Err(StoreError::Io(format!("object {oid} may exist on a node that did not answer; try again")))
         }
     };
     let objects = node.objects.clone();

@@ -97,8 +97,18 @@ impl storaged::Server for StoragedImpl {
         let data = p.get_data()?.to_vec();
         let offset = u64::from(p.get_offset());
         let fence = p.get_fence();
-        ops::create_and_write(&self.node, p.get_epoch(), oid, p.get_object_size(), base, offset, data, p.get_fua(), fence)
-            .await
+        ops::create_and_write(
+            &self.node,
+            p.get_epoch(),
+            oid,
+            p.get_object_size(),
+            base,
+            offset,
+            data,
+            p.get_fua(),
+            fence,
+        )
+        .await
     }
 
     async fn remove(

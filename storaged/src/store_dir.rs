@@ -34,9 +34,7 @@ impl StoreDir {
             f.sync_all()
         });
         let removed = fs::remove_file(&probe);
-        written
-            .and(removed)
-            .with_context(|| format!("data dir {} is not writable", root.display()))?;
+        written.and(removed).with_context(|| format!("data dir {} is not writable", root.display()))?;
         let epochs = root.join("epoch");
         fs::create_dir_all(&epochs).with_context(|| format!("cannot create {}", epochs.display()))?;
         Ok(StoreDir { root: root.to_path_buf() })
@@ -62,7 +60,8 @@ impl StoreDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let cfg = serde_json::from_str(&text).with_context(|| format!("{} is not a valid store config", path.display()))?;
+        let cfg =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid store config", path.display()))?;
         Ok(Some(cfg))
     }
 
@@ -106,8 +105,8 @@ impl StoreDir {
         let mut log = EpochLog::default();
         for (n, path) in numbered {
             let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let rec: EpochRecord =
-                serde_json::from_str(&text).with_context(|| format!("{} is not a valid epoch record", path.display()))?;
+            let rec: EpochRecord = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid epoch record", path.display()))?;
             if rec.epoch != n {
                 bail!("{} holds epoch {}", path.display(), rec.epoch);
             }
@@ -152,9 +151,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync directory {}", dir.display()))
+    fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -166,7 +163,10 @@ mod tests {
         EpochRecord {
             epoch,
             time_ms: u64::from(epoch) * 1000,
-            nodes: ids.iter().map(|id| NodeInfo { id: id.to_string(), addr: id.to_string(), zone: 0, weight: 1 }).collect(),
+            nodes: ids
+                .iter()
+                .map(|id| NodeInfo { id: id.to_string(), addr: id.to_string(), zone: 0, weight: 1 })
+                .collect(),
         }
     }
 

@@ -94,7 +94,11 @@ impl Cluster {
             let last = info.epochs.last().cloned().ok_or("no epoch")?;
             let mut ids: Vec<String> = last.nodes.iter().map(|n| n.id.clone()).collect();
             ids.sort();
-            if ids == want { Ok(last) } else { Err(format!("{ids:?}")) }
+            if ids == want {
+                Ok(last)
+            } else {
+                Err(format!("{ids:?}"))
+            }
         })
         .await
     }
@@ -104,10 +108,17 @@ impl Cluster {
         for &i in live {
             let addr = self.addrs[i].clone();
             wait(&format!("{addr} to recover epoch {epoch}"), || async {
-                let conn = sheep_client::rpc::connect::<sheep_rpc::storaged_capnp::storaged::Client>(&addr, Duration::from_secs(1))
-                    .await?;
+                let conn = sheep_client::rpc::connect::<sheep_rpc::storaged_capnp::storaged::Client>(
+                    &addr,
+                    Duration::from_secs(1),
+                )
+                .await?;
                 let st = recovery(&conn.client()).await.map_err(|e| e.to_string())?;
-                if st.0 == epoch && st.3 && st.4 { Ok(()) } else { Err(format!("{st:?}")) }
+                if st.0 == epoch && st.3 && st.4 {
+                    Ok(())
+                } else {
+                    Err(format!("{st:?}"))
+                }
             })
             .await;
         }
@@ -204,7 +215,11 @@ fn recovery_moves_objects_purges_stale_and_quarantines_a_returning_node() {
         wait("stale copies to be purged", || async {
             let held = lists(&c, &[0, 1, 2], e2.epoch).await;
             let stale: usize = held.values().map(|(_, s)| s.len()).sum();
-            if stale == 0 { Ok(()) } else { Err(format!("{stale} stale")) }
+            if stale == 0 {
+                Ok(())
+            } else {
+                Err(format!("{stale} stale"))
+            }
         })
         .await;
         let n2 = lists(&c, &[2], e2.epoch).await[&2].0.len();
@@ -247,7 +262,11 @@ fn recovery_moves_objects_purges_stale_and_quarantines_a_returning_node() {
                 .copied()
                 .filter(|&o| (o >> 32) as u32 == gone.vid.get())
                 .collect();
-            if left.is_empty() { Ok(()) } else { Err(format!("{left:x?}")) }
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:x?}"))
+            }
         })
         .await;
         if std::env::var_os("SHOW_LOGS").is_some() {
@@ -405,11 +424,22 @@ fn a_forced_format_removes_the_old_clusters_objects() {
         assert_ne!(first.cluster_id, second.cluster_id);
         wait("the old objects to go", || async {
             let status = conn.client().status_request().send().promise.await.map_err(|e| e.to_string())?;
-            let id = status.get().map_err(|e| e.to_string())?.get_status().map_err(|e| e.to_string())?
-                .get_cluster_id().map_err(|e| e.to_string())?.to_string().map_err(|e| e.to_string())?;
+            let id = status
+                .get()
+                .map_err(|e| e.to_string())?
+                .get_status()
+                .map_err(|e| e.to_string())?
+                .get_cluster_id()
+                .map_err(|e| e.to_string())?
+                .to_string()
+                .map_err(|e| e.to_string())?;
             let epoch = epoch_of(&conn.client()).await.map_err(|e| e.to_string())?;
             let (oids, _) = list(&conn.client(), epoch).await.map_err(|e| e.to_string())?;
-            if id == second.cluster_id && oids.is_empty() { Ok(()) } else { Err(format!("cluster {id}, {oids:x?}")) }
+            if id == second.cluster_id && oids.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("cluster {id}, {oids:x?}"))
+            }
         })
         .await;
     });

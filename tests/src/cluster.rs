@@ -35,10 +35,11 @@ impl Cluster {
     pub fn new() -> Cluster {
         let dir = tempfile::Builder::new().prefix("sheep-test-").tempdir().expect("tempdir");
         // A block of loopback addresses unlikely to be used by a concurrent test.
-        let seed = std::process::id() as u64 ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
         let h = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let net = [(h >> 40) as u8 % 200 + 20, (h >> 48) as u8 % 250 + 1];
         Cluster {
@@ -124,12 +125,7 @@ impl Cluster {
 
     /// `sheepctl --groupd <addrs> args…`.
     pub fn ctl_at(&self, groupd: &str, args: &[&str]) -> Output {
-        Command::new(bin("sheepctl"))
-            .arg("--groupd")
-            .arg(groupd)
-            .args(args)
-            .output()
-            .expect("run sheepctl")
+        Command::new(bin("sheepctl")).arg("--groupd").arg(groupd).args(args).output().expect("run sheepctl")
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {

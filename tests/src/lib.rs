@@ -5,8 +5,8 @@
 pub mod cluster;
 pub mod daemon;
 pub mod nbd;
-pub mod vm;
 pub mod rand;
+pub mod vm;
 pub mod wait;
 
 pub use cluster::Cluster;

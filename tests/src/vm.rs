@@ -49,17 +49,12 @@ impl VmOutcome {
 
 /// The repository's root (the parent of this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
 /// The directory where `ci/vm/build` keeps the kernel and initramfs.
 pub fn vm_dir() -> PathBuf {
-    std::env::var_os("SHEEP_VM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/vm"))
+    std::env::var_os("SHEEP_VM_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/vm"))
 }
 
 fn under_ci() -> bool {
@@ -75,7 +70,9 @@ pub fn should_run(test: &str) -> bool {
     }
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: the ublk VM needs root (qemu, apt-get for ci/vm/build); run as root or with CI=true");
+        eprintln!(
+            "SKIPPED {test}: the ublk VM needs root (qemu, apt-get for ci/vm/build); run as root or with CI=true"
+        );
         return false;
     }
     true
@@ -100,11 +97,7 @@ pub fn build() -> Result<(), String> {
 /// Runs `script` (bash source) in the VM, in the repository's root, with `timeout` for the
 /// whole run (boot, script, power-off).
 pub fn run(script: &str, timeout: Duration) -> VmOutcome {
-    let file = tempfile::Builder::new()
-        .prefix("sheep-vm-script.")
-        .suffix(".sh")
-        .tempfile()
-        .expect("temp script");
+    let file = tempfile::Builder::new().prefix("sheep-vm-script.").suffix(".sh").tempfile().expect("temp script");
     std::fs::write(file.path(), script).expect("write script");
     run_file(file.path(), timeout, &[])
 }
@@ -130,11 +123,7 @@ pub fn run_file(path: &Path, timeout: Duration, env: &[&str]) -> VmOutcome {
     let status = dir.path().join("status");
     let mut cmd = Command::new(repo_root().join("ci/vm/run"));
     cmd.arg(path)
-        .args([
-            "--no-build",
-            "--timeout",
-            &timeout.as_secs().max(1).to_string(),
-        ])
+        .args(["--no-build", "--timeout", &timeout.as_secs().max(1).to_string()])
         .arg("--status")
         .arg(&status)
         .arg("--out")
@@ -165,33 +154,13 @@ pub fn run_file(path: &Path, timeout: Duration, env: &[&str]) -> VmOutcome {
     let (exit_code, error) = if let Some(n) = status.strip_prefix("exit ") {
         (n.parse().ok(), None)
     } else if killed {
-        (
-            None,
-            Some(format!(
-                "ci/vm/run did not finish in {:?}; killed",
-                timeout + Duration::from_secs(60)
-            )),
-        )
+        (None, Some(format!("ci/vm/run did not finish in {:?}; killed", timeout + Duration::from_secs(60))))
     } else if status == "timeout" {
-        (
-            None,
-            Some(format!("the VM run timed out after {timeout:?}")),
-        )
+        (None, Some(format!("the VM run timed out after {timeout:?}")))
     } else {
-        (
-            None,
-            Some(format!(
-                "the VM failed to boot or crashed (ci/vm/run exit {code:?}, status {status:?})"
-            )),
-        )
+        (None, Some(format!("the VM failed to boot or crashed (ci/vm/run exit {code:?}, status {status:?})")))
     };
-    VmOutcome {
-        exit_code,
-        output,
-        error,
-        elapsed,
-        out: Some(share),
-    }
+    VmOutcome { exit_code, output, error, elapsed, out: Some(share) }
 }
 
 fn command_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {

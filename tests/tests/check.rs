@@ -238,8 +238,7 @@ fn check_does_not_repair_a_vdi_locked_by_someone_else() {
     let ip = c.groupd_addrs[0].rsplit_once(':').map(|(ip, _)| ip).unwrap();
     let listen = format!("{}.200:0", ip.rsplit_once('.').unwrap().0);
     let args = ["--groupd", &c.groupd_addrs.join(","), "export", "v", "--listen", &listen];
-    let mut export =
-        Daemon::start("sheepctl", args.iter().map(|s| s.to_string()).collect(), c.path("export.log"));
+    let mut export = Daemon::start("sheepctl", args.iter().map(|s| s.to_string()).collect(), c.path("export.log"));
     wait_until(T, "the export to serve", || {
         let text = std::fs::read_to_string(&export.log).unwrap_or_default();
         if text.lines().any(|l| l.starts_with("nbd://")) {
@@ -265,7 +264,11 @@ fn check_does_not_repair_a_vdi_locked_by_someone_else() {
     export.kill();
     let v = wait_until(T, "the repair once the lock is free", || {
         let (ok, v) = check_json(&c, &["vdi", "check", "v"]);
-        if ok { Ok(v) } else { Err(v.to_string()) }
+        if ok {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
     });
     assert_eq!(v["repaired"], 1, "{v:#}");
     assert!(obj_path(&c, victim, oid).exists());

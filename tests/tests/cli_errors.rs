@@ -40,7 +40,8 @@ fn malformed_flags_and_sizes_are_refused() {
     assert_clear_failure(&out, "--no-such-flag");
     let out = run("groupd", &["--listen", "not-an-address", "--data", "/tmp/x"]);
     assert_clear_failure(&out, "not-an-address");
-    let out = run("storaged", &["--listen", "127.0.0.1:1", "--data", "/tmp/x", "--groupd", "127.0.0.1:2", "--weight", "-3"]);
+    let out =
+        run("storaged", &["--listen", "127.0.0.1:1", "--data", "/tmp/x", "--groupd", "127.0.0.1:2", "--weight", "-3"]);
     assert_clear_failure(&out, "-3");
 }
 
@@ -66,10 +67,8 @@ fn storaged_refuses_a_data_dir_it_cannot_write() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let data = file.join("store");
-    let out = run(
-        "storaged",
-        &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--groupd", "127.0.0.1:1"],
-    );
+    let out =
+        run("storaged", &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--groupd", "127.0.0.1:1"]);
     assert_clear_failure(&out, "a-file");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }

@@ -207,7 +207,11 @@ fn delete_while_a_node_is_down_removes_everything_when_it_returns() {
     let kept: BTreeSet<String> = wait_until(T, "the deleted VDI's objects to go everywhere", || {
         let now: BTreeSet<String> = (0..4).flat_map(|i| c.objects_on(i).into_iter().chain(c.stale_on(i))).collect();
         // What is left are the objects of `kept` only: at most 1 data object + its inode.
-        if now.len() <= 2 { Ok(now) } else { Err(format!("{} objects left", now.len())) }
+        if now.len() <= 2 {
+            Ok(now)
+        } else {
+            Err(format!("{} objects left", now.len()))
+        }
     });
     assert!(kept.is_subset(&before));
     assert_same(&export(&c, "kept"), &data[..4 * MIB], "the other VDI is untouched");

@@ -33,7 +33,11 @@ fn master_dies_submaster_takes_over_log_intact() {
     let before = wait_until(T, "all groupd to agree", || {
         let infos: Vec<ClusterInfo> = (0..3).map(|i| c.info_from(i)).collect::<Result<_, _>>()?;
         let r0 = replicated(&infos[0]);
-        if infos.iter().all(|i| replicated(i) == r0) { Ok(infos[0].clone()) } else { Err("differ".into()) }
+        if infos.iter().all(|i| replicated(i) == r0) {
+            Ok(infos[0].clone())
+        } else {
+            Err("differ".into())
+        }
     });
     assert_eq!(before.config.as_ref().unwrap().copies, 2);
 
@@ -50,7 +54,11 @@ fn master_dies_submaster_takes_over_log_intact() {
     let after = wait_until(T, "survivors to agree", || {
         let a = c.info_from(survivors[0])?;
         let b = c.info_from(survivors[1])?;
-        if replicated(&a) == replicated(&b) { Ok(a) } else { Err("differ".into()) }
+        if replicated(&a) == replicated(&b) {
+            Ok(a)
+        } else {
+            Err("differ".into())
+        }
     });
     assert_eq!(after.config, before.config);
     assert_eq!(after.epochs, before.epochs, "the failover itself expires no session");
@@ -89,6 +97,10 @@ fn fourth_groupd_is_a_non_voting_member() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until(T, "format seen everywhere", || {
         let infos: Vec<ClusterInfo> = (0..4).map(|i| c.info_from(i)).collect::<Result<_, _>>()?;
-        if infos.iter().all(|i| i.status == ClusterStatus::Running) { Ok(()) } else { Err("not yet".into()) }
+        if infos.iter().all(|i| i.status == ClusterStatus::Running) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
 }

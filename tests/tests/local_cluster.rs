@@ -16,9 +16,8 @@ fn free_port_pair() -> u16 {
         if p > 65000 {
             continue;
         }
-        let all_free = (1..=3).all(|n| {
-            [p, p + 1].iter().all(|port| TcpListener::bind((format!("127.0.0.{n}").as_str(), *port)).is_ok())
-        });
+        let all_free = (1..=3)
+            .all(|n| [p, p + 1].iter().all(|port| TcpListener::bind((format!("127.0.0.{n}").as_str(), *port)).is_ok()));
         if all_free {
             return p;
         }
@@ -72,7 +71,8 @@ fn up_starts_and_formats_down_stops_up_resumes() {
     let out = ok(ctl(&["up", "--dir", d, "--nodes", "3", "--port-base", &port]));
     assert!(out.contains("formatted a new cluster"), "{out}");
     let groupd = format!("127.0.0.1:{port},127.0.0.2:{port},127.0.0.3:{port}");
-    let info: ClusterInfo = serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
+    let info: ClusterInfo =
+        serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
     assert_eq!(info.status, ClusterStatus::Running);
     assert_eq!(info.members.iter().filter(|m| m.role != MemberRole::Member).count(), 3);
     assert_eq!(info.epochs.last().unwrap().nodes.len(), 3);
@@ -108,7 +108,8 @@ fn up_starts_and_formats_down_stops_up_resumes() {
 
     let out = ok(ctl(&["up", "--dir", d]));
     assert!(out.contains("restarted"), "{out}");
-    let again: ClusterInfo = serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
+    let again: ClusterInfo =
+        serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
     assert_eq!(again.config, info.config, "the same cluster");
     assert_eq!(again.epochs, info.epochs, "a restart after down makes no epoch");
     ok(ctl(&["down", "--dir", d]));

@@ -29,7 +29,11 @@ fn node_ids(info: &ClusterInfo) -> Vec<String> {
 fn agreed_history(c: &Cluster) -> Vec<sheep_core::epoch::EpochRecord> {
     wait_until(T, "the same epoch history on every groupd", || {
         let infos: Vec<ClusterInfo> = (0..c.groupds.len()).map(|i| c.info_from(i)).collect::<Result<_, _>>()?;
-        if infos.iter().all(|i| i.epochs == infos[0].epochs) { Ok(infos[0].epochs.clone()) } else { Err("differ".into()) }
+        if infos.iter().all(|i| i.epochs == infos[0].epochs) {
+            Ok(infos[0].epochs.clone())
+        } else {
+            Err("differ".into())
+        }
     })
 }
 
@@ -87,7 +91,11 @@ fn sigterm_is_a_graceful_leave() {
     // A graceful leave does not wait for the lease.
     let info = wait_until(Duration::from_millis(c.lease_ms / 2 + 1500), "the leave to make an epoch", || {
         let i = c.info();
-        if node_ids(&i).len() == 1 { Ok(i) } else { Err(format!("{:?}", node_ids(&i))) }
+        if node_ids(&i).len() == 1 {
+            Ok(i)
+        } else {
+            Err(format!("{:?}", node_ids(&i)))
+        }
     });
     assert_eq!(node_ids(&info), vec![c.storaged_addrs[0].clone()]);
 }
@@ -149,7 +157,11 @@ fn shutdown_then_restart_in_another_order_makes_no_epoch() {
     }
     let waiting = wait_until(T, "the group to report who is missing", || {
         let i = c.info_from(0)?;
-        if i.status == ClusterStatus::Shutdown && i.missing.len() == 1 { Ok(i) } else { Err(format!("{:?} {:?}", i.status, i.missing)) }
+        if i.status == ClusterStatus::Shutdown && i.missing.len() == 1 {
+            Ok(i)
+        } else {
+            Err(format!("{:?} {:?}", i.status, i.missing))
+        }
     });
     assert_eq!(waiting.missing[0].id, c.storaged_addrs[1]);
     c.storageds[1].restart();
@@ -171,7 +183,11 @@ fn recover_force_goes_on_without_the_missing_node() {
     c.storageds[1].restart();
     wait_until(T, "two nodes back", || {
         let i = c.info_from(0)?;
-        if i.missing.len() == 1 { Ok(()) } else { Err(format!("{:?}", i.missing)) }
+        if i.missing.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", i.missing))
+        }
     });
     c.ctl_ok(&["cluster", "recover", "force"]);
     let info = c.wait_epoch_nodes(0, 2, ClusterStatus::Running);

@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use sheep_core::group::ClusterStatus;
-use sheep_tests::rand::Rng;
 use sheep_tests::nbd::{listen_addr, qemu_io_ok, run_tool, serving, start_export, url_or_exit, LIMIT as T};
+use sheep_tests::rand::Rng;
 use sheep_tests::{wait_until, Cluster};
 const MIB: u64 = 1 << 20;
 
@@ -57,11 +57,22 @@ fn qemu_io_patterns_cross_object_boundaries() {
     }
     // Write-zeroes (with and without NO_HOLE) and discard read back as zeros.
     qemu_io(&url, &["write -z 4190208 8192".into(), "discard 8388096 4096".into(), "write -z -u 0 512".into()]);
-    qemu_io(&url, &["read -P 0 4190208 8192".into(), "read -P 0 8388096 4096".into(), "read -P 0 0 512".into(), "read -P 0x11 512 3584".into()]);
+    qemu_io(
+        &url,
+        &[
+            "read -P 0 4190208 8192".into(),
+            "read -P 0 8388096 4096".into(),
+            "read -P 0 0 512".into(),
+            "read -P 0x11 512 3584".into(),
+        ],
+    );
     // Requests past the end are refused, the server goes on.
     let out = run_tool("qemu-io", &["-f", "raw", &url, "-c", &format!("read {} 4096", size)], T);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("Input/output error") || text.contains("Invalid argument") || text.contains("out of"), "{text}");
+    assert!(
+        text.contains("Input/output error") || text.contains("Invalid argument") || text.contains("out of"),
+        "{text}"
+    );
     assert!(export.is_running(), "the export survived a bad request");
     export.signal(libc::SIGTERM);
     assert_eq!(export.wait_exit(T), Some(0), "clean stop on SIGTERM");
@@ -84,7 +95,12 @@ fn qemu_img_convert_into_the_export_then_compare() {
     let out = run_tool("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", src, &url], T);
     assert!(out.status.success(), "qemu-img convert: {}", String::from_utf8_lossy(&out.stderr));
     let out = run_tool("qemu-img", &["compare", "-f", "raw", "-F", "raw", src, &url], T);
-    assert!(out.status.success(), "qemu-img compare: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A second convert over what is there (zero parts now written over data) compares too.
     data[..5 * MIB as usize].fill(0);
     data[30 * MIB as usize..34 * MIB as usize].copy_from_slice(&rng.bytes(4 * MIB as usize));
@@ -247,7 +263,11 @@ fn clean_disconnect_and_error_replies_by_hand() {
     assert!(rest.is_empty(), "the server closes without a reply");
     wait_until(T, "the server to log the disconnect", || {
         let log = std::fs::read_to_string(&export.log).unwrap_or_default();
-        if log.contains(": disconnected") { Ok(()) } else { Err(log) }
+        if log.contains(": disconnected") {
+            Ok(())
+        } else {
+            Err(log)
+        }
     });
     assert!(export.is_running(), "the export goes on serving");
     qemu_io(&url, &["read -P 0 0 4096".into()]);

@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use sheep_client::group::attach_lock::AttachLock as HeldLock;
 use sheep_client::group::{GroupClient, Options};
 use sheep_client::vdi::{lifecycle, CallLimits, Cluster as VdiCluster, Vdi, VdiOptions};
 use sheep_core::group::ClusterStatus;
 use sheep_core::namespace::VdiEntry;
-use sheep_client::group::attach_lock::AttachLock as HeldLock;
 use sheep_tests::rand::Rng;
 use sheep_tests::{wait_until, Cluster};
 
@@ -93,7 +93,9 @@ fn env_seeds() -> Option<Vec<u64>> {
         );
     }
     let n: u64 = s.parse().unwrap_or_else(|e| panic!("SHEEP_MODEL_SEEDS={s:?}: {e}"));
-    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) % 1_000_000 * 1000;
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        % 1_000_000
+        * 1000;
     Some((start..start + n).collect())
 }
 
@@ -157,7 +159,10 @@ fn run(seed: u64, ops: usize) {
             Err(format!("{} objects left, e.g. {:?}", left.len(), &left[..left.len().min(8)]))
         }
     });
-    eprintln!("vdi_model: seed {seed}, {ops} ops: ok in {:.1} s; ops done: {counts:?}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "vdi_model: seed {seed}, {ops} ops: ok in {:.1} s; ops done: {counts:?}",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 // ---- the model ----
@@ -326,7 +331,18 @@ impl Run {
         ];
         let total: u64 = table.iter().map(|t| t.0).sum();
         let mut pick = self.rng.below(total);
-        let op = table.iter().find(|t| if pick < t.0 { true } else { pick -= t.0; false }).unwrap().1;
+        let op = table
+            .iter()
+            .find(|t| {
+                if pick < t.0 {
+                    true
+                } else {
+                    pick -= t.0;
+                    false
+                }
+            })
+            .unwrap()
+            .1;
         let i = self.rng.below(live as u64) as usize;
         match op {
             "write" => self.write(i).await,
@@ -360,7 +376,10 @@ impl Run {
     }
 
     async fn lock(&self, name: &str) -> HeldLock {
-        self.ctx.ok(HeldLock::acquire(self.group.clone(), name, &format!("vdi-model-{name}")).await, &format!("lock {name}"))
+        self.ctx.ok(
+            HeldLock::acquire(self.group.clone(), name, &format!("vdi-model-{name}")).await,
+            &format!("lock {name}"),
+        )
     }
 
     async fn create(&mut self, size: usize) {
@@ -416,7 +435,16 @@ impl Run {
         let l = &mut self.live[i];
         let what: Vec<String> = ranges
             .iter()
-            .map(|(o, n, k)| format!("{} [{o}, +{n})", match k { Kind::Write(_) => "write", Kind::Zero => "zero", Kind::Read => "read" }))
+            .map(|(o, n, k)| {
+                format!(
+                    "{} [{o}, +{n})",
+                    match k {
+                        Kind::Write(_) => "write",
+                        Kind::Zero => "zero",
+                        Kind::Read => "read",
+                    }
+                )
+            })
             .collect();
         self.ctx.log(format!("batch on {} fua={fua}: {}", l.name, what.join(", ")));
         let vdi = &l.vdi;
@@ -436,7 +464,12 @@ impl Run {
             match kind {
                 Kind::Write(data) => l.model[off..off + len].copy_from_slice(&data),
                 Kind::Zero => l.model[off..off + len].fill(0),
-                Kind::Read => self.ctx.compare(&format!("{} (batched read)", l.name), off, &got.unwrap(), &l.model[off..off + len]),
+                Kind::Read => self.ctx.compare(
+                    &format!("{} (batched read)", l.name),
+                    off,
+                    &got.unwrap(),
+                    &l.model[off..off + len],
+                ),
             }
         }
     }
@@ -475,7 +508,8 @@ impl Run {
         self.ctx.log(format!("snapshot {}@{tag}", l.name));
         let (snap, working) =
             self.ctx.ok(lifecycle::snapshot(&l.vdi, &self.group, l.lock.session(), &tag).await, "snapshot");
-        if snap.snapshot.as_deref() != Some(tag.as_str()) || snap.vid != l.vdi.vid() || working.parent != Some(snap.vid) {
+        if snap.snapshot.as_deref() != Some(tag.as_str()) || snap.vid != l.vdi.vid() || working.parent != Some(snap.vid)
+        {
             self.ctx.fail(&format!("snapshot returned {snap:?} and {working:?} for {:?}", l.vdi.entry()));
         }
         let vdi = self.open(working, l.lock.token(), &l.name).await;
@@ -682,7 +716,11 @@ fn a_snapshot_of_a_resized_vdi_keeps_the_objects_past_its_old_end() {
         let w = Vdi::open_entry(cluster.clone(), working, opts).await.unwrap();
         let mut back = vec![0; 4096];
         w.read(3 * OBJ as u64, &mut back).await.unwrap();
-        assert!(back == tail, "object 3 of the working VDI after the snapshot reads {:?}..., not what was written", &back[..8]);
+        assert!(
+            back == tail,
+            "object 3 of the working VDI after the snapshot reads {:?}..., not what was written",
+            &back[..8]
+        );
         lock.release().await;
         group.vdi_delete("r").await.unwrap();
     });
@@ -690,5 +728,8 @@ fn a_snapshot_of_a_resized_vdi_keeps_the_objects_past_its_old_end() {
 
 /// The first index where `got` and `want` differ (or where one ends), `None` if equal.
 fn first_difference(got: &[u8], want: &[u8]) -> Option<usize> {
-    got.iter().zip(want).position(|(a, b)| a != b).or_else(|| (got.len() != want.len()).then(|| got.len().min(want.len())))
+    got.iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .or_else(|| (got.len() != want.len()).then(|| got.len().min(want.len())))
 }

@@ -18,26 +18,11 @@ fn vm_boots_with_ublk_and_runs_a_script() {
     // also sees a non-zero code come back out of the guest.
     let out = vm::run_file(&smoke, Duration::from_secs(300), &["SMOKE_EXIT=7"]);
     eprintln!("VM run took {:?}", out.elapsed);
-    assert_eq!(
-        out.exit_code,
-        Some(7),
-        "smoke failed: error {:?}\n----- console -----\n{}",
-        out.error,
-        out.output
-    );
-    assert!(
-        out.output.contains("smoke: /dev/ublk-control present"),
-        "console:\n{}",
-        out.output
-    );
-    assert!(
-        out.output
-            .contains(&format!("cwd {}", vm::repo_root().display())),
-        "console:\n{}",
-        out.output
-    );
+    assert_eq!(out.exit_code, Some(7), "smoke failed: error {:?}\n----- console -----\n{}", out.error, out.output);
+    assert!(out.output.contains("smoke: /dev/ublk-control present"), "console:\n{}", out.output);
+    assert!(out.output.contains(&format!("cwd {}", vm::repo_root().display())), "console:\n{}", out.output);
     let marker = out.out.as_ref().expect("share").path().join("smoke-ok");
-    let marker = std::fs::read_to_string(&marker)
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}", marker.display(), out.output));
+    let marker =
+        std::fs::read_to_string(&marker).unwrap_or_else(|e| panic!("{}: {e}\n{}", marker.display(), out.output));
     assert!(marker.starts_with("smoke-ok 6.12"), "marker: {marker}");
 }

@@ -15,7 +15,13 @@ use crate::nbd::backend::VdiBackend;
 
 /// Follows the group's events from `from` for as long as the caller polls it. `resized` is
 /// told the new size after the VDI grew.
-pub async fn follow(group: Rc<GroupClient>, backend: Rc<VdiBackend>, session: SessionId, from: u64, resized: impl Fn(u64)) {
+pub async fn follow(
+    group: Rc<GroupClient>,
+    backend: Rc<VdiBackend>,
+    session: SessionId,
+    from: u64,
+    resized: impl Fn(u64),
+) {
     let mut watch = Watcher::new(group.clone(), from, 256, Duration::from_secs(5));
     loop {
         let batch = match watch.next_batch().await {
@@ -62,7 +68,12 @@ async fn take_snapshot(group: &Rc<GroupClient>, backend: &VdiBackend, session: S
         .await;
     let name = backend.current().entry().name.clone();
     match taken {
-        Ok(snap) => tracing::info!("took snapshot {} (id {}); going on as id {}", snap.label(), snap.vid, backend.current().vid()),
+        Ok(snap) => tracing::info!(
+            "took snapshot {} (id {}); going on as id {}",
+            snap.label(),
+            snap.vid,
+            backend.current().vid()
+        ),
         Err(e) => {
             tracing::error!("snapshot {tag} of {name} failed: {e}");
             let answer = HolderRequest::SnapshotFailed { vdi: name, tag: tag.into(), error: e.to_string() };

@@ -79,7 +79,6 @@ fn main() {
     }
 }
 
-
 fn run(cli: Cli) -> Result<()> {
     let groupd = group::parse_addrs(&cli.groupd);
     match cli.cmd {
@@ -108,10 +107,7 @@ fn serve_nbd(a: NbdArgs, groupd: Vec<String>) -> Result<()> {
         bail!("--groupd needs at least one address");
     }
     sheep_core::object::validate_vdi_name(&a.vdi)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     let limits = Limits { queue_depth: usize::from(a.queue_depth), ..Limits::default() };
     local.block_on(&rt, server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits }))?;

@@ -67,8 +67,16 @@ pub enum Action {
     /// Nothing to repair (the object is listed for its extra copies only).
     None,
     /// `--dry-run`: this repair would be made.
-    WouldRepair { source: String, targets: Vec<String>, tie: bool },
-    Repaired { source: String, targets: Vec<String>, tie: bool },
+    WouldRepair {
+        source: String,
+        targets: Vec<String>,
+        tie: bool,
+    },
+    Repaired {
+        source: String,
+        targets: Vec<String>,
+        tie: bool,
+    },
     /// Different in the scan, consistent when looked at again under the VDI's lock (a
     /// write was in flight): nothing to repair.
     Settled,

@@ -92,7 +92,11 @@ pub enum Plan {
     /// Copy replica `source`'s content onto `targets` (indexes in placement order). `tie`:
     /// no content had a strict majority among the valid copies, so the primary's (or the
     /// first valid one in placement order) was chosen.
-    Repair { source: usize, targets: Vec<usize>, tie: bool },
+    Repair {
+        source: usize,
+        targets: Vec<usize>,
+        tie: bool,
+    },
     Unrepairable(Unrepairable),
 }
 

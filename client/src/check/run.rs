@@ -10,9 +10,9 @@ use futures::stream::{self, StreamExt};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
 
-use crate::group::attach_lock::{AttachError, AttachLock};
 use super::plan::{decide, Digest, Plan, Seen};
 use super::{Action, CheckError, CheckOptions, ObjectProblem, ReplicaState, Report, Scope};
+use crate::group::attach_lock::{AttachError, AttachLock};
 use crate::vdi::{Cluster, NodeError, Vdi, VdiOptions};
 
 /// How long opening a VDI (reading its inode, with failover between replicas) may take.
@@ -145,11 +145,19 @@ pub async fn run(
     }
     for (owner, items) in by_owner {
         let lock = match by_vid.get(&owner) {
-            Some(e) => match AttachLock::acquire(cluster.group().clone(), &e.name, &format!("sheepctl check pid {}", std::process::id())).await {
+            Some(e) => match AttachLock::acquire(
+                cluster.group().clone(),
+                &e.name,
+                &format!("sheepctl check pid {}", std::process::id()),
+            )
+            .await
+            {
                 Ok(l) => Some(l),
                 Err(err) => {
                     let why = match err {
-                        AttachError::Held(msg) => format!("not repaired: {msg} (detach it, or run the check with --dry-run)"),
+                        AttachError::Held(msg) => {
+                            format!("not repaired: {msg} (detach it, or run the check with --dry-run)")
+                        }
                         other => format!("not repaired: {other}"),
                     };
                     for i in items {
@@ -216,7 +224,12 @@ async fn recovering(cluster: &Cluster, epoch: u32, addrs: &[String]) -> Option<S
 }
 
 /// Which nodes hold a live copy of each object (by raw id).
-async fn list_all(cluster: &Cluster, epoch: u32, addrs: &[String], errors: &mut Vec<String>) -> HashMap<u64, Vec<String>> {
+async fn list_all(
+    cluster: &Cluster,
+    epoch: u32,
+    addrs: &[String],
+    errors: &mut Vec<String>,
+) -> HashMap<u64, Vec<String>> {
     let lists = join_all(addrs.iter().map(|a| cluster.pool().list_live(a, epoch))).await;
     let mut holders: HashMap<u64, Vec<String>> = HashMap::new();
     for (addr, l) in addrs.iter().zip(lists) {
@@ -364,7 +377,14 @@ async fn repair_one(cluster: &Cluster, epoch: u32, oid: ObjectId, nodes: &[Strin
 /// Writes the whole content to one replica: created if absent, written over from offset 0
 /// if present (every block rewritten, durable before the answer). A copy that cannot be
 /// written into (corrupt blocks, another object size) is removed first and created anew.
-async fn put(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, data: &[u8], token: u64) -> Result<(), NodeError> {
+async fn put(
+    cluster: &Cluster,
+    addr: &str,
+    epoch: u32,
+    oid: ObjectId,
+    data: &[u8],
+    token: u64,
+) -> Result<(), NodeError> {
     let size = u32::try_from(data.len()).map_err(|_| NodeError::Refused {
         addr: addr.into(),
         code: "badRequest".into(),

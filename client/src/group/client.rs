@@ -178,7 +178,13 @@ impl GroupClient {
     }
 
     /// Formats the cluster (`force`: even if it is formatted already).
-    pub async fn format(&self, copies: u8, object_size_shift: u8, voters: u8, force: bool) -> Result<ClusterConfig, Error> {
+    pub async fn format(
+        &self,
+        copies: u8,
+        object_size_shift: u8,
+        voters: u8,
+        force: bool,
+    ) -> Result<ClusterConfig, Error> {
         self.call("format", Duration::ZERO, |c| async move {
             let mut req = c.format_request();
             let mut p = req.get();
@@ -210,7 +216,11 @@ impl GroupClient {
 
     /// Opens a session; `store_cluster_id` is the cluster a storage node's store belongs to
     /// ("" for a new store, or a client). Returns the session and its lease.
-    pub async fn open_session(&self, kind: &SessionKind, store_cluster_id: &str) -> Result<(SessionId, Duration), Error> {
+    pub async fn open_session(
+        &self,
+        kind: &SessionKind,
+        store_cluster_id: &str,
+    ) -> Result<(SessionId, Duration), Error> {
         self.call("open session", Duration::ZERO, |c| async move {
             let mut req = c.open_session_request();
             let mut p = req.get();
@@ -420,7 +430,13 @@ impl GroupClient {
 
     /// Sets attribute `key` of VDI `name` (`None`: deletes it). `exclusive`: refused with
     /// `attrExists` if it exists.
-    pub async fn vdi_set_attr(&self, name: &str, key: &str, value: Option<&[u8]>, exclusive: bool) -> Result<(), Error> {
+    pub async fn vdi_set_attr(
+        &self,
+        name: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        exclusive: bool,
+    ) -> Result<(), Error> {
         self.call("vdi setattr", Duration::ZERO, |c| async move {
             let mut req = c.vdi_set_attr_request();
             let mut p = req.get();

@@ -12,8 +12,8 @@ mod error;
 mod watch;
 
 pub use client::{GroupClient, Options};
-pub use error::Error;
 pub(crate) use error::secs;
+pub use error::Error;
 pub use watch::Watcher;
 
 /// Splits a comma-separated list of addresses (`"127.0.0.1:7000,127.0.0.2:7000"`), trimming

@@ -13,7 +13,6 @@ use std::task::{Context, Poll, Waker};
 
 use futures::io::AsyncWrite;
 
-
 struct Shared<W> {
     inner: W,
     /// Bytes written by capnp-rpc, not yet handed to the flusher.
@@ -137,7 +136,8 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async {
-            let shared = Rc::new(RefCell::new(Shared { inner: Vec::new(), buf: Vec::new(), waiting: None, error: None }));
+            let shared =
+                Rc::new(RefCell::new(Shared { inner: Vec::new(), buf: Vec::new(), waiting: None, error: None }));
             let flush_task = tokio::task::spawn_local(flusher(shared.clone()));
             let mut w = BatchWriter { shared: shared.clone() };
             w.write_all(b"one").await.unwrap();

@@ -71,7 +71,12 @@ impl Cluster {
     }
 
     /// A cluster fixed at one epoch of `nodes`, not following any watch (tests, tools).
-    pub fn fixed(group: Rc<GroupClient>, epoch: u32, nodes: &[sheep_core::epoch::NodeInfo], limits: CallLimits) -> Rc<Cluster> {
+    pub fn fixed(
+        group: Rc<GroupClient>,
+        epoch: u32,
+        nodes: &[sheep_core::epoch::NodeInfo],
+        limits: CallLimits,
+    ) -> Rc<Cluster> {
         let view = View { epoch, ring: Rc::new(PlacementRing::new(nodes)) };
         let (epoch_tx, _) = tokio::sync::watch::channel(epoch);
         let shared = Rc::new(Shared { view: RefCell::new(view), deleted: RefCell::new(HashSet::new()), epoch_tx });

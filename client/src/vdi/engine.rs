@@ -77,7 +77,10 @@ impl Vdi {
     pub async fn open(cluster: Rc<Cluster>, name: &str, opts: VdiOptions) -> Result<Vdi, VdiError> {
         validate_vdi_name(name).map_err(|e| VdiError::BadName(e.to_string()))?;
         let (vdis, _) = cluster.group().vdi_list().await?;
-        let entry = vdis.into_iter().find(|v| v.name == name && !v.is_snapshot()).ok_or_else(|| VdiError::NoVdi(name.into()))?;
+        let entry = vdis
+            .into_iter()
+            .find(|v| v.name == name && !v.is_snapshot())
+            .ok_or_else(|| VdiError::NoVdi(name.into()))?;
         Vdi::open_entry(cluster, entry, opts).await
     }
 
@@ -361,8 +364,13 @@ impl Vdi {
             self.set_entry(idx, 0, fua).await?;
             self.table.borrow_mut()[idx as usize] = 0;
             if owner == self.entry.vid {
-                super::lifecycle::remove_everywhere(&self.cluster, ObjectId::data(owner, idx), self.entry.copies, self.opts.retry_for)
-                    .await?;
+                super::lifecycle::remove_everywhere(
+                    &self.cluster,
+                    ObjectId::data(owner, idx),
+                    self.entry.copies,
+                    self.opts.retry_for,
+                )
+                .await?;
             }
             Ok(())
         })
@@ -377,7 +385,8 @@ impl Vdi {
         let offset = u32::try_from(offset).map_err(|_| VdiError::Unsupported("inode table too large".into()))?;
         let bytes = owner.to_le_bytes();
         let op = Op::Write { offset, data: &bytes, fua };
-        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
+        let addrs =
+            to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
         self.mark_dirty(addrs);
         Ok(())
     }
@@ -392,7 +401,10 @@ impl Vdi {
         }
         // Room for the table of the largest VDI this object size allows, so that a resize
         // never has to move the inode (the object is sparse: unused room costs nothing).
-        let most = layout::max_objects(sheep_core::inode::max_vdi_size(self.entry.object_size_shift), self.entry.object_size_shift);
+        let most = layout::max_objects(
+            sheep_core::inode::max_vdi_size(self.entry.object_size_shift),
+            self.entry.object_size_shift,
+        );
         let len = layout::object_len(most.max(u64::from(self.max_objects())));
         let object_size = u32::try_from(len).map_err(|_| VdiError::Unsupported("inode too large".into()))?;
         // A VDI going on from a snapshot starts with the snapshot's table: written in the
@@ -404,7 +416,8 @@ impl Vdi {
             data.extend(table[..used].iter().flat_map(|e| e.to_le_bytes()));
         }
         let op = Op::Create { object_size, base: 0, offset: 0, data: &data, fua: false };
-        let addrs = to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
+        let addrs =
+            to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
         self.mark_dirty(addrs);
         self.inode_exists.set(true);
         Ok(())
@@ -465,7 +478,10 @@ impl Vdi {
                         }
                         // A resized VDI's table is longer than its header says; a parent's
                         // may be shorter than ours: read what both have.
-                        let own = layout::max_objects(sheep_core::inode::max_vdi_size(inode.object_size_shift()), inode.object_size_shift());
+                        let own = layout::max_objects(
+                            sheep_core::inode::max_vdi_size(inode.object_size_shift()),
+                            inode.object_size_shift(),
+                        );
                         let len = if name.is_some() { len } else { len.min(own as usize) };
                         let mut table = vec![0u8; 4 * len];
                         pool.read(&n.addr, view.epoch, oid.raw(), HEADER_LEN, &mut table).await.map(|()| table)

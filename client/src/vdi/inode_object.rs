@@ -80,7 +80,8 @@ pub fn decode(header: &[u8], table: &[u8]) -> Result<Inode, InodeError> {
     let mut inode = Inode::decode(body)?;
     for (idx, raw) in decode_table(table).into_iter().enumerate().take(inode.max_objects() as usize) {
         if raw != 0 {
-            let owner = sheep_core::object::VdiId::new(raw).map_err(|_| InodeError::Malformed("owner vid out of range"))?;
+            let owner =
+                sheep_core::object::VdiId::new(raw).map_err(|_| InodeError::Malformed("owner vid out of range"))?;
             inode.set_owner(idx as u32, Some(owner))?;
         }
     }

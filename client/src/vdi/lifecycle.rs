@@ -50,7 +50,12 @@ impl HolderRequest {
 /// Takes snapshot `tag` of the open working VDI `vdi`, whose writes the caller has stopped
 /// (and whose lock `session` holds, if it is locked). Returns (the snapshot, the new working
 /// VDI); the caller goes on with a [`Vdi`] opened on the latter.
-pub async fn snapshot(vdi: &Vdi, group: &GroupClient, session: SessionId, tag: &str) -> Result<(VdiEntry, VdiEntry), VdiError> {
+pub async fn snapshot(
+    vdi: &Vdi,
+    group: &GroupClient,
+    session: SessionId,
+    tag: &str,
+) -> Result<(VdiEntry, VdiEntry), VdiError> {
     vdi.flush().await?;
     vdi.materialize().await?;
     Ok(group.vdi_snapshot(session, &vdi.entry().name, tag).await?)
@@ -81,7 +86,12 @@ pub async fn reclaim(cluster: &Rc<Cluster>, gone: &VdiEntry, live: &[VdiEntry]) 
 }
 
 /// Removes `oid` from each of its replicas in the current epoch (absent already is fine).
-pub(crate) async fn remove_everywhere(cluster: &Rc<Cluster>, oid: ObjectId, copies: u8, retry_for: Duration) -> Result<(), VdiError> {
+pub(crate) async fn remove_everywhere(
+    cluster: &Rc<Cluster>,
+    oid: ObjectId,
+    copies: u8,
+    retry_for: Duration,
+) -> Result<(), VdiError> {
     let started = Instant::now();
     loop {
         let view = cluster.view();
@@ -95,7 +105,11 @@ pub(crate) async fn remove_everywhere(cluster: &Rc<Cluster>, oid: ObjectId, copi
         }
         let Some(e) = failed else { return Ok(()) };
         if started.elapsed() >= retry_for {
-            return Err(VdiError::Io { what: format!("removing {oid}"), after: started.elapsed(), last: e.to_string() });
+            return Err(VdiError::Io {
+                what: format!("removing {oid}"),
+                after: started.elapsed(),
+                last: e.to_string(),
+            });
         }
         cluster.wait_newer(view.epoch, Instant::now() + Duration::from_secs(1)).await;
     }

@@ -29,7 +29,12 @@ pub fn split(offset: u64, len: usize, object_size_shift: u8) -> Vec<Piece> {
         let idx = pos >> object_size_shift;
         let in_obj = pos & (object_size - 1);
         let n = (object_size - in_obj).min(end - pos).min(MAX_PIECE);
-        pieces.push(Piece { idx: idx as u32, offset: in_obj as u32, buf_offset: (pos - offset) as usize, len: n as usize });
+        pieces.push(Piece {
+            idx: idx as u32,
+            offset: in_obj as u32,
+            buf_offset: (pos - offset) as usize,
+            len: n as usize,
+        });
         pos += n;
     }
     pieces

@@ -28,7 +28,14 @@ pub(crate) enum Op<'a> {
 }
 
 /// `fence`: the writer's lock token (0: none), checked by the node against the VDI's lock.
-async fn send(cluster: &Cluster, addr: &str, epoch: u32, oid: ObjectId, op: Op<'_>, fence: u64) -> Result<(), NodeError> {
+async fn send(
+    cluster: &Cluster,
+    addr: &str,
+    epoch: u32,
+    oid: ObjectId,
+    op: Op<'_>,
+    fence: u64,
+) -> Result<(), NodeError> {
     let pool = cluster.pool();
     match op {
         Op::Write { offset, data, fua } => pool.write(addr, epoch, oid.raw(), offset, data, fua, fence).await,

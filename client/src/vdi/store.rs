@@ -335,7 +335,12 @@ impl StorePool {
         self.call(addr, |c| async move {
             let resp = c.stat_request().send().promise.await?;
             let s = resp.get()?.get_stat()?;
-            Ok(StoreStat { capacity: s.get_capacity(), used: s.get_used(), free: s.get_free(), objects: s.get_objects() })
+            Ok(StoreStat {
+                capacity: s.get_capacity(),
+                used: s.get_used(),
+                free: s.get_free(),
+                objects: s.get_objects(),
+            })
         })
         .await
     }

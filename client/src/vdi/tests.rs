@@ -47,7 +47,11 @@ fn refuse(code: &str, text: &str) -> capnp::Error {
 struct Server(Rc<Fake>);
 
 impl storaged::Server for Server {
-    async fn read(self: CapRc<Self>, params: storaged::ReadParams, mut results: storaged::ReadResults) -> Result<(), capnp::Error> {
+    async fn read(
+        self: CapRc<Self>,
+        params: storaged::ReadParams,
+        mut results: storaged::ReadResults,
+    ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         self.0.reads.set(self.0.reads.get() + 1);
         if let Some(code) = *self.0.fail_reads.borrow() {
@@ -61,7 +65,11 @@ impl storaged::Server for Server {
         Ok(())
     }
 
-    async fn write(self: CapRc<Self>, params: storaged::WriteParams, _: storaged::WriteResults) -> Result<(), capnp::Error> {
+    async fn write(
+        self: CapRc<Self>,
+        params: storaged::WriteParams,
+        _: storaged::WriteResults,
+    ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         self.0.fence(p.get_fence())?;
         let mut objects = self.0.objects.borrow_mut();
@@ -99,7 +107,11 @@ impl storaged::Server for Server {
         Ok(())
     }
 
-    async fn zero(self: CapRc<Self>, params: storaged::ZeroParams, _: storaged::ZeroResults) -> Result<(), capnp::Error> {
+    async fn zero(
+        self: CapRc<Self>,
+        params: storaged::ZeroParams,
+        _: storaged::ZeroResults,
+    ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         self.0.fence(p.get_fence())?;
         self.0.zeros.set(self.0.zeros.get() + 1);
@@ -115,7 +127,11 @@ impl storaged::Server for Server {
         Ok(())
     }
 
-    async fn remove(self: CapRc<Self>, params: storaged::RemoveParams, _: storaged::RemoveResults) -> Result<(), capnp::Error> {
+    async fn remove(
+        self: CapRc<Self>,
+        params: storaged::RemoveParams,
+        _: storaged::RemoveResults,
+    ) -> Result<(), capnp::Error> {
         let oid = params.get()?.get_oid();
         self.0.objects.borrow_mut().remove(&oid).ok_or_else(|| refuse("noObject", "absent"))?;
         Ok(())
@@ -144,7 +160,16 @@ async fn fakes(n: u32) -> (Vec<Rc<Fake>>, Vec<NodeInfo>) {
 }
 
 fn entry(size: u64, shift: u8) -> VdiEntry {
-    VdiEntry { name: "t".into(), vid: VdiId::new(0x1234).unwrap(), size, copies: 3, object_size_shift: shift, created_ms: 1, parent: None, snapshot: None }
+    VdiEntry {
+        name: "t".into(),
+        vid: VdiId::new(0x1234).unwrap(),
+        size,
+        copies: 3,
+        object_size_shift: shift,
+        created_ms: 1,
+        parent: None,
+        snapshot: None,
+    }
 }
 
 fn run(f: impl std::future::Future<Output = ()>) {
@@ -215,7 +240,11 @@ fn concurrent_first_writes_create_each_object_once() {
         });
         futures::future::try_join_all(writes).await.unwrap();
         // One data object and one inode per node.
-        assert!(fakes.iter().all(|f| f.creates.get() == 2), "{:?}", fakes.iter().map(|f| f.creates.get()).collect::<Vec<_>>());
+        assert!(
+            fakes.iter().all(|f| f.creates.get() == 2),
+            "{:?}",
+            fakes.iter().map(|f| f.creates.get()).collect::<Vec<_>>()
+        );
         let mut back = vec![0u8; 4096];
         vdi.read(0, &mut back).await.unwrap();
         for k in 0..8usize {
@@ -286,7 +315,8 @@ fn a_chosen_replica_is_read_first() {
         writer.write(0, &pattern(4096, 1), false).await.unwrap();
         let oid = writer.data_oid(0).unwrap();
         for k in 0..3 {
-            let reader = Vdi::open_entry(c.clone(), e.clone(), VdiOptions { read_replica: Some(k), ..opts() }).await.unwrap();
+            let reader =
+                Vdi::open_entry(c.clone(), e.clone(), VdiOptions { read_replica: Some(k), ..opts() }).await.unwrap();
             let before: Vec<usize> = fakes.iter().map(|f| f.reads.get()).collect();
             let mut back = vec![0u8; 4096];
             reader.read(0, &mut back).await.unwrap();

@@ -156,9 +156,7 @@ impl ObjFile {
     fn check_range(&self, offset: u64, len: u64) -> Result<(), FileError> {
         let size = u64::from(self.layout.object_size);
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(FileError::Range(format!(
-                "range {offset}+{len} is outside the object of {size} bytes"
-            )));
+            return Err(FileError::Range(format!("range {offset}+{len} is outside the object of {size} bytes")));
         }
         Ok(())
     }
@@ -283,12 +281,7 @@ impl ObjFile {
             };
             // SAFETY: the fd is open for the life of `self.file`; fallocate reads no memory.
             let rc = unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    n,
-                )
+                libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, n)
             };
             if rc == 0 {
                 return Ok(());

@@ -456,7 +456,6 @@ impl ObjectStore {
         }
         Ok(())
     }
-
 }
 
 fn layout_of(oid: ObjectId, data: &[u8]) -> Result<Layout, StoreError> {
@@ -476,16 +475,11 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
 
 /// The objects in `dir`, sorted; names that are not object ids are skipped.
 fn list_dir(dir: &Path) -> Result<Vec<ObjectId>, StoreError> {
-    let mut oids: Vec<ObjectId> = read_dir(dir)?
-        .iter()
-        .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
-        .collect();
+    let mut oids: Vec<ObjectId> = read_dir(dir)?.iter().filter_map(|p| p.file_name()?.to_str()?.parse().ok()).collect();
     oids.sort();
     Ok(oids)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(&format!("sync {}", dir.display()), &e))
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(&format!("sync {}", dir.display()), &e))
 }

@@ -42,9 +42,10 @@ fn writes_across_blocks_and_partial_blocks() {
     let size = 64 * 1024;
     s.create_and_write(o, size, None, 0, &[], false).unwrap();
     let mut model = vec![0u8; size as usize];
-    for (i, (off, len)) in [(0usize, 4096usize), (100, 10), (4090, 20), (5000, 9000), (8192, 4096), (65535, 1), (1, 65534)]
-        .into_iter()
-        .enumerate()
+    for (i, (off, len)) in
+        [(0usize, 4096usize), (100, 10), (4090, 20), (5000, 9000), (8192, 4096), (65535, 1), (1, 65534)]
+            .into_iter()
+            .enumerate()
     {
         let data = pattern(len, i as u8);
         s.write(o, off as u64, &data, false).unwrap();
@@ -148,10 +149,7 @@ fn base_copy_stays_sparse() {
     assert_eq!(s.fetch(child).unwrap(), want);
     let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(s.obj_path(child)).unwrap()) * 512;
     assert!(blocks < 64 * 1024, "copy allocated {blocks}");
-    assert!(matches!(
-        s.create_and_write(oid(9, 0), 8192, Some(&whole), 0, b"", false),
-        Err(StoreError::BadRequest(_))
-    ));
+    assert!(matches!(s.create_and_write(oid(9, 0), 8192, Some(&whole), 0, b"", false), Err(StoreError::BadRequest(_))));
 }
 
 #[test]
@@ -296,7 +294,8 @@ fn punch_frees_blocks(dir: &Path) -> bool {
     f.sync_all().unwrap();
     let before = std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap());
     // SAFETY: a valid open fd; fallocate reads no memory.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20) };
+    let rc =
+        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20) };
     let after = std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap());
     let _ = fs::remove_file(&path);
     rc == 0 && after < before

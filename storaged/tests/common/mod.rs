@@ -113,7 +113,15 @@ pub fn code(e: &capnp::Error) -> String {
     sheep_rpc::codec::error_code(e).unwrap_or("").to_string()
 }
 
-pub async fn create(c: &storaged::Client, epoch: u32, oid: u64, size: u32, base: u64, offset: u32, data: &[u8]) -> capnp::Result<()> {
+pub async fn create(
+    c: &storaged::Client,
+    epoch: u32,
+    oid: u64,
+    size: u32,
+    base: u64,
+    offset: u32,
+    data: &[u8],
+) -> capnp::Result<()> {
     let mut req = c.create_and_write_request();
     let mut p = req.get();
     p.set_epoch(epoch);
@@ -127,7 +135,14 @@ pub async fn create(c: &storaged::Client, epoch: u32, oid: u64, size: u32, base:
     Ok(())
 }
 
-pub async fn write(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, data: &[u8], fua: bool) -> capnp::Result<()> {
+pub async fn write(
+    c: &storaged::Client,
+    epoch: u32,
+    oid: u64,
+    offset: u32,
+    data: &[u8],
+    fua: bool,
+) -> capnp::Result<()> {
     let mut req = c.write_request();
     let mut p = req.get();
     p.set_epoch(epoch);
@@ -140,7 +155,14 @@ pub async fn write(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, data
 }
 
 /// A write carrying a VDI lock token (`fence`; the other helpers send 0: no lock held).
-pub async fn write_fenced(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, data: &[u8], fence: u64) -> capnp::Result<()> {
+pub async fn write_fenced(
+    c: &storaged::Client,
+    epoch: u32,
+    oid: u64,
+    offset: u32,
+    data: &[u8],
+    fence: u64,
+) -> capnp::Result<()> {
     let mut req = c.write_request();
     let mut p = req.get();
     p.set_epoch(epoch);
@@ -152,7 +174,14 @@ pub async fn write_fenced(c: &storaged::Client, epoch: u32, oid: u64, offset: u3
     Ok(())
 }
 
-pub async fn create_fenced(c: &storaged::Client, epoch: u32, oid: u64, size: u32, data: &[u8], fence: u64) -> capnp::Result<()> {
+pub async fn create_fenced(
+    c: &storaged::Client,
+    epoch: u32,
+    oid: u64,
+    size: u32,
+    data: &[u8],
+    fence: u64,
+) -> capnp::Result<()> {
     let mut req = c.create_and_write_request();
     let mut p = req.get();
     p.set_epoch(epoch);
@@ -164,7 +193,14 @@ pub async fn create_fenced(c: &storaged::Client, epoch: u32, oid: u64, size: u32
     Ok(())
 }
 
-pub async fn zero_fenced(c: &storaged::Client, epoch: u32, oid: u64, offset: u32, len: u32, fence: u64) -> capnp::Result<()> {
+pub async fn zero_fenced(
+    c: &storaged::Client,
+    epoch: u32,
+    oid: u64,
+    offset: u32,
+    len: u32,
+    fence: u64,
+) -> capnp::Result<()> {
     let mut req = c.zero_request();
     let mut p = req.get();
     p.set_epoch(epoch);

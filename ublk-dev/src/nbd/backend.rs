@@ -44,7 +44,13 @@ pub trait Backend {
     fn flush(&self) -> impl Future<Output = Result<(), IoFailure>>;
     /// `len` bytes at `offset` read as zeros afterwards. `may_unmap`: parts never written may
     /// stay unallocated (they read as zeros already); otherwise they are allocated.
-    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> impl Future<Output = Result<(), IoFailure>>;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), IoFailure>>;
 }
 
 /// NO_HOLE on never-written objects: zeros are written in pieces of at most this much, to

@@ -111,7 +111,8 @@ fn info_or_go(option: u32, data: &[u8], export: &ExportInfo) -> (Vec<u8>, bool) 
         return (option_reply(option, REP_ERR_INVALID, b"export name too long"), false);
     }
     if !req.name.is_empty() && req.name != export.name.as_bytes() {
-        let msg = format!("no export named {:?}; this server exports {:?}", String::from_utf8_lossy(&req.name), export.name);
+        let msg =
+            format!("no export named {:?}; this server exports {:?}", String::from_utf8_lossy(&req.name), export.name);
         return (option_reply(option, REP_ERR_UNKNOWN, msg.as_bytes()), false);
     }
     let mut out = option_reply(option, REP_INFO, &info_export(export));

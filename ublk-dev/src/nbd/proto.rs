@@ -292,7 +292,8 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_bad_magic_is_refused() {
-        let r = Request { flags: CMD_FLAG_FUA, kind: CMD_WRITE, handle: 0xdead_beef_0102_0304, offset: 4 << 20, len: 4096 };
+        let r =
+            Request { flags: CMD_FLAG_FUA, kind: CMD_WRITE, handle: 0xdead_beef_0102_0304, offset: 4 << 20, len: 4096 };
         let b = encode_request(&r);
         assert_eq!(&b[0..4], &[0x25, 0x60, 0x95, 0x13]);
         assert_eq!(decode_request(&b), Ok(r));
@@ -348,7 +349,12 @@ mod tests {
 
     #[test]
     fn export_replies() {
-        let e = ExportInfo { name: "d".into(), size: 1 << 30, flags: TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH, description: String::new() };
+        let e = ExportInfo {
+            name: "d".into(),
+            size: 1 << 30,
+            flags: TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH,
+            description: String::new(),
+        };
         assert_eq!(export_name_reply(&e, true).len(), 10);
         assert_eq!(export_name_reply(&e, false).len(), 134);
         let i = info_export(&e);

@@ -33,8 +33,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The flags of the export: flush, FUA, trim and write-zeroes, and multiple connections
 /// (every connection shares one engine, and flushes are serialised across them, so a flush
 /// on one connection covers the writes answered on all of them).
-pub const EXPORT_FLAGS: u16 =
-    TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_CAN_MULTI_CONN;
+pub const EXPORT_FLAGS: u16 = TFLAG_HAS_FLAGS
+    | TFLAG_SEND_FLUSH
+    | TFLAG_SEND_FUA
+    | TFLAG_SEND_TRIM
+    | TFLAG_SEND_WRITE_ZEROES
+    | TFLAG_CAN_MULTI_CONN;
 
 /// Runs the export until a signal; returns an error if it could not start or had to stop.
 pub async fn run(cfg: ExportConfig) -> Result<()> {
@@ -65,7 +69,8 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
         println!("{url}");
         // The line above is what a caller waits for.
         let _ = std::io::Write::flush(&mut std::io::stdout());
-        let stopped = accept_loop(&listener, &backend, &info, &mut attached.lock, &mut term, &mut int, cfg.limits).await;
+        let stopped =
+            accept_loop(&listener, &backend, &info, &mut attached.lock, &mut term, &mut int, cfg.limits).await;
         follower.abort();
         drop(listener);
         match backend.flush().await {

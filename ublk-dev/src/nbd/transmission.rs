@@ -156,7 +156,11 @@ where
         let units = (req.len as usize).div_ceil(UNIT) as u32;
         match req.kind {
             CMD_READ | CMD_WRITE if req.len > MAX_REQUEST => {
-                tracing::warn!("{peer}: {} of {} bytes refused: larger than {MAX_REQUEST}", command_name(req.kind), req.len);
+                tracing::warn!(
+                    "{peer}: {} of {} bytes refused: larger than {MAX_REQUEST}",
+                    command_name(req.kind),
+                    req.len
+                );
                 let _ = tx.send(reply(EINVAL, (slot, None)));
                 if req.kind == CMD_WRITE {
                     return Err(TransmissionError::WriteTooBig(req.len));
@@ -190,14 +194,24 @@ where
                 tasks.spawn_local(async move {
                     let r = b.write(req.offset, &data, fua).await;
                     drop(data);
-                    let _ = tx.send(Reply { handle: req.handle, errno: outcome(&r, &req), data: None, _permits: (slot, Some(bytes)) });
+                    let _ = tx.send(Reply {
+                        handle: req.handle,
+                        errno: outcome(&r, &req),
+                        data: None,
+                        _permits: (slot, Some(bytes)),
+                    });
                 });
             }
             CMD_FLUSH => {
                 let (b, tx) = (backend.clone(), tx.clone());
                 tasks.spawn_local(async move {
                     let r = b.flush().await;
-                    let _ = tx.send(Reply { handle: req.handle, errno: outcome(&r, &req), data: None, _permits: (slot, None) });
+                    let _ = tx.send(Reply {
+                        handle: req.handle,
+                        errno: outcome(&r, &req),
+                        data: None,
+                        _permits: (slot, None),
+                    });
                 });
             }
             CMD_TRIM | CMD_WRITE_ZEROES => {
@@ -210,7 +224,12 @@ where
                 let (b, tx) = (backend.clone(), tx.clone());
                 tasks.spawn_local(async move {
                     let r = b.write_zeroes(req.offset, u64::from(req.len), may_unmap, fua).await;
-                    let _ = tx.send(Reply { handle: req.handle, errno: outcome(&r, &req), data: None, _permits: (slot, None) });
+                    let _ = tx.send(Reply {
+                        handle: req.handle,
+                        errno: outcome(&r, &req),
+                        data: None,
+                        _permits: (slot, None),
+                    });
                 });
             }
             CMD_DISC => return Ok(End::Disconnected),
@@ -241,7 +260,10 @@ fn outcome(r: &Result<(), IoFailure>, req: &Request) -> u32 {
 }
 
 /// Sends replies as they come; flushes whenever no other reply is waiting.
-async fn write_replies<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::UnboundedReceiver<Reply>) -> std::io::Result<()> {
+async fn write_replies<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+) -> std::io::Result<()> {
     let mut w = BufWriter::with_capacity(64 << 10, writer);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);

@@ -75,7 +75,12 @@ async fn io_task(
         let size = dev_size.load(Ordering::SeqCst);
         let res = match request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, size, max_io) {
             Err(errno) => {
-                tracing::warn!("queue {} tag {tag}: refused op_flags {:#x}: {}", q.get_qid(), iod.op_flags, std::io::Error::from_raw_os_error(errno));
+                tracing::warn!(
+                    "queue {} tag {tag}: refused op_flags {:#x}: {}",
+                    q.get_qid(),
+                    iod.op_flags,
+                    std::io::Error::from_raw_os_error(errno)
+                );
                 -errno
             }
             Ok(op) => {

@@ -5,14 +5,29 @@ use libublk::sys;
 /// One block request, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockOp {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, len: u32, fua: bool },
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
     /// Every write completed before it is durable once it completes.
     Flush,
     /// The range may be deallocated; it reads as zeros afterwards (we guarantee that).
-    Discard { offset: u64, len: u64 },
+    Discard {
+        offset: u64,
+        len: u64,
+    },
     /// The range reads as zeros afterwards; `may_unmap` is false with REQ_NOUNMAP.
-    WriteZeroes { offset: u64, len: u64, may_unmap: bool, fua: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fua: bool,
+    },
 }
 
 impl BlockOp {
@@ -95,7 +110,10 @@ mod tests {
         assert_eq!(decode(sys::UBLK_IO_OP_FLUSH, u64::MAX, 0, SIZE, MAX), Ok(BlockOp::Flush));
         assert_eq!(BlockOp::Flush.success(), 0);
         let big = (64 << 20) / 512;
-        assert_eq!(decode(sys::UBLK_IO_OP_DISCARD, 0, big, SIZE, MAX), Ok(BlockOp::Discard { offset: 0, len: 64 << 20 }));
+        assert_eq!(
+            decode(sys::UBLK_IO_OP_DISCARD, 0, big, SIZE, MAX),
+            Ok(BlockOp::Discard { offset: 0, len: 64 << 20 })
+        );
         assert_eq!(
             decode(sys::UBLK_IO_OP_WRITE_ZEROES | sys::UBLK_IO_F_NOUNMAP, 16, 8, SIZE, MAX),
             Ok(BlockOp::WriteZeroes { offset: 8192, len: 4096, may_unmap: false, fua: false })
