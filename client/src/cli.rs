@@ -50,7 +50,8 @@ mod tests {
 
     #[test]
     fn one_line_keeps_the_message_only() {
-        let msg = "error: invalid value 'x' for '--copies <N>': invalid digit\n\n  tip: try 3\n\nUsage: sheepctl cluster format [OPTIONS]\n\nFor more information, try '--help'.\n";
+        let msg = "error: invalid value 'x' for '--copies <N>': invalid digit\n\n  tip: try 3\n\nUsage: sheepctl \
+            cluster format [OPTIONS]\n\nFor more information, try '--help'.\n";
         assert_eq!(one_line(msg), "error: invalid value 'x' for '--copies <N>': invalid digit");
     }
 }

@@ -229,7 +229,8 @@ pub fn del_quietly(a: &DelArgs) -> Result<Device> {
     let dev = devices::find(&a.target)?;
     if !a.force && devices::in_use(&dev.device) {
         bail!(
-            "{} (VDI {}) is in use: mounted or held open; unmount it first, or use --force (its users then get I/O errors)",
+            "{} (VDI {}) is in use: mounted or held open; unmount it first, or use --force (its users then get I/O \
+                errors)",
             dev.device,
             dev.vdi
         );

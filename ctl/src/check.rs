@@ -185,7 +185,11 @@ fn to_json(r: &Report) -> Value {
                 "oid": p.oid.to_string(),
                 "vdi": p.vdi,
                 "index": p.index,
-                "replicas": p.replicas.iter().map(|s| json!({ "node": s.node, "state": s.seen, "good": s.good })).collect::<Vec<_>>(),
+                "replicas": p
+                    .replicas
+                    .iter()
+                    .map(|s| json!({ "node": s.node, "state": s.seen, "good": s.good }))
+                    .collect::<Vec<_>>(),
                 "extra": p.extra,
                 "action": action_json(&p.action),
                 "text": action_text(p),
@@ -241,7 +245,10 @@ mod tests {
         assert!(text.contains("a:1 (primary)=ok (12345678); b:1=missing; c:1=extra copy"), "{text}");
         assert!(text
             .contains("repaired: copied from a:1 to b:1 (tie: no majority among the valid copies, the primary's won)"));
-        assert!(text.ends_with("checked 9 objects of 2 VDIs (epoch 4): 1 repaired, 0 unrepairable, 1 with extra copies (left for recovery to remove)\n"));
+        assert!(text.ends_with(
+            "checked 9 objects of 2 VDIs (epoch 4): 1 repaired, 0 unrepairable, 1 with extra \
+            copies (left for recovery to remove)\n"
+        ));
         assert!(r.success());
         let v = to_json(&r);
         assert_eq!(v["repaired"], 1);

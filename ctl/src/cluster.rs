@@ -27,7 +27,10 @@ pub async fn run(client: &GroupClient, cmd: &ClusterCmd, json: bool) -> Result<(
             if json {
                 print_json(&json!({ "status": "shutdown" }))
             } else {
-                println!("cluster shut down: every storage node stops; start them all again and the cluster resumes in the same epoch");
+                println!(
+                    "cluster shut down: every storage node stops; start them all again and the cluster resumes \
+                    in the same epoch"
+                );
                 Ok(())
             }
         }

@@ -29,7 +29,8 @@ fn server_binary() -> Result<PathBuf> {
     let path = me.with_file_name("ublk-dev");
     if !path.is_file() {
         bail!(
-            "the NBD server binary {} is missing: build it with `cargo build -p ublk-dev` (or install it next to sheepctl)",
+            "the NBD server binary {} is missing: build it with `cargo build -p ublk-dev` (or install it next to \
+                sheepctl)",
             path.display()
         );
     }

@@ -60,7 +60,8 @@ fn resolve_layout(existing: Option<Layout>, nodes: Option<u8>, port_base: Option
         Some(l) => {
             if nodes.is_some_and(|n| n != l.nodes) || port_base.is_some_and(|p| p != l.port_base) {
                 bail!(
-                    "{} holds a cluster of {} nodes on port {}; run `up` on it without --nodes/--port-base, or use another --dir",
+                    "{} holds a cluster of {} nodes on port {}; run `up` on it without --nodes/--port-base, or use \
+                        another --dir",
                     dir.display(),
                     l.nodes,
                     l.port_base

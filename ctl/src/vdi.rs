@@ -227,7 +227,12 @@ async fn write(vdi: Rc<Vdi>, r: &RangeArgs) -> Result<()> {
     } else if r.offset + written == size {
         // Everything fitted exactly: check there is nothing more.
         if !read_stdin(1).await.context("reading stdin")?.is_empty() {
-            bail!("stdin holds more than fits in VDI {} from offset {} ({size} bytes): the first {written} bytes were written", r.name, r.offset);
+            bail!(
+                "stdin holds more than fits in VDI {} from offset {} ({size} bytes): the first {written} bytes \
+                were written",
+                r.name,
+                r.offset
+            );
         }
     }
     Ok(())

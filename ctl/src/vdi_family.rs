@@ -89,7 +89,8 @@ async fn ask_holder(group: &Rc<GroupClient>, name: &str, tag: &str, from: u64) -
             let batch = match tokio::time::timeout_at(deadline, watch.next_batch()).await {
                 Ok(b) => b?,
                 Err(_) => bail!(
-                    "VDI {name:?} is attached, and its daemon did not take the snapshot within {}s (is it an older ublk-dev?)",
+                    "VDI {name:?} is attached, and its daemon did not take the snapshot within {}s (is it an older \
+                        ublk-dev?)",
                     HOLDER_WAIT.as_secs()
                 ),
             };
@@ -101,7 +102,8 @@ async fn ask_holder(group: &Rc<GroupClient>, name: &str, tag: &str, from: u64) -
                         return Ok((snapshot, working));
                     }
                     EventKind::Broadcast { payload, .. } => {
-                        if let Some(HolderRequest::SnapshotFailed { vdi, tag: t, error }) = HolderRequest::decode(&payload) {
+                        let failed = HolderRequest::decode(&payload);
+                        if let Some(HolderRequest::SnapshotFailed { vdi, tag: t, error }) = failed {
                             if vdi == name && t == tag {
                                 bail!("the daemon holding VDI {name:?} could not take the snapshot: {error}");
                             }
@@ -261,7 +263,10 @@ pub async fn tree(groupd: &str, json: bool) -> Result<()> {
     if json {
         let nodes: Vec<_> = vdis
             .iter()
-            .map(|v| serde_json::json!({ "label": v.label(), "vid": v.vid.to_string(), "parent": v.parent.map(|p| p.to_string()) }))
+            .map(|v| {
+                let parent = v.parent.map(|p| p.to_string());
+                serde_json::json!({ "label": v.label(), "vid": v.vid.to_string(), "parent": parent })
+            })
             .collect();
         return print_json(&nodes);
     }

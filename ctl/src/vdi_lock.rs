@@ -98,7 +98,8 @@ pub async fn run(groupd: &str, cmd: &VdiLockCmd, json: bool) -> Result<()> {
                 return print_json(&held);
             }
             println!(
-                "unlocked VDI {name} (was held by session {} ({}), token {}); its writes are refused once the VDI is locked again",
+                "unlocked VDI {name} (was held by session {} ({}), token {}); its writes are refused once the VDI is \
+                    locked again",
                 held.session, held.holder, held.token
             );
             Ok(())

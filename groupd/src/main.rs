@@ -133,7 +133,10 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     let local_addr = listener.local_addr().with_context(|| format!("cannot listen on {}", cli.listen))?;
     if local_addr.ip().is_unspecified() {
-        tracing::warn!(%local_addr, "listening on an unspecified address: other groupd instances cannot reach it there");
+        tracing::warn!(
+            %local_addr,
+            "listening on an unspecified address: other groupd instances cannot reach it there"
+        );
     }
     let addr = local_addr.to_string();
 

@@ -77,7 +77,8 @@ impl StoreDir {
         match self.load_config()? {
             Some(cfg) if cfg.node_id == node_id => Ok(cfg),
             Some(cfg) => bail!(
-                "data dir {} belongs to node {}, not {node_id}; start storaged with --listen {} or use another data dir",
+                "data dir {} belongs to node {}, not {node_id}; start storaged with --listen {} or use another data \
+                    dir",
                 self.root.display(),
                 cfg.node_id,
                 cfg.node_id

@@ -85,7 +85,8 @@ fn snapshots_clones_rollback_resize_and_attributes() {
     let lines: Vec<&str> = tree.lines().collect();
     let snap = lines.iter().position(|l| l.starts_with("v@s1 ")).unwrap_or_else(|| panic!("{tree}"));
     let under = |name: &str| {
-        lines[snap + 1..].iter().any(|l| l.starts_with(&format!("├─ {name} ")) || l.starts_with(&format!("└─ {name} ")))
+        let child = |l: &&str| l.starts_with(&format!("├─ {name} ")) || l.starts_with(&format!("└─ {name} "));
+        lines[snap + 1..].iter().any(child)
     };
     assert!(under("c") && under("v"), "the clone and the VDI go on from the snapshot:\n{tree}");
     // Attributes, ordered through groupd.

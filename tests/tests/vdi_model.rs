@@ -187,7 +187,8 @@ impl Ctx {
     fn fail(&self, msg: &str) -> ! {
         let history: Vec<&str> = self.history.iter().map(String::as_str).collect();
         panic!(
-            "vdi_model seed {} ({} ops): op {}: {msg}\nreplay: SHEEP_MODEL_SEEDS={}, SHEEP_MODEL_OPS={}\nlast ops:\n  {}",
+            "vdi_model seed {} ({} ops): op {}: {msg}\nreplay: SHEEP_MODEL_SEEDS={}, SHEEP_MODEL_OPS={}\nlast ops:\n \
+                 {}",
             self.seed,
             self.ops,
             self.op,

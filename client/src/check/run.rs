@@ -107,7 +107,8 @@ pub async fn run(
     let moved = cluster.epoch() != epoch;
     if moved {
         report.errors.push(format!(
-            "the epoch changed from {epoch} to {} during the check: objects are moving; nothing was repaired, run the check again once recovery is complete",
+            "the epoch changed from {epoch} to {} during the check: objects are moving; nothing was repaired, run \
+                the check again once recovery is complete",
             cluster.epoch()
         ));
     }
@@ -217,7 +218,8 @@ async fn recovering(cluster: &Cluster, epoch: u32, addrs: &[String]) -> Option<S
         .collect();
     (!busy.is_empty()).then(|| {
         format!(
-            "recovery in progress on {}: it moves the objects a check would judge; run the check again once `sheepctl node recovery` shows every node complete",
+            "recovery in progress on {}: it moves the objects a check would judge; run the check again once \
+                `sheepctl node recovery` shows every node complete",
             busy.join(", ")
         )
     })
@@ -303,7 +305,8 @@ async fn gather(
                 .count();
             if orphans > 0 {
                 errors.push(format!(
-                    "VDI {}: its inode object is on no node, yet {orphans} of its data objects are: its object table is lost",
+                    "VDI {}: its inode object is on no node, yet {orphans} of its data objects are: its object table \
+                        is lost",
                     display_name(e)
                 ));
             }

@@ -113,7 +113,8 @@ async fn accept_loop(
             },
             _ = term.recv() => break Ok("SIGTERM"),
             _ = int.recv() => break Ok("SIGINT"),
-            why = lock.lost() => break Err(anyhow!("{why}; the VDI lock may belong to someone else now: stopped serving")),
+            why = lock.lost() => break Err(anyhow!("{why}; the VDI lock may belong to someone else now: stopped \
+                serving")),
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     };

@@ -226,7 +226,8 @@ impl engine::DeviceControl for Arc<StopSwitch> {
             } else {
                 // UBLK_U_CMD_UPDATE_SIZE arrived in Linux 6.16: older drivers refuse it.
                 tracing::warn!(
-                    "{} keeps its old size: this kernel's ublk_drv cannot resize a live device (Linux 6.16 or later can); \
+                    "{} keeps its old size: this kernel's ublk_drv cannot resize a live device \
+                     (Linux 6.16 or later can); \
                      re-attach it (`sheepctl del`, `sheepctl add`) to see {size} bytes",
                     ctrl.get_bdev_path()
                 );
