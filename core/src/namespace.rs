@@ -358,7 +358,7 @@ fn check_size(size: u64, object_size_shift: u8) -> Result<(), NamespaceError> {
     if size == 0 || size > max {
         return Err(NamespaceError::Invalid(format!("size must be from 1 byte to {max} bytes, not {size}")));
     }
-    if size % 512 != 0 {
+    if !size.is_multiple_of(512) {
         return Err(NamespaceError::Invalid(format!("size must be a multiple of 512 bytes, not {size}")));
     }
     Ok(())

@@ -256,7 +256,16 @@ pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
         Some(crate::local_disk::attach(&dir, &client, &layout.groupd_addrs(), args.disk_size).await?)
     };
     progress.done();
-    summary(&dir, &layout, &info, formatted.is_some(), &started, already, disk.as_ref(), json)
+    let up = UpSummary {
+        dir: &dir,
+        layout: &layout,
+        info: &info,
+        formatted: formatted.is_some(),
+        started: &started,
+        already,
+        disk: disk.as_ref(),
+    };
+    up.print(json)
 }
 
 fn not_up_hint(dir: &Path) -> String {
@@ -303,64 +312,71 @@ where
     }
 }
 
-fn summary(
-    dir: &Path,
-    layout: &Layout,
-    info: &ClusterInfo,
+/// What `up` did, for its report.
+struct UpSummary<'a> {
+    dir: &'a Path,
+    layout: &'a Layout,
+    info: &'a ClusterInfo,
+    /// A new cluster was formatted.
     formatted: bool,
-    started: &[Started],
+    started: &'a [Started],
+    /// Daemons that were running already.
     already: usize,
-    disk: Option<&crate::local_disk::Attached>,
-    json: bool,
-) -> Result<()> {
-    let id = info.config.as_ref().map_or(String::new(), |c| c.cluster_id.clone());
-    let epoch = info.epochs.last().map_or(0, |e| e.epoch);
-    let export = layout.groupd_addrs().join(",");
-    if json {
-        let started: Vec<_> = started
-            .iter()
-            .map(|s| json!({ "node": s.daemon.node, "daemon": s.daemon.name, "pid": s.child.id() }))
-            .collect();
-        return print_json(&json!({
-            "dir": dir,
-            "cluster_id": id,
-            "epoch": epoch,
-            "formatted": formatted,
-            "groupd": layout.groupd_addrs(),
-            "storaged": layout.storaged_addrs(),
-            "started": started,
-            "already_running": already,
-            "sheep_groupd": export,
-            "disk": disk,
-        }));
+    disk: Option<&'a crate::local_disk::Attached>,
+}
+
+impl UpSummary<'_> {
+    fn print(&self, json: bool) -> Result<()> {
+        let UpSummary { dir, layout, info, formatted, started, already, disk } = *self;
+        let id = info.config.as_ref().map_or(String::new(), |c| c.cluster_id.clone());
+        let epoch = info.epochs.last().map_or(0, |e| e.epoch);
+        let export = layout.groupd_addrs().join(",");
+        if json {
+            let started: Vec<_> = started
+                .iter()
+                .map(|s| json!({ "node": s.daemon.node, "daemon": s.daemon.name, "pid": s.child.id() }))
+                .collect();
+            return print_json(&json!({
+                "dir": dir,
+                "cluster_id": id,
+                "epoch": epoch,
+                "formatted": formatted,
+                "groupd": layout.groupd_addrs(),
+                "storaged": layout.storaged_addrs(),
+                "started": started,
+                "already_running": already,
+                "sheep_groupd": export,
+                "disk": disk,
+            }));
+        }
+        let how = if formatted {
+            let c = info.config.as_ref();
+            format!(
+                "formatted a new cluster {id} ({}, object size {})",
+                crate::cluster::copies(c.map_or(0, |c| c.copies)),
+                format_size(c.map_or(0, |c| c.object_size()))
+            )
+        } else if started.is_empty() {
+            format!("cluster {id} was running already")
+        } else {
+            format!("cluster {id} restarted ({} daemon(s) started, {already} running already)", started.len())
+        };
+        println!("local cluster of {} node(s) running in {}: {how}, epoch {epoch}", layout.nodes, dir.display());
+        for n in 1..=layout.nodes {
+            println!("  node {n}: groupd {}  storaged {}", layout.groupd_addr(n), layout.storaged_addr(n));
+        }
+        println!("logs and pid files: {}/node<N>/{{groupd,storaged}}.{{log,pid}}", dir.display());
+        if let Some(d) = disk {
+            println!("{}", d.describe());
+        }
+        println!();
+        println!("to use it:");
+        println!("  export SHEEP_GROUPD={export}");
+        println!("  sheepctl cluster info");
+        println!("to stop it:");
+        println!("  sheepctl down --dir {}", dir.display());
+        Ok(())
     }
-    let how = if formatted {
-        let c = info.config.as_ref();
-        format!(
-            "formatted a new cluster {id} ({}, object size {})",
-            crate::cluster::copies(c.map_or(0, |c| c.copies)),
-            format_size(c.map_or(0, |c| c.object_size()))
-        )
-    } else if started.is_empty() {
-        format!("cluster {id} was running already")
-    } else {
-        format!("cluster {id} restarted ({} daemon(s) started, {already} running already)", started.len())
-    };
-    println!("local cluster of {} node(s) running in {}: {how}, epoch {epoch}", layout.nodes, dir.display());
-    for n in 1..=layout.nodes {
-        println!("  node {n}: groupd {}  storaged {}", layout.groupd_addr(n), layout.storaged_addr(n));
-    }
-    println!("logs and pid files: {}/node<N>/{{groupd,storaged}}.{{log,pid}}", dir.display());
-    if let Some(d) = disk {
-        println!("{}", d.describe());
-    }
-    println!();
-    println!("to use it:");
-    println!("  export SHEEP_GROUPD={export}");
-    println!("  sheepctl cluster info");
-    println!("to stop it:");
-    println!("  sheepctl down --dir {}", dir.display());
-    Ok(())
 }
 
 /// A spinner on stderr while waiting, when stderr is a terminal and output is not JSON.

@@ -81,8 +81,6 @@ fn main() {
     }
 }
 
-/// Prints a command-line error as one line (help and version as clap does) and exits.
-
 fn parse_weight(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(w) if w >= 1 => Ok(w),

@@ -1,12 +1,12 @@
 //! The real kernel path: `tests/vm/ublk_disk.sh` inside the test VM (Debian's 6.12 kernel with
 //! ublk_drv, see ci/vm): `sheepctl up` attaching disk0 as /dev/ublkb0, a second attach refused
-//! (same host, another daemon, NBD), ext4 with a tree of checksummed files across umount + del
-//! + add, del refused while mounted, kill -9 of ublk-dev under the mounted filesystem and
+//! (same host, another daemon, NBD), ext4 with a tree of checksummed files across umount, del
+//! and add, del refused while mounted, kill -9 of ublk-dev under the mounted filesystem and
 //! `sheepctl add --recover`, a crash-consistent snapshot of the busy filesystem (its clone
 //! fscks clean, fsynced files intact), and fio randwrite with crc32c verify on a raw device
 //! while it is snapshotted and a storaged is killed -9. One boot, about 2 min under emulation.
 //!
-//! Needs root and qemu (ci/vm/build installs it): skipped with a printed reason when not
+//! Needs root and qemu (ci/install-deps installs it): skipped with a printed reason when not
 //! root, except under CI (CI=true), where a VM that cannot start fails the test.
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ pub const MAX_DISCARD_BYTES: u32 = 1 << 30;
 /// cache with FLUSH and FUA (writes are acknowledged by storaged before they are fsynced),
 /// discard and write-zeroes.
 pub fn device_params(dev_size: u64) -> sys::ublk_params {
-    assert!(dev_size % 512 == 0, "a VDI's size is a multiple of 512");
+    assert!(dev_size.is_multiple_of(512), "a VDI's size is a multiple of 512");
     sys::ublk_params {
         types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
         basic: sys::ublk_param_basic {
