@@ -189,7 +189,7 @@ pub async fn run(groupd: &str, args: &BenchArgs, json: bool) -> Result<()> {
 }
 
 async fn bench(groupd: &str, args: &BenchArgs, jobs: &[Job], json: bool) -> Result<()> {
-    let vdi = crate::vdi::open(groupd, &args.name).await?;
+    let vdi = crate::vdi_io::open(groupd, &args.name).await?;
     let region = args.size.min(vdi.size());
     if !json {
         eprintln!(

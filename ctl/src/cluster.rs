@@ -116,7 +116,7 @@ pub fn render_info(info: &ClusterInfo) -> String {
     pairs.push(("Answered by", format!("{} (applied seq {})", info.answered_by, info.applied_seq)));
 
     let mut out = fields(&pairs);
-    let (_, rows) = node::rows(info);
+    let (_, rows) = crate::node_rows::rows(info);
     out.push_str("\nStorage nodes:\n");
     if rows.is_empty() {
         out.push_str("  (none)\n");

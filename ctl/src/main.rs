@@ -5,25 +5,28 @@ mod bench;
 mod check;
 mod cli;
 mod cluster;
+mod connect;
 mod export;
 mod local;
 mod local_disk;
 mod node;
+mod node_rows;
 mod node_stat;
 mod output;
 mod procs;
 mod vdi;
 mod vdi_family;
 mod vdi_file;
+mod vdi_io;
 mod vdi_lock;
-
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sheep_client::group::{self, GroupClient, Options};
 
 use crate::cli::{Cli, Cmd};
+// `crate::client(groupd)` for the commands, defined in `connect` below them: this file calls the
+// commands, so they must not call into it.
+pub use crate::connect::{cli_options, client};
 
 fn main() {
     // Printing into a closed pipe (`sheepctl cluster info | head -1`) ends the process
@@ -60,22 +63,4 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::List => attach::list(cli.json),
         }
     })
-}
-
-/// Time limits of one command: a groupd that does not answer is reported within 5 s.
-pub fn cli_options() -> Options {
-    Options {
-        connect_timeout: Duration::from_secs(1),
-        call_timeout: Duration::from_secs(2),
-        retry_for: Duration::from_millis(4200),
-        wait_for_groupd: false,
-    }
-}
-
-pub fn client(addrs: &str) -> Result<GroupClient> {
-    let list = group::parse_addrs(addrs);
-    if list.is_empty() {
-        anyhow::bail!("--groupd needs at least one address");
-    }
-    Ok(GroupClient::new(list, cli_options())?)
 }

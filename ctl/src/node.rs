@@ -6,29 +6,14 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use sheep_client::rpc;
 use sheep_core::epoch::EpochRecord;
-use sheep_core::group::ClusterInfo;
 use sheep_rpc::codec;
 use sheep_rpc::storaged_capnp::storaged;
 
 use crate::cli::NodeCmd;
+use crate::node_rows::{rows, NodeRow};
 use crate::output::{list, print_json, table, time};
 
 pub const HEADERS: &[&str] = &["ID", "ADDR", "ZONE", "WEIGHT", "STATE", "SESSION"];
-
-/// A storage node as `node list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeRow {
-    pub id: String,
-    pub addr: String,
-    pub zone: u32,
-    pub weight: u32,
-    /// `up`: in the current epoch with a live session; `down`: in the current epoch
-    /// without one (a shut-down cluster waiting for it); `joining`: a live session, not in
-    /// the current epoch (yet).
-    pub state: &'static str,
-    /// Its live storage session, if any.
-    pub session: Option<u64>,
-}
 
 #[derive(Serialize)]
 struct NodeList {
@@ -103,41 +88,6 @@ pub fn epoch_table(indent: &str, epochs: &[EpochRecord]) -> String {
     table(indent, &["EPOCH", "TIME", "NODES"], &rows)
 }
 
-/// The nodes of the current epoch and the ones with a live session, by id.
-pub fn rows(info: &ClusterInfo) -> (u32, Vec<NodeRow>) {
-    let latest = info.epochs.last();
-    let epoch = latest.map_or(0, |e| e.epoch);
-    let session_of = |id: &str| info.sessions.iter().find(|s| s.node().is_some_and(|n| n.id == id)).map(|s| s.id);
-    let mut out: Vec<NodeRow> = Vec::new();
-    for n in latest.map(|e| e.nodes.as_slice()).unwrap_or_default() {
-        let session = session_of(&n.id);
-        out.push(NodeRow {
-            id: n.id.clone(),
-            addr: n.addr.clone(),
-            zone: n.zone,
-            weight: n.weight,
-            state: if session.is_some() { "up" } else { "down" },
-            session,
-        });
-    }
-    for s in &info.sessions {
-        if let Some(n) = s.node() {
-            if !out.iter().any(|r| r.id == n.id) {
-                out.push(NodeRow {
-                    id: n.id.clone(),
-                    addr: n.addr.clone(),
-                    zone: n.zone,
-                    weight: n.weight,
-                    state: "joining",
-                    session: Some(s.id),
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    (epoch, out)
-}
-
 pub fn cells(rows: &[NodeRow]) -> Vec<Vec<String>> {
     rows.iter()
         .map(|r| {
@@ -157,7 +107,7 @@ pub fn cells(rows: &[NodeRow]) -> Vec<Vec<String>> {
 mod tests {
     use super::*;
     use sheep_core::epoch::{EpochRecord, NodeInfo};
-    use sheep_core::group::{ClusterStatus, Session, SessionKind};
+    use sheep_core::group::{ClusterInfo, ClusterStatus, Session, SessionKind};
 
     fn node(n: u8) -> NodeInfo {
         let id = format!("127.0.0.{n}:7001");

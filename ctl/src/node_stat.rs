@@ -8,7 +8,7 @@ use serde::Serialize;
 use sheep_client::vdi::{CallLimits, StorePool};
 use sheep_core::size::format_size;
 
-use crate::node::rows;
+use crate::node_rows::rows;
 use crate::output::{print_json, table};
 
 fn pool() -> StorePool {

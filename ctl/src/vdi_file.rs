@@ -8,7 +8,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -17,7 +17,7 @@ use sheep_client::vdi::Vdi;
 use sheep_core::size::format_size;
 
 use crate::output::print_json;
-use crate::vdi::{chunks, open_with, too_big, IN_FLIGHT};
+use crate::vdi_io::{chunks, open_with, IN_FLIGHT};
 
 /// The granularity of zero detection on import.
 const BLOCK: usize = 4096;
@@ -163,4 +163,15 @@ fn report(json: bool, verb: &str, name: &str, path: &Path, bytes: u64, data: u64
     };
     println!("{verb} {from} to {to}: {} ({} of data) in {seconds:.1} s{rate}", format_size(bytes), format_size(data));
     Ok(())
+}
+
+/// An error for a file that does not fit.
+pub fn too_big(what: &str, len: u64, vdi: &Vdi) -> anyhow::Error {
+    anyhow!(
+        "{what} is {len} bytes ({}), larger than VDI {} ({} bytes, {})",
+        format_size(len),
+        vdi.entry().name,
+        vdi.size(),
+        format_size(vdi.size())
+    )
 }

@@ -1,6 +1,7 @@
 //! What only the master does: expire sessions whose lease ran out, add joining groupd
 //! instances as learners and promote caught-up learners to voters while there are fewer
-//! voters than the cluster's `voters`.
+//! voters than the cluster's `voters`. A join reaches the master through [`Node::add_member`]
+//! (here, not in `node.rs`: node.rs is below this module and does not call into it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -10,7 +11,8 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use sheep_core::group::{Op, DEFAULT_VOTERS};
 use tokio::time::Instant;
 
-use crate::node::{no_master, Node, COMMIT_TIMEOUT};
+use crate::forward;
+use crate::node::{left, no_master, Node, Route, COMMIT_TIMEOUT, SUBMIT_DEADLINE};
 use crate::types::{now_mono_ms, ClientWriteError, NodeId, RaftError};
 
 /// How often the master checks leases.
@@ -71,6 +73,34 @@ pub async fn add_member(node: &Node, raft_id: NodeId, addr: &str) -> Result<(), 
     }
     node.promote_now.notify_one();
     Ok(())
+}
+
+impl Node {
+    /// A groupd asks to join: handled by the master, forwarded to it by the others.
+    pub async fn add_member(&self, raft_id: NodeId, addr: &str) -> Result<(), capnp::Error> {
+        let deadline = Instant::now() + SUBMIT_DEADLINE;
+        loop {
+            match self.route(deadline).await? {
+                Route::Local => match crate::leader::add_member(self, raft_id, addr).await {
+                    Err(e) if crate::leader::is_not_leader(&e) && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    r => return r,
+                },
+                Route::Forward { addr: master, client } => {
+                    let res = tokio::time::timeout(left(deadline), forward::add_member(&client, raft_id, addr)).await;
+                    return match res {
+                        Err(_) => Err(no_master(format!("the master at {master} did not answer in time"))),
+                        Ok(Err(e)) => {
+                            self.peers.note_error(&master, &e);
+                            Err(forward::relay(e))
+                        }
+                        Ok(Ok(())) => Ok(()),
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// The master's loop: leases every [`LEASE_TICK`], promotions every [`PROMOTE_EVERY`]; on

@@ -64,7 +64,7 @@ enum WriteFail {
 }
 
 /// The time left until `deadline` for a forwarded call (at least a little).
-fn left(deadline: Instant) -> Duration {
+pub fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(300))
 }
 
@@ -240,32 +240,6 @@ impl Node {
             Ok(())
         } else {
             Err(codec::group_error(&sheep_core::group::GroupError::NoSession(session)))
-        }
-    }
-
-    /// A groupd asks to join: handled by the master, forwarded to it by the others.
-    pub async fn add_member(&self, raft_id: NodeId, addr: &str) -> Result<(), capnp::Error> {
-        let deadline = Instant::now() + SUBMIT_DEADLINE;
-        loop {
-            match self.route(deadline).await? {
-                Route::Local => match crate::leader::add_member(self, raft_id, addr).await {
-                    Err(e) if crate::leader::is_not_leader(&e) && Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    r => return r,
-                },
-                Route::Forward { addr: master, client } => {
-                    let res = tokio::time::timeout(left(deadline), forward::add_member(&client, raft_id, addr)).await;
-                    return match res {
-                        Err(_) => Err(no_master(format!("the master at {master} did not answer in time"))),
-                        Ok(Err(e)) => {
-                            self.peers.note_error(&master, &e);
-                            Err(forward::relay(e))
-                        }
-                        Ok(Ok(())) => Ok(()),
-                    };
-                }
-            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! `DIR/obj/`), the object API (`server`, `ops`), and recovery after every epoch change
 //! (`recovery`, pulling from other nodes through `peers`).
 
+mod blocking;
 mod fence;
 mod membership;
 mod node;
@@ -11,6 +12,7 @@ mod objects;
 mod ops;
 mod peers;
 mod recovery;
+mod recovery_progress;
 mod server;
 mod store_dir;
 

@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
+use crate::blocking::blocking;
 use crate::node::Node;
-use crate::ops::blocking;
 use crate::recovery;
 
 /// How long one watch call waits for events.

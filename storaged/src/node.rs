@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::fence::{Fenced, Fences};
 use crate::objects::ObjectStore;
 use crate::peers::Peers;
-use crate::recovery::Progress;
+use crate::recovery_progress::Progress;
 use crate::store_dir::{StoreConfig, StoreDir};
 
 pub struct Node {

@@ -9,6 +9,7 @@ use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
 use tracing::{info, warn};
 
+use crate::blocking::blocking;
 use crate::node::Node;
 use crate::objects::{Listing, StoreError, StoreStat, Whole};
 use crate::recovery;
@@ -20,16 +21,6 @@ pub const EPOCH_WAIT: Duration = Duration::from_secs(10);
 const INLINE_MAX: u64 = 64 << 10;
 /// Attempts of one repair (each fetches the object anew).
 const REPAIR_TRIES: usize = 3;
-
-/// Runs disk work on the blocking pool.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(StoreError::Io(format!("disk task failed: {e}"))),
-    }
-}
 
 /// A store error as a capnp exception: "code: text".
 pub fn wire_error(e: &StoreError) -> capnp::Error {

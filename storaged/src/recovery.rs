@@ -18,9 +18,10 @@ use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
 use tracing::{debug, info, warn};
 
+use crate::blocking::blocking;
 use crate::node::{EpochRing, Node};
 use crate::objects::{Listing, StoreError};
-use crate::ops::blocking;
+use crate::recovery_progress::{Holder, Progress};
 
 /// Objects pulled at the same time by one pass.
 const PARALLEL_PULLS: usize = 4;
@@ -28,37 +29,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a node that left the previous epoch is given to list its objects.
 const LEAVER_WAIT: Duration = Duration::from_secs(2);
-
-/// Where a copy of an object is: a node's address, and 0 for a live copy or the last epoch
-/// in which a stale copy was live.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub addr: String,
-    pub stale_epoch: u32,
-}
-
-/// Progress of recovery to one epoch, as the `recovery` call reports it.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub epoch: Epoch,
-    pub done: u64,
-    pub total: u64,
-    pub complete: bool,
-    pub listed: bool,
-    /// Objects still to pull, and who may give them (best first).
-    pending: HashMap<ObjectId, Vec<Holder>>,
-    /// groupd said every node of this epoch recovered: purge `.stale` once this node is
-    /// complete for it too.
-    purge_for: Option<Epoch>,
-}
-
-impl Progress {
-    /// True while objects of `epoch` may still be missing here: a missing object may
-    /// exist elsewhere and must be pulled before a client uses it.
-    pub fn unsettled(&self, epoch: Epoch) -> bool {
-        epoch != 0 && !(self.epoch == epoch && self.complete)
-    }
-}
 
 /// Picks the copies worth pulling: every live one if any; else the stale ones last live in
 /// the newest epoch. Peers come before this node (`me`).
@@ -461,16 +431,5 @@ mod tests {
         assert_eq!(best_holders(vec![h(me, 5), h("a", 3), h("b", 5)], me), vec![h("b", 5), h(me, 5)]);
         assert_eq!(best_holders(vec![h("a", 2), h(me, 4)], me), vec![h(me, 4)]);
         assert!(best_holders(vec![], me).is_empty());
-    }
-
-    #[test]
-    fn progress_is_settled_only_when_complete_for_the_epoch() {
-        let mut p = Progress::default();
-        assert!(!p.unsettled(0), "a node that never joined has nothing to recover");
-        assert!(p.unsettled(1));
-        p.epoch = 1;
-        p.complete = true;
-        assert!(!p.unsettled(1));
-        assert!(p.unsettled(2));
     }
 }

@@ -11,7 +11,7 @@ use sheep_client::group::{GroupClient, Options};
 use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
 
 use crate::attach_lock::{AttachError, AttachLock};
-use crate::nbd::backend::VdiBackend;
+use crate::backend::VdiBackend;
 
 pub struct Attached {
     pub group: Rc<GroupClient>,

@@ -11,7 +11,7 @@ use sheep_client::vdi::Vdi;
 use sheep_core::group::{EventKind, SessionId};
 use sheep_core::namespace::VdiEntry;
 
-use crate::nbd::backend::VdiBackend;
+use crate::backend::VdiBackend;
 
 /// Follows the group's events from `from` for as long as the caller polls it. `resized` is
 /// told the new size after the VDI grew.

@@ -1,12 +1,15 @@
 //! ublk-dev: the block device front-ends of a VDI, on the `client` crate's engine: the ublk
 //! target ([`ublk`], `/dev/ublkbN`) and the NBD export ([`nbd`]). Both attach a VDI
-//! exclusively ([`attach_lock`]).
+//! exclusively ([`attach_lock`], [`attached`]) and serve it as a [`backend::Backend`]; neither
+//! front-end uses the other.
 //!
 //! The engine runs on a tokio current-thread runtime inside a `LocalSet` (capnp-rpc is
 //! `!Send`): the NBD export's only thread, the ublk target's engine thread.
 
 pub use sheep_client::group::attach_lock;
 pub mod attached;
+pub mod backend;
+pub mod errno;
 pub mod follow;
 pub mod nbd;
 pub mod ublk;

@@ -14,7 +14,8 @@ use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
 use tokio::time::Instant;
 
 use super::conn::{Live, Pool};
-use super::{secs, Error};
+use super::Error;
+use crate::rpc::secs;
 
 /// Time limits of a [`GroupClient`].
 #[derive(Clone, Debug)]

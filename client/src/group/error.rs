@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sheep_rpc::codec;
 
+use crate::rpc::secs;
+
 /// What a groupd call can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -48,15 +50,6 @@ impl Error {
             Some(code) => Error::Refused { code: code.into(), message },
             None => Error::Rpc { addr: addr.into(), message },
         }
-    }
-}
-
-/// "1.0 s", "250 ms".
-pub(crate) fn secs(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

@@ -12,7 +12,6 @@ mod error;
 mod watch;
 
 pub use client::{GroupClient, Options};
-pub(crate) use error::secs;
 pub use error::Error;
 pub use watch::Watcher;
 

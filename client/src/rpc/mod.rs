@@ -66,7 +66,7 @@ where
     C: capnp::capability::FromClientHook,
 {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(format!("timed out after {}", crate::group::secs(timeout))),
+        Err(_) => return Err(format!("timed out after {}", secs(timeout))),
         Ok(Err(e)) => return Err(io_reason(&e)),
         Ok(Ok(s)) => s,
     };
@@ -130,5 +130,14 @@ pub fn io_reason(e: &io::Error) -> String {
             // "failed to lookup address information: Name or service not known"
             s.split(" (os error").next().unwrap_or(&s).to_string()
         }
+    }
+}
+
+/// "1.0 s", "250 ms".
+pub(crate) fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }

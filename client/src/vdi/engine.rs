@@ -364,7 +364,7 @@ impl Vdi {
             self.set_entry(idx, 0, fua).await?;
             self.table.borrow_mut()[idx as usize] = 0;
             if owner == self.entry.vid {
-                super::lifecycle::remove_everywhere(
+                super::replicate::remove_everywhere(
                     &self.cluster,
                     ObjectId::data(owner, idx),
                     self.entry.copies,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sheep_rpc::codec;
 
-use crate::group;
+use crate::{group, rpc};
 
 /// What one call to one storage node failed with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum NodeError {
     #[error("cannot reach storaged at {addr} ({reason})")]
     Unreachable { addr: String, reason: String },
     /// The node did not answer in time.
-    #[error("storaged at {addr} did not answer within {}", group::secs(*.after))]
+    #[error("storaged at {addr} did not answer within {}", rpc::secs(*.after))]
     Timeout { addr: String, after: Duration },
     /// The connection broke under the call, or the answer was malformed.
     #[error("storaged at {addr}: {message}")]
@@ -101,7 +101,7 @@ pub enum VdiError {
     #[error("write refused, the VDI lock was lost: {0}")]
     Fenced(NodeError),
     /// The operation could not complete within the retry time.
-    #[error("I/O error: {what} failed after {}: {last}", group::secs(*.after))]
+    #[error("I/O error: {what} failed after {}: {last}", rpc::secs(*.after))]
     Io { what: String, after: Duration, last: String },
     /// The VDI's inode object is unreadable or belongs to another VDI.
     #[error("the inode of VDI {name:?} is unusable: {reason}")]

@@ -8,17 +8,16 @@
 //! table starts as the snapshot's (copy-on-write from there).
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sheep_core::group::SessionId;
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
-use tokio::time::Instant;
 
 use super::cluster::Cluster;
 use super::engine::{Vdi, VdiOptions};
 use super::error::VdiError;
+use super::replicate::remove_everywhere;
 use crate::group::GroupClient;
 
 /// The prefix of a broadcast payload addressed to the holder of a VDI.
@@ -83,36 +82,6 @@ pub async fn reclaim(cluster: &Rc<Cluster>, gone: &VdiEntry, live: &[VdiEntry]) 
         removed += 1;
     }
     Ok(removed)
-}
-
-/// Removes `oid` from each of its replicas in the current epoch (absent already is fine).
-pub(crate) async fn remove_everywhere(
-    cluster: &Rc<Cluster>,
-    oid: ObjectId,
-    copies: u8,
-    retry_for: Duration,
-) -> Result<(), VdiError> {
-    let started = Instant::now();
-    loop {
-        let view = cluster.view();
-        let mut failed = None;
-        for n in view.ring.replicas(oid, usize::from(copies)) {
-            match cluster.pool().remove(&n.addr, view.epoch, oid.raw()).await {
-                Ok(()) => {}
-                Err(e) if e.is_code("noObject") => {}
-                Err(e) => failed = Some(e),
-            }
-        }
-        let Some(e) = failed else { return Ok(()) };
-        if started.elapsed() >= retry_for {
-            return Err(VdiError::Io {
-                what: format!("removing {oid}"),
-                after: started.elapsed(),
-                last: e.to_string(),
-            });
-        }
-        cluster.wait_newer(view.epoch, Instant::now() + Duration::from_secs(1)).await;
-    }
 }
 
 /// The ids a VDI reads through its ancestry, nearest first, from the live entries it knows

@@ -1,7 +1,8 @@
 //! The retry loops of the engine: one request to every replica of an object (writes,
-//! zeroing), or to one replica after another (reads), across epoch changes, within a
+//! zeroing, removal), or to one replica after another (reads), across epoch changes, within a
 //! bounded time.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -186,4 +187,34 @@ pub(crate) async fn flush_all(cluster: &Cluster, mut addrs: Vec<String>, retry_f
         pause(cluster, view.epoch, wants_epoch, deadline).await;
     }
     Ok(())
+}
+
+/// Removes `oid` from each of its replicas in the current epoch (absent already is fine).
+pub(crate) async fn remove_everywhere(
+    cluster: &Rc<Cluster>,
+    oid: ObjectId,
+    copies: u8,
+    retry_for: Duration,
+) -> Result<(), VdiError> {
+    let started = Instant::now();
+    loop {
+        let view = cluster.view();
+        let mut failed = None;
+        for n in view.ring.replicas(oid, usize::from(copies)) {
+            match cluster.pool().remove(&n.addr, view.epoch, oid.raw()).await {
+                Ok(()) => {}
+                Err(e) if e.is_code("noObject") => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        let Some(e) = failed else { return Ok(()) };
+        if started.elapsed() >= retry_for {
+            return Err(VdiError::Io {
+                what: format!("removing {oid}"),
+                after: started.elapsed(),
+                last: e.to_string(),
+            });
+        }
+        cluster.wait_newer(view.epoch, Instant::now() + Duration::from_secs(1)).await;
+    }
 }

@@ -4,10 +4,10 @@
 //! - [`proto`]: the wire format, pure encoding and decoding;
 //! - [`handshake`]: the fixed newstyle negotiation (NBD_OPT_GO/INFO/EXPORT_NAME/LIST/ABORT);
 //! - [`transmission`]: one connection's requests, many in flight, replies as they complete;
-//! - [`backend`]: what is served (the VDI engine);
 //! - [`server`]: the daemon: listener, VDI lock, connections, clean stop.
+//!
+//! What is served is a [`crate::backend::Backend`], as for the ublk target.
 
-pub mod backend;
 pub mod handshake;
 pub mod proto;
 pub mod server;

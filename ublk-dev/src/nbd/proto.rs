@@ -61,15 +61,8 @@ pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 
-// Error values of replies (Linux errno numbers, as the protocol defines them).
-pub const EPERM: u32 = 1;
-pub const EIO: u32 = 5;
-pub const ENOMEM: u32 = 12;
-pub const EINVAL: u32 = 22;
-pub const ENOSPC: u32 = 28;
-pub const EOVERFLOW: u32 = 75;
-pub const ENOTSUP: u32 = 95;
-pub const ESHUTDOWN: u32 = 108;
+// Error values of replies: Linux errno numbers, as the protocol defines them.
+pub use crate::errno::{EINVAL, EIO, ENOMEM, ENOSPC, ENOTSUP, EOVERFLOW, EPERM, ESHUTDOWN};
 
 /// The largest payload of a read or write request we accept (and advertise as the maximum
 /// block size). A bigger write cannot be skipped safely and ends the connection.

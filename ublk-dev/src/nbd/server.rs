@@ -12,11 +12,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::backend::{Backend, VdiBackend};
 use super::handshake::{self, Outcome};
 use super::proto::*;
 use super::transmission::{self, End, Limits};
 use crate::attach_lock::AttachLock;
+use crate::backend::{Backend, VdiBackend};
 
 /// What to export and where.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::backend::{Backend, IoFailure};
 use super::proto::*;
+use crate::backend::{Backend, IoFailure};
 
 /// Bounds of one connection.
 #[derive(Clone, Copy, Debug)]

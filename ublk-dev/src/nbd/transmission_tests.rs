@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
 use super::*;
-use crate::nbd::backend::memory::MemDisk;
+use crate::backend::memory::MemDisk;
 
 const SIZE: usize = 1 << 20;
 

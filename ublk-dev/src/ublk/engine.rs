@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::notify::Notifier;
 use super::request::BlockOp;
-use crate::nbd::backend::{Backend, IoFailure, VdiBackend};
+use crate::backend::{Backend, IoFailure, VdiBackend};
 
 /// A request's outcome: the data read (empty for the others) or a negative errno.
 pub type Reply = Result<Vec<u8>, i32>;

@@ -1,5 +1,5 @@
-//! What the NBD server serves: a [`Backend`], the VDI engine's [`Vdi`] in the daemon, a
-//! memory disk in the unit tests.
+//! What both front-ends serve (the NBD export, the ublk target): a [`Backend`], the VDI
+//! engine's [`Vdi`] in the daemon, a memory disk in the unit tests.
 
 use std::future::Future;
 
@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use sheep_client::vdi::{NodeError, Vdi, VdiError};
 
-use super::proto::{EINVAL, EIO, ENOSPC, EPERM};
+use crate::errno::{EINVAL, EIO, ENOSPC, EPERM};
 
 /// A failed operation: the NBD error value, and the message for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
