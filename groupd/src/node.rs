@@ -10,12 +10,13 @@ use std::time::Duration;
 use openraft::ServerState;
 use sheep_core::group::{ClusterInfo, GroupMember, MemberRole, Op, Reply};
 use sheep_core::lease::LeaseTable;
-use sheep_rpc::codec;
+use sheep_rpc::error::{self, refusal, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::forward::{self, Outcome};
+use crate::leader::AddMemberError;
 use crate::network::Peers;
 use crate::state_machine::StateMachine;
 use crate::types::{new_cluster_id, now_mono_ms, now_unix_ms, ClientWriteError, NodeId, Raft, RaftError};
@@ -69,7 +70,7 @@ fn left(deadline: Instant) -> Duration {
 }
 
 pub fn no_master(msg: impl std::fmt::Display) -> capnp::Error {
-    capnp::Error::failed(format!("noMaster: {msg}"))
+    refusal(ErrorCode::NoMaster, msg)
 }
 
 impl Node {
@@ -186,7 +187,7 @@ impl Node {
             Ok(Err(e)) => return Err(WriteFail::Error(no_master(format!("raft: {e}")))),
             Ok(Ok(r)) => r,
         };
-        let reply = resp.data.map_err(|e| WriteFail::Error(codec::group_error(&e)))?;
+        let reply = resp.data.map_err(|e| WriteFail::Error(error::group_error(&e)))?;
         let mut out = Outcome { reply, lease_ms: self.lease_ms, holder: String::new() };
         if let Reply::Locked(l) = &out.reply {
             out.holder = self.sm.state().sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
@@ -239,7 +240,7 @@ impl Node {
         if leases.touch(session, now) {
             Ok(())
         } else {
-            Err(codec::group_error(&sheep_core::group::GroupError::NoSession(session)))
+            Err(error::group_error(&sheep_core::group::GroupError::NoSession(session)))
         }
     }
 
@@ -249,10 +250,10 @@ impl Node {
         loop {
             match self.route(deadline).await? {
                 Route::Local => match crate::leader::add_member(self, raft_id, addr).await {
-                    Err(e) if crate::leader::is_not_leader(&e) && Instant::now() < deadline => {
+                    Err(AddMemberError::NotLeader) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    r => return r,
+                    r => return r.map_err(capnp::Error::from),
                 },
                 Route::Forward { addr: master, client } => {
                     let res = tokio::time::timeout(left(deadline), forward::add_member(&client, raft_id, addr)).await;

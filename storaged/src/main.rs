@@ -2,14 +2,13 @@
 //! alive, follow the epochs and the VDI namespace, keep a copy of the epoch history in the
 //! data dir, leave on SIGTERM), the object store (`objects`: checksummed files under
 //! `DIR/obj/`), the object API (`server`, `ops`), and recovery after every epoch change
-//! (`recovery`, pulling from other nodes through `peers`).
+//! (`recovery`, pulling from other nodes through the client's `StorePool`).
 
 mod fence;
 mod membership;
 mod node;
 mod objects;
 mod ops;
-mod peers;
 mod recovery;
 mod server;
 mod store_dir;
@@ -24,6 +23,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use sheep_client::group::{self, GroupClient, Options};
 use sheep_core::epoch::NodeInfo;
+use sheep_rpc::error::ErrorCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
@@ -80,8 +80,6 @@ fn main() {
         }
     }
 }
-
-/// Prints a command-line error as one line (help and version as clap does) and exits.
 
 fn parse_weight(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -165,7 +163,7 @@ async fn leave(node: &Node, client: &GroupClient, why: &str) {
     info!("{why}: leaving the cluster (closing session {session})");
     match tokio::time::timeout(Duration::from_secs(5), client.close_session(session)).await {
         Ok(Ok(())) => info!("left the cluster"),
-        Ok(Err(e)) if e.is_code("noSession") => info!("session {session} was already gone"),
+        Ok(Err(e)) if e.is_code(ErrorCode::NoSession) => info!("session {session} was already gone"),
         Ok(Err(e)) => warn!("could not close session {session}: {e}"),
         Err(_) => warn!("could not close session {session}: groupd did not answer in time"),
     }

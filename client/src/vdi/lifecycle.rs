@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sheep_core::group::SessionId;
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
+use sheep_rpc::error::ErrorCode;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
@@ -99,7 +100,7 @@ pub(crate) async fn remove_everywhere(
         for n in view.ring.replicas(oid, usize::from(copies)) {
             match cluster.pool().remove(&n.addr, view.epoch, oid.raw()).await {
                 Ok(()) => {}
-                Err(e) if e.is_code("noObject") => {}
+                Err(e) if e.is_code(ErrorCode::NoObject) => {}
                 Err(e) => failed = Some(e),
             }
         }
