@@ -12,3 +12,7 @@ pub mod cli;
 pub mod group;
 pub mod rpc;
 pub mod vdi;
+
+/// Why groupd or storaged refused a call: what [`group::Error::Refused`] and
+/// [`vdi::NodeError::Refused`] carry.
+pub use sheep_rpc::error::ErrorCode;

@@ -9,6 +9,7 @@ use capnp::capability::Rc as CapRc;
 use sheep_client::group::{Error, GroupClient, Options, Watcher};
 use sheep_core::group::{Command, EventKind, GroupState, Op, Reply, SessionKind};
 use sheep_rpc::codec;
+use sheep_rpc::error::{self, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, LocalSet};
@@ -33,7 +34,7 @@ impl Fake {
         let mut s = self.state.borrow_mut();
         s.index += 1;
         let index = s.index;
-        s.state.apply(index, &Command { time_ms: 1000 + index, op }).map_err(|e| codec::group_error(&e))
+        s.state.apply(index, &Command { time_ms: 1000 + index, op }).map_err(|e| error::group_error(&e))
     }
 }
 
@@ -64,7 +65,7 @@ impl groupd::Server for Fake {
         if self.state.borrow().state.sessions.contains_key(&id) {
             Ok(())
         } else {
-            Err(capnp::Error::failed(format!("noSession: session {id} does not exist")))
+            Err(error::refusal(ErrorCode::NoSession, format!("session {id} does not exist")))
         }
     }
 
@@ -99,7 +100,7 @@ impl groupd::Server for Fake {
                 .borrow()
                 .state
                 .events_from(from, max)
-                .map_err(|_| capnp::Error::failed("compacted: gone".into()))?;
+                .map_err(|_| error::refusal(ErrorCode::Compacted, "gone"))?;
             if !events.is_empty() || Instant::now() >= until {
                 let next = events.last().map_or(from, |e| e.seq + 1);
                 codec::write_events(r.get().init_events(events.len() as u32), &events);
@@ -212,13 +213,13 @@ fn calls_and_refusals() {
         let cfg = client.format(3, 22, 3, false).await.unwrap();
         assert_eq!(cfg.cluster_id, "test-cluster");
         let err = client.format(3, 22, 3, false).await.unwrap_err();
-        assert!(err.is_code("alreadyFormatted"), "{err:?}");
+        assert!(err.is_code(ErrorCode::AlreadyFormatted), "{err:?}");
         assert!(err.to_string().starts_with("the cluster is already formatted"), "{err}");
         let (id, lease) = client.open_session(&SessionKind::Client { name: "t".into() }, "").await.unwrap();
         assert_eq!(lease, Duration::from_millis(1000));
         client.keepalive(id).await.unwrap();
         client.close_session(id).await.unwrap();
-        assert!(client.keepalive(id).await.unwrap_err().is_code("noSession"));
+        assert!(client.keepalive(id).await.unwrap_err().is_code(ErrorCode::NoSession));
     });
 }
 

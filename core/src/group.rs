@@ -230,26 +230,25 @@ pub enum Reply {
 }
 
 /// A refused command. Refusals are part of the total order too: every groupd refuses the
-/// same command the same way, and the state is unchanged by it.
+/// same command the same way, and the state is unchanged by it. The messages are for people;
+/// the wire code of each refusal is given by `sheep_rpc::error`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum GroupError {
-    #[error("notFormatted: the cluster is not formatted (run `sheepctl cluster format`)")]
+    #[error("the cluster is not formatted (run `sheepctl cluster format`)")]
     NotFormatted,
-    #[error("alreadyFormatted: the cluster is already formatted (id {0}); use --force to format it anew")]
+    #[error("the cluster is already formatted (id {0}); use --force to format it anew")]
     AlreadyFormatted(String),
-    #[error(
-        "wrongCluster: this store belongs to cluster {store}, but the cluster is {cluster}; its data is left untouched"
-    )]
+    #[error("this store belongs to cluster {store}, but the cluster is {cluster}; its data is left untouched")]
     WrongCluster { store: String, cluster: String },
-    #[error("noSession: session {0} does not exist (expired or closed)")]
+    #[error("session {0} does not exist (expired or closed)")]
     NoSession(SessionId),
-    #[error("lockHeld: VDI {vdi} is locked by session {session} ({holder})")]
+    #[error("VDI {vdi} is locked by session {session} ({holder})")]
     LockHeld { vdi: String, session: SessionId, holder: String },
-    #[error("notLocked: VDI {vdi} is not locked by session {session}")]
+    #[error("VDI {vdi} is not locked by session {session}")]
     NotLocked { vdi: String, session: SessionId },
-    #[error("shuttingDown: the cluster is shut down")]
+    #[error("the cluster is shut down")]
     ShutDown,
-    #[error("badRequest: {0}")]
+    #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
     Namespace(#[from] NamespaceError),

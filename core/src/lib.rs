@@ -9,3 +9,4 @@ pub mod namespace;
 pub mod object;
 pub mod placement;
 pub mod size;
+pub mod store;

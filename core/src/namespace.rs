@@ -42,21 +42,21 @@ impl VdiEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum NamespaceError {
-    #[error("vdiExists: a VDI named {0:?} exists already")]
+    #[error("a VDI named {0:?} exists already")]
     Exists(String),
-    #[error("noVdi: there is no VDI named {0:?}")]
+    #[error("there is no VDI named {0:?}")]
     NoVdi(String),
-    #[error("noVdi: VDI {name:?} has no snapshot {tag:?}")]
+    #[error("VDI {name:?} has no snapshot {tag:?}")]
     NoSnapshot { name: String, tag: String },
-    #[error("vdiExists: VDI {name:?} has a snapshot {tag:?} already")]
+    #[error("VDI {name:?} has a snapshot {tag:?} already")]
     SnapshotExists { name: String, tag: String },
-    #[error("attrExists: VDI {name:?} has an attribute {key:?} already")]
+    #[error("VDI {name:?} has an attribute {key:?} already")]
     AttrExists { name: String, key: String },
-    #[error("noAttr: VDI {name:?} has no attribute {key:?}")]
+    #[error("VDI {name:?} has no attribute {key:?}")]
     NoAttr { name: String, key: String },
-    #[error("badRequest: {0}")]
+    #[error("{0}")]
     Invalid(String),
-    #[error("badRequest: no VDI id is left")]
+    #[error("no VDI id is left")]
     Full,
 }
 

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sheep_client::group::{GroupClient, Options};
+use sheep_client::ErrorCode;
 use sheep_core::group::{ClusterInfo, ClusterStatus, DEFAULT_OBJECT_SIZE_SHIFT, DEFAULT_VOTERS};
 use sheep_core::size::format_size;
 use tokio::time::Instant;
@@ -234,7 +235,7 @@ pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
         let copies = args.copies.unwrap_or(layout.nodes.min(3));
         match client.format(copies, DEFAULT_OBJECT_SIZE_SHIFT, DEFAULT_VOTERS, false).await {
             Ok(cfg) => formatted = Some(cfg),
-            Err(e) if e.is_code("alreadyFormatted") => {}
+            Err(e) if e.is_code(ErrorCode::AlreadyFormatted) => {}
             Err(e) => return Err(e).context("cannot format the new cluster"),
         }
     } else if args.copies.is_some() {

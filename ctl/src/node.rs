@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use serde::Serialize;
-use sheep_client::rpc;
+use sheep_client::vdi::{CallLimits, StorePool};
 use sheep_core::epoch::EpochRecord;
-use sheep_rpc::codec;
-use sheep_rpc::storaged_capnp::storaged;
 
 use crate::cli::NodeCmd;
 use crate::node_rows::{rows, NodeRow};
@@ -45,28 +43,14 @@ pub async fn run(groupd: &str, cmd: &NodeCmd, json: bool) -> Result<()> {
 
 /// `node epochs ADDR`: the history as the storage node itself keeps it.
 async fn epochs(addr: &str, json: bool) -> Result<()> {
-    let conn = rpc::connect::<storaged::Client>(addr, Duration::from_secs(1))
-        .await
-        .map_err(|reason| anyhow!("cannot reach storaged at {addr} ({reason})"))?;
-    let ask = async {
-        let client = conn.client();
-        let status = client.status_request().send().promise.await?;
-        let st = status.get()?.get_status()?;
-        let cluster = st.get_cluster_id()?.to_string()?;
-        let (session, joined) = (st.get_session(), st.get_joined());
-        let resp = client.epoch_log_request().send().promise.await?;
-        let epochs = codec::read_epochs(resp.get()?.get_epochs()?)?;
-        capnp::Result::Ok((cluster, session, joined, epochs))
-    };
-    let (cluster, session, joined, epochs) = tokio::time::timeout(Duration::from_secs(3), ask)
-        .await
-        .map_err(|_| anyhow!("storaged at {addr} did not answer within 3 s"))?
-        .map_err(|e| anyhow!("storaged at {addr}: {}", e.extra))?;
+    let pool = StorePool::new(CallLimits { connect: Duration::from_secs(1), call: Duration::from_secs(3) });
+    let status = pool.status(addr).await?;
+    let epochs = pool.epoch_log(addr).await?;
     if json {
         return print_json(&epochs);
     }
-    let cluster = if cluster.is_empty() { "none yet".to_string() } else { cluster };
-    let state = if joined { format!("joined, session {session}") } else { "not joined".to_string() };
+    let cluster = if status.cluster_id.is_empty() { "none yet".to_string() } else { status.cluster_id };
+    let state = if status.joined { format!("joined, session {}", status.session) } else { "not joined".to_string() };
     println!("storage node {addr} (cluster {cluster}, {state}): epoch history, newest first");
     print!("{}", epoch_table("", &epochs));
     Ok(())

@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde::Serialize;
 use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiError, VdiOptions};
+use sheep_client::ErrorCode;
 use sheep_core::group::ClusterInfo;
 use sheep_core::object::validate_vdi_name;
 use ublk_dev::attach_lock::{AttachError, AttachLock};
@@ -91,7 +92,7 @@ pub async fn run(groupd: &str, cmd: &VdiLockCmd, json: bool) -> Result<()> {
             match group.unlock(0, name, true).await {
                 Ok(()) => {}
                 // Released meanwhile by its holder.
-                Err(e) if e.is_code("notLocked") => bail!("VDI {name:?} is not locked"),
+                Err(e) if e.is_code(ErrorCode::NotLocked) => bail!("VDI {name:?} is not locked"),
                 Err(e) => return Err(e.into()),
             }
             if json {

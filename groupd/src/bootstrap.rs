@@ -114,7 +114,7 @@ async fn try_join(node: &Rc<Node>, addr: &str) -> anyhow::Result<()> {
         Err(_) => bail!("no answer within {} s", JOIN_CALL_TIMEOUT.as_secs()),
         Ok(Err(e)) => {
             node.peers.note_error(addr, &e);
-            bail!("{}", forward::relay(e).extra)
+            bail!("{}", sheep_rpc::error::message_of(&forward::relay(e)))
         }
         Ok(Ok(())) => Ok(()),
     }

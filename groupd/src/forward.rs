@@ -3,6 +3,7 @@
 
 use sheep_core::group::{Op, Reply, SessionKind};
 use sheep_rpc::codec;
+use sheep_rpc::error::{self, refusal, ErrorCode};
 use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
 
 /// What a state-changing call answers.
@@ -21,24 +22,21 @@ impl Outcome {
     }
 }
 
-/// capnp-rpc prefixes this to the text of an exception that came over the wire.
-const REMOTE_PREFIX: &str = "remote exception: ";
-
-/// An error from another groupd, ready to be passed on to our caller: without the "remote
-/// exception" prefix, so that the code word stays first.
-pub fn relay(mut e: capnp::Error) -> capnp::Error {
-    while let Some(rest) = e.extra.strip_prefix(REMOTE_PREFIX) {
-        e.extra = rest.to_string();
+/// An error from another groupd, ready to be passed on to our caller: a refusal as our own
+/// (its code and message, without what capnp-rpc added on the way); a lost connection as
+/// `noMaster`, since the call may or may not have taken effect; anything else as it came.
+pub fn relay(e: capnp::Error) -> capnp::Error {
+    match error::code_of(&e) {
+        Some(code) if e.kind != capnp::ErrorKind::Disconnected => refusal(code, error::message_of(&e)),
+        _ if e.kind == capnp::ErrorKind::Disconnected => {
+            refusal(ErrorCode::NoMaster, format!("lost the master during the call: {}", error::message_of(&e)))
+        }
+        _ => e,
     }
-    if e.kind == capnp::ErrorKind::Disconnected {
-        // Not a code word of ours: the call may or may not have taken effect.
-        return capnp::Error::failed(format!("noMaster: lost the master during the call: {}", e.extra));
-    }
-    e
 }
 
 fn unexpected(what: &str) -> capnp::Error {
-    capnp::Error::failed(format!("badRequest: unexpected answer from the master to {what}"))
+    refusal(ErrorCode::BadRequest, format!("unexpected answer from the master to {what}"))
 }
 
 /// Sends `op` to the master behind `client` as the API call it came from.
@@ -229,11 +227,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relay_keeps_the_code_word_first() {
-        let e = capnp::Error::failed("remote exception: remote exception: noSession: session 4 does not exist".into());
+    fn relay_keeps_the_code_and_the_message() {
+        let refused = refusal(ErrorCode::NoSession, "session 4 does not exist");
+        let e = capnp::Error::failed(format!("remote exception: remote exception: {}", refused.extra));
         let r = relay(e);
-        assert_eq!(codec::error_code(&r), Some("noSession"));
+        assert_eq!(error::code_of(&r), Some(ErrorCode::NoSession));
+        assert_eq!(error::message_of(&r), "session 4 does not exist");
+        assert_eq!(r.extra, refused.extra, "relayed as if refused here");
         let d = relay(capnp::Error::disconnected("remote exception: gone".into()));
-        assert_eq!(codec::error_code(&d), Some("noMaster"));
+        assert_eq!(error::code_of(&d), Some(ErrorCode::NoMaster));
+        let other = relay(capnp::Error::failed("remote exception: Message too large".into()));
+        assert_eq!(error::code_of(&other), None);
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use sheep_core::group::{Op, DEFAULT_VOTERS};
+use sheep_rpc::error::{refusal, ErrorCode};
 use tokio::time::Instant;
 
 use crate::forward;
@@ -21,23 +22,35 @@ const LEASE_TICK: Duration = Duration::from_millis(200);
 const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 /// A learner this close to the leader's last log index counts as caught up.
 const CAUGHT_UP_LAG: u64 = 50;
-const NOT_LEADER: &str = "noMaster: this groupd is no longer the master";
 
-pub fn is_not_leader(e: &capnp::Error) -> bool {
-    e.extra == NOT_LEADER
+/// Why the master's side of `addMember` failed.
+#[derive(Debug)]
+pub enum AddMemberError {
+    /// This groupd is no longer the master: the call is to be routed again.
+    NotLeader,
+    Failed(capnp::Error),
 }
 
-fn membership_error(what: &str, e: RaftError<ClientWriteError>) -> capnp::Error {
+impl From<AddMemberError> for capnp::Error {
+    fn from(e: AddMemberError) -> capnp::Error {
+        match e {
+            AddMemberError::NotLeader => no_master("this groupd is no longer the master"),
+            AddMemberError::Failed(e) => e,
+        }
+    }
+}
+
+fn membership_error(what: &str, e: RaftError<ClientWriteError>) -> AddMemberError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => capnp::Error::failed(NOT_LEADER.into()),
-        e => no_master(format!("{what}: {e}")),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => AddMemberError::NotLeader,
+        e => AddMemberError::Failed(no_master(format!("{what}: {e}"))),
     }
 }
 
 /// Adds a groupd as a learner (the master's side of `addMember`). Idempotent.
-pub async fn add_member(node: &Node, raft_id: NodeId, addr: &str) -> Result<(), capnp::Error> {
+pub async fn add_member(node: &Node, raft_id: NodeId, addr: &str) -> Result<(), AddMemberError> {
     if raft_id == 0 || addr.is_empty() {
-        return Err(capnp::Error::failed("badRequest: addMember needs a raft id and an address".into()));
+        return Err(AddMemberError::Failed(refusal(ErrorCode::BadRequest, "addMember needs a raft id and an address")));
     }
     let known = {
         let m = node.raft.metrics();
@@ -49,8 +62,9 @@ pub async fn add_member(node: &Node, raft_id: NodeId, addr: &str) -> Result<(), 
             tracing::info!(raft_id, addr, "addMember: already a member");
         }
         Some(a) => {
-            return Err(capnp::Error::failed(format!(
-                "badRequest: raft id {raft_id} is already a member at {a}, not {addr}"
+            return Err(AddMemberError::Failed(refusal(
+                ErrorCode::BadRequest,
+                format!("raft id {raft_id} is already a member at {a}, not {addr}"),
             )))
         }
         None => {
@@ -60,7 +74,7 @@ pub async fn add_member(node: &Node, raft_id: NodeId, addr: &str) -> Result<(), 
                 node.raft.add_learner(raft_id, BasicNode { addr: addr.to_string() }, false),
             )
             .await
-            .map_err(|_| no_master("adding the member was not committed in time"))?;
+            .map_err(|_| AddMemberError::Failed(no_master("adding the member was not committed in time")))?;
             res.map_err(|e| membership_error("cannot add the member", e))?;
             tracing::info!(raft_id, addr, "addMember: added as a learner");
         }
@@ -81,11 +95,11 @@ impl Node {
         let deadline = Instant::now() + SUBMIT_DEADLINE;
         loop {
             match self.route(deadline).await? {
-                Route::Local => match crate::leader::add_member(self, raft_id, addr).await {
-                    Err(e) if crate::leader::is_not_leader(&e) && Instant::now() < deadline => {
+                Route::Local => match add_member(self, raft_id, addr).await {
+                    Err(AddMemberError::NotLeader) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    r => return r,
+                    r => return r.map_err(capnp::Error::from),
                 },
                 Route::Forward { addr: master, client } => {
                     let res = tokio::time::timeout(left(deadline), forward::add_member(&client, raft_id, addr)).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use sheep_core::group::{ClusterInfo, GroupMember, MemberRole, Op, Reply};
 use sheep_core::lease::LeaseTable;
-use sheep_rpc::codec;
+use sheep_rpc::error::{self, refusal, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -69,7 +69,7 @@ pub fn left(deadline: Instant) -> Duration {
 }
 
 pub fn no_master(msg: impl std::fmt::Display) -> capnp::Error {
-    capnp::Error::failed(format!("noMaster: {msg}"))
+    refusal(ErrorCode::NoMaster, msg)
 }
 
 impl Node {
@@ -186,7 +186,7 @@ impl Node {
             Ok(Err(e)) => return Err(WriteFail::Error(no_master(format!("raft: {e}")))),
             Ok(Ok(r)) => r,
         };
-        let reply = resp.data.map_err(|e| WriteFail::Error(codec::group_error(&e)))?;
+        let reply = resp.data.map_err(|e| WriteFail::Error(error::group_error(&e)))?;
         let mut out = Outcome { reply, lease_ms: self.lease_ms, holder: String::new() };
         if let Reply::Locked(l) = &out.reply {
             out.holder = self.sm.state().sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
@@ -239,7 +239,7 @@ impl Node {
         if leases.touch(session, now) {
             Ok(())
         } else {
-            Err(codec::group_error(&sheep_core::group::GroupError::NoSession(session)))
+            Err(error::group_error(&sheep_core::group::GroupError::NoSession(session)))
         }
     }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use sheep_core::group::{Op, Reply, SessionKind};
 use sheep_core::group::{DEFAULT_COPIES, DEFAULT_OBJECT_SIZE_SHIFT, DEFAULT_VOTERS};
 use sheep_rpc::codec;
+use sheep_rpc::error::{refusal, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd::{self, RaftKind};
 use sheep_rpc::groupd_capnp::SessionKind as WireKind;
 use tokio::net::TcpListener;
@@ -32,7 +33,7 @@ pub struct GroupdServer {
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> capnp::Error {
-    capnp::Error::failed(format!("badRequest: {msg}"))
+    refusal(ErrorCode::BadRequest, msg)
 }
 
 fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
@@ -157,9 +158,10 @@ impl groupd::Server for GroupdServer {
             let _ = tokio::time::timeout(wait, seq.wait_for(|&next| next > from)).await;
         }
         let events = self.node.sm.state().events_from(from, max).map_err(|oldest| {
-            capnp::Error::failed(format!(
-                "compacted: events before {oldest} are no longer kept here; resynchronise from info"
-            ))
+            refusal(
+                ErrorCode::Compacted,
+                format!("events before {oldest} are no longer kept here; resynchronise from info"),
+            )
         })?;
         let next = events.last().map_or(from, |e| e.seq + 1);
         let mut r = results.get();

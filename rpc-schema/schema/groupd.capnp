@@ -6,10 +6,8 @@
 # call to the master and returns its answer. Reads (`info`, `watch`) are served from the
 # answering groupd's own applied state, which is always a prefix of the one total order.
 #
-# Errors are returned as capnp exceptions whose description starts with a stable code word
-# followed by ": " and a human sentence, e.g. "notFormatted: the cluster is not formatted".
-# Code words: notFormatted, alreadyFormatted, wrongCluster, noSession, lockHeld, notLocked,
-# shuttingDown, compacted, noMaster, badRequest, vdiExists, noVdi, attrExists, noAttr.
+# A refused call is a capnp exception carrying an `ErrorCode` of error.capnp and a human
+# sentence (the methods below name the codes they refuse with).
 
 struct NodeInfo {
   # A storage node (storaged) as it appears in an epoch's node list.

@@ -6,10 +6,8 @@
 # `staleEpoch` (the client refreshes its ring and retries); newer → held until the node has
 # caught up (bounded; then refused with `staleEpoch` too).
 #
-# Errors are capnp exceptions whose text starts with a code word and ": " (as in groupd.capnp).
-# Code words: staleEpoch, noObject, corrupt, noSpace, exists, badRequest, notJoined, ioError
-# (a disk error other than a full disk), fenced (a write whose lock token is stale: final,
-# never retried).
+# A refused call is a capnp exception carrying an `ErrorCode` of error.capnp (as in
+# groupd.capnp): staleEpoch, noObject, corrupt, noSpace, badRequest, ioError, fenced.
 
 using G = import "groupd.capnp";
 

@@ -1,57 +1,27 @@
 //! The one place where wire messages and `sheep_core` types meet: for each message a
 //! `write_*` (core → builder) and a `read_*` (reader → core). Servers and clients both use
-//! these, so a field can never be encoded one way and decoded another.
+//! these, so a field can never be encoded one way and decoded another. groupd's messages are
+//! here, storaged's in [`storaged`].
+
+pub mod storaged;
 
 use capnp::text;
 use sheep_core::epoch::{EpochRecord, NodeInfo};
 use sheep_core::group::{
-    ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupError, GroupMember, Lock, LockInfo, MemberRole,
-    Session, SessionKind,
+    ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupMember, Lock, LockInfo, MemberRole, Session,
+    SessionKind,
 };
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
 
+use crate::error::{refusal, ErrorCode};
 use crate::groupd_capnp::{
     cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, session, vdi_info,
     ClusterStatus as WireStatus, SessionKind as WireKind,
 };
 
-fn text(r: capnp::Result<text::Reader<'_>>) -> capnp::Result<String> {
+pub(crate) fn text(r: capnp::Result<text::Reader<'_>>) -> capnp::Result<String> {
     Ok(r?.to_str()?.to_string())
-}
-
-/// A refused command as a capnp exception; its text starts with the error's code word.
-pub fn group_error(e: &GroupError) -> capnp::Error {
-    capnp::Error::failed(e.to_string())
-}
-
-/// capnp-rpc prefixes this to the text of an exception that came over the wire.
-const REMOTE_PREFIX: &str = "remote exception: ";
-
-fn split_code(e: &capnp::Error) -> (Option<&str>, &str) {
-    let text = e.extra.trim();
-    let text = text.strip_prefix(REMOTE_PREFIX).unwrap_or(text);
-    match text.split_once(": ") {
-        // A code word is one identifier starting with a lower-case letter ("noSession"),
-        // unlike the capitalised sentences capnp-rpc itself produces.
-        Some((code, msg))
-            if code.starts_with(|c: char| c.is_ascii_lowercase())
-                && code.chars().all(|c| c.is_ascii_alphanumeric()) =>
-        {
-            (Some(code), msg.trim())
-        }
-        _ => (None, text),
-    }
-}
-
-/// The code word of an exception raised by groupd ("notFormatted", "noSession", …), if any.
-pub fn error_code(e: &capnp::Error) -> Option<&str> {
-    split_code(e).0
-}
-
-/// The human part of an exception raised by groupd, without its code word.
-pub fn error_message(e: &capnp::Error) -> &str {
-    split_code(e).1
 }
 
 pub fn write_node(mut b: node_info::Builder<'_>, n: &NodeInfo) {
@@ -149,7 +119,7 @@ pub fn write_vdi(mut b: vdi_info::Builder<'_>, v: &VdiEntry) {
 }
 
 pub fn read_vid(raw: u32) -> capnp::Result<VdiId> {
-    VdiId::new(raw).map_err(|e| capnp::Error::failed(format!("badRequest: {e}")))
+    VdiId::new(raw).map_err(|e| refusal(ErrorCode::BadRequest, e))
 }
 
 pub fn read_vdi(r: vdi_info::Reader<'_>) -> capnp::Result<VdiEntry> {

@@ -93,20 +93,3 @@ fn cluster_info_round_trips_with_and_without_config() {
         assert_eq!(read_cluster_info(r).unwrap(), info);
     }
 }
-
-#[test]
-fn error_code_and_message_split_group_errors() {
-    let e = group_error(&GroupError::NoSession(3));
-    assert_eq!(error_code(&e), Some("noSession"));
-    assert_eq!(error_message(&e), "session 3 does not exist (expired or closed)");
-    let plain = capnp::Error::failed("connection reset: peer went away".into());
-    assert_eq!(error_code(&plain), None, "a code word has no spaces");
-    let remote = capnp::Error::failed("remote exception: lockHeld: VDI a is locked".into());
-    assert_eq!(error_code(&remote), Some("lockHeld"));
-    assert_eq!(error_message(&remote), "VDI a is locked");
-    let capitalised = capnp::Error::failed("remote exception: Peer disconnected: x".into());
-    assert_eq!(error_code(&capitalised), None);
-    let other = capnp::Error::failed("disconnected".into());
-    assert_eq!(error_code(&other), None);
-    assert_eq!(error_message(&other), "disconnected");
-}

@@ -2,6 +2,11 @@
 //! `schema/*.capnp` and committed, so building needs no Cap'n Proto compiler.
 
 #[allow(clippy::all, unused, missing_docs)]
+pub mod error_capnp {
+    include!("generated/error_capnp.rs");
+}
+
+#[allow(clippy::all, unused, missing_docs)]
 pub mod groupd_capnp {
     include!("generated/groupd_capnp.rs");
 }
@@ -12,3 +17,4 @@ pub mod storaged_capnp {
 }
 
 pub mod codec;
+pub mod error;

@@ -2,7 +2,7 @@
 //! alive, follow the epochs and the VDI namespace, keep a copy of the epoch history in the
 //! data dir, leave on SIGTERM), the object store (`objects`: checksummed files under
 //! `DIR/obj/`), the object API (`server`, `ops`), and recovery after every epoch change
-//! (`recovery`, pulling from other nodes through `peers`).
+//! (`recovery`, pulling from other nodes through the client's `StorePool`).
 
 mod blocking;
 mod fence;
@@ -10,7 +10,6 @@ mod membership;
 mod node;
 mod objects;
 mod ops;
-mod peers;
 mod recovery;
 mod recovery_progress;
 mod server;
@@ -26,6 +25,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use sheep_client::group::{self, GroupClient, Options};
 use sheep_core::epoch::NodeInfo;
+use sheep_rpc::error::ErrorCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
@@ -165,7 +165,7 @@ async fn leave(node: &Node, client: &GroupClient, why: &str) {
     info!("{why}: leaving the cluster (closing session {session})");
     match tokio::time::timeout(Duration::from_secs(5), client.close_session(session)).await {
         Ok(Ok(())) => info!("left the cluster"),
-        Ok(Err(e)) if e.is_code("noSession") => info!("session {session} was already gone"),
+        Ok(Err(e)) if e.is_code(ErrorCode::NoSession) => info!("session {session} was already gone"),
         Ok(Err(e)) => warn!("could not close session {session}: {e}"),
         Err(_) => warn!("could not close session {session}: groupd did not answer in time"),
     }

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use sheep_client::group::{Error as GroupError, GroupClient, Watcher};
 use sheep_core::epoch::EpochRecord;
 use sheep_core::group::{Event, EventKind, SessionId};
+use sheep_rpc::error::ErrorCode;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
@@ -80,7 +81,7 @@ async fn join(node: &Node, client: &GroupClient, join_for: Duration) -> Result<(
                 tries += 1;
                 tokio::time::sleep(RETRY_PAUSE.min(left)).await;
             }
-            Err(e) if e.is_code("wrongCluster") => bail!("groupd refused this node: {e}"),
+            Err(e) if e.is_code(ErrorCode::WrongCluster) => bail!("groupd refused this node: {e}"),
             Err(e) => bail!("groupd refused this node: {e}"),
         }
     }
@@ -91,7 +92,7 @@ async fn join(node: &Node, client: &GroupClient, join_for: Duration) -> Result<(
 fn is_transient(e: &GroupError) -> bool {
     match e {
         GroupError::Unreachable(_) | GroupError::Timeout { .. } | GroupError::Rpc { .. } => true,
-        GroupError::Refused { code, .. } => code == "noMaster",
+        GroupError::Refused { code, .. } => *code == ErrorCode::NoMaster,
         GroupError::Usage(_) => false,
     }
 }
@@ -111,7 +112,7 @@ async fn keepalive(client: Rc<GroupClient>, session: SessionId, lease: Duration)
                 }
                 failing = false;
             }
-            Err(e) if e.is_code("noSession") => {
+            Err(e) if e.is_code(ErrorCode::NoSession) => {
                 warn!("groupd no longer knows session {session} (its lease ran out or it was closed)");
                 return;
             }
@@ -216,7 +217,7 @@ async fn follow(
             Ok(Step::Shutdown) => return Ok(Followed::Shutdown),
             Ok(Step::SessionGone) => return Ok(Followed::SessionGone),
             Err(e) => {
-                if e.downcast_ref::<GroupError>().is_some_and(|g| g.is_code("compacted")) {
+                if e.downcast_ref::<GroupError>().is_some_and(|g| g.is_code(ErrorCode::Compacted)) {
                     need_sync = true;
                 } else {
                     if !failing {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use sheep_client::group::GroupClient;
+use sheep_client::vdi::{CallLimits, StorePool};
 use sheep_core::epoch::{Epoch, EpochLog, EpochRecord, NodeInfo};
 use sheep_core::group::{SessionId, DEFAULT_COPIES};
 use sheep_core::namespace::VdiEntry;
@@ -18,7 +19,6 @@ use tokio::sync::watch;
 
 use crate::fence::{Fenced, Fences};
 use crate::objects::ObjectStore;
-use crate::peers::Peers;
 use crate::recovery_progress::Progress;
 use crate::store_dir::{StoreConfig, StoreDir};
 
@@ -26,7 +26,8 @@ pub struct Node {
     pub info: NodeInfo,
     pub store: StoreDir,
     pub objects: Arc<ObjectStore>,
-    pub peers: Peers,
+    /// Calls to other storage nodes (recovery and repair pull objects from them).
+    pub peers: StorePool,
     pub started: Instant,
     /// Recovery's progress and plan, shared with the request path (objects asked for by
     /// clients are recovered at once).
@@ -108,7 +109,7 @@ impl Node {
             info,
             store,
             objects,
-            peers: Peers::default(),
+            peers: StorePool::new(CallLimits::BULK),
             started: Instant::now(),
             recovery: RefCell::new(Progress::default()),
             state: RefCell::new(state),

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
+use sheep_core::store::{Listing, StoreStat, WholeObject};
+use sheep_rpc::error::{refusal, ErrorCode};
 use tracing::{info, warn};
 
 use crate::blocking::blocking;
 use crate::node::Node;
-use crate::objects::{Listing, StoreError, StoreStat, Whole};
+use crate::objects::StoreError;
 use crate::recovery;
 
 /// How long a request from a newer epoch waits for this node to catch up.
@@ -22,13 +24,13 @@ const INLINE_MAX: u64 = 64 << 10;
 /// Attempts of one repair (each fetches the object anew).
 const REPAIR_TRIES: usize = 3;
 
-/// A store error as a capnp exception: "code: text".
+/// A store error as the refusal the node answers with.
 pub fn wire_error(e: &StoreError) -> capnp::Error {
-    capnp::Error::failed(format!("{}: {e}", e.code()))
+    refusal(e.code(), e)
 }
 
 pub fn bad_request(text: impl std::fmt::Display) -> capnp::Error {
-    capnp::Error::failed(format!("badRequest: {text}"))
+    refusal(ErrorCode::BadRequest, text)
 }
 
 /// The fencing rule (see `fence`): a write whose VDI lock token is stale is refused with
@@ -36,12 +38,12 @@ pub fn bad_request(text: impl std::fmt::Display) -> capnp::Error {
 pub async fn fence_gate(node: &Node, oid: ObjectId, fence: u64) -> Result<(), capnp::Error> {
     node.check_fence(oid.vid(), fence).await.map_err(|e| {
         info!("refused a write to object {oid}: {e}");
-        capnp::Error::failed(format!("fenced: {e}"))
+        refusal(ErrorCode::Fenced, e)
     })
 }
 
 fn stale_epoch(asked: Epoch, have: Epoch) -> capnp::Error {
-    capnp::Error::failed(format!("staleEpoch: request of epoch {asked}, this node is at epoch {have}"))
+    refusal(ErrorCode::StaleEpoch, format!("request of epoch {asked}, this node is at epoch {have}"))
 }
 
 /// The epoch rule: older → staleEpoch; newer → wait (bounded) until this node has it.
@@ -60,10 +62,6 @@ pub async fn gate(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
         Ok(Ok(_)) if have == epoch => Ok(()),
         _ => Err(stale_epoch(epoch, have)),
     }
-}
-
-pub fn oid_of(raw: u64) -> Result<ObjectId, capnp::Error> {
-    ObjectId::from_raw(raw).map_err(bad_request)
 }
 
 /// Runs `op` (unless `first` is its result already, from the RPC thread); if the object
@@ -196,17 +194,17 @@ async fn base_object(node: &Rc<Node>, epoch: Epoch, base: ObjectId) -> Result<Ve
             Err(e) => warn!("base object {base} here: {e}; trying its replicas"),
         }
     }
-    let mut last = format!("noObject: base object {base} is on none of its replicas");
-    let Some(ring) = node.ring(epoch) else { return Err(capnp::Error::failed(last)) };
+    let mut last = format!("base object {base} is on none of its replicas");
+    let Some(ring) = node.ring(epoch) else { return Err(refusal(ErrorCode::NoObject, last)) };
     let copies = node.copies_of(base.vid());
     for n in ring.replicas(base, copies).into_iter().filter(|n| n.id != node.info.id) {
-        match node.peers.fetch(&n.addr, epoch, base).await {
-            Ok(f) if !f.stale => return Ok(f.data),
+        match node.peers.fetch(&n.addr, epoch, base.raw()).await {
+            Ok(f) if !f.is_stale() => return Ok(f.data),
             Ok(_) => {}
-            Err(e) => last = format!("noObject: base object {base}: {e}"),
+            Err(e) => last = format!("base object {base}: {e}"),
         }
     }
-    Err(capnp::Error::failed(last))
+    Err(refusal(ErrorCode::NoObject, last))
 }
 
 pub async fn remove(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<(), capnp::Error> {
@@ -221,7 +219,7 @@ pub async fn list(node: &Node, epoch: Epoch) -> Result<Listing, capnp::Error> {
     blocking(move || objects.list()).await.map_err(|e| wire_error(&e))
 }
 
-pub async fn fetch(node: &Rc<Node>, epoch: Epoch, oid: ObjectId) -> Result<Whole, capnp::Error> {
+pub async fn fetch(node: &Rc<Node>, epoch: Epoch, oid: ObjectId) -> Result<WholeObject, capnp::Error> {
     gate(node, epoch).await?;
     let objects = node.objects.clone();
     let r = blocking(move || objects.fetch_any(oid)).await;
@@ -275,8 +273,8 @@ async fn fetch_good_copy(node: &Node, epoch: Epoch, oid: ObjectId) -> Option<Vec
     let epoch = epoch.max(node.epoch());
     let ring = node.ring(epoch)?;
     for n in ring.replicas(oid, node.copies_of(oid.vid())).into_iter().filter(|n| n.id != node.info.id) {
-        match node.peers.fetch(&n.addr, epoch, oid).await {
-            Ok(f) if !f.stale => return Some(f.data),
+        match node.peers.fetch(&n.addr, epoch, oid.raw()).await {
+            Ok(f) if !f.is_stale() => return Some(f.data),
             Ok(_) => {}
             Err(e) => tracing::debug!("repair {oid}: {e}"),
         }

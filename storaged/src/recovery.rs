@@ -16,11 +16,13 @@ use futures::stream::{self, StreamExt};
 use sheep_client::group::GroupClient;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
+use sheep_core::store::Listing;
+use sheep_rpc::error::ErrorCode;
 use tracing::{debug, info, warn};
 
 use crate::blocking::blocking;
 use crate::node::{EpochRing, Node};
-use crate::objects::{Listing, StoreError};
+use crate::objects::StoreError;
 use crate::recovery_progress::{Holder, Progress};
 
 /// Objects pulled at the same time by one pass.
@@ -224,7 +226,7 @@ async fn list_everyone(
     // A node that left may or may not know the new epoch yet: ask in the one it knows.
     let left_answers = futures::future::join_all(leavers.iter().map(|addr| async move {
         match tokio::time::timeout(LEAVER_WAIT, node.peers.list(addr, epoch - 1)).await {
-            Ok(Err(e)) if e.is_code("staleEpoch") => {
+            Ok(Err(e)) if e.is_code(ErrorCode::StaleEpoch) => {
                 tokio::time::timeout(LEAVER_WAIT, node.peers.list(addr, epoch)).await
             }
             other => other,
@@ -363,7 +365,7 @@ async fn pull_from(node: &Node, epoch: Epoch, oid: ObjectId, holders: &[Holder])
             }
             continue;
         }
-        match node.peers.fetch(&h.addr, epoch, oid).await {
+        match node.peers.fetch(&h.addr, epoch, oid.raw()).await {
             Ok(f) => return Some(f.data),
             Err(e) => debug!("fetch {oid}: {e}"),
         }
@@ -387,15 +389,15 @@ async fn pull_unplanned(node: &Node, epoch: Epoch, oid: ObjectId) -> Found {
     let mut best: Option<(u32, Vec<u8>)> = None;
     let mut all_answered = true;
     for n in ring.record.nodes.iter().filter(|n| n.id != node.info.id) {
-        match node.peers.fetch(&n.addr, epoch, oid).await {
-            Ok(f) if !f.stale => return Found::Data(f.data),
+        match node.peers.fetch(&n.addr, epoch, oid.raw()).await {
+            Ok(f) if !f.is_stale() => return Found::Data(f.data),
             Ok(f) => {
-                let e = f.stale_epoch.max(1);
+                let e = f.stale_epoch;
                 if best.as_ref().is_none_or(|(b, _)| e > *b) {
                     best = Some((e, f.data));
                 }
             }
-            Err(e) if e.is_code("noObject") => {}
+            Err(e) if e.is_code(ErrorCode::NoObject) => {}
             Err(e) => {
                 debug!("fetch {oid}: {e}");
                 all_answered = false;

@@ -4,13 +4,15 @@
 use std::rc::Rc;
 
 use capnp::capability::Rc as CapRc;
+use sheep_core::store::{RecoveryStatus, StoreStatus};
 use sheep_rpc::codec;
+use sheep_rpc::codec::storaged::{self as wire, read_oid};
 use sheep_rpc::storaged_capnp::storaged;
 use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::node::Node;
-use crate::ops::{self, bad_request, oid_of};
+use crate::ops::{self, bad_request};
 
 struct StoragedImpl {
     node: Rc<Node>,
@@ -24,14 +26,16 @@ impl storaged::Server for StoragedImpl {
     ) -> Result<(), capnp::Error> {
         let node = &self.node;
         let st = node.status();
-        let mut b = results.get().init_status();
-        codec::write_node(b.reborrow().init_node(), &node.info);
-        b.set_cluster_id(st.cluster_id.as_str());
-        b.set_epoch(st.epoch);
-        b.set_session(st.session);
-        b.set_joined(st.session != 0);
-        b.set_data_dir(node.store.path().to_string_lossy().as_ref());
-        b.set_uptime_ms(u64::try_from(node.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let status = StoreStatus {
+            node: node.info.clone(),
+            cluster_id: st.cluster_id,
+            epoch: st.epoch,
+            session: st.session,
+            joined: st.session != 0,
+            data_dir: node.store.path().to_string_lossy().into_owned(),
+            uptime_ms: u64::try_from(node.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        wire::write_status(results.get().init_status(), &status);
         Ok(())
     }
 
@@ -51,7 +55,7 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::ReadResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let oid = oid_of(p.get_oid())?;
+        let oid = read_oid(p.get_oid())?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
         let data = ops::read(&self.node, p.get_epoch(), oid, offset, len).await?;
         results.get().set_data(&data);
@@ -64,7 +68,7 @@ impl storaged::Server for StoragedImpl {
         _: storaged::WriteResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let oid = oid_of(p.get_oid())?;
+        let oid = read_oid(p.get_oid())?;
         ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua(), p.get_fence())
             .await
     }
@@ -75,7 +79,7 @@ impl storaged::Server for StoragedImpl {
         _: storaged::ZeroResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let oid = oid_of(p.get_oid())?;
+        let oid = read_oid(p.get_oid())?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
         ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await
     }
@@ -86,10 +90,10 @@ impl storaged::Server for StoragedImpl {
         _: storaged::CreateAndWriteResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let oid = oid_of(p.get_oid())?;
+        let oid = read_oid(p.get_oid())?;
         let base = match p.get_base_oid() {
             0 => None,
-            raw => Some(oid_of(raw)?),
+            raw => Some(read_oid(raw)?),
         };
         if base == Some(oid) {
             return Err(bad_request(format!("object {oid} cannot be its own base")));
@@ -117,7 +121,7 @@ impl storaged::Server for StoragedImpl {
         _: storaged::RemoveResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        ops::remove(&self.node, p.get_epoch(), oid_of(p.get_oid())?).await
+        ops::remove(&self.node, p.get_epoch(), read_oid(p.get_oid())?).await
     }
 
     async fn list(
@@ -125,22 +129,8 @@ impl storaged::Server for StoragedImpl {
         params: storaged::ListParams,
         mut results: storaged::ListResults,
     ) -> Result<(), capnp::Error> {
-        let l = ops::list(&self.node, params.get()?.get_epoch()).await?;
-        let mut r = results.get();
-        let n = l.live.len() + l.stale_only.len();
-        let mut oids = r.reborrow().init_oids(u32::try_from(n).map_err(bad_request)?);
-        for (i, oid) in l.live.iter().chain(l.stale_only.iter().map(|(o, _)| o)).enumerate() {
-            oids.set(i as u32, oid.raw());
-        }
-        let mut stale = r.reborrow().init_stale(l.stale_only.len() as u32);
-        for (i, (oid, _)) in l.stale_only.iter().enumerate() {
-            stale.set(i as u32, oid.raw());
-        }
-        let mut epochs = r.init_stale_epochs(l.stale_only.len() as u32);
-        for (i, (_, e)) in l.stale_only.iter().enumerate() {
-            epochs.set(i as u32, *e);
-        }
-        Ok(())
+        let listing = ops::list(&self.node, params.get()?.get_epoch()).await?;
+        wire::write_listing(results.get(), &listing)
     }
 
     async fn fetch(
@@ -149,11 +139,8 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::FetchResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let whole = ops::fetch(&self.node, p.get_epoch(), oid_of(p.get_oid())?).await?;
-        let mut r = results.get();
-        r.set_data(&whole.data);
-        r.set_stale(whole.stale_epoch != 0);
-        r.set_stale_epoch(whole.stale_epoch);
+        let whole = ops::fetch(&self.node, p.get_epoch(), read_oid(p.get_oid())?).await?;
+        wire::write_whole(results.get(), &whole);
         Ok(())
     }
 
@@ -171,11 +158,7 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::StatResults,
     ) -> Result<(), capnp::Error> {
         let st = ops::stat(&self.node).await?;
-        let mut b = results.get().init_stat();
-        b.set_capacity(st.capacity);
-        b.set_used(st.used);
-        b.set_free(st.free);
-        b.set_objects(st.objects);
+        wire::write_stat(results.get().init_stat(), &st);
         Ok(())
     }
 
@@ -185,12 +168,9 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::RecoveryResults,
     ) -> Result<(), capnp::Error> {
         let p = self.node.recovery.borrow();
-        let mut b = results.get().init_status();
-        b.set_epoch(p.epoch);
-        b.set_done(p.done);
-        b.set_total(p.total);
-        b.set_complete(p.complete);
-        b.set_listed(p.listed);
+        let status =
+            RecoveryStatus { epoch: p.epoch, done: p.done, total: p.total, complete: p.complete, listed: p.listed };
+        wire::write_recovery(results.get().init_status(), &status);
         Ok(())
     }
 }

@@ -1,7 +1,6 @@
 //! A cluster of real processes for one test: groupd and storaged instances on their own
 //! loopback addresses, `sheepctl` run against them.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use sheep_core::group::{ClusterInfo, ClusterStatus, MemberRole};
 
 use crate::daemon::{bin, Daemon};
+use crate::net::Loopback;
 use crate::wait::wait_until;
 
 /// Every wait on the cluster is bounded by this unless a test says otherwise.
@@ -16,8 +16,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    /// This cluster's addresses are 127.net[0].net[1].N.
-    net: [u8; 2],
+    /// This cluster's addresses.
+    pub net: Loopback,
     pub lease_ms: u64,
     pub groupds: Vec<Daemon>,
     pub groupd_addrs: Vec<String>,
@@ -25,26 +25,12 @@ pub struct Cluster {
     pub storaged_addrs: Vec<String>,
 }
 
-/// A free TCP port on `ip`, found by binding port 0 (the daemon binds it right after).
-fn free_port(ip: Ipv4Addr) -> u16 {
-    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
-    l.local_addr().expect("local_addr").port()
-}
-
 impl Cluster {
     pub fn new() -> Cluster {
         let dir = tempfile::Builder::new().prefix("sheep-test-").tempdir().expect("tempdir");
-        // A block of loopback addresses unlikely to be used by a concurrent test.
-        let seed = std::process::id() as u64
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-        let h = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let net = [(h >> 40) as u8 % 200 + 20, (h >> 48) as u8 % 250 + 1];
         Cluster {
             dir,
-            net,
+            net: Loopback::new(),
             lease_ms: 3000,
             groupds: Vec::new(),
             groupd_addrs: Vec::new(),
@@ -70,11 +56,6 @@ impl Cluster {
         c
     }
 
-    fn ip(&self, n: usize) -> Ipv4Addr {
-        assert!((1..255).contains(&n), "node number {n} out of range");
-        Ipv4Addr::new(127, self.net[0], self.net[1], n as u8)
-    }
-
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -82,8 +63,7 @@ impl Cluster {
     /// Starts groupd number `len + 1`; all but the first join the first one.
     pub fn add_groupd(&mut self) -> usize {
         let n = self.groupds.len() + 1;
-        let ip = self.ip(n);
-        let addr = format!("{ip}:{}", free_port(ip));
+        let addr = self.net.free_addr(n);
         let mut args = vec![
             "--listen".to_string(),
             addr.clone(),
@@ -105,8 +85,7 @@ impl Cluster {
     /// Starts storaged number `len + 1` (zone = its number) pointed at every groupd.
     pub fn add_storaged(&mut self) -> usize {
         let n = self.storageds.len() + 1;
-        let ip = self.ip(n);
-        let addr = format!("{ip}:{}", free_port(ip));
+        let addr = self.net.free_addr(n);
         let args = vec![
             "--listen".to_string(),
             addr.clone(),

@@ -4,11 +4,22 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod groupd_api;
 pub mod nbd;
+pub mod net;
 pub mod rand;
+pub mod store;
 pub mod vm;
 pub mod wait;
 
 pub use cluster::Cluster;
 pub use daemon::{bin, Daemon};
-pub use wait::wait_until;
+pub use net::Loopback;
+pub use wait::{wait_until, wait_until_async};
+
+/// Runs `f` to completion on a current-thread runtime with a `LocalSet` (capnp-rpc is
+/// `!Send`).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}

@@ -12,9 +12,7 @@ pub const LIMIT: Duration = Duration::from_secs(60);
 /// An address of the cluster's loopback block that no daemon uses, port 0 (picked by the
 /// server and printed).
 pub fn listen_addr(c: &Cluster) -> String {
-    let ip = c.groupd_addrs[0].rsplit_once(':').map(|(ip, _)| ip).expect("groupd address");
-    let (net, _) = ip.rsplit_once('.').expect("IPv4");
-    format!("{net}.200:0")
+    format!("{}:0", c.net.ip(200))
 }
 
 /// `sheepctl export NAME --listen ADDR` as a daemon, logging to `log` (in the test's dir).

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use sheep_client::group::attach_lock::AttachLock as HeldLock;
 use sheep_client::group::{GroupClient, Options};
 use sheep_client::vdi::{lifecycle, CallLimits, Cluster as VdiCluster, Vdi, VdiOptions};
+use sheep_client::ErrorCode;
 use sheep_core::group::ClusterStatus;
 use sheep_core::namespace::VdiEntry;
 use sheep_tests::rand::Rng;
@@ -575,7 +576,7 @@ impl Run {
         self.ctx.log(format!("rollback {name} to @{tag}"));
         // Refused while locked.
         match self.group.vdi_rollback(&name, &tag).await {
-            Err(e) if e.is_code("lockHeld") => {}
+            Err(e) if e.is_code(ErrorCode::LockHeld) => {}
             other => self.ctx.fail(&format!("rollback of a locked VDI: {other:?}, expected lockHeld")),
         }
         let Live { lock, .. } = self.live.remove(i);
@@ -598,7 +599,7 @@ impl Run {
             let smaller = size - 512 * (1 + self.rng.below((size / 512 - 1) as u64) as usize); // 512 ..= size - 512
             self.ctx.log(format!("shrink {name} {size} -> {smaller} (refused)"));
             match self.group.vdi_resize(&name, smaller as u64).await {
-                Err(e) if e.is_code("badRequest") => {}
+                Err(e) if e.is_code(ErrorCode::BadRequest) => {}
                 other => self.ctx.fail(&format!("shrink {size} -> {smaller}: {other:?}, expected badRequest")),
             }
             return;
@@ -638,7 +639,7 @@ impl Run {
         let Live { name, lock, .. } = self.live.remove(i);
         self.ctx.log(format!("delete {name} (and its snapshots)"));
         match self.group.vdi_delete(&name).await {
-            Err(e) if e.is_code("lockHeld") => {}
+            Err(e) if e.is_code(ErrorCode::LockHeld) => {}
             other => self.ctx.fail(&format!("delete of a locked VDI: {other:?}, expected lockHeld")),
         }
         lock.release().await;

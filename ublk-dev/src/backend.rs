@@ -6,6 +6,7 @@ use std::future::Future;
 use futures::{StreamExt, TryStreamExt};
 
 use sheep_client::vdi::{NodeError, Vdi, VdiError};
+use sheep_client::ErrorCode;
 
 use crate::errno::{EINVAL, EIO, ENOSPC, EPERM};
 
@@ -26,7 +27,7 @@ impl From<VdiError> for IoFailure {
     fn from(e: VdiError) -> Self {
         let errno = match &e {
             VdiError::OutOfRange { .. } => EINVAL,
-            VdiError::Node(n @ NodeError::Refused { .. }) if n.is_code("noSpace") => ENOSPC,
+            VdiError::Node(n @ NodeError::Refused { .. }) if n.is_code(ErrorCode::NoSpace) => ENOSPC,
             // The VDI's lock moved to another writer: storage refuses this one for good.
             VdiError::Fenced(_) => EPERM,
             _ => EIO,
@@ -246,10 +247,10 @@ mod tests {
 
     #[test]
     fn engine_errors_become_errno_values() {
-        let refused = |code: &str| NodeError::Refused { addr: "a:1".into(), code: code.into(), message: "m".into() };
+        let refused = |code| NodeError::Refused { addr: "a:1".into(), code, message: "m".into() };
         // A writer fenced off (its lock moved) gets EPERM: not retried, not an I/O error.
-        assert_eq!(IoFailure::from(VdiError::Fenced(refused("fenced"))).errno, EPERM);
-        assert_eq!(IoFailure::from(VdiError::Node(refused("noSpace"))).errno, ENOSPC);
+        assert_eq!(IoFailure::from(VdiError::Fenced(refused(ErrorCode::Fenced))).errno, EPERM);
+        assert_eq!(IoFailure::from(VdiError::Node(refused(ErrorCode::NoSpace))).errno, ENOSPC);
         assert_eq!(IoFailure::from(VdiError::OutOfRange { offset: 1, len: 1, size: 1 }).errno, EINVAL);
         assert_eq!(IoFailure::from(VdiError::NoNodes(1)).errno, EIO);
     }

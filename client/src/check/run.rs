@@ -9,6 +9,7 @@ use futures::future::join_all;
 use futures::stream::{self, StreamExt};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{ObjectId, VdiId};
+use sheep_rpc::error::ErrorCode;
 
 use super::plan::{decide, Digest, Plan, Seen};
 use super::{Action, CheckError, CheckOptions, ObjectProblem, ReplicaState, Report, Scope};
@@ -232,13 +233,13 @@ async fn list_all(
     addrs: &[String],
     errors: &mut Vec<String>,
 ) -> HashMap<u64, Vec<String>> {
-    let lists = join_all(addrs.iter().map(|a| cluster.pool().list_live(a, epoch))).await;
+    let lists = join_all(addrs.iter().map(|a| cluster.pool().list(a, epoch))).await;
     let mut holders: HashMap<u64, Vec<String>> = HashMap::new();
     for (addr, l) in addrs.iter().zip(lists) {
         match l {
-            Ok(oids) => {
-                for o in oids {
-                    holders.entry(o).or_default().push(addr.clone());
+            Ok(listing) => {
+                for o in listing.live {
+                    holders.entry(o.raw()).or_default().push(addr.clone());
                 }
             }
             Err(e) => errors.push(format!("cannot list the objects of {addr}: {e}")),
@@ -325,10 +326,10 @@ async fn observe_all(
 ) -> (Vec<Seen>, Vec<Option<Vec<u8>>>) {
     let all = join_all(nodes.iter().map(|a| async move {
         match cluster.pool().fetch(a, epoch, oid.raw()).await {
-            Ok((_, true)) => (Seen::StaleOnly, None),
-            Ok((data, false)) => (Seen::Data(Digest::of(&data)), keep.then_some(data)),
-            Err(e) if e.is_code("noObject") => (Seen::Missing, None),
-            Err(e) if e.is_code("corrupt") => (Seen::Corrupt, None),
+            Ok(whole) if whole.is_stale() => (Seen::StaleOnly, None),
+            Ok(whole) => (Seen::Data(Digest::of(&whole.data)), keep.then_some(whole.data)),
+            Err(e) if e.is_code(ErrorCode::NoObject) => (Seen::Missing, None),
+            Err(e) if e.is_code(ErrorCode::Corrupt) => (Seen::Corrupt, None),
             Err(e) => (Seen::Unknown(short_error(&e)), None),
         }
     }))
@@ -388,15 +389,13 @@ async fn put(
     data: &[u8],
     token: u64,
 ) -> Result<(), NodeError> {
-    let size = u32::try_from(data.len()).map_err(|_| NodeError::Refused {
-        addr: addr.into(),
-        code: "badRequest".into(),
-        message: format!("object {oid} of {} bytes is too large for the object API", data.len()),
+    let size = u32::try_from(data.len()).map_err(|_| {
+        NodeError::bad_request(addr, format!("object {oid} of {} bytes is too large for the object API", data.len()))
     })?;
     let pool = cluster.pool();
     let put_whole = || pool.create_and_write(addr, epoch, oid.raw(), size, 0, 0, data, true, token);
     match put_whole().await {
-        Err(e) if e.is_code("corrupt") || e.is_code("badRequest") => {
+        Err(e) if e.is_code(ErrorCode::Corrupt) || e.is_code(ErrorCode::BadRequest) => {
             tracing::debug!("repair {oid} on {addr}: {e}; replacing the copy");
             pool.remove(addr, epoch, oid.raw()).await?;
             put_whole().await

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{Error as GroupError, GroupClient};
 use sheep_core::group::{SessionId, SessionKind};
+use sheep_rpc::error::ErrorCode;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -54,7 +55,7 @@ impl AttachLock {
                 if let Err(e) = group.close_session(session).await {
                     tracing::warn!("closing session {session}: {e}");
                 }
-                if err.is_code("lockHeld") {
+                if err.is_code(ErrorCode::LockHeld) {
                     Err(AttachError::Held(err.to_string()))
                 } else {
                     Err(AttachError::Lock { vdi: vdi.to_string(), err })
@@ -112,7 +113,7 @@ async fn keep_alive(group: Rc<GroupClient>, session: SessionId, lease: Duration,
         tick.tick().await;
         match group.keepalive(session).await {
             Ok(()) => last_ok = tokio::time::Instant::now(),
-            Err(e) if e.is_code("noSession") => {
+            Err(e) if e.is_code(ErrorCode::NoSession) => {
                 lost.send_replace(Some(format!("groupd session {session} ended: {e}")));
                 return;
             }

@@ -10,6 +10,7 @@ use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, SessionId, 
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
 use sheep_rpc::codec;
+use sheep_rpc::error::ErrorCode;
 use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
 use tokio::time::Instant;
 
@@ -155,7 +156,7 @@ impl GroupClient {
             ErrorKind::Overloaded => Attempt::Retry(Error::from_capnp(&addr, &e)),
             _ => {
                 let err = Error::from_capnp(&addr, &e);
-                if err.is_code("noMaster") {
+                if err.is_code(ErrorCode::NoMaster) {
                     tracing::debug!("{what}: {err}");
                     Attempt::Retry(err)
                 } else if err.code().is_none() && e.extra.contains("canceled") {

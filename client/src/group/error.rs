@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sheep_rpc::codec;
+use sheep_rpc::error::{self, ErrorCode};
 
 use crate::rpc::secs;
 
@@ -16,11 +16,10 @@ pub enum Error {
     /// A groupd accepted the connection but did not answer in time.
     #[error("groupd at {addr} did not answer within {}", secs(*.after))]
     Timeout { addr: String, after: Duration },
-    /// groupd refused the request. `code` is the stable code word of the schema
-    /// (`notFormatted`, `alreadyFormatted`, `wrongCluster`, `noSession`, `noMaster`, …);
-    /// `message` is the human part, meant to be shown to people.
+    /// groupd refused the request with `code` (`NotFormatted`, `AlreadyFormatted`,
+    /// `WrongCluster`, `NoSession`, `NoMaster`, …); `message` is meant to be shown to people.
     #[error("{message}")]
-    Refused { code: String, message: String },
+    Refused { code: ErrorCode, message: String },
     /// Anything else: a broken connection that could not be replaced, a malformed answer.
     #[error("groupd at {addr}: {message}")]
     Rpc { addr: String, message: String },
@@ -30,24 +29,24 @@ pub enum Error {
 }
 
 impl Error {
-    /// The code word of a refusal (`Some("noSession")`), `None` for other errors.
-    pub fn code(&self) -> Option<&str> {
+    /// The code of a refusal (`Some(ErrorCode::NoSession)`), `None` for other errors.
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Refused { code, .. } => Some(code),
+            Error::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }
 
-    pub fn is_code(&self, code: &str) -> bool {
+    pub fn is_code(&self, code: ErrorCode) -> bool {
         self.code() == Some(code)
     }
 
-    /// Converts a capnp error from a call to `addr`: a refusal carrying a code word
-    /// becomes [`Error::Refused`], the rest [`Error::Rpc`].
+    /// Converts a capnp error from a call to `addr`: a refusal becomes [`Error::Refused`],
+    /// the rest [`Error::Rpc`].
     pub(crate) fn from_capnp(addr: &str, e: &capnp::Error) -> Error {
-        let message = codec::error_message(e).to_string();
-        match codec::error_code(e) {
-            Some(code) => Error::Refused { code: code.into(), message },
+        let message = error::message_of(e).to_string();
+        match error::code_of(e) {
+            Some(code) => Error::Refused { code, message },
             None => Error::Rpc { addr: addr.into(), message },
         }
     }
@@ -59,12 +58,14 @@ mod tests {
 
     #[test]
     fn converts_capnp_errors() {
-        let e = capnp::Error::failed("remote exception: wrongCluster: this store belongs to cluster a".into());
+        let refused = error::refusal(ErrorCode::WrongCluster, "this store belongs to cluster a");
+        let e = capnp::Error::failed(format!("remote exception: {}", refused.extra));
         let c = Error::from_capnp("127.0.0.1:7000", &e);
-        assert!(c.is_code("wrongCluster"));
+        assert!(c.is_code(ErrorCode::WrongCluster));
         assert_eq!(c.to_string(), "this store belongs to cluster a");
+        // Not a refusal: its text as it came, capnp-rpc's words included.
         let d = Error::from_capnp("127.0.0.1:7000", &capnp::Error::disconnected("remote exception: gone".into()));
-        assert_eq!(d.to_string(), "groupd at 127.0.0.1:7000: gone");
+        assert_eq!(d.to_string(), "groupd at 127.0.0.1:7000: remote exception: gone");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use sheep_core::epoch::EpochRecord;
 use sheep_core::group::EventKind;
 use sheep_core::object::VdiId;
 use sheep_core::placement::PlacementRing;
+use sheep_rpc::error::ErrorCode;
 use tokio::time::Instant;
 
 use super::store::{CallLimits, StorePool};
@@ -134,7 +135,7 @@ async fn follow(group: Rc<GroupClient>, shared: Rc<Shared>, from: u64) {
             }
             Err(e) => {
                 tracing::debug!("watch: {e}");
-                if e.is_code("compacted") {
+                if e.is_code(ErrorCode::Compacted) {
                     if let Ok(info) = group.info().await {
                         if let Some(rec) = info.epochs.last() {
                             shared.apply_epoch(rec);

@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::{validate_vdi_name, ObjectId, VdiId};
+use sheep_rpc::error::ErrorCode;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
@@ -490,7 +491,7 @@ impl Vdi {
                 };
                 match got {
                     Ok(table) => return Ok(Some(layout::decode_table(&table))),
-                    Err(e) if e.is_code("noObject") => absent += 1,
+                    Err(e) if e.is_code(ErrorCode::NoObject) => absent += 1,
                     Err(e) => {
                         tracing::debug!("inode of {}: {e}", self.entry.name);
                         last = Some(e.to_string());

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use sheep_rpc::codec;
+use sheep_rpc::error::{self, ErrorCode};
 
 use crate::{group, rpc};
 
 /// What one call to one storage node failed with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
-    /// The node refused the request; `code` is a code word of storaged.capnp (`staleEpoch`,
-    /// `noObject`, `corrupt`, `noSpace`, `exists`, `badRequest`, `notJoined`, `fenced`).
+    /// The node refused the request with `code` (`StaleEpoch`, `NoObject`, `Corrupt`,
+    /// `NoSpace`, `BadRequest`, `IoError`, `Fenced`: see storaged.capnp).
     #[error("storaged at {addr}: {message}")]
-    Refused { addr: String, code: String, message: String },
+    Refused { addr: String, code: ErrorCode, message: String },
     /// No connection could be made.
     #[error("cannot reach storaged at {addr} ({reason})")]
     Unreachable { addr: String, reason: String },
@@ -26,23 +26,28 @@ pub enum NodeError {
 
 impl NodeError {
     pub(crate) fn from_capnp(addr: &str, e: &capnp::Error) -> NodeError {
-        let message = codec::error_message(e).to_string();
-        match codec::error_code(e) {
+        let message = error::message_of(e).to_string();
+        match error::code_of(e) {
             Some(code) if e.kind != capnp::ErrorKind::Disconnected => {
-                NodeError::Refused { addr: addr.into(), code: code.into(), message }
+                NodeError::Refused { addr: addr.into(), code, message }
             }
             _ => NodeError::Rpc { addr: addr.into(), message },
         }
     }
 
-    pub fn code(&self) -> Option<&str> {
+    /// A refusal made on this side, before anything was sent.
+    pub(crate) fn bad_request(addr: &str, message: impl Into<String>) -> NodeError {
+        NodeError::Refused { addr: addr.into(), code: ErrorCode::BadRequest, message: message.into() }
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            NodeError::Refused { code, .. } => Some(code),
+            NodeError::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }
 
-    pub fn is_code(&self, code: &str) -> bool {
+    pub fn is_code(&self, code: ErrorCode) -> bool {
         self.code() == Some(code)
     }
 
@@ -59,7 +64,7 @@ impl NodeError {
     /// expected to settle it.
     pub fn wants_new_epoch(&self) -> bool {
         match self {
-            NodeError::Refused { code, .. } => code == "staleEpoch" || code == "notJoined",
+            NodeError::Refused { code, .. } => *code == ErrorCode::StaleEpoch,
             _ => true,
         }
     }
@@ -67,12 +72,12 @@ impl NodeError {
     /// Retrying cannot help: the request itself is wrong, the node is out of space, or the
     /// writer's VDI lock moved to another holder (`fenced`: retrying must never succeed).
     pub fn is_final(&self) -> bool {
-        self.is_code("badRequest") || self.is_code("noSpace") || self.is_fenced()
+        self.is_code(ErrorCode::BadRequest) || self.is_code(ErrorCode::NoSpace) || self.is_fenced()
     }
 
     /// The node refused a write because its lock token is stale (see storaged.capnp).
     pub fn is_fenced(&self) -> bool {
-        self.is_code("fenced")
+        self.is_code(ErrorCode::Fenced)
     }
 }
 
@@ -119,16 +124,18 @@ mod tests {
 
     #[test]
     fn classifies_node_errors() {
-        let e = capnp::Error::failed("remote exception: staleEpoch: node is at epoch 4".into());
+        let remote =
+            |code, message| capnp::Error::failed(format!("remote exception: {}", error::refusal(code, message).extra));
+        let e = remote(ErrorCode::StaleEpoch, "node is at epoch 4");
         let n = NodeError::from_capnp("127.0.0.1:7001", &e);
-        assert!(n.is_code("staleEpoch") && n.wants_new_epoch() && !n.is_final());
+        assert!(n.is_code(ErrorCode::StaleEpoch) && n.wants_new_epoch() && !n.is_final());
         assert_eq!(n.to_string(), "storaged at 127.0.0.1:7001: node is at epoch 4");
-        let e = capnp::Error::failed("remote exception: noSpace: disk full".into());
+        let e = remote(ErrorCode::NoSpace, "disk full");
         assert!(NodeError::from_capnp("a:1", &e).is_final());
-        let e = capnp::Error::failed("remote exception: noObject: no such object".into());
+        let e = remote(ErrorCode::NoObject, "no such object");
         let n = NodeError::from_capnp("a:1", &e);
         assert!(!n.wants_new_epoch() && !n.is_final());
-        let e = capnp::Error::failed("remote exception: fenced: token 5 is older than 9".into());
+        let e = remote(ErrorCode::Fenced, "token 5 is older than 9");
         let n = NodeError::from_capnp("a:1", &e);
         assert!(n.is_fenced() && n.is_final() && !n.wants_new_epoch());
         let d = NodeError::from_capnp("a:1", &capnp::Error::disconnected("gone".into()));

@@ -24,7 +24,7 @@ mod store;
 pub use cluster::{Cluster, View};
 pub use engine::{Vdi, VdiOptions};
 pub use error::{NodeError, VdiError};
-pub use store::{CallLimits, RecoveryStatus, StorePool, StoreStat};
+pub use store::{CallLimits, StorePool};
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use sheep_core::object::ObjectId;
+use sheep_rpc::error::ErrorCode;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
@@ -88,7 +89,7 @@ pub(crate) async fn to_all(
             if errors.is_empty() {
                 return Ok(addrs);
             }
-            if let Some(e) = errors.iter().find(|e| e.is_code("fenced")) {
+            if let Some(e) = errors.iter().find(|e| e.is_fenced()) {
                 return Err(VdiError::Fenced(e.clone()));
             }
             if let Some(e) = errors.iter().find(|e| e.is_final()) {
@@ -129,7 +130,7 @@ pub(crate) async fn read_one(
         for addr in read_order(cluster, &nodes, first) {
             match cluster.pool().read(addr, view.epoch, oid.raw(), offset, buf).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_code("badRequest") => return Err(VdiError::Node(e)),
+                Err(e) if e.is_code(ErrorCode::BadRequest) => return Err(VdiError::Node(e)),
                 Err(e) => {
                     tracing::debug!("read {oid} at epoch {}: {e}", view.epoch);
                     wants_epoch |= e.wants_new_epoch();
@@ -203,7 +204,7 @@ pub(crate) async fn remove_everywhere(
         for n in view.ring.replicas(oid, usize::from(copies)) {
             match cluster.pool().remove(&n.addr, view.epoch, oid.raw()).await {
                 Ok(()) => {}
-                Err(e) if e.is_code("noObject") => {}
+                Err(e) if e.is_code(ErrorCode::NoObject) => {}
                 Err(e) => failed = Some(e),
             }
         }

@@ -1,5 +1,6 @@
 //! Connections to storage nodes (one per address, reused, replaced when it breaks) and the
-//! typed, time-bounded calls of storaged's object API.
+//! typed, time-bounded calls of storaged's API: the one way to call storaged, for the VDI
+//! engine, `check`, sheepctl and storaged itself (recovery and repair pull from its peers).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -7,35 +8,26 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
+use sheep_core::epoch::EpochRecord;
+use sheep_core::store::{Listing, RecoveryStatus, StoreStat, StoreStatus, WholeObject};
+use sheep_rpc::codec;
+use sheep_rpc::codec::storaged as wire;
 use sheep_rpc::storaged_capnp::storaged;
 
 use super::error::NodeError;
 use crate::rpc::{self, Connection};
-
-/// What a storage node reports about its store (`stat`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoreStat {
-    pub capacity: u64,
-    pub used: u64,
-    pub free: u64,
-    pub objects: u64,
-}
-
-/// A node's recovery progress (`recovery`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecoveryStatus {
-    pub epoch: u32,
-    pub done: u64,
-    pub total: u64,
-    pub complete: bool,
-    pub listed: bool,
-}
 
 /// Time limits of storage calls.
 #[derive(Clone, Copy, Debug)]
 pub struct CallLimits {
     pub connect: Duration,
     pub call: Duration,
+}
+
+impl CallLimits {
+    /// For calls that list every object of a node or move whole objects one after another
+    /// (recovery and repair, node to node): generous, but bounded.
+    pub const BULK: CallLimits = CallLimits { connect: Duration::from_secs(1), call: Duration::from_secs(20) };
 }
 
 impl Default for CallLimits {
@@ -179,7 +171,7 @@ impl StorePool {
 
     pub async fn read(&self, addr: &str, epoch: u32, oid: u64, offset: u32, buf: &mut [u8]) -> Result<(), NodeError> {
         let want = buf.len();
-        let len = u32::try_from(want).map_err(|_| bad(addr, "read too large"))?;
+        let len = u32::try_from(want).map_err(|_| NodeError::bad_request(addr, "read too large"))?;
         self.call(addr, |c| async move {
             let mut req = c.read_request();
             let mut p = req.get();
@@ -283,28 +275,26 @@ impl StorePool {
         .await
     }
 
-    /// A whole object as `addr` holds it: (data, whether it came from the node's `.stale/`).
-    pub async fn fetch(&self, addr: &str, epoch: u32, oid: u64) -> Result<(Vec<u8>, bool), NodeError> {
+    /// A whole object as `addr` holds it, verified there, from its `obj/` or else its
+    /// `.stale/` (then with the last epoch in which that copy was live).
+    pub async fn fetch(&self, addr: &str, epoch: u32, oid: u64) -> Result<WholeObject, NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.fetch_request();
             req.get().set_epoch(epoch);
             req.get().set_oid(oid);
             let resp = req.send().promise.await?;
-            let r = resp.get()?;
-            Ok((r.get_data()?.to_vec(), r.get_stale()))
+            wire::read_whole(resp.get()?)
         })
         .await
     }
 
-    /// The objects `addr` holds live (in `obj/`, not only in `.stale/`).
-    pub async fn list_live(&self, addr: &str, epoch: u32) -> Result<std::collections::HashSet<u64>, NodeError> {
+    /// Every object `addr` holds: live ones, and those only in its `.stale/` with their epochs.
+    pub async fn list(&self, addr: &str, epoch: u32) -> Result<Listing, NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.list_request();
             req.get().set_epoch(epoch);
             let resp = req.send().promise.await?;
-            let r = resp.get()?;
-            let stale: std::collections::HashSet<u64> = r.get_stale()?.iter().collect();
-            Ok(r.get_oids()?.iter().filter(|o| !stale.contains(o)).collect())
+            wire::read_listing(resp.get()?)
         })
         .await
     }
@@ -334,13 +324,7 @@ impl StorePool {
     pub async fn stat(&self, addr: &str) -> Result<StoreStat, NodeError> {
         self.call(addr, |c| async move {
             let resp = c.stat_request().send().promise.await?;
-            let s = resp.get()?.get_stat()?;
-            Ok(StoreStat {
-                capacity: s.get_capacity(),
-                used: s.get_used(),
-                free: s.get_free(),
-                objects: s.get_objects(),
-            })
+            Ok(wire::read_stat(resp.get()?.get_stat()?))
         })
         .await
     }
@@ -348,19 +332,26 @@ impl StorePool {
     pub async fn recovery(&self, addr: &str) -> Result<RecoveryStatus, NodeError> {
         self.call(addr, |c| async move {
             let resp = c.recovery_request().send().promise.await?;
-            let s = resp.get()?.get_status()?;
-            Ok(RecoveryStatus {
-                epoch: s.get_epoch(),
-                done: s.get_done(),
-                total: s.get_total(),
-                complete: s.get_complete(),
-                listed: s.get_listed(),
-            })
+            Ok(wire::read_recovery(resp.get()?.get_status()?))
         })
         .await
     }
-}
 
-fn bad(addr: &str, message: &str) -> NodeError {
-    NodeError::Refused { addr: addr.into(), code: "badRequest".into(), message: message.into() }
+    /// What the node is and what it has seen of the cluster.
+    pub async fn status(&self, addr: &str) -> Result<StoreStatus, NodeError> {
+        self.call(addr, |c| async move {
+            let resp = c.status_request().send().promise.await?;
+            wire::read_status(resp.get()?.get_status()?)
+        })
+        .await
+    }
+
+    /// The node's own copy of the epoch history.
+    pub async fn epoch_log(&self, addr: &str) -> Result<Vec<EpochRecord>, NodeError> {
+        self.call(addr, |c| async move {
+            let resp = c.epoch_log_request().send().promise.await?;
+            codec::read_epochs(resp.get()?.get_epochs()?)
+        })
+        .await
+    }
 }

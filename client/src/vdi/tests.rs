@@ -9,6 +9,7 @@ use capnp::capability::Rc as CapRc;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
+use sheep_rpc::error::{refusal, ErrorCode};
 use sheep_rpc::storaged_capnp::storaged;
 use tokio::net::TcpListener;
 
@@ -22,8 +23,8 @@ struct Fake {
     reads: Cell<usize>,
     flushes: Cell<usize>,
     zeros: Cell<usize>,
-    /// Every read fails with this code word.
-    fail_reads: RefCell<Option<&'static str>>,
+    /// Every read fails with this code.
+    fail_reads: RefCell<Option<ErrorCode>>,
     /// Writes, creates and zeroings with a fence below this are refused with `fenced`.
     min_fence: Cell<u64>,
     /// Refused as fenced so far.
@@ -34,14 +35,10 @@ impl Fake {
     fn fence(&self, fence: u64) -> Result<(), capnp::Error> {
         if fence < self.min_fence.get() {
             self.fenced.set(self.fenced.get() + 1);
-            return Err(refuse("fenced", "stale token"));
+            return Err(refusal(ErrorCode::Fenced, "stale token"));
         }
         Ok(())
     }
-}
-
-fn refuse(code: &str, text: &str) -> capnp::Error {
-    capnp::Error::failed(format!("{code}: {text}"))
 }
 
 struct Server(Rc<Fake>);
@@ -55,12 +52,12 @@ impl storaged::Server for Server {
         let p = params.get()?;
         self.0.reads.set(self.0.reads.get() + 1);
         if let Some(code) = *self.0.fail_reads.borrow() {
-            return Err(refuse(code, "injected"));
+            return Err(refusal(code, "injected"));
         }
         let objects = self.0.objects.borrow();
-        let obj = objects.get(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
+        let obj = objects.get(&p.get_oid()).ok_or_else(|| refusal(ErrorCode::NoObject, "absent"))?;
         let (off, len) = (p.get_offset() as usize, p.get_length() as usize);
-        let data = obj.get(off..off + len).ok_or_else(|| refuse("badRequest", "out of range"))?;
+        let data = obj.get(off..off + len).ok_or_else(|| refusal(ErrorCode::BadRequest, "out of range"))?;
         results.get().set_data(data);
         Ok(())
     }
@@ -73,9 +70,11 @@ impl storaged::Server for Server {
         let p = params.get()?;
         self.0.fence(p.get_fence())?;
         let mut objects = self.0.objects.borrow_mut();
-        let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
+        let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refusal(ErrorCode::NoObject, "absent"))?;
         let (off, data) = (p.get_offset() as usize, p.get_data()?);
-        obj.get_mut(off..off + data.len()).ok_or_else(|| refuse("badRequest", "out of range"))?.copy_from_slice(data);
+        obj.get_mut(off..off + data.len())
+            .ok_or_else(|| refusal(ErrorCode::BadRequest, "out of range"))?
+            .copy_from_slice(data);
         Ok(())
     }
 
@@ -90,20 +89,22 @@ impl storaged::Server for Server {
         tokio::task::yield_now().await;
         let size = p.get_object_size() as usize;
         if !size.is_multiple_of(4096) {
-            return Err(refuse("badRequest", "object size not a multiple of 4096"));
+            return Err(refusal(ErrorCode::BadRequest, "object size not a multiple of 4096"));
         }
         let mut objects = self.0.objects.borrow_mut();
         // Copy-on-write: the base from this node (the tests keep every copy everywhere).
         let base = match p.get_base_oid() {
             0 => None,
-            b => Some(objects.get(&b).cloned().ok_or_else(|| refuse("noObject", "no base"))?),
+            b => Some(objects.get(&b).cloned().ok_or_else(|| refusal(ErrorCode::NoObject, "no base"))?),
         };
         let obj = objects.entry(p.get_oid()).or_insert_with(|| {
             self.0.creates.set(self.0.creates.get() + 1);
             base.unwrap_or_else(|| vec![0; size])
         });
         let (off, data) = (p.get_offset() as usize, p.get_data()?);
-        obj.get_mut(off..off + data.len()).ok_or_else(|| refuse("badRequest", "out of range"))?.copy_from_slice(data);
+        obj.get_mut(off..off + data.len())
+            .ok_or_else(|| refusal(ErrorCode::BadRequest, "out of range"))?
+            .copy_from_slice(data);
         Ok(())
     }
 
@@ -116,9 +117,9 @@ impl storaged::Server for Server {
         self.0.fence(p.get_fence())?;
         self.0.zeros.set(self.0.zeros.get() + 1);
         let mut objects = self.0.objects.borrow_mut();
-        let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refuse("noObject", "absent"))?;
+        let obj = objects.get_mut(&p.get_oid()).ok_or_else(|| refusal(ErrorCode::NoObject, "absent"))?;
         let (off, len) = (p.get_offset() as usize, p.get_length() as usize);
-        obj.get_mut(off..off + len).ok_or_else(|| refuse("badRequest", "out of range"))?.fill(0);
+        obj.get_mut(off..off + len).ok_or_else(|| refusal(ErrorCode::BadRequest, "out of range"))?.fill(0);
         Ok(())
     }
 
@@ -133,7 +134,7 @@ impl storaged::Server for Server {
         _: storaged::RemoveResults,
     ) -> Result<(), capnp::Error> {
         let oid = params.get()?.get_oid();
-        self.0.objects.borrow_mut().remove(&oid).ok_or_else(|| refuse("noObject", "absent"))?;
+        self.0.objects.borrow_mut().remove(&oid).ok_or_else(|| refusal(ErrorCode::NoObject, "absent"))?;
         Ok(())
     }
 }
@@ -261,8 +262,8 @@ fn reads_fail_over_and_bad_requests_are_refused() {
         let vdi = Vdi::open_entry(c, entry(4 << 12, 12), opts()).await.unwrap();
         let data = pattern(4096, 9);
         vdi.write(4096, &data, false).await.unwrap();
-        *fakes[0].fail_reads.borrow_mut() = Some("corrupt");
-        *fakes[1].fail_reads.borrow_mut() = Some("noObject");
+        *fakes[0].fail_reads.borrow_mut() = Some(ErrorCode::Corrupt);
+        *fakes[1].fail_reads.borrow_mut() = Some(ErrorCode::NoObject);
         for _ in 0..4 {
             let mut back = vec![0u8; 4096];
             vdi.read(4096, &mut back).await.unwrap();
@@ -271,7 +272,7 @@ fn reads_fail_over_and_bad_requests_are_refused() {
         assert!(matches!(vdi.read(4 << 12, &mut [0u8; 1]).await, Err(VdiError::OutOfRange { .. })));
         assert!(matches!(vdi.write(u64::MAX, &[0u8; 2], false).await, Err(VdiError::OutOfRange { .. })));
         // Every replica failing: an I/O error after the retry time, not a hang.
-        *fakes[2].fail_reads.borrow_mut() = Some("corrupt");
+        *fakes[2].fail_reads.borrow_mut() = Some(ErrorCode::Corrupt);
         let started = std::time::Instant::now();
         let e = vdi.read(4096, &mut [0u8; 16]).await.unwrap_err();
         assert!(matches!(e, VdiError::Io { .. }), "{e}");

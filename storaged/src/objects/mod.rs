@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sheep_core::object::ObjectId;
+pub use sheep_core::store::{Listing, StoreStat, WholeObject};
+use sheep_rpc::error::ErrorCode;
 
 pub use file::Layout;
 use file::{FileError, ObjFile};
@@ -29,7 +31,7 @@ use lock::LockTable;
 /// Open object files kept at most.
 const OPEN_FILES: usize = 256;
 
-/// A failed object operation; `code()` is the wire code word.
+/// A failed object operation; `code()` is what the node refuses the call with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object {0} is not on this node")]
@@ -45,13 +47,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::NoObject(_) => "noObject",
-            StoreError::Corrupt { .. } => "corrupt",
-            StoreError::NoSpace(_) => "noSpace",
-            StoreError::BadRequest(_) => "badRequest",
-            StoreError::Io(_) => "ioError",
+            StoreError::NoObject(_) => ErrorCode::NoObject,
+            StoreError::Corrupt { .. } => ErrorCode::Corrupt,
+            StoreError::NoSpace(_) => ErrorCode::NoSpace,
+            StoreError::BadRequest(_) => ErrorCode::BadRequest,
+            StoreError::Io(_) => ErrorCode::IoError,
         }
     }
 
@@ -75,31 +77,6 @@ impl StoreError {
 
 fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
-}
-
-/// What `stat` reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreStat {
-    pub capacity: u64,
-    pub used: u64,
-    pub free: u64,
-    pub objects: u64,
-}
-
-/// What `list` reports: objects in `obj/`, and those only in `.stale/` with the last epoch
-/// in which each was live.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Listing {
-    pub live: Vec<ObjectId>,
-    pub stale_only: Vec<(ObjectId, u32)>,
-}
-
-/// A whole object, and where it came from.
-#[derive(Debug)]
-pub struct Whole {
-    pub data: Vec<u8>,
-    /// 0: a live copy; else it came from `.stale/` and was last live in this epoch.
-    pub stale_epoch: u32,
 }
 
 pub struct ObjectStore {
@@ -397,7 +374,7 @@ impl ObjectStore {
     }
 
     /// Like `fetch`, telling where the copy came from.
-    pub fn fetch_any(&self, oid: ObjectId) -> Result<Whole, StoreError> {
+    pub fn fetch_any(&self, oid: ObjectId) -> Result<WholeObject, StoreError> {
         let _g = self.locks.lock(oid);
         let (f, stale) = match ObjFile::open(&self.obj_path(oid), false) {
             Err(FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
@@ -409,7 +386,7 @@ impl ObjectStore {
         let data = f.read_all().map_err(|e| StoreError::from_file(oid, "read", e))?;
         // A stale copy always names an epoch (at least 1); 0 means live.
         let stale_epoch = if stale { f.stale_epoch.max(1) } else { 0 };
-        Ok(Whole { data, stale_epoch })
+        Ok(WholeObject { data, stale_epoch })
     }
 
     /// The stale copy's last live epoch, read from its header (0 if unreadable).

@@ -212,8 +212,8 @@ fn no_space_is_an_error_and_reads_go_on() {
     s.create_and_write(o, 8192, None, 0, b"kept", false).unwrap();
     s.inject_no_space(true);
     let e = s.create_and_write(oid(13, 1), 8192, None, 0, b"x", false).unwrap_err();
-    assert_eq!(e.code(), "noSpace");
-    assert_eq!(s.write(o, 0, b"lost", false).unwrap_err().code(), "noSpace");
+    assert_eq!(e.code(), ErrorCode::NoSpace);
+    assert_eq!(s.write(o, 0, b"lost", false).unwrap_err().code(), ErrorCode::NoSpace);
     assert_eq!(s.read(o, 0, 4).unwrap(), b"kept");
     assert!(!s.contains(oid(13, 1)));
     s.inject_no_space(false);
@@ -234,7 +234,7 @@ fn leftovers_in_tmp_are_cleaned_and_junk_is_ignored() {
     assert!(s.list().unwrap().live.is_empty());
     // A truncated object file is corrupt, not data.
     fs::write(s.obj_path(oid(14, 0)), "SHEEPOB1").unwrap();
-    assert_eq!(s.read(oid(14, 0), 0, 1).unwrap_err().code(), "corrupt");
+    assert_eq!(s.read(oid(14, 0), 0, 1).unwrap_err().code(), ErrorCode::Corrupt);
 }
 
 #[test]
