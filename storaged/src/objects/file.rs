@@ -267,6 +267,7 @@ impl ObjFile {
         if from >= to {
             return Ok(());
         }
+        debug_assert!(to - from < 2 * BLOCK as u64, "zeroing {from}..{to} is not a ragged edge");
         self.write(from, &vec![0u8; (to - from) as usize])
     }
 

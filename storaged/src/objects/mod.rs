@@ -176,6 +176,7 @@ impl ObjectStore {
             }
         }
         open.insert(oid, f.clone());
+        debug_assert!(open.len() <= OPEN_FILES, "{} open files kept", open.len());
         Ok(f)
     }
 
