@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use nix::sys::signal::{signal, SigHandler, Signal};
 use sheep_client::group::{self, GroupClient, Options};
 
 use crate::cli::{Cli, Cmd};
@@ -28,9 +29,10 @@ use crate::cli::{Cli, Cmd};
 fn main() {
     // Printing into a closed pipe (`sheepctl cluster info | head -1`) ends the process
     // quietly, as it does for other command-line tools, instead of a panic in println!.
-    // SAFETY: called first thing, before any other thread exists.
+    // SAFETY: called first thing, before any other thread exists; the default action
+    // runs no handler of ours.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

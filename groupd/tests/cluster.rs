@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::Signal;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::group::{ClusterStatus, EventKind, MemberRole};
 
@@ -164,7 +165,7 @@ fn sigterm_stops_cleanly_and_startup_errors_are_one_line() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another groupd"));
-    a.signal(libc::SIGTERM);
+    a.signal(Signal::SIGTERM);
     let st = a.wait_exit(Duration::from_secs(10)).expect("exits on SIGTERM");
     assert!(st.success(), "{st:?}");
 }
@@ -223,12 +224,12 @@ fn a_hung_master_is_replaced_and_follows_when_it_resumes() {
     let master = master_of(&g[0].addr).unwrap();
     let mi = g.iter().position(|x| x.addr == master).unwrap();
     let other = g[(mi + 1) % 3].addr.clone();
-    g[mi].signal(libc::SIGSTOP);
+    g[mi].signal(Signal::SIGSTOP);
     let new_master = wait_for(Duration::from_secs(15), "a new master", || master_of(&other).filter(|m| *m != master));
     // Writes go on through any live groupd; the session was granted a new lease.
     keepalive(&other, session).unwrap();
     let seq = propose(&g[(mi + 2) % 3].addr, session, b"while hung").unwrap();
-    g[mi].signal(libc::SIGCONT);
+    g[mi].signal(Signal::SIGCONT);
     wait_for(Duration::from_secs(15), "the old master to follow", || {
         let i = info(&master).ok()?;
         (i.applied_seq >= seq && master_of(&master)? == new_master).then_some(())

@@ -4,6 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use sheep_client::rpc;
 use sheep_rpc::codec;
 use sheep_rpc::storaged_capnp::storaged;
@@ -69,8 +71,7 @@ fn serves_status_while_joining_and_stops_on_sigterm() {
     assert_eq!(v["node_id"], addr.as_str());
     assert_eq!(v["cluster_id"], "");
 
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let t = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {

@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::group::{ClusterConfig, ClusterInfo, Event, MemberRole};
 use sheep_rpc::codec;
@@ -68,9 +70,9 @@ impl Groupd {
         }
     }
 
-    pub fn signal(&self, sig: i32) {
+    pub fn signal(&self, sig: Signal) {
         if let Some(c) = &self.child {
-            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = kill(Pid::from_raw(c.id() as i32), sig);
         }
     }
 

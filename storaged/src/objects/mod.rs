@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use nix::errno::Errno;
 use sheep_core::object::ObjectId;
 
 pub use file::Layout;
@@ -74,7 +75,8 @@ impl StoreError {
 }
 
 fn is_no_space(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
+    matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::ENOSPC | Errno::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
 }
 
 /// What `stat` reports.
