@@ -252,6 +252,19 @@ pub enum GroupError {
     BadRequest(String),
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
+    /// The replicated state breaks one of its own invariants (a bug, or a state restored
+    /// from a damaged snapshot). Every replica holds the same state, so every replica refuses
+    /// the same command this way instead of panicking at the same log index forever.
+    #[error("the group state is inconsistent ({what}); the command was refused and changed nothing")]
+    Invariant { what: String },
+}
+
+impl GroupError {
+    /// A refusal caused by a broken invariant of the state, not by the command: worth an
+    /// error in the log of whoever applies it.
+    pub fn is_invariant(&self) -> bool {
+        matches!(self, GroupError::Invariant { .. } | GroupError::Namespace(NamespaceError::Invariant { .. }))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,8 +302,26 @@ impl Default for GroupState {
 }
 
 impl GroupState {
-    /// Applies one command at log position `log_index` (used for fencing tokens).
+    /// Applies one command at log position `log_index` (used for fencing tokens). A refused
+    /// command changes nothing: every refusal is decided before the first change.
     pub fn apply(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
+        self.check_event_numbering()?;
+        self.apply_op(log_index, cmd)
+    }
+
+    /// Events are numbered consecutively and the next one follows the newest kept: what
+    /// lets a watcher resume with no gap and no duplicate. [`Self::emit`] keeps it, so this
+    /// only fails on a state that was damaged before this command.
+    fn check_event_numbering(&self) -> Result<(), GroupError> {
+        match self.events.back() {
+            Some(last) if last.seq.checked_add(1) != Some(self.next_seq) => Err(GroupError::Invariant {
+                what: format!("the newest event is {} but the next sequence number is {}", last.seq, self.next_seq),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_op(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
         let t = cmd.time_ms;
         match &cmd.op {
             Op::Format { cluster_id, copies, object_size_shift, voters, force } => {
@@ -320,22 +351,21 @@ impl GroupState {
             }
             Op::VdiDelete { name, tag } => {
                 self.running()?;
-                let deletion = match tag {
+                let (deleted, deletion) = match tag {
                     None => {
                         self.not_locked(name)?;
                         self.vdis.delete(name)?
                     }
                     Some(tag) => self.vdis.delete_snapshot(name, tag)?,
                 };
-                let first = deletion.removed.first().cloned().expect("a deletion removes at least one entry");
                 self.emit_deletion(t, deletion);
-                Ok(Reply::Vdi(first))
+                Ok(Reply::Vdi(deleted))
             }
             Op::VdiSnapshot { session, name, tag } => {
                 self.running()?;
                 if let Some(l) = self.locks.get(name) {
                     if l.session != *session {
-                        return Err(self.lock_held(name));
+                        return Err(self.lock_held(l));
                     }
                 }
                 let (snapshot, working) = self.vdis.take_snapshot(name, tag, t)?;
@@ -371,18 +401,17 @@ impl GroupState {
         }
     }
 
-    fn lock_held(&self, vdi: &str) -> GroupError {
-        let l = &self.locks[vdi];
+    fn lock_held(&self, l: &Lock) -> GroupError {
         let holder = self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
-        GroupError::LockHeld { vdi: vdi.into(), session: l.session, holder }
+        GroupError::LockHeld { vdi: l.vdi.clone(), session: l.session, holder }
     }
 
     /// Refuses while VDI `name` is locked (attached somewhere).
     fn not_locked(&self, name: &str) -> Result<(), GroupError> {
-        if self.locks.contains_key(name) {
-            return Err(self.lock_held(name));
+        match self.locks.get(name) {
+            Some(l) => Err(self.lock_held(l)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn emit_deletion(&mut self, t: u64, d: crate::namespace::Deletion) {
@@ -422,6 +451,7 @@ impl GroupState {
 
     fn emit(&mut self, time_ms: u64, kind: EventKind) -> u64 {
         let seq = self.next_seq;
+        debug_assert!(self.events.back().is_none_or(|last| last.seq + 1 == seq), "event numbers are consecutive");
         self.next_seq += 1;
         self.events.push_back(Event { seq, time_ms, kind });
         while self.events.len() > EVENTS_KEPT {
@@ -495,6 +525,13 @@ impl GroupState {
     }
 
     fn open_session(&mut self, t: u64, kind: &SessionKind, store_cluster: &str) -> Result<Reply, GroupError> {
+        // Session ids are handed out in increasing order and never twice: the new id must be
+        // free (else the new session would replace a live one and inherit its locks).
+        let id = self.next_session;
+        let after = match id.checked_add(1) {
+            Some(after) if !self.sessions.contains_key(&id) => after,
+            _ => return Err(GroupError::Invariant { what: format!("the next session id {id} is not free") }),
+        };
         if let SessionKind::Storage(node) = kind {
             if node.id.is_empty() || node.weight == 0 {
                 return Err(GroupError::BadRequest("a storage node needs an id and a weight > 0".into()));
@@ -517,14 +554,13 @@ impl GroupState {
             // A node that restarts before its old session expired replaces that session.
             let old: Vec<SessionId> =
                 self.storage_sessions().filter(|(_, n)| n.id == node.id).map(|(s, _)| s.id).collect();
-            for id in old {
-                self.drop_session(t, id, true);
+            for old_id in old {
+                self.drop_session(t, old_id, true);
             }
             // A restarted node quarantines what it held: it recovers again in this epoch.
             self.recovered.remove(&node.id);
         }
-        let id = self.next_session;
-        self.next_session += 1;
+        self.next_session = after;
         let session = Session { id, kind: kind.clone(), opened_ms: t };
         self.sessions.insert(id, session.clone());
         self.emit(t, EventKind::Joined(session));
@@ -580,8 +616,7 @@ impl GroupState {
             if l.session == session {
                 return Ok(Reply::Locked(l.clone()));
             }
-            let holder = self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();
-            return Err(GroupError::LockHeld { vdi: vdi.into(), session: l.session, holder });
+            return Err(self.lock_held(l));
         }
         let lock = Lock { vdi: vdi.into(), session, token: log_index };
         self.locks.insert(vdi.into(), lock.clone());

@@ -419,3 +419,91 @@ fn snapshots_respect_the_lock_and_deletions_say_what_may_be_removed() {
     assert!(log.apply(set(Some(b"2"), true)).is_err());
     assert_eq!(log.state.vdis.get_attr("b", "k").unwrap(), b"1");
 }
+
+/// Applies `op` to a state that breaks one of its invariants: it is refused as such, another
+/// replica holding the same state refuses it identically, and nothing changed.
+fn refused_unchanged(log: &mut Log, op: Op) -> GroupError {
+    let before = log.state.clone();
+    let mut replica = log.state.clone();
+    let err = log.apply(op.clone()).expect_err("refused");
+    assert!(err.is_invariant(), "{err:?}");
+    assert!(err.to_string().contains("is inconsistent"), "{err}");
+    assert_eq!(log.state, before, "a refusal changes nothing");
+    let cmd = Command { time_ms: log.index * 10, op };
+    assert_eq!(replica.apply(log.index, &cmd), Err(err.clone()), "every replica refuses alike");
+    err
+}
+
+#[test]
+fn a_session_id_in_use_is_refused_not_handed_out_again() {
+    let mut log = Log::new();
+    log.format();
+    let c = log.client("ublk-dev 1");
+    log.apply(Op::Lock { session: c, vdi: "v".into() }).unwrap();
+    // Damage the state: the next id is the live session's.
+    log.state.next_session = c;
+    let open =
+        |name: &str| Op::OpenSession { kind: SessionKind::Client { name: name.into() }, store_cluster: "".into() };
+    refused_unchanged(&mut log, open("other"));
+    refused_unchanged(&mut log, Op::OpenSession { kind: SessionKind::Storage(node(1)), store_cluster: "".into() });
+    assert_eq!(log.state.locks["v"].session, c, "the holder keeps its lock");
+    // Commands that take no new id still apply.
+    log.apply(Op::Unlock { session: c, vdi: "v".into(), force: false }).unwrap();
+    log.apply(Op::Broadcast { session: c, payload: vec![1] }).unwrap();
+    // The last id there is cannot be followed by another.
+    log.state.next_session = u64::MAX;
+    refused_unchanged(&mut log, open("last"));
+}
+
+#[test]
+fn broken_event_numbering_refuses_commands_and_reads_still_answer() {
+    let mut log = Log::new();
+    log.format();
+    let c = log.client("sheepctl");
+    let events = log.state.events_from(1, usize::MAX).unwrap();
+    // Damage the state: the next number does not follow the newest event.
+    log.state.next_seq += 3;
+    refused_unchanged(&mut log, Op::Broadcast { session: c, payload: vec![] });
+    refused_unchanged(&mut log, Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 });
+    assert_eq!(log.state.events_from(1, usize::MAX).unwrap(), events);
+    // Put right (as a fixed snapshot would), the same command applies.
+    log.state.next_seq -= 3;
+    assert!(matches!(log.apply(Op::Broadcast { session: c, payload: vec![] }), Ok(Reply::Seq(_))));
+}
+
+#[test]
+fn an_object_size_beyond_the_largest_refuses_vdi_creation_not_a_panic() {
+    let mut log = Log::new();
+    log.format();
+    // Damage the state: a format never allows an object of 2^64 bytes.
+    log.state.config.as_mut().unwrap().object_size_shift = 64;
+    let err = refused_unchanged(&mut log, Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 });
+    assert!(matches!(err, GroupError::Namespace(NamespaceError::Invariant { .. })), "{err:?}");
+    let c = log.client("ublk-dev 1");
+    assert!(matches!(log.apply(Op::Lock { session: c, vdi: "a".into() }), Ok(Reply::Locked(_))));
+}
+
+#[test]
+fn a_snapshot_filed_under_another_id_refuses_its_deletion_not_a_panic() {
+    let mut log = Log::new();
+    log.format();
+    let c = log.client("sheepctl");
+    log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }).unwrap();
+    let Reply::Snapshot { snapshot, .. } =
+        log.apply(Op::VdiSnapshot { session: c, name: "a".into(), tag: "s1".into() }).unwrap()
+    else {
+        panic!("not a snapshot")
+    };
+    // Damage the state (as a damaged snapshot file would): the snapshot moves to another key.
+    let mut ns = serde_json::to_value(&log.state.vdis).unwrap();
+    let snaps = ns["snapshots"].as_object_mut().unwrap();
+    let entry = snaps.remove(&snapshot.vid.get().to_string()).unwrap();
+    snaps.insert((snapshot.vid.get() ^ 0x40).to_string(), entry);
+    log.state.vdis = serde_json::from_value(ns).unwrap();
+    assert_eq!(log.state.vdis.snapshot("a", "s1"), Some(&snapshot), "still listed");
+    let err = refused_unchanged(&mut log, Op::VdiDelete { name: "a".into(), tag: Some("s1".into()) });
+    assert!(matches!(err, GroupError::Namespace(NamespaceError::Invariant { .. })), "{err:?}");
+    // Other commands go on.
+    assert!(matches!(log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0 }), Ok(Reply::Vdi(_))));
+    assert!(matches!(log.apply(Op::VdiResize { name: "a".into(), size: 2 << 20 }), Ok(Reply::Vdi(_))));
+}

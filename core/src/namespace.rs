@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::inode::{max_vdi_size, MAX_COPIES};
+use crate::inode::{max_vdi_size, MAX_COPIES, MAX_OBJECT_SIZE_SHIFT};
 use crate::object::{probe, validate_vdi_name, vdi_id_for_name, VdiId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +58,10 @@ pub enum NamespaceError {
     Invalid(String),
     #[error("no VDI id is left")]
     Full,
+    /// The namespace breaks one of its own invariants (see [`crate::group::GroupError::Invariant`]):
+    /// the operation is refused before it changes anything.
+    #[error("the VDI namespace is inconsistent ({what}); the command was refused and changed nothing")]
+    Invariant { what: String },
 }
 
 /// Limits of VDI attributes (small metadata such as a VM's configuration).
@@ -128,8 +132,16 @@ impl Namespace {
         self.deleted.contains(&vid)
     }
 
+    /// Takes a new VDI id for `name`. Callers check everything else first: this is the last
+    /// step that can fail, so a refusal leaves the namespace unchanged.
     fn new_vid(&mut self, name: &str) -> Result<VdiId, NamespaceError> {
         let vid = probe(vdi_id_for_name(name), |v| self.taken.contains(&v)).ok_or(NamespaceError::Full)?;
+        // Every id in use is among the taken ones: an id is never handed out twice.
+        if let Some(e) = self.by_vid(vid) {
+            return Err(NamespaceError::Invariant {
+                what: format!("VDI id {vid} of {} is in use but not marked as taken", e.label()),
+            });
+        }
         self.taken.insert(vid);
         Ok(vid)
     }
@@ -227,7 +239,7 @@ impl Namespace {
     /// Grows the working VDI `name` (its snapshots keep their size). Shrinking is refused:
     /// data beyond the new end would be lost.
     pub fn resize(&mut self, name: &str, size: u64) -> Result<VdiEntry, NamespaceError> {
-        let e = self.working(name)?;
+        let e = self.vdis.get_mut(name).ok_or_else(|| NamespaceError::NoVdi(name.into()))?;
         check_size(size, e.object_size_shift)?;
         if size < e.size {
             return Err(NamespaceError::Invalid(format!(
@@ -235,27 +247,33 @@ impl Namespace {
                 e.size
             )));
         }
-        let e = self.vdis.get_mut(name).expect("checked above");
         e.size = size;
         Ok(e.clone())
     }
 
     /// Deletes VDI `name`: its working VDI and every snapshot of it. Objects a clone still
     /// reads (through a snapshot it was cloned from) are kept until that clone is gone.
-    pub fn delete(&mut self, name: &str) -> Result<Deletion, NamespaceError> {
+    /// Returns (the working VDI deleted, the deletion).
+    pub fn delete(&mut self, name: &str) -> Result<(VdiEntry, Deletion), NamespaceError> {
         let working = self.vdis.remove(name).ok_or_else(|| NamespaceError::NoVdi(name.into()))?;
-        let snaps: Vec<VdiId> = self.snapshots.values().filter(|e| e.name == name).map(|e| e.vid).collect();
-        let mut gone = vec![working];
+        let snaps: Vec<VdiId> = self.snapshots.iter().filter(|(_, e)| e.name == name).map(|(&v, _)| v).collect();
+        let mut gone = vec![working.clone()];
         gone.extend(snaps.iter().filter_map(|v| self.snapshots.remove(v)));
         self.attrs.remove(name);
-        Ok(self.retire(gone))
+        Ok((working, self.retire(gone)))
     }
 
     /// Deletes snapshot `tag` of `name`. Its objects stay while a live VDI still reads them.
-    pub fn delete_snapshot(&mut self, name: &str, tag: &str) -> Result<Deletion, NamespaceError> {
+    /// Returns (the snapshot deleted, the deletion).
+    pub fn delete_snapshot(&mut self, name: &str, tag: &str) -> Result<(VdiEntry, Deletion), NamespaceError> {
         let vid = self.snapshot_of(name, tag)?.vid;
-        let entry = self.snapshots.remove(&vid).expect("found above");
-        Ok(self.retire(vec![entry]))
+        // Snapshots are keyed by their own id.
+        let Some(entry) = self.snapshots.remove(&vid) else {
+            return Err(NamespaceError::Invariant {
+                what: format!("snapshot {name}@{tag} is not filed under its id {vid}"),
+            });
+        };
+        Ok((entry.clone(), self.retire(vec![entry])))
     }
 
     /// Takes `gone` out of the namespace; returns which deleted VDIs (these, or older retired
@@ -354,6 +372,15 @@ impl Namespace {
 }
 
 fn check_size(size: u64, object_size_shift: u8) -> Result<(), NamespaceError> {
+    // The object size comes from the cluster's format (or an entry made under it), which
+    // allows no more than this: a larger shift would overflow the size limit below.
+    if object_size_shift > MAX_OBJECT_SIZE_SHIFT {
+        return Err(NamespaceError::Invariant {
+            what: format!(
+                "an object size of 2^{object_size_shift} bytes is beyond the largest, 2^{MAX_OBJECT_SIZE_SHIFT}"
+            ),
+        });
+    }
     let max = max_vdi_size(object_size_shift);
     if size == 0 || size > max {
         return Err(NamespaceError::Invalid(format!("size must be from 1 byte to {max} bytes, not {size}")));
@@ -396,7 +423,8 @@ mod tests {
     fn deleted_ids_are_never_reused() {
         let mut ns = Namespace::default();
         let first = ns.create("x", 4096, 1, 22, 0).unwrap();
-        let d = ns.delete("x").unwrap();
+        let (deleted, d) = ns.delete("x").unwrap();
+        assert_eq!(deleted, first);
         assert_eq!(d.collectable, vec![first.clone()]);
         assert!(ns.is_deleted(first.vid));
         let again = ns.create("x", 4096, 1, 22, 0).unwrap();

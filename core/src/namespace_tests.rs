@@ -65,18 +65,20 @@ fn objects_stay_while_a_live_vdi_descends_from_a_deleted_snapshot() {
     let (s1, _w) = ns.take_snapshot("v", "s1", 5).unwrap();
     let clone = ns.clone_snapshot("v", "s1", "c", 6).unwrap();
     // The snapshot has descendants (the working VDI and the clone): retired, not collectable.
-    let d = ns.delete_snapshot("v", "s1").unwrap();
+    let (deleted, d) = ns.delete_snapshot("v", "s1").unwrap();
+    assert_eq!(deleted, s1);
     assert_eq!(d.removed, vec![s1.clone()]);
     assert!(d.collectable.is_empty());
     assert!(!ns.is_deleted(first.vid));
     assert!(ns.snapshot("v", "s1").is_none());
     assert_eq!(ns.by_vid(first.vid).map(|e| e.vid), Some(first.vid), "still known while needed");
     // Deleting v (its working VDI): the clone still reads the retired snapshot.
-    let d = ns.delete("v").unwrap();
+    let (_, d) = ns.delete("v").unwrap();
     assert_eq!(d.collectable.len(), 1, "only v's working VDI: {d:?}");
     assert!(!ns.is_deleted(first.vid));
     // The clone goes: now nothing reads the snapshot's objects.
-    let d = ns.delete("c").unwrap();
+    let (deleted, d) = ns.delete("c").unwrap();
+    assert_eq!(deleted, clone);
     let mut gone: Vec<VdiId> = d.collectable.iter().map(|e| e.vid).collect();
     gone.sort();
     let mut want = vec![clone.vid, first.vid];
@@ -91,7 +93,8 @@ fn deleting_a_vdi_takes_its_snapshots_along() {
     let (mut ns, first) = ns_with("v");
     let (_, w1) = ns.take_snapshot("v", "a", 2).unwrap();
     let (_, w2) = ns.take_snapshot("v", "b", 3).unwrap();
-    let d = ns.delete("v").unwrap();
+    let (deleted, d) = ns.delete("v").unwrap();
+    assert_eq!(deleted, w2);
     assert_eq!(d.removed.len(), 3);
     let mut gone: Vec<VdiId> = d.collectable.iter().map(|e| e.vid).collect();
     gone.sort();
@@ -128,4 +131,53 @@ fn attributes() {
     ns.delete("v").unwrap();
     ns.create("v", 4096, 3, 22, 9).unwrap();
     assert!(ns.get_attr("v", "k").is_err());
+}
+
+/// Refuses `op` on a namespace that breaks an invariant, and shows nothing changed.
+fn refused_unchanged<T: std::fmt::Debug>(
+    ns: &mut Namespace,
+    op: impl FnOnce(&mut Namespace) -> Result<T, NamespaceError>,
+) -> NamespaceError {
+    let before = ns.clone();
+    let err = op(ns).expect_err("refused");
+    assert!(matches!(err, NamespaceError::Invariant { .. }), "{err:?}");
+    assert_eq!(*ns, before, "a refusal changes nothing");
+    err
+}
+
+#[test]
+fn a_snapshot_filed_under_another_id_is_refused_not_a_panic() {
+    let (mut ns, first) = ns_with("v");
+    let (snap, _) = ns.take_snapshot("v", "s1", 5).unwrap();
+    // Damage the state: the snapshot is filed under an id that is not its own.
+    let entry = ns.snapshots.remove(&snap.vid).unwrap();
+    let wrong = VdiId::new(first.vid.get() ^ 0x40).unwrap();
+    ns.snapshots.insert(wrong, entry);
+    let err = refused_unchanged(&mut ns, |ns| ns.delete_snapshot("v", "s1"));
+    assert!(err.to_string().contains("is inconsistent"), "{err}");
+    // What does not touch the damaged entry still works.
+    ns.create("w", 4096, 3, 22, 6).unwrap();
+    ns.resize("v", 2 << 30).unwrap();
+}
+
+#[test]
+fn an_id_in_use_but_not_taken_is_never_handed_out_again() {
+    let (mut ns, first) = ns_with("v");
+    // Damage the state: the live VDI's id is forgotten among the taken ones.
+    ns.taken.remove(&first.vid);
+    refused_unchanged(&mut ns, |ns| ns.take_snapshot("v", "s1", 5));
+    // A name whose first free id is another one still gets it.
+    let other = ns.create("other", 4096, 3, 22, 6).unwrap();
+    assert_ne!(other.vid, first.vid);
+}
+
+#[test]
+fn an_object_size_beyond_the_largest_is_refused_not_a_panic() {
+    let (mut ns, first) = ns_with("v");
+    refused_unchanged(&mut ns, |ns| ns.create("w", 4096, 3, 64, 2));
+    // Damage the state: an entry with an object size no format allows.
+    ns.vdis.get_mut("v").unwrap().object_size_shift = 70;
+    refused_unchanged(&mut ns, |ns| ns.resize("v", 2 << 30));
+    ns.vdis.get_mut("v").unwrap().object_size_shift = first.object_size_shift;
+    assert_eq!(ns.resize("v", 2 << 30).unwrap().size, 2 << 30);
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use nix::sys::signal::Signal;
+use nix::unistd::setsid;
 use serde::Serialize;
 use ublk_dev::ublk::devices::{self, Device, DeviceState};
 
@@ -142,12 +144,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
     // SAFETY: setsid() is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(|| setsid().map(drop).map_err(std::io::Error::from));
     }
     cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))
 }
@@ -174,7 +171,7 @@ fn wait_live(child: &mut Child, log: &Path, timeout: Duration) -> Result<String>
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         if Instant::now() >= deadline {
-            let _ = procs::signal(child.id() as i32, libc::SIGTERM);
+            let _ = procs::signal(child.id() as i32, Signal::SIGTERM);
             let _ = wait_exit(child, Duration::from_secs(10));
             bail!(
                 "the device was not live after {}s; the daemon was stopped (log: {})\n{}",
@@ -236,7 +233,8 @@ pub fn del_quietly(a: &DelArgs) -> Result<Device> {
         );
     }
     if dev.daemon_alive {
-        procs::signal(dev.pid, libc::SIGTERM).with_context(|| format!("cannot signal the daemon (pid {})", dev.pid))?;
+        procs::signal(dev.pid, Signal::SIGTERM)
+            .with_context(|| format!("cannot signal the daemon (pid {})", dev.pid))?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout);
         while !procs::is_gone(dev.pid) || device_exists(dev.id) {
             if Instant::now() >= deadline {

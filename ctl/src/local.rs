@@ -12,6 +12,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sheep_client::group::{GroupClient, Options};
@@ -538,7 +539,7 @@ async fn stop_all(list: Vec<(Daemon, Option<i32>)>) -> Vec<(Daemon, Stopped)> {
         match pid {
             // Gone already (a storaged stops by itself when the cluster shuts down).
             Some(pid) if is_gone(pid) => pending.push((d, pid)),
-            Some(pid) if is_ours(pid, d.name, &d.data) && procs::signal(pid, libc::SIGTERM).is_ok() => {
+            Some(pid) if is_ours(pid, d.name, &d.data) && procs::signal(pid, Signal::SIGTERM).is_ok() => {
                 pending.push((d, pid))
             }
             _ => {
@@ -556,7 +557,7 @@ async fn stop_all(list: Vec<(Daemon, Option<i32>)>) -> Vec<(Daemon, Stopped)> {
         if is_gone(pid) {
             let _ = fs::remove_file(&d.pid_file);
             out.push((d, Stopped::Terminated(pid)));
-        } else if is_ours(pid, d.name, &d.data) && procs::signal(pid, libc::SIGKILL).is_ok() {
+        } else if is_ours(pid, d.name, &d.data) && procs::signal(pid, Signal::SIGKILL).is_ok() {
             killed.push((d, pid));
         } else {
             out.push((d, Stopped::StillRunning(pid)));

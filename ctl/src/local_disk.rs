@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 use serde::Serialize;
 use sheep_client::group::GroupClient;
 use sheep_core::size::format_size;
@@ -148,7 +149,7 @@ fn nbd_export(dir: &Path, groupd_arg: &str) -> Result<(String, i32)> {
             bail!("the NBD export of {DISK} exited ({status}):\n{}", procs::log_tail(&log, 5));
         }
         if Instant::now() >= deadline {
-            let _ = procs::signal(child.id() as i32, libc::SIGTERM);
+            let _ = procs::signal(child.id() as i32, Signal::SIGTERM);
             bail!("the NBD export of {DISK} did not start within {NBD_WAIT:?}:\n{}", procs::log_tail(&log, 5));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -176,7 +177,7 @@ pub fn detach(dir: &Path, groupd: &[String]) -> Result<Vec<String>> {
     }
     let groupd_arg = groupd.join(",");
     if let Some(pid) = running_export(dir, &groupd_arg)? {
-        procs::signal(pid, libc::SIGTERM).with_context(|| format!("cannot stop the NBD export (pid {pid})"))?;
+        procs::signal(pid, Signal::SIGTERM).with_context(|| format!("cannot stop the NBD export (pid {pid})"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !procs::is_gone(pid) {
             if Instant::now() >= deadline {

@@ -22,6 +22,7 @@ mod vdi_lock;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use nix::sys::signal::{signal, SigHandler, Signal};
 
 use crate::cli::{Cli, Cmd};
 // `crate::client(groupd)` for the commands, defined in `connect` below them: this file calls the
@@ -31,9 +32,10 @@ pub use crate::connect::{cli_options, client};
 fn main() {
     // Printing into a closed pipe (`sheepctl cluster info | head -1`) ends the process
     // quietly, as it does for other command-line tools, instead of a panic in println!.
-    // SAFETY: called first thing, before any other thread exists.
+    // SAFETY: called first thing, before any other thread exists; the default action
+    // runs no handler of ours.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{setsid, Pid};
 
 /// The daemon binary `name`: next to sheepctl's own executable, else in `$PATH`.
 pub fn find_binary(name: &str) -> Result<PathBuf> {
@@ -43,12 +45,7 @@ pub fn spawn_detached(bin: &Path, args: &[String], log: &Path, pid_file: &Path) 
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid() is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(|| setsid().map(drop).map_err(std::io::Error::from));
     }
     let child = cmd.spawn().with_context(|| format!("cannot start {}", bin.display()))?;
     write_pid(pid_file, child.id())?;
@@ -115,13 +112,8 @@ fn stat_state(stat: &[u8]) -> Option<u8> {
 }
 
 /// Sends `sig` to `pid`.
-pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
-    // SAFETY: kill() has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+pub fn signal(pid: i32, sig: Signal) -> std::io::Result<()> {
+    kill(Pid::from_raw(pid), sig).map_err(std::io::Error::from)
 }
 
 /// The last `n` lines of a log file, for error messages.
@@ -185,7 +177,7 @@ mod tests {
         assert_eq!(pid as u32, child.id());
         assert!(!is_gone(pid));
         assert!(!is_ours(pid, "groupd", &data));
-        signal(pid, libc::SIGTERM).unwrap();
+        signal(pid, Signal::SIGTERM).unwrap();
         child.wait().unwrap();
         assert!(is_gone(pid));
     }

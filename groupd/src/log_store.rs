@@ -247,6 +247,7 @@ impl LogFiles {
         if first_off == 0 {
             return Ok(());
         }
+        debug_assert!(first_off <= self.end, "entry at {first_off} past the end of the log file ({})", self.end);
         // Rewrite the file without the purged prefix.
         let mut rest = vec![0u8; (self.end - first_off) as usize];
         self.file.read_exact_at(&mut rest, first_off)?;

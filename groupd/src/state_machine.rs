@@ -13,7 +13,7 @@ use std::rc::Rc;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
-use sheep_core::group::{GroupState, Op, Reply};
+use sheep_core::group::{Command, GroupState, Op, Reply};
 use tokio::sync::watch;
 
 use crate::log_store::write_durably;
@@ -159,6 +159,13 @@ impl StateMachine {
             EntryPayload::Normal(cmd) => {
                 let index = entry.log_id.index;
                 let answer = d.state.apply(index, &cmd);
+                if let Err(e) = &answer {
+                    if e.is_invariant() {
+                        // Refused alike by every groupd, with nothing changed: the cluster
+                        // goes on, but the state needs a look.
+                        tracing::error!(index, command = %command_for_log(&cmd), "command refused: {e}");
+                    }
+                }
                 if matches!(cmd.op, Op::Shutdown) && answer.is_ok() {
                     let age = now_unix_ms().saturating_sub(cmd.time_ms);
                     if index > self.inner.replay_upto && age < SHUTDOWN_FRESH_MS {
@@ -172,6 +179,18 @@ impl StateMachine {
             }
         }
     }
+}
+
+/// A command as the log shows it: its Debug form, cut short (an attribute value or a
+/// broadcast payload can be large).
+fn command_for_log(cmd: &Command) -> String {
+    const MAX_CHARS: usize = 500;
+    let mut text = format!("{cmd:?}");
+    if let Some((cut, _)) = text.char_indices().nth(MAX_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -254,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::testing::log_id;
-    use sheep_core::group::{ClusterStatus, Command};
+    use sheep_core::group::{ClusterStatus, GroupError};
 
     use super::*;
 
@@ -291,6 +310,36 @@ mod tests {
         let rx = sm.subscribe_shutdown();
         sm.apply(vec![normal(1, format_op()), normal(2, Op::Shutdown)]).await.unwrap();
         assert_eq!(*rx.borrow(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_command_refused_for_a_broken_invariant_is_answered_and_applied_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), 0).unwrap();
+        let client = |name: &str| Op::OpenSession {
+            kind: sheep_core::group::SessionKind::Client { name: name.into() },
+            store_cluster: String::new(),
+        };
+        sm.apply(vec![normal(1, format_op()), normal(2, client("a"))]).await.unwrap();
+        // Damage the state as a damaged snapshot would: the next session id is in use.
+        let damaged = {
+            let mut v = serde_json::to_value(&*sm.state()).unwrap();
+            v["next_session"] = serde_json::json!(1);
+            serde_json::from_value::<GroupState>(v).unwrap()
+        };
+        sm.inner.data.borrow_mut().state = damaged;
+        let answers = sm.apply(vec![normal(3, client("b")), normal(4, Op::Shutdown)]).await.unwrap();
+        assert!(matches!(&answers[0], Err(GroupError::Invariant { .. })), "{answers:?}");
+        assert!(matches!(answers[1], Ok(Reply::Done)), "the next entry applies: {answers:?}");
+        assert_eq!(*sm.subscribe_applied().borrow(), 4);
+    }
+
+    #[test]
+    fn long_commands_are_cut_short_in_the_log() {
+        let cmd = Command { time_ms: 1, op: Op::Broadcast { session: 1, payload: vec![7; 10_000] } };
+        let text = command_for_log(&cmd);
+        assert!(text.starts_with("Command { time_ms: 1, op: Broadcast"), "{text}");
+        assert_eq!(text.chars().count(), 501);
     }
 
     #[test]

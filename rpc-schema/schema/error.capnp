@@ -34,4 +34,8 @@ enum ErrorCode {
   noSpace @17;          # the node's disk is full
   ioError @18;          # a disk error other than a full disk
   fenced @19;           # a write whose VDI lock token is stale: final, never retried
+
+  # --- groupd ---
+  internal @20;         # the group state breaks one of its own invariants: the command was
+                        # refused, identically on every groupd, and changed nothing
 }

@@ -78,12 +78,14 @@ pub fn group_error_code(e: &GroupError) -> ErrorCode {
         GroupError::NotLocked { .. } => ErrorCode::NotLocked,
         GroupError::ShutDown => ErrorCode::ShuttingDown,
         GroupError::BadRequest(_) => ErrorCode::BadRequest,
+        GroupError::Invariant { .. } => ErrorCode::Internal,
         GroupError::Namespace(n) => match n {
             NamespaceError::Exists(_) | NamespaceError::SnapshotExists { .. } => ErrorCode::VdiExists,
             NamespaceError::NoVdi(_) | NamespaceError::NoSnapshot { .. } => ErrorCode::NoVdi,
             NamespaceError::AttrExists { .. } => ErrorCode::AttrExists,
             NamespaceError::NoAttr { .. } => ErrorCode::NoAttr,
             NamespaceError::Invalid(_) | NamespaceError::Full => ErrorCode::BadRequest,
+            NamespaceError::Invariant { .. } => ErrorCode::Internal,
         },
     }
 }
@@ -100,7 +102,7 @@ mod tests {
     #[test]
     fn every_code_is_named_as_in_the_schema_and_found_by_its_name() {
         let all: Vec<ErrorCode> = (0u16..).map_while(|n| ErrorCode::try_from(n).ok()).collect();
-        assert_eq!(all.len(), 20);
+        assert_eq!(all.len(), 21);
         assert_eq!(ErrorCode::NoSession.name(), "noSession");
         assert_eq!(ErrorCode::StaleEpoch.to_string(), "staleEpoch");
         for code in all {

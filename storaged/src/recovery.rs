@@ -344,6 +344,8 @@ pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError>
     let mut p = node.recovery.borrow_mut();
     if p.epoch == epoch && p.pending.remove(&oid).is_some() {
         p.done += 1;
+        // Every pending object is counted in `total` and leaves `pending` once.
+        assert!(p.done <= p.total, "recovery progress {} of {}", p.done, p.total);
     }
     Ok(true)
 }

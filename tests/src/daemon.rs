@@ -4,6 +4,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 /// The path of one of the project's binaries, from the same build as the running test
 /// (`target/<profile>/`), or from `SHEEP_BIN_DIR`.
 pub fn bin(name: &str) -> PathBuf {
@@ -60,11 +63,10 @@ impl Daemon {
         }
     }
 
-    /// Sends `sig` to the process we started (never by name).
-    pub fn signal(&self, sig: i32) {
+    /// Sends `sig` to the process we started and have not reaped yet (never by name).
+    pub fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(pid as i32, sig) };
+            let _ = kill(Pid::from_raw(pid as i32), sig);
         }
     }
 

@@ -13,6 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{geteuid, Pid};
+
 /// How one VM run ended.
 #[derive(Debug)]
 pub struct VmOutcome {
@@ -68,8 +71,7 @@ pub fn should_run(test: &str) -> bool {
     if under_ci() {
         return true;
     }
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         eprintln!(
             "SKIPPED {test}: the ublk VM needs root (qemu, apt-get for ci/vm/build); run as root or with CI=true"
         );
@@ -184,8 +186,8 @@ fn wait_bounded(mut child: Child, limit: Duration) -> (Option<i32>, bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // The pid of a child we spawned and have not reaped.
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let grace = Instant::now() + Duration::from_secs(15);
     while Instant::now() < grace {
         if let Ok(Some(st)) = child.try_wait() {

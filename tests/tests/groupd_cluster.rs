@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use sheep_client::ErrorCode;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::group::{ClusterStatus, EventKind, MemberRole};
@@ -195,7 +196,7 @@ fn sigterm_stops_cleanly_and_startup_errors_are_one_line() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another groupd"));
-    a.daemon.signal(libc::SIGTERM);
+    a.daemon.signal(Signal::SIGTERM);
     let st = a.daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(st, Some(0), "exits cleanly on SIGTERM: {st:?}");
 }
@@ -254,12 +255,12 @@ fn a_hung_master_is_replaced_and_follows_when_it_resumes() {
     let master = master_of(&g[0].addr).unwrap();
     let mi = g.iter().position(|x| x.addr == master).unwrap();
     let other = g[(mi + 1) % 3].addr.clone();
-    g[mi].daemon.signal(libc::SIGSTOP);
+    g[mi].daemon.signal(Signal::SIGSTOP);
     let new_master = wait_for(Duration::from_secs(15), "a new master", || master_of(&other).filter(|m| *m != master));
     // Writes go on through any live groupd; the session was granted a new lease.
     keepalive(&other, session).unwrap();
     let seq = propose(&g[(mi + 2) % 3].addr, session, b"while hung").unwrap();
-    g[mi].daemon.signal(libc::SIGCONT);
+    g[mi].daemon.signal(Signal::SIGCONT);
     wait_for(Duration::from_secs(15), "the old master to follow", || {
         let i = info(&master).ok()?;
         (i.applied_seq >= seq && master_of(&master)? == new_master).then_some(())

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use sheep_core::group::{ClusterInfo, ClusterStatus};
 use sheep_tests::{wait_until, Cluster};
 
@@ -86,7 +87,7 @@ fn killed_node_leaves_after_its_lease_and_rejoins() {
 #[test]
 fn sigterm_is_a_graceful_leave() {
     let mut c = cluster(1, 2);
-    c.storageds[1].signal(libc::SIGTERM);
+    c.storageds[1].signal(Signal::SIGTERM);
     assert_eq!(c.storageds[1].wait_exit(T), Some(0));
     // A graceful leave does not wait for the lease.
     let info = wait_until(Duration::from_millis(c.lease_ms / 2 + 1500), "the leave to make an epoch", || {
@@ -120,7 +121,7 @@ fn snapshot_dir(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn a_store_of_another_cluster_is_refused_untouched() {
     let mut a = cluster(1, 1);
-    a.storageds[0].signal(libc::SIGTERM);
+    a.storageds[0].signal(Signal::SIGTERM);
     assert_eq!(a.storageds[0].wait_exit(T), Some(0));
     let store_a = a.path("storaged1");
     let before = snapshot_dir(&store_a);

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use sheep_core::group::ClusterStatus;
 use sheep_tests::nbd::{listen_addr, qemu_io_ok, run_tool, serving, start_export, url_or_exit, LIMIT as T};
 use sheep_tests::rand::Rng;
@@ -74,7 +75,7 @@ fn qemu_io_patterns_cross_object_boundaries() {
         "{text}"
     );
     assert!(export.is_running(), "the export survived a bad request");
-    export.signal(libc::SIGTERM);
+    export.signal(Signal::SIGTERM);
     assert_eq!(export.wait_exit(T), Some(0), "clean stop on SIGTERM");
 }
 
@@ -148,7 +149,7 @@ fn a_second_export_is_refused_naming_the_holder_until_the_first_stops() {
     assert!(log.contains("no VDI named \"nosuch\""), "{log}");
 
     // The first one stops cleanly and releases the lock; now the second can start.
-    first.signal(libc::SIGTERM);
+    first.signal(Signal::SIGTERM);
     assert_eq!(first.wait_exit(T), Some(0));
     let (mut third, url) = serving(&c, "disk0", "third.log");
     qemu_io(&url, &["write -P 0x5a 0 4096".into()]);
@@ -172,7 +173,7 @@ fn an_export_whose_session_expired_stops_serving() {
     let c = cluster(3, "8M");
     let (mut first, _) = serving(&c, "disk0", "first.log");
     // Hung longer than its lease: its session expires and the lock goes to another export.
-    first.signal(libc::SIGSTOP);
+    first.signal(Signal::SIGSTOP);
     let (_second, url) = wait_until(T, "the lock of the paused export to expire", || {
         let mut d = start_export(&c, "disk0", &listen_addr(&c), "second.log");
         match url_or_exit(&mut d) {
@@ -180,7 +181,7 @@ fn an_export_whose_session_expired_stops_serving() {
             Err(log) => Err(log.lines().last().unwrap_or("").to_string()),
         }
     });
-    first.signal(libc::SIGCONT);
+    first.signal(Signal::SIGCONT);
     // The first one notices at its next keepalive and stops, without unlocking anything.
     assert_eq!(first.wait_exit(T), Some(1));
     let log = std::fs::read_to_string(&first.log).unwrap_or_default();
@@ -274,7 +275,7 @@ fn clean_disconnect_and_error_replies_by_hand() {
 
     // SIGTERM with a client connected: its connection is closed, the lock released.
     let (mut s, _, _) = connect_by_hand(&addr);
-    export.signal(libc::SIGTERM);
+    export.signal(Signal::SIGTERM);
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use sheep_client::ErrorCode;
 use sheep_core::store::RecoveryStatus;
 use sheep_tests::store::{self, all_and_stale, code_of, oid, pattern, StoreNode};
@@ -54,7 +55,7 @@ fn serves_status_while_joining_and_stops_on_sigterm() {
     assert_eq!(v["node_id"], addr.as_str());
     assert_eq!(v["cluster_id"], "");
 
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(5)), Some(0), "storaged stops cleanly on SIGTERM");
 }
 

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use nix::sys::signal::Signal;
 use sheep_client::group::{GroupClient, Options, Watcher};
 use sheep_core::group::{Event, EventKind, SessionKind};
 use sheep_tests::Cluster;
@@ -111,7 +112,7 @@ fn concurrent_proposals_are_seen_in_one_order_by_every_watcher() {
         let mut w = Watcher::new(client(order), 1, 100, Duration::from_secs(2));
         let mut events = Vec::new();
         read_until(&mut w, total / 3, &mut events).await;
-        c.groupds[first].signal(libc::SIGKILL);
+        c.groupds[first].signal(Signal::SIGKILL);
         read_until(&mut w, total, &mut events).await;
         events
     });

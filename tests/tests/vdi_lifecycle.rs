@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use sheep_tests::nbd::{qemu_io, qemu_io_ok, serving};
 use sheep_tests::rand::Rng;
 use sheep_tests::{wait_until, Cluster};
@@ -168,7 +169,7 @@ fn an_attached_vdi_is_snapshotted_by_its_export_between_writes() {
         }
     });
     qemu_io_ok(&url, &["write -P 0xdd 23M 1M", "read -P 0xdd 23M 1M"]);
-    export.signal(libc::SIGTERM);
+    export.signal(Signal::SIGTERM);
     export.wait_exit(Duration::from_secs(20));
     c.ctl_ok(&["vdi", "rollback", "v", "--snapshot", "live"]);
     assert_eq!(read(&c, &["v", "0", "6M"]), vec![0xaa; 6 * MIB]);

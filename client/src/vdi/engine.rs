@@ -306,6 +306,8 @@ impl Vdi {
             }
             Some(_) => {}
         }
+        // Zero only objects this VDI owns: a parent's object is shared and must not change.
+        debug_assert_eq!(self.owner(s.idx), Some(vid), "zeroing object {} of a VDI that does not own it", s.idx);
         let oid = ObjectId::data(vid, s.idx);
         let op = Op::Zero { offset: s.offset, len: s.len, fua };
         let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await?;

@@ -29,6 +29,7 @@ pub fn split(offset: u64, len: usize, object_size_shift: u8) -> Vec<Piece> {
         let idx = pos >> object_size_shift;
         let in_obj = pos & (object_size - 1);
         let n = (object_size - in_obj).min(end - pos).min(MAX_PIECE);
+        debug_assert!(idx <= u64::from(u32::MAX) && in_obj <= u64::from(u32::MAX), "range unchecked by the caller");
         pieces.push(Piece {
             idx: idx as u32,
             offset: in_obj as u32,

@@ -116,19 +116,12 @@ impl ObjectStore {
 /// (capacity, free) in bytes of the file system holding `path`.
 fn statvfs(path: &Path) -> Result<(u64, u64), StoreError> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| StoreError::BadRequest("data dir path contains NUL".into()))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
-    // right type; statvfs fills it on success.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(StoreError::io("statvfs", &io::Error::last_os_error()));
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(StoreError::BadRequest("data dir path contains NUL".into()));
     }
-    // SAFETY: statvfs returned 0, so the struct is initialised.
-    let st = unsafe { st.assume_init() };
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| StoreError::io("statvfs", &io::Error::from(e)))?;
     // The field types differ between platforms.
     #[allow(clippy::unnecessary_cast)]
-    let (frsize, blocks, avail) = (st.f_frsize as u64, st.f_blocks as u64, st.f_bavail as u64);
+    let (frsize, blocks, avail) = (st.fragment_size() as u64, st.blocks() as u64, st.blocks_available() as u64);
     Ok((blocks * frsize, avail * frsize))
 }

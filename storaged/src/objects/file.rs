@@ -267,6 +267,7 @@ impl ObjFile {
         if from >= to {
             return Ok(());
         }
+        debug_assert!(to - from < 2 * BLOCK as u64, "zeroing {from}..{to} is not a ragged edge");
         self.write(from, &vec![0u8; (to - from) as usize])
     }
 
@@ -275,20 +276,16 @@ impl ObjFile {
     fn punch(&self, at: u64, len: u64) -> Result<(), FileError> {
         #[cfg(target_os = "linux")]
         {
-            use std::os::fd::AsRawFd;
-            let (Ok(off), Ok(n)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
+            use nix::errno::Errno;
+            use nix::fcntl::{fallocate, FallocateFlags};
+            let (Ok(off), Ok(n)) = (nix::libc::off_t::try_from(at), nix::libc::off_t::try_from(len)) else {
                 return Err(FileError::Range(format!("range {at}+{len} is too large to punch")));
             };
-            // SAFETY: the fd is open for the life of `self.file`; fallocate reads no memory.
-            let rc = unsafe {
-                libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, n)
-            };
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
-                return Err(FileError::Io(e));
+            let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            match fallocate(&self.file, punch, off, n) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => {}
+                Err(e) => return Err(FileError::Io(e.into())),
             }
         }
         // No hole punching here: real zeros, at most ZERO_CHUNK bytes of buffer at a time.

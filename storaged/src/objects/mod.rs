@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use nix::errno::Errno;
 use sheep_core::object::ObjectId;
 pub use sheep_core::store::{Listing, StoreStat, WholeObject};
 use sheep_rpc::error::ErrorCode;
@@ -76,7 +77,8 @@ impl StoreError {
 }
 
 fn is_no_space(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
+    matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::ENOSPC | Errno::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
 }
 
 pub struct ObjectStore {
@@ -153,6 +155,7 @@ impl ObjectStore {
             }
         }
         open.insert(oid, f.clone());
+        debug_assert!(open.len() <= OPEN_FILES, "{} open files kept", open.len());
         Ok(f)
     }
 

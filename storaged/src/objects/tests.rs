@@ -219,7 +219,7 @@ fn no_space_is_an_error_and_reads_go_on() {
     s.inject_no_space(false);
     s.write(o, 0, b"back", true).unwrap();
     assert_eq!(s.read(o, 0, 4).unwrap(), b"back");
-    assert!(is_no_space(&io::Error::from_raw_os_error(libc::ENOSPC)));
+    assert!(is_no_space(&io::Error::from_raw_os_error(Errno::ENOSPC as i32)));
 }
 
 #[test]
@@ -287,18 +287,16 @@ fn try_read_and_try_write_never_wait() {
 /// Whether the file system under `dir` frees blocks on a hole punch (tmpfs, ext4, xfs do;
 /// some overlay set-ups do not): the sparseness checks are skipped where it does not.
 fn punch_frees_blocks(dir: &Path) -> bool {
-    use std::os::fd::AsRawFd;
+    use nix::fcntl::{fallocate, FallocateFlags};
     let path = dir.join("punch-probe");
     let f = fs::File::create(&path).unwrap();
     f.write_all_at(&vec![1u8; 1 << 20], 0).unwrap();
     f.sync_all().unwrap();
     let before = std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap());
-    // SAFETY: a valid open fd; fallocate reads no memory.
-    let rc =
-        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20) };
+    let punched = fallocate(&f, FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, 1 << 20);
     let after = std::os::unix::fs::MetadataExt::blocks(&f.metadata().unwrap());
     let _ = fs::remove_file(&path);
-    rc == 0 && after < before
+    punched.is_ok() && after < before
 }
 
 fn allocated(s: &ObjectStore, o: ObjectId) -> u64 {

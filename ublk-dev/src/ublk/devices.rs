@@ -6,6 +6,10 @@ use std::path::Path;
 
 use libublk::ctrl::UblkCtrl;
 use libublk::sys;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use serde::Serialize;
 
 /// The target type our devices carry (libublk's "tgt_type").
@@ -167,9 +171,8 @@ fn read_json(id: u32) -> Option<(u64, TargetData)> {
 }
 
 pub fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // No signal: only checks that the process exists (EPERM: it does, and is not ours).
+    matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
 }
 
 /// Whether something (a mounted filesystem, a holder like LVM or a VM) has the block device
@@ -177,7 +180,7 @@ pub fn process_alive(pid: i32) -> bool {
 pub fn in_use(device: &str) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     matches!(
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(device),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY)
+        std::fs::OpenOptions::new().read(true).custom_flags(OFlag::O_EXCL.bits()).open(device),
+        Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32)
     )
 }

@@ -7,27 +7,24 @@
 //! and runs the tasks whose replies arrived. (The stock idle timeout would add up to its whole
 //! length to every request.)
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{opcode, types};
 use libublk::io::UblkQueue;
+use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 #[derive(Debug)]
 pub struct Notifier {
-    fd: OwnedFd,
+    fd: EventFd,
 }
 
 impl Notifier {
     /// A blocking eventfd: io_uring waits on it (a non-blocking one would fail the read at
     /// once with EAGAIN).
     pub fn new() -> std::io::Result<Notifier> {
-        // SAFETY: plain syscall; the fd returned is owned by the OwnedFd below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-        Ok(Notifier { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?;
+        Ok(Notifier { fd })
     }
 
     fn raw(&self) -> RawFd {
@@ -36,11 +33,9 @@ impl Notifier {
 
     /// Wakes the queue thread. Called from the engine thread after a reply was sent.
     pub fn notify(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
-        let n = unsafe { libc::write(self.raw(), (&one as *const u64).cast(), 8) };
+        let written = self.fd.write(1);
         // The counter only overflows after 2^64-2 unread wakeups; anything else is a bug.
-        debug_assert!(n == 8, "eventfd write failed: {}", std::io::Error::last_os_error());
+        debug_assert!(written == Ok(8), "eventfd write failed: {written:?}");
     }
 }
 
@@ -54,7 +49,7 @@ pub async fn keep_armed(q: &UblkQueue<'_>, n: &Notifier) {
     loop {
         let sqe = opcode::Read::new(types::Fd(n.raw()), (&mut *counter as *mut u64).cast(), 8).build();
         let res = q.ublk_submit_sqe(sqe).await;
-        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+        if res < 0 && res != -(Errno::EINTR as i32) && res != -(Errno::EAGAIN as i32) {
             tracing::error!("queue {}: eventfd read failed: {}", q.get_qid(), std::io::Error::from_raw_os_error(-res));
             return;
         }

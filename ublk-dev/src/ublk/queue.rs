@@ -8,6 +8,7 @@ use std::sync::Arc;
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::{BufDesc, UblkError};
+use nix::errno::Errno;
 
 use super::engine::EngineHandle;
 use super::notify::{self, Notifier};
@@ -98,7 +99,7 @@ async fn io_task(
                     }
                     Ok(Err(errno)) => errno,
                     // The reply was dropped: the engine is gone.
-                    Err(_) => -libc::EIO,
+                    Err(_) => -(Errno::EIO as i32),
                 }
             }
         };

@@ -1,6 +1,7 @@
 //! What one ublk I/O descriptor asks for, decoded and checked (pure; no ring, no engine).
 
 use libublk::sys;
+use nix::errno::Errno;
 
 /// One block request, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +54,16 @@ pub fn decode(op_flags: u32, start_sector: u64, nr_sectors: u32, dev_size: u64, 
     if op == sys::UBLK_IO_OP_FLUSH {
         return Ok(BlockOp::Flush);
     }
-    let offset = start_sector.checked_mul(512).ok_or(libc::EINVAL)?;
+    let offset = start_sector.checked_mul(512).ok_or(Errno::EINVAL as i32)?;
     let len = u64::from(nr_sectors) * 512;
     let in_range = offset.checked_add(len).is_some_and(|end| end <= dev_size);
     if !in_range {
-        return Err(libc::EINVAL);
+        return Err(Errno::EINVAL as i32);
     }
     match op {
         sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
             if len > u64::from(max_io) {
-                return Err(libc::EINVAL);
+                return Err(Errno::EINVAL as i32);
             }
             let len = len as u32;
             Ok(if op == sys::UBLK_IO_OP_READ {
@@ -78,7 +79,7 @@ pub fn decode(op_flags: u32, start_sector: u64, nr_sectors: u32, dev_size: u64, 
             may_unmap: flags & sys::UBLK_IO_F_NOUNMAP == 0,
             fua: flags & sys::UBLK_IO_F_FUA != 0,
         }),
-        _ => Err(libc::EOPNOTSUPP),
+        _ => Err(Errno::EOPNOTSUPP as i32),
     }
 }
 
@@ -97,10 +98,10 @@ mod tests {
         assert_eq!(w.success(), 512 << 10);
         // The last sector is fine, one past it is not.
         assert!(decode(sys::UBLK_IO_OP_READ, SIZE / 512 - 1, 1, SIZE, MAX).is_ok());
-        assert_eq!(decode(sys::UBLK_IO_OP_READ, SIZE / 512, 1, SIZE, MAX), Err(libc::EINVAL));
-        assert_eq!(decode(sys::UBLK_IO_OP_WRITE, u64::MAX / 256, 1, SIZE, MAX), Err(libc::EINVAL));
+        assert_eq!(decode(sys::UBLK_IO_OP_READ, SIZE / 512, 1, SIZE, MAX), Err(Errno::EINVAL as i32));
+        assert_eq!(decode(sys::UBLK_IO_OP_WRITE, u64::MAX / 256, 1, SIZE, MAX), Err(Errno::EINVAL as i32));
         // Bigger than the buffer.
-        assert_eq!(decode(sys::UBLK_IO_OP_READ, 0, 1025, SIZE, MAX), Err(libc::EINVAL));
+        assert_eq!(decode(sys::UBLK_IO_OP_READ, 0, 1025, SIZE, MAX), Err(Errno::EINVAL as i32));
     }
 
     #[test]
@@ -122,8 +123,8 @@ mod tests {
             decode(sys::UBLK_IO_OP_WRITE_ZEROES, 16, 8, SIZE, MAX),
             Ok(BlockOp::WriteZeroes { offset: 8192, len: 4096, may_unmap: true, fua: false })
         );
-        assert_eq!(decode(sys::UBLK_IO_OP_DISCARD, SIZE / 512, 8, SIZE, MAX), Err(libc::EINVAL));
-        assert_eq!(decode(sys::UBLK_IO_OP_WRITE_SAME, 0, 8, SIZE, MAX), Err(libc::EOPNOTSUPP));
-        assert_eq!(decode(sys::UBLK_IO_OP_ZONE_APPEND, 0, 8, SIZE, MAX), Err(libc::EOPNOTSUPP));
+        assert_eq!(decode(sys::UBLK_IO_OP_DISCARD, SIZE / 512, 8, SIZE, MAX), Err(Errno::EINVAL as i32));
+        assert_eq!(decode(sys::UBLK_IO_OP_WRITE_SAME, 0, 8, SIZE, MAX), Err(Errno::EOPNOTSUPP as i32));
+        assert_eq!(decode(sys::UBLK_IO_OP_ZONE_APPEND, 0, 8, SIZE, MAX), Err(Errno::EOPNOTSUPP as i32));
     }
 }
