@@ -155,7 +155,7 @@ pub async fn zero(
     on_error(node, epoch, oid, r)
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one argument per field of the wire request")]
 pub async fn create_and_write(
     node: &Rc<Node>,
     epoch: Epoch,

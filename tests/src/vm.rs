@@ -73,7 +73,7 @@ pub fn should_run(test: &str) -> bool {
     }
     if !geteuid().is_root() {
         eprintln!(
-            "SKIPPED {test}: the ublk VM needs root (qemu, apt-get for ci/vm/build); run as root or with CI=true"
+            "SKIPPED {test}: the ublk VM needs root (qemu, the kernel download of ci/vm/build); run as root or with CI=true"
         );
         return false;
     }
@@ -107,6 +107,10 @@ pub fn run(script: &str, timeout: Duration) -> VmOutcome {
 /// Runs the script file `path` in the VM (in place, so `$0` is its path, unless it is under
 /// the host's /tmp, which the guest does not see), in the repository's root, with `env`
 /// (`NAME=VALUE`) set for it.
+///
+/// A guest kernel that crashes before its init started the script (seen under software
+/// emulation: an oops in early boot, before any of our code runs) is booted once more; a
+/// failure after the script started is never retried.
 pub fn run_file(path: &Path, timeout: Duration, env: &[&str]) -> VmOutcome {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
@@ -119,6 +123,21 @@ pub fn run_file(path: &Path, timeout: Duration, env: &[&str]) -> VmOutcome {
             out: None,
         };
     }
+    let (first, crashed) = boot(path, timeout, env);
+    if !crashed || first.output.contains(BOOTED_MARKER) {
+        return first;
+    }
+    eprintln!("the VM crashed before its init ran the script; booting it once more. Its console:\n{}", first.output);
+    let (mut second, _) = boot(path, timeout, env);
+    second.output = format!("{}\n----- the first boot, which crashed -----\n{}", second.output, first.output);
+    second
+}
+
+/// What the guest's init prints once it has booted, before it runs the script (ci/vm/init.sh).
+const BOOTED_MARKER: &str = "SHEEP-VM-BOOTED:";
+/// One boot of the VM running the script, and whether the VM failed (neither the script's exit
+/// nor a timeout ended it).
+fn boot(path: &Path, timeout: Duration, env: &[&str]) -> (VmOutcome, bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let share = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("run.log");
@@ -138,13 +157,14 @@ pub fn run_file(path: &Path, timeout: Duration, env: &[&str]) -> VmOutcome {
     let child = match command_logged(cmd, &log) {
         Ok(c) => c,
         Err(e) => {
-            return VmOutcome {
+            let outcome = VmOutcome {
                 exit_code: None,
                 output: String::new(),
                 error: Some(e),
                 elapsed: started.elapsed(),
                 out: None,
-            }
+            };
+            return (outcome, false);
         }
     };
     // ci/vm/run enforces the timeout itself; this is the backstop.
@@ -162,7 +182,8 @@ pub fn run_file(path: &Path, timeout: Duration, env: &[&str]) -> VmOutcome {
     } else {
         (None, Some(format!("the VM failed to boot or crashed (ci/vm/run exit {code:?}, status {status:?})")))
     };
-    VmOutcome { exit_code, output, error, elapsed, out: Some(share) }
+    let crashed = exit_code.is_none() && !killed && status != "timeout";
+    (VmOutcome { exit_code, output, error, elapsed, out: Some(share) }, crashed)
 }
 
 fn command_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {

@@ -111,7 +111,7 @@ impl GroupClient {
             let attempt = match self.pool.get(self.opts.connect_timeout, deadline).await {
                 Err(e) if self.opts.wait_for_groupd => Attempt::Retry(e),
                 Err(e) => Attempt::Fail(e),
-                Ok(Live { addr, client, closed }) => {
+                Ok(Live { addr, client, closed, ended }) => {
                     let limit = (self.opts.call_timeout + extra).min(left.max(MIN_CALL));
                     let result = tokio::select! {
                         r = tokio::time::timeout(limit, f(client)) => Some(r),
@@ -124,7 +124,7 @@ impl GroupClient {
                             self.pool.failed(&addr);
                             Attempt::Retry(Error::Timeout { addr, after: limit })
                         }
-                        Some(Ok(Err(e))) => self.classify(what, addr, e),
+                        Some(Ok(Err(e))) => self.classify(what, addr, e, ended()),
                         None => {
                             tracing::debug!("{what}: connection to groupd at {addr} closed under the call");
                             Attempt::Retry(Error::Rpc { addr, message: "connection lost".into() })
@@ -146,7 +146,8 @@ impl GroupClient {
         }
     }
 
-    fn classify(&self, what: &str, addr: String, e: capnp::Error) -> Attempt {
+    /// `ended`: the call's connection had ended when the call failed.
+    fn classify(&self, what: &str, addr: String, e: capnp::Error, ended: bool) -> Attempt {
         match e.kind {
             ErrorKind::Disconnected => {
                 tracing::debug!("{what}: connection to groupd at {addr} lost: {}", e.extra);
@@ -159,7 +160,7 @@ impl GroupClient {
                 if err.is_code(ErrorCode::NoMaster) {
                     tracing::debug!("{what}: {err}");
                     Attempt::Retry(err)
-                } else if err.code().is_none() && e.extra.contains("canceled") {
+                } else if err.code().is_none() && ended {
                     // The connection's RPC system went away under the call.
                     self.pool.failed(&addr);
                     Attempt::Retry(err)

@@ -22,6 +22,19 @@ pub(crate) struct Live {
     pub(crate) client: groupd::Client,
     /// Resolves when the connection ends or is dropped.
     pub(crate) closed: Pin<Box<dyn Future<Output = ()>>>,
+    /// Whether it has ended or been dropped.
+    pub(crate) ended: Box<dyn Fn() -> bool>,
+}
+
+impl Live {
+    fn of(c: &Connection<groupd::Client>) -> Live {
+        Live {
+            addr: c.addr().to_string(),
+            client: c.client(),
+            closed: Box::pin(c.closed()),
+            ended: Box::new(c.ended()),
+        }
+    }
 }
 
 pub(crate) struct Pool {
@@ -50,7 +63,7 @@ impl Pool {
     fn live(&self) -> Option<Live> {
         let cur = self.cur.borrow();
         let c = cur.as_ref()?;
-        c.is_alive().then(|| Live { addr: c.addr().to_string(), client: c.client(), closed: Box::pin(c.closed()) })
+        c.is_alive().then(|| Live::of(c))
     }
 
     /// The live connection, or a new one: every address is tried once, starting with the
@@ -78,7 +91,7 @@ impl Pool {
                 Ok(conn) => {
                     tracing::debug!("connected to groupd at {addr}");
                     self.next.set(i);
-                    let live = Live { addr: addr.clone(), client: conn.client(), closed: Box::pin(conn.closed()) };
+                    let live = Live::of(&conn);
                     *self.cur.borrow_mut() = Some(conn);
                     return Ok(live);
                 }

@@ -41,6 +41,14 @@ impl<C: Clone> Connection<C> {
         self.alive.get()
     }
 
+    /// Whether the connection has ended or been dropped, as a check a call can make after it
+    /// failed (capnp-rpc fails the calls of a connection whose RPC system went away).
+    pub fn ended(&self) -> impl Fn() -> bool + 'static {
+        let alive = self.alive.clone();
+        let closed = self.closed.subscribe();
+        move || !alive.get() || *closed.borrow()
+    }
+
     /// Resolves when the connection ends or is dropped: a call waiting on it can give up
     /// (capnp-rpc may leave such calls waiting until their own timeout).
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + 'static {

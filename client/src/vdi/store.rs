@@ -192,7 +192,7 @@ impl StorePool {
 
     /// `fence` (here, in `zero` and `create_and_write`): the writer's VDI lock token, 0 when
     /// it holds none; the node refuses with `fenced` once the lock moved on.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per field of the wire request")]
     pub async fn write(
         &self,
         addr: &str,
@@ -219,7 +219,7 @@ impl StorePool {
     }
 
     /// Makes `len` bytes at `offset` of an existing object read as zeros (no data sent).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per field of the wire request")]
     pub async fn zero(
         &self,
         addr: &str,
@@ -245,7 +245,7 @@ impl StorePool {
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "one argument per field of the wire request")]
     pub async fn create_and_write(
         &self,
         addr: &str,

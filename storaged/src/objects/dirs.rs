@@ -120,8 +120,7 @@ fn statvfs(path: &Path) -> Result<(u64, u64), StoreError> {
         return Err(StoreError::BadRequest("data dir path contains NUL".into()));
     }
     let st = nix::sys::statvfs::statvfs(path).map_err(|e| StoreError::io("statvfs", &io::Error::from(e)))?;
-    // The field types differ between platforms.
-    #[allow(clippy::unnecessary_cast)]
+    #[allow(clippy::unnecessary_cast, reason = "the field types differ between platforms")]
     let (frsize, blocks, avail) = (st.fragment_size() as u64, st.blocks() as u64, st.blocks_available() as u64);
     Ok((blocks * frsize, avail * frsize))
 }

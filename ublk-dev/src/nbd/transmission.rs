@@ -119,7 +119,7 @@ where
 }
 
 /// Reads requests and starts their tasks until the connection ends.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "the connection's shared state, passed apart to keep borrows short")]
 async fn read_requests<B, R>(
     backend: &Rc<B>,
     reader: &mut R,
