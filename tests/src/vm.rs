@@ -73,7 +73,8 @@ pub fn should_run(test: &str) -> bool {
     }
     if !geteuid().is_root() {
         eprintln!(
-            "SKIPPED {test}: the ublk VM needs root (qemu, the kernel download of ci/vm/build); run as root or with CI=true"
+            "SKIPPED {test}: the ublk VM needs root (qemu, the kernel download of ci/vm/build); \
+             run as root or with CI=true"
         );
         return false;
     }
