@@ -43,6 +43,11 @@ pub enum ClusterStatus {
     Running,
     /// Shut down: waiting until every node of the last epoch has joined again.
     Shutdown,
+    /// The last storage node of the epoch left by crashing: no epoch is made without storage
+    /// nodes (the newest copies are on the nodes of the last epoch), so the cluster waits for
+    /// every node of the last epoch to come back, as after a shutdown, or `recover force`.
+    /// Sessions and locks stay; object I/O waits, then fails after its bounded time.
+    Halted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +195,8 @@ pub enum EventKind {
         forced: bool,
     },
     Shutdown,
+    /// Every storage node left: the cluster waits for the last epoch's (see [`ClusterStatus::Halted`]).
+    Halted,
     Resumed,
     VdiCreated(VdiEntry),
     /// The VDI's objects may be removed (nothing reads them any more).
@@ -471,12 +478,26 @@ impl GroupState {
         nodes
     }
 
-    /// Starts a new epoch if the live node list differs from the last epoch's.
+    /// Starts a new epoch if the live node list differs from the last epoch's. Never an empty
+    /// one after an epoch with storage nodes: the cluster halts instead.
     fn maybe_new_epoch(&mut self, t: u64) {
         let nodes = self.live_nodes();
-        if self.epochs.latest().is_some_and(|e| e.nodes == nodes) {
+        let Some(last) = self.epochs.latest() else {
+            self.push_epoch(t, nodes);
+            return;
+        };
+        if last.nodes == nodes {
             return;
         }
+        if nodes.is_empty() && !last.nodes.is_empty() {
+            self.status = ClusterStatus::Halted;
+            self.emit(t, EventKind::Halted);
+            return;
+        }
+        self.push_epoch(t, nodes);
+    }
+
+    fn push_epoch(&mut self, t: u64, nodes: Vec<NodeInfo>) {
         let rec = self.epochs.push(t, nodes);
         self.recovered.clear();
         self.emit(t, EventKind::Epoch(rec));
@@ -594,7 +615,7 @@ impl GroupState {
         match self.status {
             ClusterStatus::Unformatted => {}
             ClusterStatus::Running => self.maybe_new_epoch(t),
-            ClusterStatus::Shutdown => {
+            ClusterStatus::Shutdown | ClusterStatus::Halted => {
                 if self.missing_nodes().is_empty() {
                     self.status = ClusterStatus::Running;
                     self.emit(t, EventKind::Resumed);
@@ -653,7 +674,7 @@ impl GroupState {
             ClusterStatus::Running => {
                 Err(GroupError::BadRequest("the cluster is running; there is nothing to recover".into()))
             }
-            ClusterStatus::Shutdown => {
+            ClusterStatus::Shutdown | ClusterStatus::Halted => {
                 if self.live_nodes().is_empty() {
                     return Err(GroupError::BadRequest(
                         "no storage node is back yet; start at least one before recover force".into(),
@@ -697,7 +718,8 @@ impl GroupState {
         match self.status {
             ClusterStatus::Unformatted => Err(GroupError::NotFormatted),
             ClusterStatus::Shutdown => Err(GroupError::ShutDown),
-            ClusterStatus::Running => Ok(()),
+            // Halted: group commands go on (locks, the namespace); object I/O waits for nodes.
+            ClusterStatus::Running | ClusterStatus::Halted => Ok(()),
         }
     }
 }
@@ -765,7 +787,10 @@ impl GroupState {
                     holder: self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default(),
                 })
                 .collect(),
-            missing: if self.status == ClusterStatus::Shutdown { self.missing_nodes() } else { Vec::new() },
+            missing: match self.status {
+                ClusterStatus::Shutdown | ClusterStatus::Halted => self.missing_nodes(),
+                ClusterStatus::Unformatted | ClusterStatus::Running => Vec::new(),
+            },
             applied_seq: self.next_seq - 1,
             answered_by: String::new(),
         }

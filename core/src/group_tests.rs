@@ -507,3 +507,74 @@ fn a_snapshot_filed_under_another_id_refuses_its_deletion_not_a_panic() {
     assert!(matches!(log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0 }), Ok(Reply::Vdi(_))));
     assert!(matches!(log.apply(Op::VdiResize { name: "a".into(), size: 2 << 20 }), Ok(Reply::Vdi(_))));
 }
+
+#[test]
+fn the_last_storage_node_crashing_halts_the_cluster_in_its_epoch() {
+    let mut log = Log::new();
+    log.format();
+    let s: Vec<SessionId> = (1..=3).map(|i| log.join(i)).collect();
+    let ctl = log.client("ublk-dev");
+    log.apply(Op::Lock { session: ctl, vdi: "t".into() }).unwrap();
+    log.leave(s[0], true);
+    log.leave(s[1], true);
+    let last = log.state.epochs.current();
+    assert_eq!(log.epoch_nodes(), vec![node(3).id]);
+    let seq = log.state.next_seq();
+    log.leave(s[2], true);
+    assert_eq!(log.state.status, ClusterStatus::Halted);
+    assert_eq!(log.state.epochs.current(), last, "no empty epoch");
+    assert_eq!(log.epoch_nodes(), vec![node(3).id]);
+    let kinds: Vec<EventKind> = log.state.events_from(seq, 10).unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(matches!(kinds.as_slice(), [EventKind::Left { .. }, EventKind::Halted]), "{kinds:?}");
+    // Client sessions, their locks and group commands go on.
+    assert!(log.state.sessions.contains_key(&ctl));
+    assert_eq!(log.state.info().locks.len(), 1);
+    log.apply(Op::VdiCreate { name: "u".into(), size: 1 << 20, copies: 0 }).unwrap();
+    assert_eq!(log.state.info().missing, vec![node(3)]);
+    // Nodes of older epochs coming back do not resume it: their copies may be older.
+    log.join(2);
+    log.join(1);
+    assert_eq!(log.state.status, ClusterStatus::Halted);
+    assert_eq!(log.state.epochs.current(), last);
+    assert_eq!(log.state.missing_nodes(), vec![node(3)]);
+    // The last epoch's node does; the others joined meanwhile make a new epoch.
+    log.join(3);
+    assert_eq!(log.state.status, ClusterStatus::Running);
+    assert_eq!(log.state.epochs.current(), last + 1);
+    assert_eq!(log.epoch_nodes().len(), 3);
+}
+
+#[test]
+fn a_halted_cluster_goes_on_without_the_missing_only_by_recover_force() {
+    let mut log = Log::new();
+    log.format();
+    let a = log.join(1);
+    let b = log.join(2);
+    log.leave(a, true);
+    log.leave(b, true);
+    assert_eq!(log.state.status, ClusterStatus::Halted);
+    let last = log.state.epochs.current();
+    assert!(matches!(log.apply(Op::RecoverForce), Err(GroupError::BadRequest(_))), "nobody back yet");
+    log.join(1);
+    assert_eq!(log.state.status, ClusterStatus::Halted);
+    log.apply(Op::RecoverForce).unwrap();
+    assert_eq!(log.state.status, ClusterStatus::Running);
+    assert_eq!(log.state.epochs.current(), last + 1);
+    assert_eq!(log.epoch_nodes(), vec![node(1).id]);
+}
+
+#[test]
+fn a_clean_leave_of_the_last_node_halts_too_and_shutdown_still_works() {
+    let mut log = Log::new();
+    log.format();
+    let a = log.join(1);
+    let last = log.state.epochs.current();
+    log.leave(a, false);
+    assert_eq!(log.state.status, ClusterStatus::Halted);
+    assert_eq!(log.state.epochs.current(), last);
+    log.apply(Op::Shutdown).unwrap();
+    assert_eq!(log.state.status, ClusterStatus::Shutdown);
+    log.join(1);
+    assert_eq!(log.state.status, ClusterStatus::Running);
+    assert_eq!(log.state.epochs.current(), last, "back in the same epoch");
+}

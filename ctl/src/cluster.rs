@@ -70,6 +70,7 @@ fn status_word(s: ClusterStatus) -> &'static str {
         ClusterStatus::Unformatted => "unformatted",
         ClusterStatus::Running => "running",
         ClusterStatus::Shutdown => "shutdown",
+        ClusterStatus::Halted => "halted",
     }
 }
 
@@ -86,6 +87,9 @@ pub fn render_info(info: &ClusterInfo) -> String {
         ClusterStatus::Shutdown if !info.missing.is_empty() => {
             "shutdown (waiting for every node of the last epoch to come back)".to_string()
         }
+        ClusterStatus::Halted => "halted: every storage node is gone; waiting for every node of the last epoch \
+                                  to come back (they hold the newest data), or `sheepctl cluster recover force`"
+            .to_string(),
         s => status_word(s).to_string(),
     };
     let mut pairs = vec![("Status", status)];
@@ -107,7 +111,7 @@ pub fn render_info(info: &ClusterInfo) -> String {
         "Epoch",
         epoch.map_or("-".into(), |e| format!("{} ({} storage node{})", e.epoch, e.nodes.len(), plural(e.nodes.len()))),
     ));
-    if info.status == ClusterStatus::Shutdown {
+    if matches!(info.status, ClusterStatus::Shutdown | ClusterStatus::Halted) {
         pairs.push(("Waiting for", list(&info.missing.iter().map(|n| n.id.clone()).collect::<Vec<_>>())));
     }
     let storage = info.sessions.iter().filter(|s| s.kind.is_storage()).count();

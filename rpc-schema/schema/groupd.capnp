@@ -48,6 +48,8 @@ enum ClusterStatus {
   unformatted @0;
   running @1;
   shutdown @2;        # shut down; waiting until every member of the last epoch is back
+  halted @3;          # every storage node left by crashing: waiting, as after a shutdown, for
+                      # every member of the last epoch (no epoch is ever empty)
 }
 
 struct GroupMember {
@@ -132,6 +134,7 @@ struct Event {
       working @22 :VdiInfo;         # the new working VDI, going on from it
     }
     vdiResized @23 :VdiInfo;
+    halted @24 :Void;               # every storage node left: see ClusterStatus.halted
   }
 }
 

@@ -157,6 +157,7 @@ fn write_status(s: ClusterStatus) -> WireStatus {
         ClusterStatus::Unformatted => WireStatus::Unformatted,
         ClusterStatus::Running => WireStatus::Running,
         ClusterStatus::Shutdown => WireStatus::Shutdown,
+        ClusterStatus::Halted => WireStatus::Halted,
     }
 }
 
@@ -165,6 +166,7 @@ fn read_status(s: WireStatus) -> ClusterStatus {
         WireStatus::Unformatted => ClusterStatus::Unformatted,
         WireStatus::Running => ClusterStatus::Running,
         WireStatus::Shutdown => ClusterStatus::Shutdown,
+        WireStatus::Halted => ClusterStatus::Halted,
     }
 }
 
@@ -251,6 +253,7 @@ pub fn write_event(mut b: event::Builder<'_>, e: &Event) {
             u.set_forced(*forced);
         }
         EventKind::Shutdown => b.set_shutdown(()),
+        EventKind::Halted => b.set_halted(()),
         EventKind::Resumed => b.set_resumed(()),
         EventKind::VdiCreated(v) => write_vdi(b.init_vdi_created(), v),
         EventKind::VdiDeleted(v) => write_vdi(b.init_vdi_deleted(), v),
@@ -283,6 +286,7 @@ pub fn read_event(r: event::Reader<'_>) -> capnp::Result<Event> {
             EventKind::Unlocked { vdi: text(u.get_vdi())?, session: u.get_session(), forced: u.get_forced() }
         }
         Which::Shutdown(()) => EventKind::Shutdown,
+        Which::Halted(()) => EventKind::Halted,
         Which::Resumed(()) => EventKind::Resumed,
         Which::VdiCreated(v) => EventKind::VdiCreated(read_vdi(v?)?),
         Which::VdiDeleted(v) => EventKind::VdiDeleted(read_vdi(v?)?),

@@ -314,6 +314,7 @@ fn apply(node: &Rc<Node>, session: SessionId, joined_seen: &mut bool, e: &Event)
             info!("the cluster is shut down");
             return Ok(Step::Shutdown);
         }
+        EventKind::Halted => warn!("every storage node left: the cluster waits for the last epoch's nodes"),
         EventKind::Resumed => info!("the cluster runs again"),
         _ => {}
     }

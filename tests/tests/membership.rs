@@ -198,3 +198,59 @@ fn recover_force_goes_on_without_the_missing_node() {
     c.storageds[2].restart();
     c.wait_epoch_nodes(0, 3, ClusterStatus::Running);
 }
+
+/// Issue 10, seen 1: every storage node crashes, one after the other, with a write acked by
+/// fewer nodes each time; they come back in another order. The cluster must not run on the
+/// nodes of an older epoch (their copies are older), and once the last epoch's node is back
+/// every replica holds the newest acknowledged write.
+#[test]
+fn a_whole_cluster_crash_waits_for_the_last_epochs_nodes_and_keeps_the_newest_write() {
+    let mut c = cluster(3, 3);
+    c.ctl_ok(&["vdi", "create", "t", "8M"]);
+    let write = |c: &Cluster, text: &str| {
+        let out = c.ctl_stdin(&["vdi", "write", "t", "0"], text.as_bytes());
+        assert!(out.status.success(), "write {text}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let read = |c: &Cluster, replica: &str| c.ctl_ok(&["vdi", "read", "t", "0", "16", "--replica", replica]);
+    write(&c, "v1-all-three....");
+    c.storageds[0].kill();
+    c.wait_epoch_nodes(0, 2, ClusterStatus::Running);
+    write(&c, "v2-nodes-1-2....");
+    c.storageds[1].kill();
+    let last = c.wait_epoch_nodes(0, 1, ClusterStatus::Running);
+    write(&c, "v3-only-node-2..");
+    assert_eq!(read(&c, "0"), "v3-only-node-2..");
+    c.storageds[2].kill();
+    let halted = wait_until(T, "the cluster to halt", || {
+        let info = c.info();
+        let status = info.status;
+        (status == ClusterStatus::Halted).then_some(info).ok_or(format!("{status:?}"))
+    });
+    assert_eq!(halted.epochs, last.epochs, "no empty epoch");
+    assert_eq!(node_ids(&halted), vec![c.storaged_addrs[2].clone()]);
+    let shown = c.ctl_ok(&["cluster", "info"]);
+    assert!(shown.lines().next().unwrap_or("").contains("halted"), "{shown}");
+
+    // Older epochs' nodes come back: the cluster keeps waiting for node 2.
+    for i in [1, 0] {
+        c.storageds[i].restart();
+        let addr = c.storaged_addrs[i].clone();
+        wait_until(T, "the node's session", || {
+            let info = c.info();
+            let joined = info.sessions.iter().any(|s| s.node().is_some_and(|n| n.addr == addr));
+            joined.then_some(()).ok_or("not yet".to_string())
+        });
+        let info = c.info();
+        assert_eq!(info.status, ClusterStatus::Halted, "node {i} back");
+        assert_eq!(info.epochs, last.epochs, "node {i} back: no new epoch");
+        assert_eq!(info.missing.iter().map(|n| n.addr.clone()).collect::<Vec<_>>(), vec![c.storaged_addrs[2].clone()]);
+    }
+    c.storageds[2].restart();
+    c.wait_epoch_nodes(0, 3, ClusterStatus::Running);
+    c.wait_recovered();
+    for replica in ["0", "1", "2"] {
+        assert_eq!(read(&c, replica), "v3-only-node-2..", "replica {replica}");
+    }
+    let check = c.ctl(&["vdi", "check", "t", "--dry-run"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
