@@ -42,8 +42,9 @@ use crate::store_dir::StoreDir;
 #[derive(Parser, Debug)]
 #[command(name = "storaged", version)]
 struct Args {
-    /// Address ("ip:port") to serve the storaged API on; it is also the node's id
-    #[arg(long, value_name = "ADDR")]
+    /// Address ("ip:port") to serve the storaged API on; it is also the node's id, so it needs
+    /// a fixed port and an address the other nodes and clients can reach
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     listen: SocketAddr,
 
     /// Data directory of the store (created if missing; must be writable)
@@ -81,6 +82,24 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The node's address is its identity in the cluster and in its store: neither a port chosen at
+/// bind time (`:0`, another one at every start) nor an address nobody can connect to (`0.0.0.0`).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|e| format!("{s:?} is not an ip:port address ({e})"))?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "{s}: port 0 would give the node another address (its id) at every start; give a fixed port"
+        ));
+    }
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "{s}: the other nodes and the clients cannot connect to {}; give this host's address",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
 }
 
 fn parse_weight(s: &str) -> Result<u32, String> {
@@ -201,5 +220,11 @@ mod tests {
         }
         let e = parse(&["--listen", "127.0.0.1:1", "--data", "/x"]).unwrap_err();
         assert!(one_line(&e.to_string()).contains("--groupd"));
+        for (listen, why) in
+            [("127.0.0.1:0", "fixed port"), ("0.0.0.0:7001", "cannot connect"), ("[::]:7001", "cannot connect")]
+        {
+            let e = parse(&["--listen", listen, "--data", "/x", "--groupd", "a:1"]).unwrap_err();
+            assert!(one_line(&e.to_string()).contains(why), "{listen}: {e}");
+        }
     }
 }
