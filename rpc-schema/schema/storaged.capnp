@@ -67,10 +67,11 @@ interface Storaged {
   # `staleEpochs` (same order) the last epoch in which each of those copies was live: of
   # several stale copies, the one with the highest epoch is the newest.
 
-  fetch @7 (epoch :UInt32, oid :UInt64) -> (data :Data, stale :Bool, staleEpoch :UInt32);
+  fetch @7 (epoch :UInt32, oid :UInt64, inspect :Bool) -> (data :Data, stale :Bool, staleEpoch :UInt32);
   # The whole object, verified, from obj/ or .stale/: what a recovering or repairing peer pulls.
   # stale: the copy came from .stale/ (the node no longer owns it, or it rejoined), and was
-  # last live in staleEpoch.
+  # last live in staleEpoch. A corrupt copy is refused with `corrupt` and the node repairs it
+  # from a replica, unless `inspect`: only look, change nothing (what `check` sends).
 
   flush @8 (epoch :UInt32) -> ();
   # Makes every write acknowledged before it durable.

@@ -219,11 +219,12 @@ pub async fn list(node: &Node, epoch: Epoch) -> Result<Listing, capnp::Error> {
     blocking(move || objects.list()).await.map_err(|e| wire_error(&e))
 }
 
-pub async fn fetch(node: &Rc<Node>, epoch: Epoch, oid: ObjectId) -> Result<WholeObject, capnp::Error> {
+/// `repair`: a corrupt live copy is repaired from a replica (else only reported).
+pub async fn fetch(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, repair: bool) -> Result<WholeObject, capnp::Error> {
     gate(node, epoch).await?;
     let objects = node.objects.clone();
     let r = blocking(move || objects.fetch_any(oid)).await;
-    if matches!(r, Err(StoreError::Corrupt { .. })) && node.objects.contains(oid) {
+    if repair && matches!(r, Err(StoreError::Corrupt { .. })) && node.objects.contains(oid) {
         return on_error(node, epoch, oid, r);
     }
     r.map_err(|e| wire_error(&e))

@@ -139,7 +139,7 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::FetchResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let whole = ops::fetch(&self.node, p.get_epoch(), read_oid(p.get_oid())?).await?;
+        let whole = ops::fetch(&self.node, p.get_epoch(), read_oid(p.get_oid())?, !p.get_inspect()).await?;
         wire::write_whole(results.get(), &whole);
         Ok(())
     }

@@ -283,3 +283,50 @@ fn check_of_an_unknown_vdi_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope") && err.trim().lines().count() == 1, "{err}");
 }
+
+/// Issue 10, seen 6: a dry run of a VDI with a corrupt copy (a block that fails its crc) must
+/// not repair it through the reads it makes: it reports it and changes nothing; the check
+/// proper repairs it.
+#[test]
+fn a_dry_run_leaves_a_corrupt_copy_as_it_is() {
+    let nodes = 3;
+    let c = cluster(nodes);
+    let data = Rng::new(12).bytes(4 * MIB);
+    c.ctl_ok(&["vdi", "create", "v", "4M"]);
+    let input = c.path("v.in");
+    std::fs::write(&input, &data).unwrap();
+    c.ctl_ok(&["vdi", "import", "v", input.to_str().unwrap()]);
+    c.wait_recovered();
+    let h = holders(&c, nodes);
+    let x = h.keys().find(|o| !o.starts_with('8')).expect("a data object").clone();
+    let nx = *h[&x].iter().next().unwrap();
+    // Flip bytes of block 3 without fixing its crc: the copy is corrupt.
+    let path = obj_path(&c, nx, &x);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut word = [0u8; 4];
+    f.read_exact_at(&mut word, SIZE_AT).unwrap();
+    let blocks = u64::from(u32::from_le_bytes(word)) / BLOCK;
+    let at = (CRC_TABLE_AT + 4 * blocks).div_ceil(BLOCK) * BLOCK + 3 * BLOCK + 10;
+    f.write_all_at(b"not what was written", at).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let before = snapshot(&c, nodes);
+    for _ in 0..2 {
+        let (ok, v) = check_json(&c, &["vdi", "check", "v", "--dry-run"]);
+        assert!(!ok, "{v:#}");
+        let p = problem(&v, &x);
+        let seen = p["replicas"].as_array().unwrap().iter().find(|r| r["node"] == c.storaged_addrs[nx].as_str());
+        assert_eq!(seen.unwrap()["state"], "corrupt", "{p:#}");
+        assert_eq!(p["action"]["kind"], "would_repair", "{p:#}");
+        // A repair set off by the dry run's reads would land within moments.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(snapshot(&c, nodes) == before, "a dry run changes nothing");
+    }
+    let (ok, v) = check_json(&c, &["vdi", "check", "v"]);
+    assert!(ok, "{v:#}\n{}", c.logs());
+    assert_eq!(problem(&v, &x)["action"]["kind"], "repaired", "{v:#}");
+    let (ok, v) = check_json(&c, &["vdi", "check", "v", "--dry-run"]);
+    assert!(ok && v["problems"].as_array().unwrap().is_empty(), "{v:#}");
+    assert!(export_vdi(&c, "v") == data, "the VDI reads back as written");
+}

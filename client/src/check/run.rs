@@ -325,7 +325,7 @@ async fn observe_all(
     keep: bool,
 ) -> (Vec<Seen>, Vec<Option<Vec<u8>>>) {
     let all = join_all(nodes.iter().map(|a| async move {
-        match cluster.pool().fetch(a, epoch, oid.raw()).await {
+        match cluster.pool().inspect(a, epoch, oid.raw()).await {
             Ok(whole) if whole.is_stale() => (Seen::StaleOnly, None),
             Ok(whole) => (Seen::Data(Digest::of(&whole.data)), keep.then_some(whole.data)),
             Err(e) if e.is_code(ErrorCode::NoObject) => (Seen::Missing, None),

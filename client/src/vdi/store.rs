@@ -278,10 +278,21 @@ impl StorePool {
     /// A whole object as `addr` holds it, verified there, from its `obj/` or else its
     /// `.stale/` (then with the last epoch in which that copy was live).
     pub async fn fetch(&self, addr: &str, epoch: u32, oid: u64) -> Result<WholeObject, NodeError> {
+        self.fetch_whole(addr, epoch, oid, false).await
+    }
+
+    /// The whole object as [`fetch`](Self::fetch) gets it, but only looking: a corrupt copy is
+    /// reported and left as it is (what a check, and above all a dry run, needs).
+    pub async fn inspect(&self, addr: &str, epoch: u32, oid: u64) -> Result<WholeObject, NodeError> {
+        self.fetch_whole(addr, epoch, oid, true).await
+    }
+
+    async fn fetch_whole(&self, addr: &str, epoch: u32, oid: u64, inspect: bool) -> Result<WholeObject, NodeError> {
         self.call(addr, |c| async move {
             let mut req = c.fetch_request();
             req.get().set_epoch(epoch);
             req.get().set_oid(oid);
+            req.get().set_inspect(inspect);
             let resp = req.send().promise.await?;
             wire::read_whole(resp.get()?)
         })
