@@ -274,10 +274,12 @@ async fn gather(
                 continue;
             }
         };
+        // Whether the VDI wrote anything itself: a VDI that goes on from a snapshot and has not
+        // been written since reads through the snapshot's table and has no inode of its own yet.
         let mut written = false;
         for idx in 0..vdi.max_objects() {
             let Some(owner) = vdi.owner(idx) else { continue };
-            written = true;
+            written |= owner == e.vid;
             targets.entry(ObjectId::data(owner, idx)).or_insert_with(|| {
                 let o = by_vid.get(&owner);
                 Target {
@@ -288,7 +290,7 @@ async fn gather(
                 }
             });
         }
-        // The inode exists once anything was written; a VDI whose first write stopped
+        // The inode exists once the VDI wrote anything; a VDI whose first write stopped
         // between creating it and recording an entry has one too, seen in the listings.
         let inode = vdi.inode_oid();
         if written || holders.contains_key(&inode.raw()) {
