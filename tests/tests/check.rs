@@ -106,6 +106,18 @@ fn problem<'a>(v: &'a Value, oid: &str) -> &'a Value {
     all.iter().find(|p| p["oid"] == oid).unwrap_or_else(|| panic!("no problem reported for {oid}: {v:#}"))
 }
 
+/// The VDI "v" of `mib` MiB, created and filled with random bytes from `seed`, every node
+/// recovered; what it holds.
+fn imported(c: &Cluster, mib: usize, seed: u64) -> Vec<u8> {
+    let data = Rng::new(seed).bytes(mib * MIB);
+    c.ctl_ok(&["vdi", "create", "v", &format!("{mib}M")]);
+    let input = c.path("v.in");
+    std::fs::write(&input, &data).unwrap();
+    c.ctl_ok(&["vdi", "import", "v", input.to_str().unwrap()]);
+    c.wait_recovered();
+    data
+}
+
 fn export_vdi(c: &Cluster, name: &str) -> Vec<u8> {
     let file = c.path(&format!("{name}.out"));
     let _ = std::fs::remove_file(&file);
@@ -117,12 +129,7 @@ fn export_vdi(c: &Cluster, name: &str) -> Vec<u8> {
 fn check_reports_then_repairs_a_missing_and_a_divergent_replica() {
     let nodes = 4;
     let c = cluster(nodes);
-    let data = Rng::new(11).bytes(16 * MIB);
-    c.ctl_ok(&["vdi", "create", "v", "16M"]);
-    let input = c.path("v.in");
-    std::fs::write(&input, &data).unwrap();
-    c.ctl_ok(&["vdi", "import", "v", input.to_str().unwrap()]);
-    c.wait_recovered();
+    let data = imported(&c, 16, 11);
 
     // Clean: nothing to repair, in both forms.
     let out = c.ctl_ok(&["vdi", "check", "v"]);
@@ -228,12 +235,7 @@ fn check_breaks_a_tie_with_the_primary_copy() {
 fn check_does_not_repair_a_vdi_locked_by_someone_else() {
     let nodes = 3;
     let c = cluster(nodes);
-    c.ctl_ok(&["vdi", "create", "v", "4M"]);
-    let input = c.path("v.in");
-    let data = Rng::new(13).bytes(4 * MIB);
-    std::fs::write(&input, &data).unwrap();
-    c.ctl_ok(&["vdi", "import", "v", input.to_str().unwrap()]);
-    c.wait_recovered();
+    let data = imported(&c, 4, 13);
 
     let ip = c.groupd_addrs[0].rsplit_once(':').map(|(ip, _)| ip).unwrap();
     let listen = format!("{}.200:0", ip.rsplit_once('.').unwrap().0);
@@ -291,12 +293,7 @@ fn check_of_an_unknown_vdi_is_one_clear_line() {
 fn a_dry_run_leaves_a_corrupt_copy_as_it_is() {
     let nodes = 3;
     let c = cluster(nodes);
-    let data = Rng::new(12).bytes(4 * MIB);
-    c.ctl_ok(&["vdi", "create", "v", "4M"]);
-    let input = c.path("v.in");
-    std::fs::write(&input, &data).unwrap();
-    c.ctl_ok(&["vdi", "import", "v", input.to_str().unwrap()]);
-    c.wait_recovered();
+    let data = imported(&c, 4, 12);
     let h = holders(&c, nodes);
     let x = h.keys().find(|o| !o.starts_with('8')).expect("a data object").clone();
     let nx = *h[&x].iter().next().unwrap();

@@ -68,7 +68,7 @@ fn storaged_refuses_a_data_dir_it_cannot_write() {
     std::fs::write(&file, b"x").unwrap();
     let data = file.join("store");
     let out =
-        run("storaged", &["--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(), "--groupd", "127.0.0.1:1"]);
+        run("storaged", &["--listen", "127.0.0.1:1", "--data", data.to_str().unwrap(), "--groupd", "127.0.0.1:1"]);
     assert_clear_failure(&out, "a-file");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }

@@ -141,7 +141,9 @@ fn a_session_without_keepalive_expires() {
     let i = info(&a.addr).unwrap();
     assert!(i.sessions.iter().all(|s| s.id != storage), "the storage session expired");
     assert!(i.sessions.iter().any(|s| s.id == kept), "the session with keepalives lives");
-    assert_eq!(i.epochs.last().unwrap().nodes.len(), 0, "its leave made a new epoch");
+    // The only storage node left: no empty epoch, the cluster halts in the node's epoch.
+    assert_eq!(i.epochs.last().unwrap().nodes, vec![node.clone()], "no empty epoch");
+    assert_eq!(i.status, ClusterStatus::Halted);
     let (events, _) = watch(&a.addr, 1, 1000, 0).unwrap();
     assert!(events.iter().any(|e| matches!(e.kind, EventKind::Left { session, expired: true } if session == storage)));
     assert_eq!(code(&open_storage(&a.addr, &node, "other-cluster").unwrap_err()), Some(ErrorCode::WrongCluster));

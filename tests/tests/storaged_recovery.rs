@@ -127,6 +127,26 @@ async fn check_placement(c: &Nodes, rec: &EpochRecord, live: &[usize], model: &B
     }
 }
 
+/// A formatted cluster of two nodes (copies 2) whose VDI "disk" has `count` objects on both,
+/// object i filled with the pattern of `first + i`; the epoch and what every object holds.
+async fn two_nodes_holding(c: &mut Nodes, count: u32, first: u8) -> (EpochRecord, BTreeMap<u64, Vec<u8>>) {
+    c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
+    c.add_node();
+    c.add_node();
+    let e = c.wait_epoch(&[0, 1]).await;
+    c.wait_recovered(&[0, 1], e.epoch).await;
+    let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
+    let model: BTreeMap<u64, Vec<u8>> =
+        (0..count).map(|idx| (oid(vdi.vid.get(), idx), pattern(OBJ as usize, first + idx as u8))).collect();
+    for i in 0..2 {
+        let n = c.node(i);
+        for (&o, d) in &model {
+            n.create(e.epoch, o, OBJ, 0, 0, d).await.unwrap();
+        }
+    }
+    (e, model)
+}
+
 #[test]
 fn recovery_moves_objects_purges_stale_and_quarantines_a_returning_node() {
     let mut c = Nodes::new();
@@ -312,22 +332,7 @@ fn writes_with_a_stale_lock_token_are_fenced() {
 fn a_quick_restart_serves_only_pulled_data() {
     let mut c = Nodes::new();
     block_on(async {
-        c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
-        c.add_node();
-        c.add_node();
-        let e = c.wait_epoch(&[0, 1]).await;
-        c.wait_recovered(&[0, 1], e.epoch).await;
-        let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
-        let mut model = BTreeMap::new();
-        for idx in 0..6 {
-            model.insert(oid(vdi.vid.get(), idx), pattern(OBJ as usize, idx as u8));
-        }
-        for i in 0..2 {
-            let n = c.node(i);
-            for (&o, d) in &model {
-                n.create(e.epoch, o, OBJ, 0, 0, d).await.unwrap();
-            }
-        }
+        let (e, mut model) = two_nodes_holding(&mut c, 6, 0).await;
         // Node 1 restarts at once (usually within its lease: no new epoch). What it had is
         // quarantined; whatever a client asks for is pulled from node 0 first.
         c.cluster.storageds[1].kill();
@@ -378,22 +383,7 @@ fn a_forced_format_removes_the_old_clusters_objects() {
 fn a_cluster_shutdown_and_restart_keeps_every_object() {
     let mut c = Nodes::new();
     block_on(async {
-        c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
-        c.add_node();
-        c.add_node();
-        let e = c.wait_epoch(&[0, 1]).await;
-        c.wait_recovered(&[0, 1], e.epoch).await;
-        let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
-        let mut model = BTreeMap::new();
-        for idx in 0..5 {
-            model.insert(oid(vdi.vid.get(), idx), pattern(OBJ as usize, 50 + idx as u8));
-        }
-        for i in 0..2 {
-            let n = c.node(i);
-            for (&o, d) in &model {
-                n.create(e.epoch, o, OBJ, 0, 0, d).await.unwrap();
-            }
-        }
+        let (_, model) = two_nodes_holding(&mut c, 5, 50).await;
         c.group.shutdown().await.unwrap();
         for n in &mut c.cluster.storageds {
             assert_eq!(n.wait_exit(Duration::from_secs(20)), Some(0));
