@@ -52,13 +52,7 @@ pub async fn run(
     if view.ring.is_empty() {
         return Err(CheckError::NoNodes(epoch));
     }
-    let mut report = Report { epoch, dry_run: opts.dry_run, ..Report::default() };
-    let addrs: Vec<String> = view.ring.nodes().iter().map(|n| n.addr.clone()).collect();
-    if let Some(why) = recovering(cluster, epoch, &addrs).await {
-        report.skipped = Some(why);
-        return Ok(report);
-    }
-
+    // An unknown VDI is said first, whatever else is going on.
     let (entries, _deleted) = cluster.group().vdi_list().await?;
     let selected: Vec<&VdiEntry> = match scope {
         Scope::Cluster => entries.iter().collect(),
@@ -71,6 +65,13 @@ pub async fn run(
             vec![found.ok_or_else(|| CheckError::NoVdi(name.clone()))?]
         }
     };
+    let mut report = Report { epoch, dry_run: opts.dry_run, ..Report::default() };
+    let addrs: Vec<String> = view.ring.nodes().iter().map(|n| n.addr.clone()).collect();
+    if let Some(why) = recovering(cluster, epoch, &addrs).await {
+        report.skipped = Some(why);
+        return Ok(report);
+    }
+
     report.vdis = selected.len();
     let by_vid: HashMap<VdiId, &VdiEntry> = entries.iter().map(|e| (e.vid, e)).collect();
     let holders = list_all(cluster, epoch, &addrs, &mut report.errors).await;
