@@ -127,14 +127,20 @@ async fn check_placement(c: &Nodes, rec: &EpochRecord, live: &[usize], model: &B
     }
 }
 
-/// A formatted cluster of two nodes (copies 2) whose VDI "disk" has `count` objects on both,
-/// object i filled with the pattern of `first + i`; the epoch and what every object holds.
-async fn two_nodes_holding(c: &mut Nodes, count: u32, first: u8) -> (EpochRecord, BTreeMap<u64, Vec<u8>>) {
+/// Formats the cluster (copies 2) and starts two nodes; their epoch, once both recovered.
+async fn two_nodes(c: &mut Nodes) -> EpochRecord {
     c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
     c.add_node();
     c.add_node();
     let e = c.wait_epoch(&[0, 1]).await;
     c.wait_recovered(&[0, 1], e.epoch).await;
+    e
+}
+
+/// A formatted cluster of two nodes (copies 2) whose VDI "disk" has `count` objects on both,
+/// object i filled with the pattern of `first + i`; the epoch and what every object holds.
+async fn two_nodes_holding(c: &mut Nodes, count: u32, first: u8) -> (EpochRecord, BTreeMap<u64, Vec<u8>>) {
+    let e = two_nodes(c).await;
     let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
     let model: BTreeMap<u64, Vec<u8>> =
         (0..count).map(|idx| (oid(vdi.vid.get(), idx), pattern(OBJ as usize, first + idx as u8))).collect();
@@ -151,11 +157,7 @@ async fn two_nodes_holding(c: &mut Nodes, count: u32, first: u8) -> (EpochRecord
 fn recovery_moves_objects_purges_stale_and_quarantines_a_returning_node() {
     let mut c = Nodes::new();
     block_on(async {
-        c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
-        c.add_node();
-        c.add_node();
-        let e1 = c.wait_epoch(&[0, 1]).await;
-        c.wait_recovered(&[0, 1], e1.epoch).await;
+        let e1 = two_nodes(&mut c).await;
         let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
         let gone = c.group.vdi_create("gone", 64 << 20, 0).await.unwrap();
 
@@ -245,11 +247,7 @@ fn recovery_moves_objects_purges_stale_and_quarantines_a_returning_node() {
 fn a_corrupt_copy_is_refused_then_repaired_from_a_replica() {
     let mut c = Nodes::new();
     block_on(async {
-        c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
-        c.add_node();
-        c.add_node();
-        let e = c.wait_epoch(&[0, 1]).await;
-        c.wait_recovered(&[0, 1], e.epoch).await;
+        let e = two_nodes(&mut c).await;
         let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
         let o = oid(vdi.vid.get(), 7);
         let data = pattern(OBJ as usize, 9);
