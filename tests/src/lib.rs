@@ -2,10 +2,12 @@
 //! loopback, each test in its own temp dir and its own `127.A.B.0/24` block of addresses, every
 //! wait bounded, every process it started killed and reaped when the test ends.
 
+pub mod chaos;
 pub mod cluster;
 pub mod daemon;
 pub mod groupd_api;
 pub mod nbd;
+pub mod nbd_client;
 pub mod net;
 pub mod rand;
 pub mod store;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use sheep_core::group::ClusterStatus;
 use sheep_tests::nbd::{listen_addr, qemu_io_ok, run_tool, serving, start_export, url_or_exit, LIMIT as T};
+use sheep_tests::nbd_client::{option, option_reply, request};
 use sheep_tests::rand::Rng;
 use sheep_tests::{wait_until, Cluster};
 const MIB: u64 = 1 << 20;
@@ -189,34 +190,6 @@ fn an_export_whose_session_expired_stops_serving() {
     qemu_io(&url, &["write -P 0x3c 0 4096".into(), "read -P 0x3c 0 4096".into()]);
 }
 
-fn option(s: &mut TcpStream, opt: u32, data: &[u8]) {
-    let mut b = b"IHAVEOPT".to_vec();
-    b.extend_from_slice(&opt.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    b.extend_from_slice(data);
-    s.write_all(&b).unwrap();
-}
-
-/// One option reply: (type, data).
-fn option_reply(s: &mut TcpStream) -> (u32, Vec<u8>) {
-    let mut h = [0u8; 20];
-    s.read_exact(&mut h).unwrap();
-    let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
-    let mut data = vec![0u8; len];
-    s.read_exact(&mut data).unwrap();
-    (u32::from_be_bytes(h[12..16].try_into().unwrap()), data)
-}
-
-fn request(s: &mut TcpStream, kind: u16, handle: u64, offset: u64, len: u32) {
-    let mut b = 0x2560_9513u32.to_be_bytes().to_vec();
-    b.extend_from_slice(&0u16.to_be_bytes());
-    b.extend_from_slice(&kind.to_be_bytes());
-    b.extend_from_slice(&handle.to_be_bytes());
-    b.extend_from_slice(&offset.to_be_bytes());
-    b.extend_from_slice(&len.to_be_bytes());
-    s.write_all(&b).unwrap();
-}
-
 /// Connects and negotiates by hand (a refused option, then NBD_OPT_GO); returns the stream
 /// in transmission, and the export's size and flags.
 fn connect_by_hand(addr: &str) -> (TcpStream, u64, u16) {
@@ -226,16 +199,16 @@ fn connect_by_hand(addr: &str) -> (TcpStream, u64, u16) {
     s.read_exact(&mut greeting).unwrap();
     assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
     s.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
-    option(&mut s, 8, &[]); // structured replies: not offered
-    assert_eq!(option_reply(&mut s).0, (1 << 31) | 1);
+    option(&mut s, 8, &[]).unwrap(); // structured replies: not offered
+    assert_eq!(option_reply(&mut s).unwrap().0, (1 << 31) | 1);
     let mut go = 5u32.to_be_bytes().to_vec();
     go.extend_from_slice(b"disk0\0\0");
-    option(&mut s, 7, &go);
-    let (kind, info) = option_reply(&mut s);
+    option(&mut s, 7, &go).unwrap();
+    let (kind, info) = option_reply(&mut s).unwrap();
     assert_eq!(kind, 3);
     let size = u64::from_be_bytes(info[2..10].try_into().unwrap());
     let flags = u16::from_be_bytes([info[10], info[11]]);
-    while option_reply(&mut s).0 != 1 {} // up to the ACK
+    while option_reply(&mut s).unwrap().0 != 1 {} // up to the ACK
     (s, size, flags)
 }
 
@@ -249,16 +222,16 @@ fn clean_disconnect_and_error_replies_by_hand() {
     let (mut s, size, flags) = connect_by_hand(&addr);
     assert_eq!(size, 8 * MIB);
     assert_eq!(flags & 0x16d, 0x16d, "flush, FUA, trim, write-zeroes, multi-conn: {flags:#x}");
-    request(&mut s, 0, 42, 8 * MIB - 512, 1024); // a read past the end
+    request(&mut s, 0, 0, 42, 8 * MIB - 512, 1024).unwrap(); // a read past the end
     let mut r = [0u8; 16];
     s.read_exact(&mut r).unwrap();
     assert_eq!(u32::from_be_bytes(r[4..8].try_into().unwrap()), 22, "EINVAL");
     assert_eq!(u64::from_be_bytes(r[8..16].try_into().unwrap()), 42);
-    request(&mut s, 0, 43, 0, 512);
+    request(&mut s, 0, 0, 43, 0, 512).unwrap();
     let mut r = [0u8; 16 + 512];
     s.read_exact(&mut r).unwrap();
     assert_eq!(&r[4..8], &[0, 0, 0, 0]);
-    request(&mut s, 2, 44, 0, 0); // NBD_CMD_DISC
+    request(&mut s, 2, 0, 44, 0, 0).unwrap(); // NBD_CMD_DISC
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "the server closes without a reply");
