@@ -61,6 +61,10 @@ pub struct Session {
     pub id: SessionId,
     pub kind: SessionKind,
     pub opened_ms: u64,
+    /// A storage node whose disk failed: why. The session lives on (the node is shown with
+    /// its reason) but the node is out of the data membership: no epoch names it.
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 impl Session {
@@ -173,6 +177,11 @@ pub enum Op {
         session: SessionId,
         epoch: Epoch,
     },
+    /// A storage node's disk failed (`reason`): it leaves the data membership at once.
+    NodeFailed {
+        session: SessionId,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +206,12 @@ pub enum EventKind {
     Shutdown,
     /// Every storage node left: the cluster waits for the last epoch's (see [`ClusterStatus::Halted`]).
     Halted,
+    /// A storage node's disk failed: it left the data membership (a new epoch follows).
+    NodeFailed {
+        session: SessionId,
+        node: String,
+        reason: String,
+    },
     Resumed,
     VdiCreated(VdiEntry),
     /// The VDI's objects may be removed (nothing reads them any more).
@@ -284,6 +299,11 @@ pub struct GroupState {
     pub vdis: Namespace,
     /// Nodes of the current epoch that reported their recovery done.
     pub recovered: std::collections::BTreeSet<String>,
+    /// The newest epoch every node of which reported its recovery done: every object was
+    /// then held by all its replicas at its newest version, so storage nodes look for newer
+    /// copies in this epoch and later ones only.
+    #[serde(default)]
+    pub clean_epoch: Epoch,
     next_session: SessionId,
     /// Sequence number the next event gets; events are numbered from 1.
     next_seq: u64,
@@ -301,6 +321,7 @@ impl Default for GroupState {
             locks: BTreeMap::new(),
             vdis: Namespace::default(),
             recovered: Default::default(),
+            clean_epoch: 0,
             next_session: 1,
             next_seq: 1,
             events: VecDeque::new(),
@@ -405,6 +426,7 @@ impl GroupState {
                 Ok(Reply::Done)
             }
             Op::RecoveryDone { session, epoch } => self.recovery_done(t, *session, *epoch),
+            Op::NodeFailed { session, reason } => self.node_failed(t, *session, reason),
         }
     }
 
@@ -446,8 +468,9 @@ impl GroupState {
         Ok(self.events.iter().skip(skip).take(max).cloned().collect())
     }
 
+    /// The sessions of storage nodes in the data membership (not failed).
     pub fn storage_sessions(&self) -> impl Iterator<Item = (&Session, &NodeInfo)> {
-        self.sessions.values().filter_map(|s| s.node().map(|n| (s, n)))
+        self.sessions.values().filter(|s| s.failed.is_none()).filter_map(|s| s.node().map(|n| (s, n)))
     }
 
     /// Nodes of the last epoch that have no live session (while shut down: who we wait for).
@@ -572,9 +595,9 @@ impl GroupState {
                 }
                 _ => {}
             }
-            // A node that restarts before its old session expired replaces that session.
+            // A node that restarts before its old session expired (or failed) replaces it.
             let old: Vec<SessionId> =
-                self.storage_sessions().filter(|(_, n)| n.id == node.id).map(|(s, _)| s.id).collect();
+                self.sessions.values().filter(|s| s.node().is_some_and(|n| n.id == node.id)).map(|s| s.id).collect();
             for old_id in old {
                 self.drop_session(t, old_id, true);
             }
@@ -582,7 +605,7 @@ impl GroupState {
             self.recovered.remove(&node.id);
         }
         self.next_session = after;
-        let session = Session { id, kind: kind.clone(), opened_ms: t };
+        let session = Session { id, kind: kind.clone(), opened_ms: t, failed: None };
         self.sessions.insert(id, session.clone());
         self.emit(t, EventKind::Joined(session));
         if kind.is_storage() {
@@ -708,9 +731,24 @@ impl GroupState {
             self.emit(t, EventKind::Recovered { node: node.id, epoch });
             let all = current.nodes.iter().all(|n| self.recovered.contains(&n.id));
             if all {
+                self.clean_epoch = epoch;
                 self.emit(t, EventKind::RecoveryComplete(epoch));
             }
         }
+        Ok(Reply::Done)
+    }
+
+    fn node_failed(&mut self, t: u64, session: SessionId, reason: &str) -> Result<Reply, GroupError> {
+        let s = self.sessions.get_mut(&session).ok_or(GroupError::NoSession(session))?;
+        let Some(node) = s.node().map(|n| n.id.clone()) else {
+            return Err(GroupError::BadRequest("only a storage node reports a failed disk".into()));
+        };
+        if s.failed.is_some() {
+            return Ok(Reply::Done);
+        }
+        s.failed = Some(reason.to_string());
+        self.emit(t, EventKind::NodeFailed { session, node, reason: reason.to_string() });
+        self.membership_changed(t);
         Ok(Reply::Done)
     }
 
@@ -748,54 +786,8 @@ pub enum MemberRole {
     Member,
 }
 
-/// A lock with its holder's name, for people.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockInfo {
-    pub lock: Lock,
-    pub holder: String,
-}
-
-/// What `info` answers: the replicated state as the answering groupd has applied it, and
-/// the group's membership as that groupd sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub status: ClusterStatus,
-    pub config: Option<ClusterConfig>,
-    pub members: Vec<GroupMember>,
-    pub epochs: Vec<EpochRecord>,
-    pub sessions: Vec<Session>,
-    pub locks: Vec<LockInfo>,
-    pub missing: Vec<NodeInfo>,
-    pub applied_seq: u64,
-    pub answered_by: String,
-}
-
-impl GroupState {
-    /// The replicated part of [`ClusterInfo`]; the caller fills in members and its address.
-    pub fn info(&self) -> ClusterInfo {
-        ClusterInfo {
-            status: self.status,
-            config: self.config.clone(),
-            members: Vec::new(),
-            epochs: self.epochs.records().to_vec(),
-            sessions: self.sessions.values().cloned().collect(),
-            locks: self
-                .locks
-                .values()
-                .map(|l| LockInfo {
-                    lock: l.clone(),
-                    holder: self.sessions.get(&l.session).map(|s| s.name()).unwrap_or_default(),
-                })
-                .collect(),
-            missing: match self.status {
-                ClusterStatus::Shutdown | ClusterStatus::Halted => self.missing_nodes(),
-                ClusterStatus::Unformatted | ClusterStatus::Running => Vec::new(),
-            },
-            applied_seq: self.next_seq - 1,
-            answered_by: String::new(),
-        }
-    }
-}
+mod info;
+pub use info::{ClusterInfo, LockInfo};
 
 #[cfg(test)]
 #[path = "group_tests.rs"]

@@ -578,3 +578,36 @@ fn a_clean_leave_of_the_last_node_halts_too_and_shutdown_still_works() {
     assert_eq!(log.state.status, ClusterStatus::Running);
     assert_eq!(log.state.epochs.current(), last, "back in the same epoch");
 }
+
+#[test]
+fn a_node_whose_disk_failed_leaves_the_data_membership_and_stays_listed_with_its_reason() {
+    let mut log = Log::new();
+    log.format();
+    let s: Vec<SessionId> = (1..=3).map(|i| log.join(i)).collect();
+    let before = log.state.epochs.current();
+    let seq = log.state.next_seq();
+    log.apply(Op::NodeFailed { session: s[1], reason: "EIO on obj/".into() }).unwrap();
+    assert_eq!(log.state.epochs.current(), before + 1);
+    assert_eq!(log.epoch_nodes(), vec![node(1).id, node(3).id]);
+    let kinds: Vec<EventKind> = log.state.events_from(seq, 10).unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(matches!(kinds.as_slice(), [EventKind::NodeFailed { .. }, EventKind::Epoch(_)]), "{kinds:?}");
+    let info = log.state.info();
+    let failed = info.sessions.iter().find(|x| x.id == s[1]).expect("the session lives on");
+    assert_eq!(failed.failed.as_deref(), Some("EIO on obj/"));
+    // Reported again: nothing changes.
+    log.apply(Op::NodeFailed { session: s[1], reason: "again".into() }).unwrap();
+    assert_eq!(log.state.epochs.current(), before + 1);
+    // Only storage sessions report a failed disk.
+    let ctl = log.client("sheepctl");
+    assert!(matches!(log.apply(Op::NodeFailed { session: ctl, reason: "x".into() }), Err(GroupError::BadRequest(_))));
+    // The node restarted (its disk replaced): its new session replaces the failed one.
+    log.join(2);
+    assert_eq!(log.epoch_nodes().len(), 3);
+    assert!(!log.state.sessions.contains_key(&s[1]));
+    // The last node failing halts the cluster rather than making an empty epoch.
+    let mut log = Log::new();
+    log.format();
+    let only = log.join(1);
+    log.apply(Op::NodeFailed { session: only, reason: "gone".into() }).unwrap();
+    assert_eq!(log.state.status, ClusterStatus::Halted);
+}

@@ -34,13 +34,36 @@ pub struct StoreStat {
     pub objects: u64,
 }
 
+/// The version of an object copy: the epoch of the last write to it (high 32 bits) and a
+/// count of the writes in that epoch (low 32 bits). Every write, zeroing or creation
+/// advances it; recovery and repair carry it over with the data. Every replica of an epoch
+/// takes every acknowledged write, so of two copies the higher version holds every write the
+/// lower one holds (unacknowledged ones aside). 0: no version (a copy from before versions).
+pub type Version = u64;
+
+/// The version after one more write in `epoch` to a copy at `current`.
+pub fn next_version(current: Version, epoch: Epoch) -> Version {
+    if version_epoch(current) < epoch {
+        (u64::from(epoch) << 32) | 1
+    } else {
+        debug_assert!(current & 0xffff_ffff < 0xffff_ffff, "2^32 writes in one epoch");
+        current + 1
+    }
+}
+
+/// The epoch in which a copy at `v` was last written.
+pub fn version_epoch(v: Version) -> Epoch {
+    (v >> 32) as Epoch
+}
+
 /// Every object a node holds (`list`): those in `obj/`, and those only in `.stale/` with the
-/// last epoch in which each was live (of several stale copies, the highest epoch is the
-/// newest).
+/// last epoch in which each was live; and the version of each copy listed (of a live one if
+/// the node has both).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
     pub live: Vec<ObjectId>,
     pub stale_only: Vec<(ObjectId, Epoch)>,
+    pub versions: std::collections::BTreeMap<ObjectId, Version>,
 }
 
 /// A whole object, verified, and where it came from (`fetch`).
@@ -50,6 +73,7 @@ pub struct WholeObject {
     /// 0: a live copy (from `obj/`); else it came from `.stale/` and was last live in this
     /// epoch (at least 1).
     pub stale_epoch: Epoch,
+    pub version: Version,
 }
 
 impl WholeObject {
@@ -72,4 +96,20 @@ pub struct RecoveryStatus {
     pub complete: bool,
     /// The object lists of the old holders are complete.
     pub listed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_grow_within_an_epoch_and_jump_to_a_newer_one() {
+        assert_eq!(next_version(0, 3), (3 << 32) | 1);
+        assert_eq!(next_version((3 << 32) | 1, 3), (3 << 32) | 2);
+        assert_eq!(next_version((3 << 32) | 9, 5), (5 << 32) | 1);
+        assert!(next_version((3 << 32) | 9, 5) > (3 << 32) | 1000, "any write of a newer epoch is newer");
+        // A request of an older epoch never makes it go back.
+        assert_eq!(next_version((5 << 32) | 2, 4), (5 << 32) | 3);
+        assert_eq!(version_epoch((7 << 32) | 4), 7);
+    }
 }

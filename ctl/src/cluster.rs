@@ -190,12 +190,13 @@ mod tests {
                 EpochRecord { epoch: 2, time_ms: 1_795_000_002_000, nodes: vec![node(1)] },
             ],
             sessions: vec![
-                Session { id: 4, kind: SessionKind::Storage(node(1)), opened_ms: 0 },
-                Session { id: 7, kind: SessionKind::Storage(node(3)), opened_ms: 0 },
-                Session { id: 9, kind: SessionKind::Client { name: "sheepctl".into() }, opened_ms: 0 },
+                Session { id: 4, kind: SessionKind::Storage(node(1)), opened_ms: 0, failed: None },
+                Session { id: 7, kind: SessionKind::Storage(node(3)), opened_ms: 0, failed: None },
+                Session { id: 9, kind: SessionKind::Client { name: "sheepctl".into() }, opened_ms: 0, failed: None },
             ],
             locks: vec![],
             missing: vec![],
+            clean_epoch: 0,
             applied_seq: 12,
             answered_by: "127.0.0.1:7000".into(),
         }
@@ -241,6 +242,7 @@ Epoch history (newest first):
             sessions: vec![],
             locks: vec![],
             missing: vec![],
+            clean_epoch: 0,
             applied_seq: 0,
             answered_by: "127.0.0.1:7000".into(),
         };

@@ -80,7 +80,10 @@ pub fn cells(rows: &[NodeRow]) -> Vec<Vec<String>> {
                 r.addr.clone(),
                 r.zone.to_string(),
                 r.weight.to_string(),
-                r.state.to_string(),
+                match &r.reason {
+                    Some(why) => format!("{} ({why})", r.state),
+                    None => r.state.to_string(),
+                },
                 r.session.map_or("-".into(), |s| s.to_string()),
             ]
         })
@@ -106,11 +109,13 @@ mod tests {
             members: vec![],
             epochs: vec![EpochRecord { epoch: 5, time_ms: 0, nodes: vec![node(2), node(1)] }],
             sessions: vec![
-                Session { id: 8, kind: SessionKind::Storage(node(1)), opened_ms: 0 },
-                Session { id: 9, kind: SessionKind::Storage(node(3)), opened_ms: 0 },
+                Session { id: 8, kind: SessionKind::Storage(node(1)), opened_ms: 0, failed: None },
+                Session { id: 9, kind: SessionKind::Storage(node(3)), opened_ms: 0, failed: None },
+                Session { id: 10, kind: SessionKind::Storage(node(4)), opened_ms: 0, failed: Some("EIO".into()) },
             ],
             locks: vec![],
             missing: vec![node(2)],
+            clean_epoch: 0,
             applied_seq: 0,
             answered_by: String::new(),
         };
@@ -122,16 +127,18 @@ mod tests {
             vec![
                 ("127.0.0.1:7001", "up", Some(8)),
                 ("127.0.0.2:7001", "down", None),
-                ("127.0.0.3:7001", "joining", Some(9))
+                ("127.0.0.3:7001", "joining", Some(9)),
+                ("127.0.0.4:7001", "failed", Some(10))
             ]
         );
         assert_eq!(
             table("", HEADERS, &cells(&rows)),
             "\
-ID              ADDR            ZONE  WEIGHT  STATE    SESSION
-127.0.0.1:7001  127.0.0.1:7001  0     1       up       8
-127.0.0.2:7001  127.0.0.2:7001  0     1       down     -
-127.0.0.3:7001  127.0.0.3:7001  0     1       joining  9
+ID              ADDR            ZONE  WEIGHT  STATE         SESSION
+127.0.0.1:7001  127.0.0.1:7001  0     1       up            8
+127.0.0.2:7001  127.0.0.2:7001  0     1       down          -
+127.0.0.3:7001  127.0.0.3:7001  0     1       joining       9
+127.0.0.4:7001  127.0.0.4:7001  0     1       failed (EIO)  10
 "
         );
     }

@@ -13,8 +13,12 @@ pub struct NodeRow {
     pub weight: u32,
     /// `up`: in the current epoch with a live session; `down`: in the current epoch
     /// without one (a shut-down cluster waiting for it); `joining`: a live session, not in
-    /// the current epoch (yet).
+    /// the current epoch (yet); `failed`: its disk failed, so it left the data membership
+    /// (its session lives on until it stops).
     pub state: &'static str,
+    /// Why it failed (`failed` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Its live storage session, if any.
     pub session: Option<u64>,
 }
@@ -23,7 +27,9 @@ pub struct NodeRow {
 pub fn rows(info: &ClusterInfo) -> (u32, Vec<NodeRow>) {
     let latest = info.epochs.last();
     let epoch = latest.map_or(0, |e| e.epoch);
-    let session_of = |id: &str| info.sessions.iter().find(|s| s.node().is_some_and(|n| n.id == id)).map(|s| s.id);
+    let session_of = |id: &str| {
+        info.sessions.iter().find(|s| s.failed.is_none() && s.node().is_some_and(|n| n.id == id)).map(|s| s.id)
+    };
     let mut out: Vec<NodeRow> = Vec::new();
     for n in latest.map(|e| e.nodes.as_slice()).unwrap_or_default() {
         let session = session_of(&n.id);
@@ -33,6 +39,7 @@ pub fn rows(info: &ClusterInfo) -> (u32, Vec<NodeRow>) {
             zone: n.zone,
             weight: n.weight,
             state: if session.is_some() { "up" } else { "down" },
+            reason: None,
             session,
         });
     }
@@ -44,7 +51,8 @@ pub fn rows(info: &ClusterInfo) -> (u32, Vec<NodeRow>) {
                     addr: n.addr.clone(),
                     zone: n.zone,
                     weight: n.weight,
-                    state: "joining",
+                    state: if s.failed.is_some() { "failed" } else { "joining" },
+                    reason: s.failed.clone(),
                     session: Some(s.id),
                 });
             }

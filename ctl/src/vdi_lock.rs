@@ -162,12 +162,14 @@ mod tests {
                 id: 7,
                 kind: SessionKind::Client { name: "nbd".into() },
                 opened_ms: 1_700_000_000_000,
+                failed: None,
             }],
             locks: vec![
                 LockInfo { lock: Lock { vdi: "v".into(), session: 7, token: 42 }, holder: "nbd".into() },
                 LockInfo { lock: Lock { vdi: "w".into(), session: 9, token: 50 }, holder: String::new() },
             ],
             missing: Vec::new(),
+            clean_epoch: 0,
             applied_seq: 1,
             answered_by: String::new(),
         };

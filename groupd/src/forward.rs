@@ -183,6 +183,13 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             req.send().promise.await?;
             Ok(Outcome::done())
         }
+        Op::NodeFailed { session, reason } => {
+            let mut req = client.node_failed_request();
+            req.get().set_session(*session);
+            req.get().set_reason(reason.as_str());
+            req.send().promise.await?;
+            Ok(Outcome::done())
+        }
     }
 }
 

@@ -433,6 +433,19 @@ impl groupd::Server for GroupdServer {
         Ok(())
     }
 
+    async fn node_failed(
+        self: Rc<Self>,
+        params: groupd::NodeFailedParams,
+        _: groupd::NodeFailedResults,
+    ) -> Result<(), capnp::Error> {
+        let op = {
+            let p = params.get()?;
+            Op::NodeFailed { session: p.get_session(), reason: text(p.get_reason())? }
+        };
+        self.node.submit(op).await?;
+        Ok(())
+    }
+
     async fn add_member(
         self: Rc<Self>,
         params: groupd::AddMemberParams,

@@ -38,4 +38,8 @@ enum ErrorCode {
   # --- groupd ---
   internal @20;         # the group state breaks one of its own invariants: the command was
                         # refused, identically on every groupd, and changed nothing
+
+  # --- storaged ---
+  diskFailed @21;       # the node's disk failed: it left (or is leaving) the data membership;
+                        # wait for the next epoch and retry on the others
 }

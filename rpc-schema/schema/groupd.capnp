@@ -28,6 +28,7 @@ struct Session {
   node @2 :NodeInfo;     # set for storage sessions
   name @3 :Text;         # free text for client sessions ("ublk-dev pid 42 on host")
   openedMs @4 :UInt64;
+  failed @5 :Text;       # a storage node whose disk failed: why (out of the data membership)
 }
 
 struct EpochRecord {
@@ -81,6 +82,7 @@ struct ClusterInfo {
   missing @6 :List(NodeInfo);         # while shut down: last-epoch nodes not back yet
   appliedSeq @7 :UInt64;              # events applied by the answering groupd
   answeredBy @8 :Text;
+  cleanEpoch @9 :UInt32;              # the newest epoch every node of which recovered
 }
 
 struct VdiInfo {
@@ -135,6 +137,11 @@ struct Event {
     }
     vdiResized @23 :VdiInfo;
     halted @24 :Void;               # every storage node left: see ClusterStatus.halted
+    nodeFailed :group {             # a storage node's disk failed: it left the data membership
+      session @25 :UInt64;
+      node @26 :Text;
+      reason @27 :Text;
+    }
   }
 }
 
@@ -201,4 +208,8 @@ interface Groupd {
   # Fails with attrExists (exclusive), noAttr (delete), noVdi.
   vdiGetAttr @23 (name :Text, key :Text) -> (value :Data);
   # Served from this groupd's applied state. Fails with noAttr, noVdi.
+
+  nodeFailed @24 (session :UInt64, reason :Text) -> ();
+  # A storage node (by its session) whose disk failed leaves the data membership: a new
+  # epoch without it; its session lives on, shown with the reason.
 }

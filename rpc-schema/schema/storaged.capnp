@@ -61,13 +61,16 @@ interface Storaged {
 
   remove @5 (epoch :UInt32, oid :UInt64) -> ();
 
-  list @6 (epoch :UInt32) -> (oids :List(UInt64), stale :List(UInt64), staleEpochs :List(UInt32));
+  list @6 (epoch :UInt32) -> (oids :List(UInt64), stale :List(UInt64), staleEpochs :List(UInt32),
+                              versions :List(UInt64));
   # Every object the node holds, in obj/ and in .stale/ (for recovery). `stale`: the part of
   # `oids` held only in .stale/ (a copy that may be older than a live one elsewhere), and in
   # `staleEpochs` (same order) the last epoch in which each of those copies was live: of
-  # several stale copies, the one with the highest epoch is the newest.
+  # several stale copies, the one with the highest epoch is the newest. `versions` (same order
+  # as `oids`): each copy's version (epoch of its last write << 32 | writes in that epoch).
 
-  fetch @7 (epoch :UInt32, oid :UInt64, inspect :Bool) -> (data :Data, stale :Bool, staleEpoch :UInt32);
+  fetch @7 (epoch :UInt32, oid :UInt64, inspect :Bool)
+      -> (data :Data, stale :Bool, staleEpoch :UInt32, version :UInt64);
   # The whole object, verified, from obj/ or .stale/: what a recovering or repairing peer pulls.
   # stale: the copy came from .stale/ (the node no longer owns it, or it rejoined), and was
   # last live in staleEpoch. A corrupt copy is refused with `corrupt` and the node repairs it

@@ -86,6 +86,7 @@ pub fn read_config(r: cluster_config::Reader<'_>) -> capnp::Result<ClusterConfig
 pub fn write_session(mut b: session::Builder<'_>, s: &Session) {
     b.set_id(s.id);
     b.set_opened_ms(s.opened_ms);
+    b.set_failed(s.failed.as_deref().unwrap_or(""));
     match &s.kind {
         SessionKind::Storage(n) => {
             b.set_kind(WireKind::Storage);
@@ -103,7 +104,8 @@ pub fn read_session(r: session::Reader<'_>) -> capnp::Result<Session> {
         WireKind::Storage => SessionKind::Storage(read_node(r.get_node()?)?),
         WireKind::Client => SessionKind::Client { name: text(r.get_name())? },
     };
-    Ok(Session { id: r.get_id(), kind, opened_ms: r.get_opened_ms() })
+    let failed = Some(text(r.get_failed())?).filter(|f| !f.is_empty());
+    Ok(Session { id: r.get_id(), kind, opened_ms: r.get_opened_ms(), failed })
 }
 
 pub fn write_vdi(mut b: vdi_info::Builder<'_>, v: &VdiEntry) {
@@ -209,6 +211,7 @@ pub fn write_cluster_info(mut b: cluster_info::Builder<'_>, info: &ClusterInfo) 
     }
     write_nodes(b.reborrow().init_missing(info.missing.len() as u32), &info.missing);
     b.set_applied_seq(info.applied_seq);
+    b.set_clean_epoch(info.clean_epoch);
     b.set_answered_by(info.answered_by.as_str());
 }
 
@@ -221,6 +224,7 @@ pub fn read_cluster_info(r: cluster_info::Reader<'_>) -> capnp::Result<ClusterIn
         sessions: r.get_sessions()?.iter().map(read_session).collect::<capnp::Result<_>>()?,
         locks: r.get_locks()?.iter().map(read_lock_info).collect::<capnp::Result<_>>()?,
         missing: read_nodes(r.get_missing()?)?,
+        clean_epoch: r.get_clean_epoch(),
         applied_seq: r.get_applied_seq(),
         answered_by: text(r.get_answered_by())?,
     })
@@ -270,6 +274,12 @@ pub fn write_event(mut b: event::Builder<'_>, e: &Event) {
             r.set_epoch(*epoch);
         }
         EventKind::RecoveryComplete(epoch) => b.set_recovery_complete(*epoch),
+        EventKind::NodeFailed { session, node, reason } => {
+            let mut f = b.init_node_failed();
+            f.set_session(*session);
+            f.set_node(node.as_str());
+            f.set_reason(reason.as_str());
+        }
     }
 }
 
@@ -297,6 +307,9 @@ pub fn read_event(r: event::Reader<'_>) -> capnp::Result<Event> {
         Which::VdiResized(v) => EventKind::VdiResized(read_vdi(v?)?),
         Which::Recovered(r) => EventKind::Recovered { node: text(r.get_node())?, epoch: r.get_epoch() },
         Which::RecoveryComplete(epoch) => EventKind::RecoveryComplete(epoch),
+        Which::NodeFailed(f) => {
+            EventKind::NodeFailed { session: f.get_session(), node: text(f.get_node())?, reason: text(f.get_reason())? }
+        }
     };
     Ok(Event { seq: r.get_seq(), time_ms: r.get_time_ms(), kind })
 }

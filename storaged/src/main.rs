@@ -5,12 +5,15 @@
 //! (`recovery`, pulling from other nodes through the client's `StorePool`).
 
 mod blocking;
+mod disk_health;
+mod disk_watch;
 mod fence;
 mod membership;
 mod node;
 mod objects;
 mod ops;
 mod recovery;
+mod recovery_plan;
 mod recovery_progress;
 mod server;
 mod store_dir;
@@ -157,6 +160,7 @@ fn run(args: Args) -> Result<()> {
         let client = Rc::new(GroupClient::new(addrs, opts)?);
         node.set_group(client.clone());
         tokio::task::spawn_local(recovery::run(node.clone(), client.clone()));
+        tokio::task::spawn_local(disk_watch::probe(node.clone()));
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
         let join_for = Duration::from_secs(args.join_timeout);
@@ -164,6 +168,10 @@ fn run(args: Args) -> Result<()> {
             r = membership::run(node.clone(), client.clone(), join_for) => {
                 match r? {
                     Outcome::ClusterShutdown => info!("the cluster was shut down; storaged stops"),
+                    Outcome::DiskFailed(why) => {
+                        let hint = "restart storaged once the disk is replaced or repaired";
+                        anyhow::bail!("the disk failed ({why}) and the session is gone: {hint}")
+                    }
                 }
             }
             _ = term.recv() => leave(&node, &client, "SIGTERM").await,

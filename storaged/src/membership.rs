@@ -14,6 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use crate::blocking::blocking;
+use crate::disk_watch;
 use crate::node::Node;
 use crate::recovery;
 
@@ -28,6 +29,9 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub enum Outcome {
     /// The cluster was shut down (`cluster shutdown`): the node stops.
     ClusterShutdown,
+    /// The disk failed and the session is gone: the node does not join again (it would
+    /// come back into the data membership); it stops.
+    DiskFailed(String),
 }
 
 /// Runs until the cluster is shut down, or a fatal error: the store belongs to another
@@ -38,10 +42,14 @@ pub async fn run(node: Rc<Node>, client: Rc<GroupClient>, join_for: Duration) ->
         node.set_session(session);
         info!("joined the cluster: session {session}, lease {} ms", lease.as_millis());
         let keepalive = AbortOnDrop(tokio::task::spawn_local(keepalive(client.clone(), session, lease)));
+        let _report = AbortOnDrop(tokio::task::spawn_local(disk_watch::report(node.clone(), client.clone(), session)));
         let followed = follow(&node, &client, session, keepalive).await?;
         node.set_session(0);
         match followed {
             Followed::Shutdown => return Ok(Outcome::ClusterShutdown),
+            Followed::SessionGone if node.disk.failure().is_some() => {
+                return Ok(Outcome::DiskFailed(node.disk.failure().unwrap_or_default()))
+            }
             Followed::SessionGone => {
                 warn!("session {session} is gone; joining again");
                 quarantine(&node).await;
@@ -175,6 +183,7 @@ async fn follow(
                 if let Some(c) = &info.config {
                     node.set_cluster_copies(c.copies);
                 }
+                node.set_clean_epoch(info.clean_epoch);
                 // The watch starts after `info`: the locks held now, with their tokens, are
                 // what the earlier Locked events would have told (fencing starts from them).
                 node.fences().sync(info.locks.iter().map(|l| (l.lock.vdi.as_str(), l.lock.token)));
@@ -300,6 +309,7 @@ fn apply(node: &Rc<Node>, session: SessionId, joined_seen: &mut bool, e: &Event)
         }
         EventKind::RecoveryComplete(epoch) => {
             info!("every node of epoch {epoch} recovered");
+            node.set_clean_epoch(*epoch);
             tokio::task::spawn_local(recovery_complete(node.clone(), *epoch));
         }
         EventKind::Epoch(rec) => {

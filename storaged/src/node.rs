@@ -17,6 +17,7 @@ use sheep_core::object::{ObjectId, VdiId};
 use sheep_core::placement::PlacementRing;
 use tokio::sync::watch;
 
+use crate::disk_health::DiskHealth;
 use crate::fence::{Fenced, Fences};
 use crate::objects::ObjectStore;
 use crate::recovery_progress::Progress;
@@ -32,6 +33,11 @@ pub struct Node {
     /// Recovery's progress and plan, shared with the request path (objects asked for by
     /// clients are recovered at once).
     pub recovery: RefCell<Progress>,
+    /// Whether the disk failed (then every object request is refused).
+    pub disk: DiskHealth,
+    /// The newest epoch every node of which recovered (groupd's `clean_epoch`): recovery
+    /// looks for newer copies from there on.
+    clean_epoch: std::cell::Cell<Epoch>,
     state: RefCell<State>,
     /// The newest epoch applied: requests from a newer epoch wait on it.
     epoch_tx: watch::Sender<Epoch>,
@@ -112,6 +118,8 @@ impl Node {
             peers: StorePool::new(CallLimits::BULK),
             started: Instant::now(),
             recovery: RefCell::new(Progress::default()),
+            disk: DiskHealth::new(),
+            clean_epoch: std::cell::Cell::new(0),
             state: RefCell::new(state),
             epoch_tx,
             kick_tx,
@@ -213,6 +221,21 @@ impl Node {
         let ring = Rc::new(EpochRing { ring: PlacementRing::new(&record.nodes), record });
         *self.ring.borrow_mut() = Some((epoch, ring.clone()));
         Some(ring)
+    }
+
+    /// An epoch's placement ring, built anew (not cached: recovery looks at several).
+    pub fn ring_of(&self, epoch: Epoch) -> Option<EpochRing> {
+        let record = self.state.borrow().epochs.get(epoch)?.clone();
+        Some(EpochRing { ring: PlacementRing::new(&record.nodes), record })
+    }
+
+    pub fn clean_epoch(&self) -> Epoch {
+        self.clean_epoch.get()
+    }
+
+    /// Every node of `epoch` recovered (it never goes back).
+    pub fn set_clean_epoch(&self, epoch: Epoch) {
+        self.clean_epoch.set(self.clean_epoch.get().max(epoch));
     }
 
     /// How many copies the objects of `vid` have: the VDI's own, else the cluster's.

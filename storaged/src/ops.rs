@@ -24,11 +24,6 @@ const INLINE_MAX: u64 = 64 << 10;
 /// Attempts of one repair (each fetches the object anew).
 const REPAIR_TRIES: usize = 3;
 
-/// A store error as the refusal the node answers with.
-pub fn wire_error(e: &StoreError) -> capnp::Error {
-    refusal(e.code(), e)
-}
-
 pub fn bad_request(text: impl std::fmt::Display) -> capnp::Error {
     refusal(ErrorCode::BadRequest, text)
 }
@@ -47,7 +42,11 @@ fn stale_epoch(asked: Epoch, have: Epoch) -> capnp::Error {
 }
 
 /// The epoch rule: older → staleEpoch; newer → wait (bounded) until this node has it.
+/// A node whose disk failed refuses every object request first (`diskFailed`).
 pub async fn gate(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
+    if let Some(refused) = node.disk.refusal() {
+        return Err(refused);
+    }
     let have = node.epoch();
     if epoch < have {
         return Err(stale_epoch(epoch, have));
@@ -64,14 +63,24 @@ pub async fn gate(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
     }
 }
 
+/// True if recovery has still to pull `oid` here: a newer copy is elsewhere, or it is
+/// missing. The local copy, if any, must not be used before.
+fn pulling(node: &Node, oid: ObjectId) -> bool {
+    node.recovery.borrow().is_pending(node.epoch(), oid)
+}
+
 /// Runs `op` (unless `first` is its result already, from the RPC thread); if the object
-/// is missing while a recovery is under way, pulls it first and runs `op` again.
+/// is missing while a recovery is under way, pulls it first and runs `op` again. An object
+/// recovery has still to pull is pulled before `op` runs (`first` is `None` then).
 async fn with_recovery<T: Send + 'static>(
     node: &Node,
     oid: ObjectId,
     first: Option<Result<T, StoreError>>,
     op: impl Fn() -> Result<T, StoreError> + Send + Sync + Clone + 'static,
 ) -> Result<T, StoreError> {
+    if first.is_none() && pulling(node, oid) {
+        recovery::recover_one(node, oid).await?;
+    }
     let r = match first {
         Some(r) => r,
         None => blocking(op.clone()).await,
@@ -95,7 +104,7 @@ fn on_error<T>(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, r: Result<T, StoreE
             warn!("{e}; repairing it from a replica");
             tokio::task::spawn_local(repair(node.clone(), epoch, oid));
         }
-        wire_error(&e)
+        node.disk.refuse(&e)
     })
 }
 
@@ -109,7 +118,7 @@ pub async fn read(
     gate(node, epoch).await?;
     // Small reads come from the page cache in microseconds: done here, they cost no hop to
     // a disk thread and back (unless a disk task holds the object).
-    let first = if len <= INLINE_MAX { node.objects.try_read(oid, offset, len) } else { None };
+    let first = if len <= INLINE_MAX && !pulling(node, oid) { node.objects.try_read(oid, offset, len) } else { None };
     let objects = node.objects.clone();
     let r = with_recovery(node, oid, first, move || objects.read(oid, offset, len)).await;
     on_error(node, epoch, oid, r)
@@ -127,10 +136,14 @@ pub async fn write(
     gate(node, epoch).await?;
     fence_gate(node, oid, fence).await?;
     // Small writes without FUA land in the page cache: done here (see `read`).
-    let first = if !fua && data.len() as u64 <= INLINE_MAX { node.objects.try_write(oid, offset, data) } else { None };
+    let first = if !fua && data.len() as u64 <= INLINE_MAX && !pulling(node, oid) {
+        node.objects.try_write(oid, offset, data, epoch)
+    } else {
+        None
+    };
     let objects = node.objects.clone();
     let data = std::sync::Arc::new(data.to_vec());
-    let r = with_recovery(node, oid, first, move || objects.write(oid, offset, &data, fua)).await;
+    let r = with_recovery(node, oid, first, move || objects.write(oid, offset, &data, fua, epoch)).await;
     on_error(node, epoch, oid, r)
 }
 
@@ -149,9 +162,13 @@ pub async fn zero(
     fence_gate(node, oid, fence).await?;
     // Small zeroings without FUA are a page-cache write or a small punch: done here (see
     // `read`).
-    let first = if !fua && len <= INLINE_MAX { node.objects.try_zero(oid, offset, len) } else { None };
+    let first = if !fua && len <= INLINE_MAX && !pulling(node, oid) {
+        node.objects.try_zero(oid, offset, len, epoch)
+    } else {
+        None
+    };
     let objects = node.objects.clone();
-    let r = with_recovery(node, oid, first, move || objects.zero(oid, offset, len, fua)).await;
+    let r = with_recovery(node, oid, first, move || objects.zero(oid, offset, len, fua, epoch)).await;
     on_error(node, epoch, oid, r)
 }
 
@@ -171,8 +188,8 @@ pub async fn create_and_write(
     fence_gate(node, oid, fence).await?;
     // An object this node should hold already may be on its way: pull it first, so that
     // the write lands on its data and not on zeros.
-    if !node.objects.contains(oid) && node.recovery.borrow().unsettled(node.epoch()) {
-        recovery::recover_one(node, oid).await.map_err(|e| wire_error(&e))?;
+    if (!node.objects.contains(oid) && node.recovery.borrow().unsettled(node.epoch())) || pulling(node, oid) {
+        recovery::recover_one(node, oid).await.map_err(|e| node.disk.refuse(&e))?;
     }
     let base_data = match base {
         Some(b) if !node.objects.contains(oid) => Some(base_object(node, epoch, b).await?),
@@ -180,7 +197,8 @@ pub async fn create_and_write(
     };
     let objects = node.objects.clone();
     let r =
-        blocking(move || objects.create_and_write(oid, object_size, base_data.as_deref(), offset, &data, fua)).await;
+        blocking(move || objects.create_and_write(oid, object_size, base_data.as_deref(), offset, &data, fua, epoch))
+            .await;
     on_error(node, epoch, oid, r).map(|_| ())
 }
 
@@ -210,13 +228,13 @@ async fn base_object(node: &Rc<Node>, epoch: Epoch, base: ObjectId) -> Result<Ve
 pub async fn remove(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<(), capnp::Error> {
     gate(node, epoch).await?;
     let objects = node.objects.clone();
-    blocking(move || objects.remove(oid)).await.map_err(|e| wire_error(&e))
+    blocking(move || objects.remove(oid)).await.map_err(|e| node.disk.refuse(&e))
 }
 
 pub async fn list(node: &Node, epoch: Epoch) -> Result<Listing, capnp::Error> {
     gate(node, epoch).await?;
     let objects = node.objects.clone();
-    blocking(move || objects.list()).await.map_err(|e| wire_error(&e))
+    blocking(move || objects.list()).await.map_err(|e| node.disk.refuse(&e))
 }
 
 /// `repair`: a corrupt live copy is repaired from a replica (else only reported).
@@ -227,18 +245,21 @@ pub async fn fetch(node: &Rc<Node>, epoch: Epoch, oid: ObjectId, repair: bool) -
     if repair && matches!(r, Err(StoreError::Corrupt { .. })) && node.objects.contains(oid) {
         return on_error(node, epoch, oid, r);
     }
-    r.map_err(|e| wire_error(&e))
+    r.map_err(|e| node.disk.refuse(&e))
 }
 
 pub async fn flush(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
     gate(node, epoch).await?;
     let objects = node.objects.clone();
-    blocking(move || objects.flush()).await.map_err(|e| wire_error(&e))
+    blocking(move || objects.flush()).await.map_err(|e| node.disk.refuse(&e))
 }
 
 pub async fn stat(node: &Node) -> Result<StoreStat, capnp::Error> {
+    if let Some(refused) = node.disk.refusal() {
+        return Err(refused);
+    }
     let objects = node.objects.clone();
-    blocking(move || objects.stat()).await.map_err(|e| wire_error(&e))
+    blocking(move || objects.stat()).await.map_err(|e| node.disk.refuse(&e))
 }
 
 /// Replaces this node's corrupt copy of `oid` by a good one from another replica of the
@@ -248,10 +269,18 @@ pub async fn repair(node: Rc<Node>, epoch: Epoch, oid: ObjectId) {
         if !node.objects.begin_repair(oid) {
             return; // one is under way
         }
-        let good = fetch_good_copy(&node, epoch, oid).await;
+        let mut good = fetch_good_copy(&node, epoch, oid).await;
+        let local = node.objects.live_version(oid).unwrap_or(0);
+        if let Some((_, v)) = good.as_ref().filter(|(_, v)| *v < local) {
+            // Never an older copy over a newer one: the corrupt blocks stay reported.
+            warn!(
+                "not repairing object {oid}: the replicas' copy (version {v:#x}) is older than this one ({local:#x})"
+            );
+            good = None;
+        }
         let objects = node.objects.clone();
         let found = good.is_some();
-        match blocking(move || objects.finish_repair(oid, good.as_deref())).await {
+        match blocking(move || objects.finish_repair(oid, good.as_ref().map(|(d, v)| (d.as_slice(), *v)))).await {
             Ok(true) => {
                 info!("repaired object {oid} from a replica");
                 return;
@@ -270,15 +299,19 @@ pub async fn repair(node: Rc<Node>, epoch: Epoch, oid: ObjectId) {
     warn!("gave up repairing object {oid}: it kept being written");
 }
 
-async fn fetch_good_copy(node: &Node, epoch: Epoch, oid: ObjectId) -> Option<Vec<u8>> {
+/// The newest live copy of `oid` among its other replicas in the epoch, with its version.
+async fn fetch_good_copy(node: &Node, epoch: Epoch, oid: ObjectId) -> Option<(Vec<u8>, u64)> {
     let epoch = epoch.max(node.epoch());
     let ring = node.ring(epoch)?;
+    let mut best: Option<(Vec<u8>, u64)> = None;
     for n in ring.replicas(oid, node.copies_of(oid.vid())).into_iter().filter(|n| n.id != node.info.id) {
         match node.peers.fetch(&n.addr, epoch, oid.raw()).await {
-            Ok(f) if !f.is_stale() => return Some(f.data),
+            Ok(f) if !f.is_stale() && best.as_ref().is_none_or(|(_, v)| f.version > *v) => {
+                best = Some((f.data, f.version))
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!("repair {oid}: {e}"),
         }
     }
-    None
+    best
 }

@@ -4,11 +4,10 @@
 //! held and every node's list was complete. Objects a client asks for meanwhile are pulled
 //! at once ([`recover_one`]).
 //!
-//! Which copy is pulled: a live copy (from a node's `obj/`) whenever one was listed; only
-//! when no node lists a live copy, a stale one, and then only among those last live in the
-//! newest epoch (a copy that went stale earlier may have missed writes).
+//! Which copy is pulled: the newest version listed, live or stale, once a newer one cannot
+//! be on a node that is down (see `recovery_plan`); until then the object waits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,13 +15,15 @@ use futures::stream::{self, StreamExt};
 use sheep_client::group::GroupClient;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
-use sheep_core::store::Listing;
+use sheep_core::placement::PlacementRing;
+use sheep_core::store::{Listing, WholeObject};
 use sheep_rpc::error::ErrorCode;
 use tracing::{debug, info, warn};
 
 use crate::blocking::blocking;
 use crate::node::{EpochRing, Node};
 use crate::objects::StoreError;
+use crate::recovery_plan::{plan, EpochReplicas, Plan};
 use crate::recovery_progress::{Holder, Progress};
 
 /// Objects pulled at the same time by one pass.
@@ -31,18 +32,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a node that left the previous epoch is given to list its objects.
 const LEAVER_WAIT: Duration = Duration::from_secs(2);
-
-/// Picks the copies worth pulling: every live one if any; else the stale ones last live in
-/// the newest epoch. Peers come before this node (`me`).
-pub fn best_holders(mut holders: Vec<Holder>, me: &str) -> Vec<Holder> {
-    if holders.iter().any(|h| h.stale_epoch == 0) {
-        holders.retain(|h| h.stale_epoch == 0);
-    } else if let Some(newest) = holders.iter().map(|h| h.stale_epoch).max() {
-        holders.retain(|h| h.stale_epoch == newest);
-    }
-    holders.sort_by_key(|h| h.addr == me);
-    holders
-}
 
 /// Whether this node holds `oid` in the epoch of `ring`.
 fn owns(node: &Node, ring: &EpochRing, oid: ObjectId) -> bool {
@@ -100,8 +89,9 @@ pub async fn run(node: Rc<Node>, client: Rc<GroupClient>) {
 }
 
 async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
-    if node.session() == 0 {
-        // Not joined (yet, or any more): joining kicks a new pass.
+    if node.session() == 0 || node.disk.failure().is_some() {
+        // Not joined (yet, or any more): joining kicks a new pass. A failed disk holds
+        // nothing to recover onto.
         return Pass::Finished;
     }
     let epoch = node.epoch();
@@ -129,7 +119,10 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         Err(e) => return Pass::Incomplete(format!("cannot remove objects of deleted VDIs: {e}")),
     }
 
-    let (holders, local, failed) = list_everyone(node, &ring, epoch).await;
+    let clean = node.clean_epoch().max(1);
+    let rings: Vec<(Epoch, Rc<PlacementRing>)> =
+        (clean..epoch).filter_map(|e| node.ring_of(e).map(|r| (e, Rc::new(r.ring)))).collect();
+    let (holders, local, answered, failed) = list_everyone(node, &ring, &rings, epoch).await;
     let listed = failed.is_empty();
 
     // Objects no longer owned move to .stale (still served to peers by fetch).
@@ -159,10 +152,12 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
             continue;
         }
         total += 1;
-        if hs.iter().any(|h| h.addr == me && h.stale_epoch == 0) {
-            continue;
+        match plan(&me, &hs, &answered, &history(node, &rings, oid), clean) {
+            Plan::Settled | Plan::Absent => {}
+            p => {
+                pending.insert(oid, p);
+            }
         }
-        pending.insert(oid, best_holders(hs, &me));
     }
     let todo: Vec<ObjectId> = pending.keys().copied().collect();
     {
@@ -172,9 +167,17 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         p.listed = listed;
         p.complete = false;
         p.pending = pending;
+        p.answered = answered;
+        p.rings = rings;
+        p.clean = clean;
     }
     if !todo.is_empty() {
-        info!("epoch {epoch}: pulling {} object(s) of {total} owned", todo.len());
+        let own = |p: &Plan| matches!(p, Plan::Pull(h) if h.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0));
+        let restore = node.recovery.borrow().pending.values().filter(|p| own(p)).count();
+        info!(
+            "epoch {epoch}: {} object(s) of {total} owned to pull from peers, {restore} to restore from .stale",
+            todo.len() - restore
+        );
     }
     stream::iter(todo)
         .for_each_concurrent(PARALLEL_PULLS, |oid| async move {
@@ -184,9 +187,25 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         })
         .await;
 
-    let missing = node.recovery.borrow().pending.len();
+    let (missing, waits) = {
+        let p = node.recovery.borrow();
+        let mut waits: BTreeSet<String> = BTreeSet::new();
+        for plan in p.pending.values() {
+            if let Plan::Wait(nodes) = plan {
+                waits.extend(nodes.iter().cloned());
+            }
+        }
+        (p.pending.len(), waits)
+    };
     if !listed {
         return Pass::Incomplete(format!("could not list the objects of {}", failed.join(", ")));
+    }
+    if !waits.is_empty() {
+        let nodes: Vec<String> = waits.into_iter().collect();
+        return Pass::Incomplete(format!(
+            "{missing} object(s) not pulled; some wait for {}, which may hold newer copies",
+            nodes.join(", ")
+        ));
     }
     if missing > 0 {
         return Pass::Incomplete(format!("{missing} object(s) could not be pulled"));
@@ -194,21 +213,39 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
     report(node, client, epoch).await
 }
 
-/// Lists every node of the epoch (this one from its own store). Returns, per object, who
-/// holds it; this node's own listing; and the nodes that could not be listed.
-///
-/// Nodes of the previous epoch that left are asked too, briefly and without requiring an
-/// answer (a node that left is normally gone): their copies count as stale copies last
-/// live in the previous epoch, used only where no node of this epoch has a live one.
+/// The replicas of `oid` in each epoch of `rings`.
+fn history(node: &Node, rings: &[(Epoch, Rc<PlacementRing>)], oid: ObjectId) -> Vec<EpochReplicas> {
+    let copies = node.copies_of(oid.vid());
+    rings
+        .iter()
+        .map(|(e, r)| EpochReplicas {
+            epoch: *e,
+            nodes: r.replicas(oid, copies).iter().map(|n| n.id.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Per object, who holds which copy.
+type Holdings = BTreeMap<ObjectId, Vec<Holder>>;
+
+/// Lists every node of the epoch (this one from its own store) and, briefly and without
+/// requiring an answer, every node of the epochs in `rings` that is not in this one (a node
+/// that left is normally gone). Returns who holds which copy of each object, this node's own
+/// listing, the nodes that answered, and the nodes of this epoch that could not be listed.
 async fn list_everyone(
     node: &Node,
     ring: &EpochRing,
+    rings: &[(Epoch, Rc<PlacementRing>)],
     epoch: Epoch,
-) -> (BTreeMap<ObjectId, Vec<Holder>>, Listing, Vec<String>) {
+) -> (Holdings, Listing, BTreeSet<String>, Vec<String>) {
     let objects = node.objects.clone();
     let mut failed = Vec::new();
+    let mut answered = BTreeSet::new();
     let local = match blocking(move || objects.list()).await {
-        Ok(l) => l,
+        Ok(l) => {
+            answered.insert(node.info.id.clone());
+            l
+        }
         Err(e) => {
             failed.push(format!("this node ({e})"));
             Listing::default()
@@ -216,14 +253,15 @@ async fn list_everyone(
     };
     let peers: Vec<&str> = ring.record.nodes.iter().filter(|n| n.id != node.info.id).map(|n| n.addr.as_str()).collect();
     let answers = futures::future::join_all(peers.iter().map(|addr| node.peers.list(addr, epoch))).await;
-    let previous = epoch.checked_sub(1).and_then(|e| node.ring(e));
-    let leavers: Vec<String> = previous
-        .iter()
-        .flat_map(|r| r.record.nodes.iter())
-        .filter(|n| !ring.record.nodes.iter().any(|m| m.id == n.id))
-        .map(|n| n.addr.clone())
-        .collect();
-    // A node that left may or may not know the new epoch yet: ask in the one it knows.
+    let mut leavers: Vec<String> = Vec::new();
+    for (e, _) in rings {
+        for n in node.ring_of(*e).map(|r| r.record.nodes).unwrap_or_default() {
+            if !ring.record.nodes.iter().any(|m| m.id == n.id) && !leavers.contains(&n.addr) {
+                leavers.push(n.addr);
+            }
+        }
+    }
+    // A node that left may or may not know the new epoch yet: ask in the one before first.
     let left_answers = futures::future::join_all(leavers.iter().map(|addr| async move {
         match tokio::time::timeout(LEAVER_WAIT, node.peers.list(addr, epoch - 1)).await {
             Ok(Err(e)) if e.is_code(ErrorCode::StaleEpoch) => {
@@ -233,32 +271,41 @@ async fn list_everyone(
         }
     }))
     .await;
-    let mut holders: BTreeMap<ObjectId, Vec<Holder>> = BTreeMap::new();
+    let mut holders: Holdings = BTreeMap::new();
     let mut add = |addr: &str, l: &Listing| {
-        for &oid in &l.live {
-            holders.entry(oid).or_default().push(Holder { addr: addr.to_string(), stale_epoch: 0 });
+        let version = |oid: &ObjectId| l.versions.get(oid).copied().unwrap_or(0);
+        for oid in &l.live {
+            let h = Holder { addr: addr.to_string(), stale_epoch: 0, version: version(oid) };
+            holders.entry(*oid).or_default().push(h);
         }
-        for &(oid, e) in &l.stale_only {
-            holders.entry(oid).or_default().push(Holder { addr: addr.to_string(), stale_epoch: e.max(1) });
+        for (oid, e) in &l.stale_only {
+            let h = Holder { addr: addr.to_string(), stale_epoch: (*e).max(1), version: version(oid) };
+            holders.entry(*oid).or_default().push(h);
         }
     };
     add(&node.info.id, &local);
     for (addr, answer) in peers.iter().zip(answers) {
         match answer {
-            Ok(l) => add(addr, &l),
+            Ok(l) => {
+                add(addr, &l);
+                answered.insert(addr.to_string());
+            }
             Err(e) => failed.push(e.to_string()),
         }
     }
     for (addr, answer) in leavers.iter().zip(left_answers) {
         if let Ok(Ok(l)) = answer {
+            // Not a member now: its live copies count as stale ones (they take no writes).
             let as_stale = Listing {
                 live: Vec::new(),
                 stale_only: l.live.iter().map(|&o| (o, epoch - 1)).chain(l.stale_only.iter().copied()).collect(),
+                versions: l.versions.clone(),
             };
             add(addr, &as_stale);
+            answered.insert(addr.clone());
         }
     }
-    (holders, local, failed)
+    (holders, local, answered, failed)
 }
 
 async fn report(node: &Node, client: &GroupClient, epoch: Epoch) -> Pass {
@@ -306,10 +353,11 @@ async fn purge_stale(node: &Node) {
 }
 
 /// Pulls `oid` now if this node should hold it and a recovery is under way. `Ok(true)`:
-/// the object is here now; `Ok(false)`: no node has it (a new object).
+/// the object is here now; `Ok(false)`: no node has it (a new object). `NotYet`: a newer
+/// copy may be on a node that is down, or some node did not answer: try again.
 pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
     let epoch = node.epoch();
-    let plan = {
+    let holders = {
         let p = node.recovery.borrow();
         if !p.unsettled(epoch) {
             return Ok(false);
@@ -318,29 +366,44 @@ pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError>
             None // the plan is of an older epoch
         } else {
             match p.pending.get(&oid) {
-                Some(h) => Some(h.clone()),
-                None if p.listed => return Ok(false),
+                Some(Plan::Wait(nodes)) => return Err(waits(oid, nodes)),
+                Some(Plan::Pull(h)) => Some(h.clone()),
+                Some(Plan::Settled | Plan::Absent) => return Ok(node.objects.contains(oid)),
+                // Listed by nobody: new, unless a node that is down may hold it.
+                None if p.listed => {
+                    let me = &node.info.id;
+                    return match plan(me, &[], &p.answered, &history(node, &p.rings, oid), p.clean) {
+                        Plan::Wait(nodes) => Err(waits(oid, &nodes)),
+                        _ => Ok(false),
+                    };
+                }
                 None => None,
             }
         }
     };
-    let got = match plan {
+    let got = match holders {
         Some(holders) => match pull_from(node, epoch, oid, &holders).await {
-            Some(d) => Found::Data(d),
+            Some(found) => found,
             None if planned(node, epoch, oid) => Found::Unknown,
             None => return Ok(node.objects.contains(oid)), // pulled meanwhile by another request
         },
         None => pull_unplanned(node, epoch, oid).await,
     };
-    let data = match got {
-        Found::Data(d) => d,
+    let objects = node.objects.clone();
+    match got {
+        Found::Data(w) => {
+            blocking(move || objects.install(oid, &w.data, w.version)).await?;
+        }
+        Found::OwnStale(version) => {
+            if !blocking(move || objects.restore_stale(oid, version)).await? {
+                return Err(StoreError::NotYet(format!("object {oid} changed while being restored; try again")));
+            }
+        }
         Found::Absent => return Ok(false),
         Found::Unknown => {
-            return Err(StoreError::Io(format!("object {oid} may exist on a node that did not answer; try again")))
+            return Err(StoreError::NotYet(format!("object {oid} may exist on a node that did not answer; try again")))
         }
-    };
-    let objects = node.objects.clone();
-    blocking(move || objects.install_if_absent(oid, &data)).await?;
+    }
     let mut p = node.recovery.borrow_mut();
     if p.epoch == epoch && p.pending.remove(&oid).is_some() {
         p.done += 1;
@@ -350,25 +413,29 @@ pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError>
     Ok(true)
 }
 
+fn waits(oid: ObjectId, nodes: &[String]) -> StoreError {
+    StoreError::NotYet(format!("object {oid} waits for {}: a newer copy may be there", nodes.join(", ")))
+}
+
 /// True if the plan of `epoch` says some node holds `oid` (so not finding it is a failure).
 fn planned(node: &Node, epoch: Epoch, oid: ObjectId) -> bool {
     let p = node.recovery.borrow();
     p.epoch == epoch && p.pending.contains_key(&oid)
 }
 
-/// The object from the first of `holders` that gives it.
-async fn pull_from(node: &Node, epoch: Epoch, oid: ObjectId, holders: &[Holder]) -> Option<Vec<u8>> {
+/// The object from the first of `holders` that gives it (all hold the same version): this
+/// node's own stale copy is restored in place (nothing copied), a peer's fetched.
+async fn pull_from(node: &Node, epoch: Epoch, oid: ObjectId, holders: &[Holder]) -> Option<Found> {
     for h in holders {
         if h.addr == node.info.id {
-            let objects = node.objects.clone();
-            match blocking(move || objects.fetch(oid)).await {
-                Ok(d) => return Some(d),
-                Err(e) => debug!("own stale copy of {oid}: {e}"),
+            if h.stale_epoch > 0 {
+                return Some(Found::OwnStale(h.version));
             }
             continue;
         }
         match node.peers.fetch(&h.addr, epoch, oid.raw()).await {
-            Ok(f) => return Some(f.data),
+            Ok(w) if w.version >= h.version => return Some(Found::Data(w)),
+            Ok(w) => debug!("{}'s copy of {oid} is at version {:#x} now, not {:#x}", h.addr, w.version, h.version),
             Err(e) => debug!("fetch {oid}: {e}"),
         }
     }
@@ -377,63 +444,61 @@ async fn pull_from(node: &Node, epoch: Epoch, oid: ObjectId, holders: &[Holder])
 
 /// What asking for an object found.
 enum Found {
-    Data(Vec<u8>),
+    Data(WholeObject),
+    /// This node's own stale copy is the one to take, at this version.
+    OwnStale(u64),
     /// Every node answered: nobody has it.
     Absent,
-    /// Not found, but some node did not answer.
+    /// Not found, but some node did not answer (or may hold a newer copy).
     Unknown,
 }
 
-/// Before the lists are in: asks every other node of the epoch. A live copy is taken at
-/// once; stale copies only if every node answered and none had a live one (the newest).
+/// Before the lists are in: asks every other node of the epoch and takes the newest copy,
+/// once no node that is down may hold a newer one (see `recovery_plan`).
 async fn pull_unplanned(node: &Node, epoch: Epoch, oid: ObjectId) -> Found {
     let Some(ring) = node.ring(epoch) else { return Found::Unknown };
-    let mut best: Option<(u32, Vec<u8>)> = None;
-    let mut all_answered = true;
-    for n in ring.record.nodes.iter().filter(|n| n.id != node.info.id) {
+    let me = node.info.id.clone();
+    let mut answered = BTreeSet::new();
+    let mut holders = Vec::new();
+    let mut best: Option<WholeObject> = None;
+    let mut consider = |addr: &str, w: WholeObject, holders: &mut Vec<Holder>| {
+        holders.push(Holder { addr: addr.to_string(), stale_epoch: w.stale_epoch, version: w.version });
+        if best.as_ref().is_none_or(|b| w.version > b.version) {
+            best = Some(w);
+        }
+    };
+    for n in ring.record.nodes.iter().filter(|n| n.id != me) {
         match node.peers.fetch(&n.addr, epoch, oid.raw()).await {
-            Ok(f) if !f.is_stale() => return Found::Data(f.data),
-            Ok(f) => {
-                let e = f.stale_epoch;
-                if best.as_ref().is_none_or(|(b, _)| e > *b) {
-                    best = Some((e, f.data));
-                }
+            Ok(w) => {
+                answered.insert(n.id.clone());
+                consider(&n.id, w, &mut holders);
             }
-            Err(e) if e.is_code(ErrorCode::NoObject) => {}
-            Err(e) => {
-                debug!("fetch {oid}: {e}");
-                all_answered = false;
+            Err(e) if e.is_code(ErrorCode::NoObject) => {
+                answered.insert(n.id.clone());
             }
+            Err(e) => debug!("fetch {oid}: {e}"),
         }
     }
     let objects = node.objects.clone();
-    let own = blocking(move || objects.fetch_any(oid)).await.ok().filter(|w| w.stale_epoch > 0);
-    if let Some(w) = own {
-        if best.as_ref().is_none_or(|(b, _)| w.stale_epoch > *b) {
-            best = Some((w.stale_epoch, w.data));
+    match blocking(move || objects.fetch_any(oid)).await {
+        Ok(w) => {
+            answered.insert(me.clone());
+            consider(&me, w, &mut holders);
         }
+        Err(StoreError::NoObject(_)) => {
+            answered.insert(me.clone());
+        }
+        Err(e) => debug!("own copy of {oid}: {e}"),
     }
-    match (best, all_answered) {
-        (Some((_, d)), true) => Found::Data(d),
-        (None, true) => Found::Absent,
-        (_, false) => Found::Unknown,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(addr: &str, e: u32) -> Holder {
-        Holder { addr: addr.into(), stale_epoch: e }
-    }
-
-    #[test]
-    fn live_copies_win_then_the_newest_stale_ones() {
-        let me = "me";
-        assert_eq!(best_holders(vec![h("a", 3), h("b", 0), h(me, 5)], me), vec![h("b", 0)]);
-        assert_eq!(best_holders(vec![h(me, 5), h("a", 3), h("b", 5)], me), vec![h("b", 5), h(me, 5)]);
-        assert_eq!(best_holders(vec![h("a", 2), h(me, 4)], me), vec![h(me, 4)]);
-        assert!(best_holders(vec![], me).is_empty());
+    let clean = node.clean_epoch().max(1);
+    let rings: Vec<(Epoch, Rc<PlacementRing>)> =
+        (clean..epoch).filter_map(|e| node.ring_of(e).map(|r| (e, Rc::new(r.ring)))).collect();
+    match plan(&me, &holders, &answered, &history(node, &rings, oid), clean) {
+        Plan::Pull(from) if from.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0) => {
+            Found::OwnStale(from[0].version)
+        }
+        Plan::Pull(_) => best.map_or(Found::Unknown, Found::Data),
+        Plan::Absent if answered.len() == ring.record.nodes.len() => Found::Absent,
+        _ => Found::Unknown,
     }
 }

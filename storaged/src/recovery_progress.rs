@@ -2,18 +2,15 @@
 //! the object operations ask before answering that an object is missing), and the objects it
 //! still has to pull with who holds them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
+use sheep_core::placement::PlacementRing;
 
-/// Where a copy of an object is: a node's address, and 0 for a live copy or the last epoch
-/// in which a stale copy was live.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub addr: String,
-    pub stale_epoch: u32,
-}
+pub use crate::recovery_plan::Holder;
+use crate::recovery_plan::Plan;
 
 /// Progress of recovery to one epoch, as the `recovery` call reports it.
 #[derive(Debug, Default)]
@@ -23,8 +20,14 @@ pub struct Progress {
     pub total: u64,
     pub complete: bool,
     pub listed: bool,
-    /// Objects still to pull, and who may give them (best first).
-    pub(crate) pending: HashMap<ObjectId, Vec<Holder>>,
+    /// Objects still to pull (who may give them, best first), or waiting for a node that
+    /// may hold a newer copy: only `Plan::Pull` and `Plan::Wait`.
+    pub(crate) pending: HashMap<ObjectId, Plan>,
+    /// What the plan was made from, to plan objects nobody listed when they are asked for:
+    /// the nodes that answered, the rings of the epochs from the clean one on, that epoch.
+    pub(crate) answered: BTreeSet<String>,
+    pub(crate) rings: Vec<(Epoch, Rc<PlacementRing>)>,
+    pub(crate) clean: Epoch,
     /// groupd said every node of this epoch recovered: purge `.stale` once this node is
     /// complete for it too.
     pub(crate) purge_for: Option<Epoch>,
@@ -35,6 +38,12 @@ impl Progress {
     /// exist elsewhere and must be pulled before a client uses it.
     pub fn unsettled(&self, epoch: Epoch) -> bool {
         epoch != 0 && !(self.epoch == epoch && self.complete)
+    }
+
+    /// True if the plan of `epoch` has still to pull `oid` (missing here, or a newer copy
+    /// is elsewhere).
+    pub fn is_pending(&self, epoch: Epoch, oid: ObjectId) -> bool {
+        self.epoch == epoch && !self.complete && self.pending.contains_key(&oid)
     }
 }
 

@@ -189,7 +189,7 @@ fn check_reports_then_repairs_a_missing_and_a_divergent_replica() {
     let after = holders(&c, nodes);
     assert_eq!(after, h, "the objects are where they were");
     for (oid, on) in &after {
-        let copies: Vec<Vec<u8>> = on.iter().map(|&n| std::fs::read(obj_path(&c, n, oid)).unwrap()).collect();
+        let copies: Vec<Vec<u8>> = on.iter().map(|&n| body(&obj_path(&c, n, oid))).collect();
         for (i, copy) in copies.iter().enumerate().skip(1) {
             assert!(*copy == copies[0], "object {oid}: replica {i} differs from the first");
         }
@@ -201,6 +201,12 @@ fn check_reports_then_repairs_a_missing_and_a_divergent_replica() {
     assert!(out.contains("0 repaired, 0 unrepairable"), "{out}");
     let (ok, v) = check_json(&c, &["cluster", "check", "--dry-run"]);
     assert!(ok && v["problems"].as_array().unwrap().is_empty(), "{v:#}");
+}
+
+/// An object file past its header (whose version differs between copies repaired by
+/// writing): the crc table and the data.
+fn body(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap().split_off(64)
 }
 
 #[test]
@@ -225,7 +231,7 @@ fn check_breaks_a_tie_with_the_primary_copy() {
     assert_eq!(p["action"]["source"], primary, "{p:#}");
     assert!(p["text"].as_str().unwrap().contains("the primary's won"), "{p:#}");
     // Both copies now hold what the primary held.
-    let copies: Vec<Vec<u8>> = on.iter().map(|&n| std::fs::read(obj_path(&c, n, oid)).unwrap()).collect();
+    let copies: Vec<Vec<u8>> = on.iter().map(|&n| body(&obj_path(&c, n, oid))).collect();
     assert!(copies[0] == copies[1], "the two replicas agree");
 }
 

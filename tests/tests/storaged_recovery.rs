@@ -99,6 +99,17 @@ fn owners(rec: &EpochRecord, addrs: &[String], oid: u64) -> Vec<usize> {
     ring.replicas(oid, COPIES).iter().map(|n| addrs.iter().position(|a| *a == n.id).unwrap()).collect()
 }
 
+/// The inode number of every file in node `i`'s `obj/`, by name: a file renamed keeps it, a
+/// copy pulled from a peer gets a new one.
+fn inodes(c: &Nodes, i: usize) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(c.data(i).join("obj"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().ino()))
+        .collect()
+}
+
 /// (live, stale) objects of every node in `live`.
 async fn lists(c: &Nodes, live: &[usize], epoch: u32) -> BTreeMap<usize, (Vec<u64>, Vec<u64>)> {
     let mut out = BTreeMap::new();
@@ -331,6 +342,7 @@ fn a_quick_restart_serves_only_pulled_data() {
     let mut c = Nodes::new();
     block_on(async {
         let (e, mut model) = two_nodes_holding(&mut c, 6, 0).await;
+        let before = inodes(&c, 1);
         // Node 1 restarts at once (usually within its lease: no new epoch). What it had is
         // quarantined; whatever a client asks for is pulled from node 0 first.
         c.cluster.storageds[1].kill();
@@ -348,6 +360,12 @@ fn a_quick_restart_serves_only_pulled_data() {
         assert!(got == model[&changed], "node 1 served its old copy");
         c.wait_recovered(&[0, 1], e2.epoch).await;
         check_placement(&c, &e2, &[0, 1], &model).await;
+        // Only what changed meanwhile was copied; the rest is its own files, restored.
+        let after = inodes(&c, 1);
+        let changed_name = format!("{changed:016x}");
+        for (name, ino) in &before {
+            assert_eq!(after.get(name) == Some(ino), *name != changed_name, "object {name}: copied or restored?");
+        }
     });
 }
 
@@ -382,6 +400,7 @@ fn a_cluster_shutdown_and_restart_keeps_every_object() {
     let mut c = Nodes::new();
     block_on(async {
         let (_, model) = two_nodes_holding(&mut c, 5, 50).await;
+        let before: Vec<BTreeMap<String, u64>> = (0..2).map(|i| inodes(&c, i)).collect();
         c.group.shutdown().await.unwrap();
         for n in &mut c.cluster.storageds {
             assert_eq!(n.wait_exit(Duration::from_secs(20)), Some(0));
@@ -389,11 +408,14 @@ fn a_cluster_shutdown_and_restart_keeps_every_object() {
         for n in &mut c.cluster.storageds {
             n.restart();
         }
-        // Same nodes, same epoch: every copy was quarantined at start and is pulled back,
-        // and the stale copies it replaces go.
+        // Same nodes, same epoch: every copy was quarantined at start, and is restored in
+        // place (the same file, renamed back: no data moves) once recovery found it newest.
         let e2 = c.wait_epoch(&[0, 1]).await;
         c.wait_recovered(&[0, 1], e2.epoch).await;
         check_placement(&c, &e2, &[0, 1], &model).await;
+        for (i, files) in before.iter().enumerate() {
+            assert_eq!(&inodes(&c, i), files, "node {i} copied objects after a clean restart");
+        }
         let held = lists(&c, &[0, 1], e2.epoch).await;
         assert!(held.values().all(|(_, stale)| stale.is_empty()), "{held:?}");
         for i in 0..2 {

@@ -41,8 +41,8 @@ impl Digest {
 /// What one replica (a node the ring says should hold the object) has of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seen {
-    /// A live copy that passed its checksums.
-    Data(Digest),
+    /// A live copy that passed its checksums, and its version.
+    Data(Digest, sheep_core::store::Version),
     /// No copy at all.
     Missing,
     /// Only an old copy in the node's `.stale/` (never served; not a live replica).
@@ -57,7 +57,7 @@ pub enum Seen {
 impl Seen {
     pub fn describe(&self) -> String {
         match self {
-            Seen::Data(d) => format!("ok ({})", d.short()),
+            Seen::Data(d, _) => format!("ok ({})", d.short()),
             Seen::Missing => "missing".into(),
             Seen::StaleOnly => "missing (stale copy only)".into(),
             Seen::Corrupt => "corrupt".into(),
@@ -102,9 +102,11 @@ pub enum Plan {
 
 /// Decides for one object from its replicas in placement order (index 0 = the primary).
 ///
-/// A copy failing its checksums is never the source. Among valid copies the content held
-/// by most replicas wins; on a tie, the primary's content if it is one of the tied ones,
-/// else the tied content seen first in placement order. Every replica not holding the
+/// A copy failing its checksums is never the source, nor is one older (of a lower version)
+/// than another valid copy: it misses writes the newer one has. Among the valid copies of
+/// the newest version the content held by most replicas wins; on a tie, the primary's
+/// content if it is one of the tied ones, else the tied content seen first in placement
+/// order. Every replica not holding the
 /// winning content is a target. A replica that could not be asked makes the object
 /// unrepairable: its copy might be the one that should have won.
 pub fn decide(replicas: &[Seen]) -> Plan {
@@ -113,10 +115,14 @@ pub fn decide(replicas: &[Seen]) -> Plan {
     if !unknown.is_empty() {
         return Plan::Unrepairable(Unrepairable::Unknown(unknown));
     }
+    let newest = replicas.iter().filter_map(|s| if let Seen::Data(_, v) = s { Some(*v) } else { None }).max();
     // (digest, count, first index), in order of first appearance.
     let mut groups: Vec<(Digest, usize, usize)> = Vec::new();
     for (i, s) in replicas.iter().enumerate() {
-        if let Seen::Data(d) = s {
+        if let Seen::Data(d, v) = s {
+            if Some(*v) != newest {
+                continue;
+            }
             match groups.iter_mut().find(|g| g.0 == *d) {
                 Some(g) => g.1 += 1,
                 None => groups.push((*d, 1, i)),
@@ -130,8 +136,12 @@ pub fn decide(replicas: &[Seen]) -> Plan {
     // Groups are in order of first appearance, so the first tied group holds the primary
     // if the primary is among them, else the earliest replica in placement order.
     let (winner, _, source) = *tied[0];
-    let targets: Vec<usize> =
-        replicas.iter().enumerate().filter(|(_, s)| **s != Seen::Data(winner)).map(|(i, _)| i).collect();
+    let targets: Vec<usize> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !matches!(s, Seen::Data(d, _) if *d == winner))
+        .map(|(i, _)| i)
+        .collect();
     if targets.is_empty() {
         return Plan::Ok;
     }
@@ -143,7 +153,15 @@ mod tests {
     use super::*;
 
     fn d(n: u8) -> Seen {
-        Seen::Data(Digest::of(&[n; 100]))
+        Seen::Data(Digest::of(&[n; 100]), 1)
+    }
+
+    #[test]
+    fn check_the_newest_version_wins_even_in_the_minority() {
+        let v = |n: u8, version: u64| Seen::Data(Digest::of(&[n; 100]), version);
+        assert_eq!(decide(&[v(1, 5), v(2, 9), v(1, 5)]), Plan::Repair { source: 1, targets: vec![0, 2], tie: false });
+        // The same content at another version needs no repair.
+        assert_eq!(decide(&[v(1, 5), v(1, 9)]), Plan::Ok);
     }
 
     #[test]

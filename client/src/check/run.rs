@@ -330,7 +330,7 @@ async fn observe_all(
     let all = join_all(nodes.iter().map(|a| async move {
         match cluster.pool().inspect(a, epoch, oid.raw()).await {
             Ok(whole) if whole.is_stale() => (Seen::StaleOnly, None),
-            Ok(whole) => (Seen::Data(Digest::of(&whole.data)), keep.then_some(whole.data)),
+            Ok(whole) => (Seen::Data(Digest::of(&whole.data), whole.version), keep.then_some(whole.data)),
             Err(e) if e.is_code(ErrorCode::NoObject) => (Seen::Missing, None),
             Err(e) if e.is_code(ErrorCode::Corrupt) => (Seen::Corrupt, None),
             Err(e) => (Seen::Unknown(short_error(&e)), None),

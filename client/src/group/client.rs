@@ -312,6 +312,18 @@ impl GroupClient {
         .await
     }
 
+    /// A storage node reports that its disk failed: it leaves the data membership.
+    pub async fn node_failed(&self, session: SessionId, reason: &str) -> Result<(), Error> {
+        self.call("node failed", Duration::ZERO, |c| async move {
+            let mut req = c.node_failed_request();
+            req.get().set_session(session);
+            req.get().set_reason(reason);
+            req.send().promise.await?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn lock(&self, session: SessionId, vdi: &str) -> Result<LockInfo, Error> {
         self.call("lock", Duration::ZERO, |c| async move {
             let mut req = c.lock_request();

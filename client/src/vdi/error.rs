@@ -64,7 +64,7 @@ impl NodeError {
     /// expected to settle it.
     pub fn wants_new_epoch(&self) -> bool {
         match self {
-            NodeError::Refused { code, .. } => *code == ErrorCode::StaleEpoch,
+            NodeError::Refused { code, .. } => matches!(code, ErrorCode::StaleEpoch | ErrorCode::DiskFailed),
             _ => true,
         }
     }

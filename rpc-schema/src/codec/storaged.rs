@@ -87,9 +87,13 @@ pub fn write_listing(mut b: list_results::Builder<'_>, l: &Listing) -> capnp::Re
     for (i, (oid, _)) in l.stale_only.iter().enumerate() {
         stale.set(i as u32, oid.raw());
     }
-    let mut epochs = b.init_stale_epochs(n);
+    let mut epochs = b.reborrow().init_stale_epochs(n);
     for (i, (_, e)) in l.stale_only.iter().enumerate() {
         epochs.set(i as u32, *e);
+    }
+    let mut versions = b.init_versions(list_len(l.live.len() + l.stale_only.len())?);
+    for (i, oid) in l.live.iter().chain(l.stale_only.iter().map(|(o, _)| o)).enumerate() {
+        versions.set(i as u32, l.versions.get(oid).copied().unwrap_or(0));
     }
     Ok(())
 }
@@ -101,20 +105,25 @@ pub fn read_listing(r: list_results::Reader<'_>) -> capnp::Result<Listing> {
     let stale_only: Vec<_> =
         stale.iter().enumerate().map(|(i, &o)| (o, epochs.try_get(i as u32).unwrap_or(1).max(1))).collect();
     let stale: HashSet<ObjectId> = stale.into_iter().collect();
-    let live = read_oids(r.get_oids()?)?.into_iter().filter(|o| !stale.contains(o)).collect();
-    Ok(Listing { live, stale_only })
+    let all = read_oids(r.get_oids()?)?;
+    let v = r.get_versions()?;
+    // A node that sends no versions (0): its copies count as the oldest.
+    let versions = all.iter().enumerate().map(|(i, &o)| (o, v.try_get(i as u32).unwrap_or(0))).collect();
+    let live = all.into_iter().filter(|o| !stale.contains(o)).collect();
+    Ok(Listing { live, stale_only, versions })
 }
 
 pub fn write_whole(mut b: fetch_results::Builder<'_>, w: &WholeObject) {
     b.set_data(&w.data);
     b.set_stale(w.is_stale());
     b.set_stale_epoch(w.stale_epoch);
+    b.set_version(w.version);
 }
 
 /// A stale copy always names an epoch, at least 1.
 pub fn read_whole(r: fetch_results::Reader<'_>) -> capnp::Result<WholeObject> {
     let stale_epoch = if r.get_stale() { r.get_stale_epoch().max(1) } else { 0 };
-    Ok(WholeObject { data: r.get_data()?.to_vec(), stale_epoch })
+    Ok(WholeObject { data: r.get_data()?.to_vec(), stale_epoch, version: r.get_version() })
 }
 
 #[cfg(test)]
@@ -156,7 +165,12 @@ mod tests {
 
     #[test]
     fn listings_keep_live_and_stale_copies_apart_with_their_epochs() {
-        let l = Listing { live: vec![oid(1, 0), oid(1, 1)], stale_only: vec![(oid(2, 0), 4), (oid(2, 1), 1)] };
+        let versions = [(oid(1, 0), 7 << 32 | 2), (oid(1, 1), 0), (oid(2, 0), 4 << 32 | 1), (oid(2, 1), 9)];
+        let l = Listing {
+            live: vec![oid(1, 0), oid(1, 1)],
+            stale_only: vec![(oid(2, 0), 4), (oid(2, 1), 1)],
+            versions: versions.into_iter().collect(),
+        };
         let mut msg = Builder::new_default();
         write_listing(msg.init_root(), &l).unwrap();
         let r: list_results::Reader<'_> = msg.get_root_as_reader().unwrap();
@@ -173,7 +187,8 @@ mod tests {
         b.reborrow().get_oids().unwrap().set(1, oid(1, 1).raw());
         b.reborrow().init_stale(1).set(0, oid(1, 1).raw());
         let l = read_listing(msg.get_root_as_reader().unwrap()).unwrap();
-        assert_eq!(l, Listing { live: vec![oid(1, 0)], stale_only: vec![(oid(1, 1), 1)] });
+        let versions = [(oid(1, 0), 0), (oid(1, 1), 0)].into_iter().collect();
+        assert_eq!(l, Listing { live: vec![oid(1, 0)], stale_only: vec![(oid(1, 1), 1)], versions });
 
         let mut msg = Builder::new_default();
         let mut b: list_results::Builder<'_> = msg.init_root();
@@ -183,9 +198,10 @@ mod tests {
 
     #[test]
     fn fetched_objects_say_whether_they_are_stale() {
-        for w in
-            [WholeObject { data: b"live".to_vec(), stale_epoch: 0 }, WholeObject { data: vec![1; 9], stale_epoch: 3 }]
-        {
+        for w in [
+            WholeObject { data: b"live".to_vec(), stale_epoch: 0, version: 5 << 32 | 3 },
+            WholeObject { data: vec![1; 9], stale_epoch: 3, version: 1 },
+        ] {
             let mut msg = Builder::new_default();
             write_whole(msg.init_root(), &w);
             assert_eq!(read_whole(msg.get_root_as_reader().unwrap()).unwrap(), w);

@@ -15,12 +15,19 @@ impl ObjectStore {
     /// Every object held: live ones, and those only in `.stale/`.
     pub fn list(&self) -> Result<Listing, StoreError> {
         let live: BTreeSet<ObjectId> = list_dir(&self.obj)?.into_iter().collect();
-        let stale_only = list_dir(&self.stale)?
+        let stale_only: Vec<(ObjectId, u32)> = list_dir(&self.stale)?
             .into_iter()
             .filter(|o| !live.contains(o))
             .map(|o| (o, self.stale_epoch_of(o)))
             .collect();
-        Ok(Listing { live: live.into_iter().collect(), stale_only })
+        let mut versions = std::collections::BTreeMap::new();
+        for &oid in &live {
+            versions.insert(oid, Self::version_at(&self.obj_path(oid)));
+        }
+        for &(oid, _) in &stale_only {
+            versions.insert(oid, Self::version_at(&self.stale_path(oid)));
+        }
+        Ok(Listing { live: live.into_iter().collect(), stale_only, versions })
     }
 
     pub fn list_live(&self) -> Result<Vec<ObjectId>, StoreError> {
@@ -48,6 +55,28 @@ impl ObjectStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(&format!("move {oid} to .stale"), &e)),
         }
+    }
+
+    /// Makes this node's own stale copy of `oid` live again, without copying it: recovery
+    /// found it the newest (`version`). `Ok(false)`: there is a live copy already, or the
+    /// stale one is not at that version (any more).
+    pub fn restore_stale(&self, oid: ObjectId, version: u64) -> Result<bool, StoreError> {
+        let _g = self.locks.lock(oid);
+        if self.contains(oid) {
+            return Ok(false);
+        }
+        let mut f = match ObjFile::open(&self.stale_path(oid), true) {
+            Ok(f) if f.version() == version => f,
+            Ok(_) => return Ok(false),
+            Err(FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::from_file(oid, "open", e)),
+        };
+        f.set_stale_epoch(0).map_err(|e| StoreError::from_file(oid, "mark", e))?;
+        f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
+        fs::rename(self.stale_path(oid), self.obj_path(oid))
+            .map_err(|e| StoreError::io(&format!("restore {oid} from .stale"), &e))?;
+        sync_dir(&self.obj)?;
+        Ok(true)
     }
 
     /// Moves every live object to `.stale/`: a node that rejoins never serves old data.

@@ -6,6 +6,9 @@
 //!        12   block size, u32 LE (BLOCK)
 //!        16   last live epoch, u32 LE: 0 while live; set when the copy moves to .stale/
 //!        20   crc32 of bytes 0..20, u32 LE
+//!        24   version, u64 LE (sheep_core::store::Version: epoch of the last write << 32 |
+//!             writes in that epoch), then at 32 the crc32 of bytes 24..32; all 12 bytes
+//!             zero: version 0 (a copy from before versions)
 //!        64   crc table: one crc32 (u32 LE) per block of the object
 //!   data_off  the object's bytes: data_off = 64 + 4 × blocks rounded up to BLOCK
 //! ```
@@ -26,6 +29,10 @@ use std::sync::OnceLock;
 pub const BLOCK: usize = 4096;
 const MAGIC: &[u8; 8] = b"SHEEPOB1";
 const HEADER_CRC_AT: usize = 20;
+/// The version and its crc: written on their own (12 bytes, inside one sector) after every
+/// write's data and crcs.
+const VERSION_AT: usize = 24;
+const VERSION_LEN: usize = 12;
 const CRC_TABLE_AT: u64 = 64;
 /// The largest object this format takes (the wire's object size is a u32).
 pub const MAX_OBJECT_SIZE: u32 = 1 << 31;
@@ -107,12 +114,35 @@ impl Layout {
     }
 }
 
+fn version_bytes(v: u64) -> [u8; VERSION_LEN] {
+    let mut b = [0u8; VERSION_LEN];
+    if v != 0 {
+        b[..8].copy_from_slice(&v.to_le_bytes());
+        let crc = crc32fast::hash(&b[..8]);
+        b[8..].copy_from_slice(&crc.to_le_bytes());
+    }
+    b
+}
+
+fn parse_version(h: &[u8]) -> Result<u64, FileError> {
+    let b = &h[VERSION_AT..VERSION_AT + VERSION_LEN];
+    if b.iter().all(|&x| x == 0) {
+        return Ok(0);
+    }
+    if crc32fast::hash(&b[..8]).to_le_bytes() != b[8..12] {
+        return Err(FileError::Corrupt("bad object header: version checksum mismatch".into()));
+    }
+    Ok(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
+}
+
 /// An open object file.
 pub struct ObjFile {
     file: File,
     pub layout: Layout,
     /// The last epoch in which a stale copy was live (0 for a live object).
     pub stale_epoch: u32,
+    /// The copy's version, as in the header (changed under the object's lock).
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl ObjFile {
@@ -125,10 +155,11 @@ impl ObjFile {
             _ => FileError::Io(e),
         })?;
         let (layout, stale_epoch) = Layout::parse(&h)?;
+        let version = parse_version(&h)?;
         if file.metadata()?.len() != layout.file_len() {
             return Err(FileError::Corrupt("object file has the wrong length".into()));
         }
-        Ok(ObjFile { file, layout, stale_epoch })
+        Ok(ObjFile { file, layout, stale_epoch, version: version.into() })
     }
 
     /// Creates a new object file of zeros at `path` (which must not exist): header, a crc
@@ -143,13 +174,25 @@ impl ObjFile {
         }
         file.write_all_at(&head, 0)?;
         file.set_len(layout.file_len())?;
-        Ok(ObjFile { file, layout, stale_epoch: 0 })
+        Ok(ObjFile { file, layout, stale_epoch: 0, version: 0.into() })
     }
 
-    /// Records in the header the last epoch in which this copy was live (0: live).
+    /// Records in the header the last epoch in which this copy was live (0: live). The
+    /// version after it stays as it is.
     pub fn set_stale_epoch(&mut self, epoch: u32) -> Result<(), FileError> {
-        self.file.write_all_at(&self.layout.header(epoch), 0)?;
+        self.file.write_all_at(&self.layout.header(epoch)[..VERSION_AT], 0)?;
         self.stale_epoch = epoch;
+        Ok(())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records the copy's version (after the data it versions is written).
+    pub fn set_version(&self, v: u64) -> Result<(), FileError> {
+        self.file.write_all_at(&version_bytes(v), VERSION_AT as u64)?;
+        self.version.store(v, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 mod dirs;
 mod file;
 mod lock;
+mod probe;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
+use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
+use sheep_core::store::{next_version, Version};
 pub use sheep_core::store::{Listing, StoreStat, WholeObject};
 use sheep_rpc::error::ErrorCode;
 
@@ -45,6 +48,10 @@ pub enum StoreError {
     BadRequest(String),
     #[error("disk error: {0}")]
     Io(String),
+    /// Not a disk error: the object cannot be served yet (recovery must ask a node that did
+    /// not answer); the client tries again.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 impl StoreError {
@@ -54,7 +61,7 @@ impl StoreError {
             StoreError::Corrupt { .. } => ErrorCode::Corrupt,
             StoreError::NoSpace(_) => ErrorCode::NoSpace,
             StoreError::BadRequest(_) => ErrorCode::BadRequest,
-            StoreError::Io(_) => ErrorCode::IoError,
+            StoreError::Io(_) | StoreError::NotYet(_) => ErrorCode::IoError,
         }
     }
 
@@ -98,6 +105,9 @@ pub struct ObjectStore {
     open_files: Mutex<HashMap<ObjectId, Arc<ObjFile>>>,
     /// Test hook: every write fails as if the disk were full.
     no_space: AtomicBool,
+    /// (device, inode) of `obj/`, `.stale/` and `tmp/` when opened: the probe notices a
+    /// directory removed or replaced under the running node.
+    dir_ids: [DirId; 3],
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,7 +118,7 @@ impl ObjectStore {
     /// Opens the store under `root` (creating its directories); leftovers of interrupted
     /// creations in `tmp/` are removed.
     pub fn open(root: &Path) -> Result<ObjectStore, StoreError> {
-        let store = ObjectStore {
+        let mut store = ObjectStore {
             obj: root.join("obj"),
             stale: root.join(".stale"),
             tmp: root.join("tmp"),
@@ -118,9 +128,11 @@ impl ObjectStore {
             tmp_seq: AtomicU64::new(0),
             open_files: Mutex::default(),
             no_space: AtomicBool::new(false),
+            dir_ids: [(0, 0); 3],
         };
-        for dir in [&store.obj, &store.stale, &store.tmp] {
+        for (i, dir) in [store.obj.clone(), store.stale.clone(), store.tmp.clone()].iter().enumerate() {
             fs::create_dir_all(dir).map_err(|e| StoreError::io(&format!("create {}", dir.display()), &e))?;
+            store.dir_ids[i] = dir_id(dir)?;
         }
         for entry in read_dir(&store.tmp)? {
             let _ = fs::remove_file(entry);
@@ -197,9 +209,9 @@ impl ObjectStore {
 
     /// Like [`Self::write`] without FUA, but `None` at once if the object is locked: for
     /// small writes on the RPC thread, which must not wait.
-    pub fn try_write(&self, oid: ObjectId, offset: u64, data: &[u8]) -> Option<Result<(), StoreError>> {
+    pub fn try_write(&self, oid: ObjectId, offset: u64, data: &[u8], epoch: Epoch) -> Option<Result<(), StoreError>> {
         let _g = self.locks.try_lock(oid)?;
-        Some(self.write_locked(oid, offset, data, false))
+        Some(self.write_locked(oid, offset, data, false, epoch))
     }
 
     /// The whole live object, verified.
@@ -209,17 +221,18 @@ impl ObjectStore {
         f.read_all().map_err(|e| StoreError::from_file(oid, "read", e))
     }
 
-    /// Writes into an existing live object.
-    pub fn write(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool) -> Result<(), StoreError> {
+    /// Writes into an existing live object, a write of `epoch` (which advances its version).
+    pub fn write(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool, epoch: Epoch) -> Result<(), StoreError> {
         let _g = self.locks.lock(oid);
-        self.write_locked(oid, offset, data, fua)
+        self.write_locked(oid, offset, data, fua, epoch)
     }
 
-    fn write_locked(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool) -> Result<(), StoreError> {
+    fn write_locked(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool, epoch: Epoch) -> Result<(), StoreError> {
         let f = self.live_file(oid)?;
         self.check_space()?;
         self.note_write(oid);
         f.write(offset, data).map_err(|e| StoreError::from_file(oid, "write", e))?;
+        Self::advance(oid, &f, epoch)?;
         if fua {
             f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
         } else {
@@ -230,31 +243,37 @@ impl ObjectStore {
 
     /// Makes `len` bytes at `offset` of an existing live object read as zeros, freeing the
     /// whole blocks' space where the file system can (see [`ObjFile::zero`]).
-    pub fn zero(&self, oid: ObjectId, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
+    pub fn zero(&self, oid: ObjectId, offset: u64, len: u64, fua: bool, epoch: Epoch) -> Result<(), StoreError> {
         let _g = self.locks.lock(oid);
-        self.zero_locked(oid, offset, len, fua)
+        self.zero_locked(oid, offset, len, fua, epoch)
     }
 
     /// Like [`Self::zero`] without FUA, but `None` at once if the object is locked (see
     /// [`Self::try_write`]).
-    pub fn try_zero(&self, oid: ObjectId, offset: u64, len: u64) -> Option<Result<(), StoreError>> {
+    pub fn try_zero(&self, oid: ObjectId, offset: u64, len: u64, epoch: Epoch) -> Option<Result<(), StoreError>> {
         let _g = self.locks.try_lock(oid)?;
-        Some(self.zero_locked(oid, offset, len, false))
+        Some(self.zero_locked(oid, offset, len, false, epoch))
     }
 
     // No `check_space`: zeroing frees space (the partial edge blocks it rewrites still
     // report a full disk from the write itself).
-    fn zero_locked(&self, oid: ObjectId, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
+    fn zero_locked(&self, oid: ObjectId, offset: u64, len: u64, fua: bool, epoch: Epoch) -> Result<(), StoreError> {
         let f = self.live_file(oid)?;
         // A repair under way must not put older data over these zeros.
         self.note_write(oid);
         f.zero(offset, len).map_err(|e| StoreError::from_file(oid, "zero", e))?;
+        Self::advance(oid, &f, epoch)?;
         if fua {
             f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
         } else {
             locked(&self.dirty).insert(oid);
         }
         Ok(())
+    }
+
+    /// One more write of `epoch` landed on `f`: its version goes up (after the data).
+    fn advance(oid: ObjectId, f: &ObjFile, epoch: Epoch) -> Result<(), StoreError> {
+        f.set_version(next_version(f.version(), epoch)).map_err(|e| StoreError::from_file(oid, "version", e))
     }
 
     fn note_write(&self, oid: ObjectId) {
@@ -266,6 +285,7 @@ impl ObjectStore {
     /// Creates the object (zeros, or `base`, which must be a whole object of
     /// `object_size`) with `data` written at `offset`; it appears whole or not at all.
     /// An object that exists already is written into. Returns true if it was created.
+    #[allow(clippy::too_many_arguments, reason = "one argument per field of the wire request, and its epoch")]
     pub fn create_and_write(
         &self,
         oid: ObjectId,
@@ -274,11 +294,12 @@ impl ObjectStore {
         offset: u64,
         data: &[u8],
         fua: bool,
+        epoch: Epoch,
     ) -> Result<bool, StoreError> {
         let layout = Layout::new(object_size).map_err(|e| StoreError::from_file(oid, "create", e))?;
         let _g = self.locks.lock(oid);
         if self.contains(oid) {
-            self.write_locked(oid, offset, data, fua)?;
+            self.write_locked(oid, offset, data, fua, epoch)?;
             return Ok(false);
         }
         if offset.checked_add(data.len() as u64).is_none_or(|end| end > u64::from(object_size)) {
@@ -291,7 +312,8 @@ impl ObjectStore {
             if let Some(base) = base {
                 f.fill(base)?;
             }
-            f.write(offset, data)
+            f.write(offset, data)?;
+            f.set_version(next_version(0, epoch))
         })?;
         Ok(true)
     }
@@ -333,16 +355,25 @@ impl ObjectStore {
         sync_dir(&self.obj)
     }
 
-    /// Puts a whole object (pulled from a peer by recovery) in place, unless the node holds
-    /// it already. Returns true if it was installed.
-    pub fn install_if_absent(&self, oid: ObjectId, data: &[u8]) -> Result<bool, StoreError> {
+    /// Puts a whole object (pulled from a peer by recovery) at `version` in place, unless
+    /// the node holds a live copy of that version or newer already. Returns true if it was
+    /// installed.
+    pub fn install(&self, oid: ObjectId, data: &[u8], version: Version) -> Result<bool, StoreError> {
         let layout = layout_of(oid, data)?;
         let _g = self.locks.lock(oid);
-        if self.contains(oid) {
+        if self.live_version(oid).is_some_and(|v| v >= version) {
             return Ok(false);
         }
-        self.create_locked(oid, layout, |f| f.fill(data))?;
+        self.create_locked(oid, layout, |f| {
+            f.fill(data)?;
+            f.set_version(version)
+        })?;
         Ok(true)
+    }
+
+    /// The version of the live copy of `oid`, if there is one with a readable header.
+    pub fn live_version(&self, oid: ObjectId) -> Option<Version> {
+        ObjFile::open(&self.obj_path(oid), false).ok().map(|f| f.version())
     }
 
     /// Starts a repair of `oid`: writes from now on are noticed, so that
@@ -356,27 +387,26 @@ impl ObjectStore {
         true
     }
 
-    /// Replaces the local copy of `oid` by `data` (a good copy from a replica), unless a
-    /// write landed since `begin_repair` (`Ok(false)`: fetch again). `None` ends the repair
-    /// without installing anything.
-    pub fn finish_repair(&self, oid: ObjectId, data: Option<&[u8]>) -> Result<bool, StoreError> {
+    /// Replaces the local copy of `oid` by `data` at `version` (a good copy from a
+    /// replica), unless a write landed since `begin_repair` (`Ok(false)`: fetch again).
+    /// `None` ends the repair without installing anything.
+    pub fn finish_repair(&self, oid: ObjectId, data: Option<(&[u8], Version)>) -> Result<bool, StoreError> {
         let _g = self.locks.lock(oid);
         let dirtied = locked(&self.repairing).remove(&oid).unwrap_or(true);
-        let Some(data) = data else { return Ok(false) };
+        let Some((data, version)) = data else { return Ok(false) };
         if dirtied {
             return Ok(false);
         }
         let layout = layout_of(oid, data)?;
-        self.create_locked(oid, layout, |f| f.fill(data))?;
+        self.create_locked(oid, layout, |f| {
+            f.fill(data)?;
+            f.set_version(version)
+        })?;
         Ok(true)
     }
 
-    /// The whole object, verified, from `obj/` or else `.stale/`.
-    pub fn fetch(&self, oid: ObjectId) -> Result<Vec<u8>, StoreError> {
-        Ok(self.fetch_any(oid)?.data)
-    }
-
-    /// Like `fetch`, telling where the copy came from.
+    /// The whole object, verified, from `obj/` or else `.stale/`, telling where the copy
+    /// came from and its version.
     pub fn fetch_any(&self, oid: ObjectId) -> Result<WholeObject, StoreError> {
         let _g = self.locks.lock(oid);
         let (f, stale) = match ObjFile::open(&self.obj_path(oid), false) {
@@ -389,7 +419,12 @@ impl ObjectStore {
         let data = f.read_all().map_err(|e| StoreError::from_file(oid, "read", e))?;
         // A stale copy always names an epoch (at least 1); 0 means live.
         let stale_epoch = if stale { f.stale_epoch.max(1) } else { 0 };
-        Ok(WholeObject { data, stale_epoch })
+        Ok(WholeObject { data, stale_epoch, version: f.version() })
+    }
+
+    /// The version in the header of the copy at `path` (0 if unreadable).
+    fn version_at(path: &Path) -> Version {
+        ObjFile::open(path, false).map_or(0, |f| f.version())
     }
 
     /// The stale copy's last live epoch, read from its header (0 if unreadable).
@@ -442,6 +477,18 @@ fn layout_of(oid: ObjectId, data: &[u8]) -> Result<Layout, StoreError> {
     let size = u32::try_from(data.len())
         .map_err(|_| StoreError::BadRequest(format!("object {oid} of {} bytes is too big", data.len())))?;
     Layout::new(size).map_err(|e| StoreError::from_file(oid, "install", e))
+}
+
+/// (device, inode) of a directory.
+type DirId = (u64, u64);
+
+fn dir_id(dir: &Path) -> Result<DirId, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir).map_err(|e| StoreError::io(&format!("stat {}", dir.display()), &e))?;
+    if !m.is_dir() {
+        return Err(StoreError::Io(format!("{} is not a directory", dir.display())));
+    }
+    Ok((m.dev(), m.ino()))
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {

@@ -24,7 +24,7 @@ fn create_is_sparse_and_reads_back() {
     let (_t, s) = store();
     let o = oid(1, 0);
     let data = pattern(4096, 7);
-    assert!(s.create_and_write(o, MIB4, None, 8192, &data, false).unwrap());
+    assert!(s.create_and_write(o, MIB4, None, 8192, &data, false, 1).unwrap());
     let meta = fs::metadata(s.obj_path(o)).unwrap();
     let allocated = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
     assert!(meta.len() > u64::from(MIB4));
@@ -40,7 +40,7 @@ fn writes_across_blocks_and_partial_blocks() {
     let (_t, s) = store();
     let o = oid(2, 3);
     let size = 64 * 1024;
-    s.create_and_write(o, size, None, 0, &[], false).unwrap();
+    s.create_and_write(o, size, None, 0, &[], false, 1).unwrap();
     let mut model = vec![0u8; size as usize];
     for (i, (off, len)) in
         [(0usize, 4096usize), (100, 10), (4090, 20), (5000, 9000), (8192, 4096), (65535, 1), (1, 65534)]
@@ -48,15 +48,15 @@ fn writes_across_blocks_and_partial_blocks() {
             .enumerate()
     {
         let data = pattern(len, i as u8);
-        s.write(o, off as u64, &data, false).unwrap();
+        s.write(o, off as u64, &data, false, 1).unwrap();
         model[off..off + len].copy_from_slice(&data);
         assert_eq!(s.read(o, 0, u64::from(size)).unwrap(), model, "after write {i}");
     }
     assert_eq!(s.read(o, 4095, 3).unwrap(), model[4095..4098]);
     // create_and_write on an existing object writes into it.
-    assert!(!s.create_and_write(o, size, None, 10, b"xyz", false).unwrap());
+    assert!(!s.create_and_write(o, size, None, 10, b"xyz", false, 1).unwrap());
     model[10..13].copy_from_slice(b"xyz");
-    assert_eq!(s.fetch(o).unwrap(), model);
+    assert_eq!(s.fetch_any(o).map(|w| w.data).unwrap(), model);
 }
 
 #[test]
@@ -64,14 +64,14 @@ fn out_of_range_and_missing_are_errors() {
     let (_t, s) = store();
     let o = oid(3, 0);
     assert!(matches!(s.read(o, 0, 1), Err(StoreError::NoObject(_))));
-    assert!(matches!(s.write(o, 0, b"a", false), Err(StoreError::NoObject(_))));
-    assert!(matches!(s.fetch(o), Err(StoreError::NoObject(_))));
-    assert!(matches!(s.create_and_write(o, 1000, None, 0, b"a", false), Err(StoreError::BadRequest(_))));
-    assert!(matches!(s.create_and_write(o, 8192, None, 8000, &[1; 200], false), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.write(o, 0, b"a", false, 1), Err(StoreError::NoObject(_))));
+    assert!(matches!(s.fetch_any(o).map(|w| w.data), Err(StoreError::NoObject(_))));
+    assert!(matches!(s.create_and_write(o, 1000, None, 0, b"a", false, 1), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.create_and_write(o, 8192, None, 8000, &[1; 200], false, 1), Err(StoreError::BadRequest(_))));
     assert!(!s.contains(o), "a refused create leaves nothing");
-    s.create_and_write(o, 8192, None, 0, b"a", false).unwrap();
+    s.create_and_write(o, 8192, None, 0, b"a", false, 1).unwrap();
     assert!(matches!(s.read(o, 8192, 1), Err(StoreError::BadRequest(_))));
-    assert!(matches!(s.write(o, 8000, &[1; 200], false), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.write(o, 8000, &[1; 200], false, 1), Err(StoreError::BadRequest(_))));
     assert!(matches!(s.read(o, u64::MAX, 2), Err(StoreError::BadRequest(_))));
 }
 
@@ -80,7 +80,7 @@ fn a_flipped_byte_is_detected_never_returned() {
     let (_t, s) = store();
     let o = oid(4, 1);
     let data = pattern(16384, 3);
-    s.create_and_write(o, 16384, None, 0, &data, true).unwrap();
+    s.create_and_write(o, 16384, None, 0, &data, true, 1).unwrap();
     let layout = Layout::new(16384).unwrap();
     let f = fs::OpenOptions::new().read(true).write(true).open(s.obj_path(o)).unwrap();
     let at = layout.data_off() + 4096 + 17;
@@ -89,13 +89,13 @@ fn a_flipped_byte_is_detected_never_returned() {
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
     assert!(matches!(s.read(o, 4096, 10), Err(StoreError::Corrupt { .. })));
     assert!(matches!(s.read(o, 0, 16384), Err(StoreError::Corrupt { .. })));
-    assert!(matches!(s.fetch(o), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.fetch_any(o).map(|w| w.data), Err(StoreError::Corrupt { .. })));
     // Other blocks still read; a partial write into the bad block is refused.
     assert_eq!(s.read(o, 0, 4096).unwrap(), data[..4096]);
     assert_eq!(s.read(o, 8192, 8192).unwrap(), data[8192..]);
-    assert!(matches!(s.write(o, 4100, b"x", false), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(s.write(o, 4100, b"x", false, 1), Err(StoreError::Corrupt { .. })));
     // A full-block write replaces it.
-    s.write(o, 4096, &data[4096..8192], false).unwrap();
+    s.write(o, 4096, &data[4096..8192], false, 1).unwrap();
     assert_eq!(s.read(o, 0, 16384).unwrap(), data);
 
     // A damaged header is corrupt too (seen when the file is opened next).
@@ -109,13 +109,13 @@ fn repair_installs_unless_a_write_came_first() {
     let (_t, s) = store();
     let o = oid(5, 0);
     let good = pattern(8192, 9);
-    s.create_and_write(o, 8192, None, 0, &good, false).unwrap();
+    s.create_and_write(o, 8192, None, 0, &good, false, 1).unwrap();
     assert!(s.begin_repair(o));
     assert!(!s.begin_repair(o), "one repair at a time");
-    assert!(s.finish_repair(o, Some(&good)).unwrap());
+    assert!(s.finish_repair(o, Some((&good, 9))).unwrap());
     assert!(s.begin_repair(o));
-    s.write(o, 0, b"new", false).unwrap();
-    assert!(!s.finish_repair(o, Some(&good)).unwrap(), "a write since begin_repair wins");
+    s.write(o, 0, b"new", false, 1).unwrap();
+    assert!(!s.finish_repair(o, Some((&good, 9))).unwrap(), "a write since begin_repair wins");
     assert_eq!(s.read(o, 0, 3).unwrap(), b"new");
 }
 
@@ -123,15 +123,15 @@ fn repair_installs_unless_a_write_came_first() {
 fn fua_flush_and_dirty_set() {
     let (_t, s) = store();
     let (a, b) = (oid(6, 0), oid(6, 1));
-    s.create_and_write(a, 8192, None, 0, b"a", false).unwrap();
-    s.create_and_write(b, 8192, None, 0, b"b", false).unwrap();
+    s.create_and_write(a, 8192, None, 0, b"a", false, 1).unwrap();
+    s.create_and_write(b, 8192, None, 0, b"b", false, 1).unwrap();
     assert!(locked(&s.dirty).is_empty(), "a create is durable when acked");
-    s.write(a, 0, b"A", false).unwrap();
-    s.write(b, 0, b"B", true).unwrap();
+    s.write(a, 0, b"A", false, 1).unwrap();
+    s.write(b, 0, b"B", true, 1).unwrap();
     assert_eq!(locked(&s.dirty).iter().copied().collect::<Vec<_>>(), vec![a]);
     s.flush().unwrap();
     assert!(locked(&s.dirty).is_empty());
-    s.write(a, 1, b"x", false).unwrap();
+    s.write(a, 1, b"x", false, 1).unwrap();
     s.remove(a).unwrap();
     s.flush().unwrap();
 }
@@ -140,16 +140,19 @@ fn fua_flush_and_dirty_set() {
 fn base_copy_stays_sparse() {
     let (_t, s) = store();
     let (base, child) = (oid(7, 0), oid(8, 0));
-    s.create_and_write(base, MIB4, None, 4096, &pattern(4096, 1), false).unwrap();
-    let whole = s.fetch(base).unwrap();
+    s.create_and_write(base, MIB4, None, 4096, &pattern(4096, 1), false, 1).unwrap();
+    let whole = s.fetch_any(base).map(|w| w.data).unwrap();
     assert_eq!(whole.len(), MIB4 as usize);
-    s.create_and_write(child, MIB4, Some(&whole), 0, b"child", false).unwrap();
+    s.create_and_write(child, MIB4, Some(&whole), 0, b"child", false, 1).unwrap();
     let mut want = whole.clone();
     want[..5].copy_from_slice(b"child");
-    assert_eq!(s.fetch(child).unwrap(), want);
+    assert_eq!(s.fetch_any(child).map(|w| w.data).unwrap(), want);
     let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(s.obj_path(child)).unwrap()) * 512;
     assert!(blocks < 64 * 1024, "copy allocated {blocks}");
-    assert!(matches!(s.create_and_write(oid(9, 0), 8192, Some(&whole), 0, b"", false), Err(StoreError::BadRequest(_))));
+    assert!(matches!(
+        s.create_and_write(oid(9, 0), 8192, Some(&whole), 0, b"", false, 1),
+        Err(StoreError::BadRequest(_))
+    ));
 }
 
 #[test]
@@ -157,9 +160,9 @@ fn list_stale_quarantine_purge_remove() {
     let (_t, s) = store();
     let objs: Vec<ObjectId> = (0..4).map(|i| oid(10, i)).collect();
     for &o in &objs {
-        s.create_and_write(o, 8192, None, 0, b"x", false).unwrap();
+        s.create_and_write(o, 8192, None, 0, b"x", false, 1).unwrap();
     }
-    s.create_and_write(oid(11, 0), 8192, None, 0, b"y", false).unwrap();
+    s.create_and_write(oid(11, 0), 8192, None, 0, b"y", false, 1).unwrap();
     s.move_to_stale(objs[0], 7).unwrap();
     let l = s.list().unwrap();
     assert_eq!(l.stale_only, vec![(objs[0], 7)]);
@@ -168,10 +171,10 @@ fn list_stale_quarantine_purge_remove() {
     assert_eq!(s.fetch_any(objs[1]).unwrap().stale_epoch, 0);
     assert_eq!(l.live.len(), 4);
     assert!(matches!(s.read(objs[0], 0, 1), Err(StoreError::NoObject(_))), "stale is never read");
-    assert_eq!(&s.fetch(objs[0]).unwrap()[..1], b"x", "but fetched by peers");
+    assert_eq!(&s.fetch_any(objs[0]).map(|w| w.data).unwrap()[..1], b"x", "but fetched by peers");
     // A live copy next to a stale one counts as live.
-    assert!(s.install_if_absent(objs[0], &s.fetch(objs[0]).unwrap()).unwrap());
-    assert!(!s.install_if_absent(objs[0], &s.fetch(objs[0]).unwrap()).unwrap());
+    assert!(s.install(objs[0], &s.fetch_any(objs[0]).map(|w| w.data).unwrap(), 1 << 40).unwrap());
+    assert!(!s.install(objs[0], &s.fetch_any(objs[0]).map(|w| w.data).unwrap(), 1 << 40).unwrap());
     assert!(s.list().unwrap().stale_only.is_empty());
     assert!(!s.stale_path(objs[0]).exists(), "a live copy replaces the stale one");
     assert_eq!(s.quarantine_all(0).unwrap(), 5);
@@ -180,7 +183,7 @@ fn list_stale_quarantine_purge_remove() {
     assert_eq!(l.stale_only.len(), 5);
     assert!(l.stale_only.iter().all(|&(_, e)| e == 1), "a stale copy names an epoch >= 1");
     // A re-installed copy is live again, its header clean.
-    s.install_if_absent(objs[2], &s.fetch(objs[2]).unwrap()).unwrap();
+    s.install(objs[2], &s.fetch_any(objs[2]).map(|w| w.data).unwrap(), 1 << 40).unwrap();
     assert_eq!(s.fetch_any(objs[2]).unwrap().stale_epoch, 0);
     s.move_to_stale(objs[2], 3).unwrap();
     let gone: HashSet<VdiId> = [VdiId::new(11).unwrap()].into();
@@ -198,8 +201,8 @@ fn stat_counts_live_objects() {
     let st = s.stat().unwrap();
     assert_eq!((st.objects, st.used), (0, 0));
     assert!(st.capacity > 0 && st.free <= st.capacity);
-    s.create_and_write(oid(12, 0), MIB4, None, 0, &pattern(65536, 2), false).unwrap();
-    s.create_and_write(oid(12, 1), MIB4, None, 0, b"", false).unwrap();
+    s.create_and_write(oid(12, 0), MIB4, None, 0, &pattern(65536, 2), false, 1).unwrap();
+    s.create_and_write(oid(12, 1), MIB4, None, 0, b"", false, 1).unwrap();
     let st = s.stat().unwrap();
     assert_eq!(st.objects, 2);
     assert!(st.used >= 65536 && st.used < 1 << 20, "used {}", st.used);
@@ -209,15 +212,15 @@ fn stat_counts_live_objects() {
 fn no_space_is_an_error_and_reads_go_on() {
     let (_t, s) = store();
     let o = oid(13, 0);
-    s.create_and_write(o, 8192, None, 0, b"kept", false).unwrap();
+    s.create_and_write(o, 8192, None, 0, b"kept", false, 1).unwrap();
     s.inject_no_space(true);
-    let e = s.create_and_write(oid(13, 1), 8192, None, 0, b"x", false).unwrap_err();
+    let e = s.create_and_write(oid(13, 1), 8192, None, 0, b"x", false, 1).unwrap_err();
     assert_eq!(e.code(), ErrorCode::NoSpace);
-    assert_eq!(s.write(o, 0, b"lost", false).unwrap_err().code(), ErrorCode::NoSpace);
+    assert_eq!(s.write(o, 0, b"lost", false, 1).unwrap_err().code(), ErrorCode::NoSpace);
     assert_eq!(s.read(o, 0, 4).unwrap(), b"kept");
     assert!(!s.contains(oid(13, 1)));
     s.inject_no_space(false);
-    s.write(o, 0, b"back", true).unwrap();
+    s.write(o, 0, b"back", true, 1).unwrap();
     assert_eq!(s.read(o, 0, 4).unwrap(), b"back");
     assert!(is_no_space(&io::Error::from_raw_os_error(Errno::ENOSPC as i32)));
 }
@@ -242,7 +245,7 @@ fn different_objects_in_parallel_one_object_serialised() {
     let (_t, s) = store();
     let s = std::sync::Arc::new(s);
     let o = oid(15, 0);
-    s.create_and_write(o, 65536, None, 0, b"", false).unwrap();
+    s.create_and_write(o, 65536, None, 0, b"", false, 1).unwrap();
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
             let s = s.clone();
@@ -250,8 +253,8 @@ fn different_objects_in_parallel_one_object_serialised() {
                 for i in 0..20u64 {
                     // Each thread owns 8 bytes of one shared block: read-modify-write races
                     // would lose some of them.
-                    s.write(o, u64::from(t) * 8, &[t + 1; 8], false).unwrap();
-                    s.create_and_write(oid(16, u32::from(t)), 8192, None, i * 8, &[t; 8], false).unwrap();
+                    s.write(o, u64::from(t) * 8, &[t + 1; 8], false, 1).unwrap();
+                    s.create_and_write(oid(16, u32::from(t)), 8192, None, i * 8, &[t; 8], false, 1).unwrap();
                 }
             })
         })
@@ -269,15 +272,15 @@ fn different_objects_in_parallel_one_object_serialised() {
 fn try_read_and_try_write_never_wait() {
     let (_t, s) = store();
     let o = oid(6, 0);
-    s.create_and_write(o, MIB4, None, 0, &pattern(4096, 1), false).unwrap();
+    s.create_and_write(o, MIB4, None, 0, &pattern(4096, 1), false, 1).unwrap();
     let data = pattern(4096, 2);
-    s.try_write(o, 4096, &data).unwrap().unwrap();
+    s.try_write(o, 4096, &data, 1).unwrap().unwrap();
     assert_eq!(s.try_read(o, 4096, 4096).unwrap().unwrap(), data);
     assert!(locked(&s.dirty).contains(&o), "an inline write is flushed later");
     {
         let _busy = s.locks.lock(o);
         assert!(s.try_read(o, 0, 4096).is_none());
-        assert!(s.try_write(o, 0, &data).is_none());
+        assert!(s.try_write(o, 0, &data, 1).is_none());
     }
     // The lock came back whole: blocking calls still work.
     assert_eq!(s.read(o, 0, 4096).unwrap(), pattern(4096, 1));
@@ -309,25 +312,25 @@ fn zero_a_range_across_blocks_reads_zeros_and_frees_space() {
     let o = oid(17, 0);
     let size = 256 * 1024;
     let data = pattern(size, 5);
-    s.create_and_write(o, size as u32, None, 0, &data, true).unwrap();
+    s.create_and_write(o, size as u32, None, 0, &data, true, 1).unwrap();
     let mut model = data.clone();
     let before = allocated(&s, o);
     // Ragged at both ends: 4096 - 100 bytes of block 2, blocks 3..=40 whole, 123 bytes of 41.
     let (off, len) = (2 * 4096 + 100, 39 * 4096 - 100 + 123);
-    s.zero(o, off as u64, len as u64, true).unwrap();
+    s.zero(o, off as u64, len as u64, true, 1).unwrap();
     model[off..off + len].fill(0);
     assert_eq!(s.read(o, 0, size as u64).unwrap(), model);
     // Inside one block, and block-aligned at one end only.
     for (off, len) in [(50_000usize, 10usize), (45 * 4096, 4096 + 7), (60 * 4096 - 9, 9), (0, 1)] {
-        s.zero(o, off as u64, len as u64, false).unwrap();
+        s.zero(o, off as u64, len as u64, false, 1).unwrap();
         model[off..off + len].fill(0);
         assert_eq!(s.read(o, 0, size as u64).unwrap(), model, "zero {off}+{len}");
     }
     assert!(locked(&s.dirty).contains(&o), "zero without FUA is flushed later");
-    s.zero(o, 0, 0, false).unwrap();
+    s.zero(o, 0, 0, false, 1).unwrap();
     // Every crc still verifies after reopening (the punched blocks carry the zero crc).
     s.forget_open_files();
-    assert_eq!(s.fetch(o).unwrap(), model);
+    assert_eq!(s.fetch_any(o).map(|w| w.data).unwrap(), model);
     let s2 = ObjectStore::open(t.path()).unwrap();
     assert_eq!(s2.read(o, 0, size as u64).unwrap(), model);
     // The crc table (at byte 64 of the file) holds the zero-block crc for punched blocks.
@@ -338,7 +341,7 @@ fn zero_a_range_across_blocks_reads_zeros_and_frees_space() {
         let after = allocated(&s, o);
         assert!(after + 38 * 4096 <= before, "punching 38 blocks: {before} -> {after} bytes allocated");
         // The whole object: only the header and crc table stay allocated.
-        s.zero(o, 0, size as u64, true).unwrap();
+        s.zero(o, 0, size as u64, true, 1).unwrap();
         assert!(allocated(&s, o) <= 2 * 4096, "{} bytes allocated", allocated(&s, o));
         assert_eq!(s.read(o, 0, size as u64).unwrap(), vec![0; size]);
         assert!(s.stat().unwrap().used <= 2 * 4096, "stat's used counts allocated blocks");
@@ -351,28 +354,56 @@ fn zero_a_range_across_blocks_reads_zeros_and_frees_space() {
 fn zero_errors_are_those_of_write() {
     let (_t, s) = store();
     let o = oid(18, 0);
-    assert!(matches!(s.zero(o, 0, 1, false), Err(StoreError::NoObject(_))));
+    assert!(matches!(s.zero(o, 0, 1, false, 1), Err(StoreError::NoObject(_))));
     assert!(!s.contains(o), "zero never creates");
-    s.create_and_write(o, 8192, None, 0, b"abc", false).unwrap();
-    assert!(matches!(s.zero(o, 8000, 200, false), Err(StoreError::BadRequest(_))));
-    assert!(matches!(s.zero(o, u64::MAX, 2, false), Err(StoreError::BadRequest(_))));
-    assert!(matches!(s.zero(o, 8192, 1, false), Err(StoreError::BadRequest(_))));
+    s.create_and_write(o, 8192, None, 0, b"abc", false, 1).unwrap();
+    assert!(matches!(s.zero(o, 8000, 200, false, 1), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.zero(o, u64::MAX, 2, false, 1), Err(StoreError::BadRequest(_))));
+    assert!(matches!(s.zero(o, 8192, 1, false, 1), Err(StoreError::BadRequest(_))));
     assert_eq!(s.read(o, 0, 3).unwrap(), b"abc", "a refused zero changes nothing");
     // A corrupt partial block is refused like a partial write into it; a whole block is
     // replaced.
     let layout = Layout::new(8192).unwrap();
     let f = fs::OpenOptions::new().read(true).write(true).open(s.obj_path(o)).unwrap();
     f.write_all_at(b"X", layout.data_off() + 1).unwrap();
-    assert!(matches!(s.zero(o, 10, 10, false), Err(StoreError::Corrupt { .. })));
-    s.zero(o, 0, 4096, false).unwrap();
+    assert!(matches!(s.zero(o, 10, 10, false, 1), Err(StoreError::Corrupt { .. })));
+    s.zero(o, 0, 4096, false, 1).unwrap();
     assert_eq!(s.read(o, 0, 8192).unwrap(), vec![0; 8192]);
     // try_zero: never waits; a zero during a repair makes the repair fetch again.
     {
         let _busy = s.locks.lock(o);
-        assert!(s.try_zero(o, 0, 1).is_none());
+        assert!(s.try_zero(o, 0, 1, 1).is_none());
     }
-    s.try_zero(o, 0, 1).unwrap().unwrap();
+    s.try_zero(o, 0, 1, 1).unwrap().unwrap();
     assert!(s.begin_repair(o));
-    s.zero(o, 0, 1, false).unwrap();
-    assert!(!s.finish_repair(o, Some(&[7u8; 8192])).unwrap());
+    s.zero(o, 0, 1, false, 1).unwrap();
+    assert!(!s.finish_repair(o, Some((&[7u8; 8192], 9))).unwrap());
+}
+
+#[test]
+fn every_write_advances_the_version_which_moves_with_the_copy() {
+    let (_d, s) = store();
+    let o = oid(3, 0);
+    s.create_and_write(o, 8192, None, 0, b"a", false, 4).unwrap();
+    assert_eq!(s.fetch_any(o).unwrap().version, (4 << 32) | 1);
+    s.write(o, 1, b"b", false, 4).unwrap();
+    s.zero(o, 0, 1, false, 4).unwrap();
+    assert_eq!(s.live_version(o), Some((4 << 32) | 3));
+    s.write(o, 0, b"c", false, 6).unwrap();
+    assert_eq!(s.live_version(o), Some((6 << 32) | 1), "a write of a newer epoch");
+    assert!(s.try_write(o, 0, b"d", 6).unwrap().is_ok());
+    assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 2)));
+    // The version survives reopening, the move to .stale and a fetch.
+    s.forget_open_files();
+    assert_eq!(s.live_version(o), Some((6 << 32) | 2));
+    s.move_to_stale(o, 6).unwrap();
+    let w = s.fetch_any(o).unwrap();
+    assert_eq!((w.stale_epoch, w.version), (6, (6 << 32) | 2));
+    assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 2)));
+    // Installed copies keep the version they came with; an older one never replaces a newer.
+    assert!(s.install(o, &w.data, w.version).unwrap());
+    assert!(!s.install(o, &vec![9; 8192], (5 << 32) | 9).unwrap());
+    assert_eq!(s.read(o, 0, 1).unwrap(), b"d");
+    assert!(s.install(o, &vec![9; 8192], (7 << 32) | 1).unwrap());
+    assert_eq!(s.read(o, 0, 1).unwrap(), [9]);
 }

@@ -21,6 +21,10 @@ pub enum Fault {
     Pause(usize, Duration),
     /// `kill -9` the groupd master; it starts again after `Duration`.
     KillMaster(Duration),
+    /// Storaged `i`'s disk fails: its object directory vanishes under it (renamed away). It
+    /// counts as down: its `Restart` stops it, puts the directory back (the disk repaired)
+    /// and starts it.
+    FailDisk(usize),
     /// A snapshot of the NBD writer's VDI, taken through `sheepctl vdi snapshot`.
     Snapshot,
 }
@@ -32,6 +36,7 @@ impl fmt::Display for Fault {
             Fault::Restart(n, gap) => write!(f, "restart storaged {n:?}, {gap:?} apart"),
             Fault::Pause(i, d) => write!(f, "SIGSTOP storaged {i} for {d:?}"),
             Fault::KillMaster(d) => write!(f, "kill -9 the groupd master, back after {d:?}"),
+            Fault::FailDisk(i) => write!(f, "fail the disk of storaged {i}"),
             Fault::Snapshot => write!(f, "snapshot"),
         }
     }
@@ -82,8 +87,12 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64) -> Vec<Step
             which.truncate(n);
             down.extend(&which);
             Fault::Kill(which)
-        } else if roll < 80 {
+        } else if roll < 76 {
             Fault::Pause(up[r.below(up.len() as u64) as usize], ms(&mut r, lease_ms + 500, lease_ms + 2500))
+        } else if roll < 80 {
+            let i = up[r.below(up.len() as u64) as usize];
+            down.push(i);
+            Fault::FailDisk(i)
         } else if roll < 87 {
             Fault::KillMaster(ms(&mut r, 500, 4000))
         } else {
@@ -136,8 +145,14 @@ pub fn apply(c: &mut Cluster, fault: &Fault, log: &mut Log, snapshot: &mut dyn F
         }
         Fault::Restart(nodes, gap) => {
             for &i in nodes {
-                c.storageds[i].restart();
+                restart(c, i);
                 std::thread::sleep(*gap);
+            }
+        }
+        Fault::FailDisk(i) => {
+            let obj = c.path(&format!("storaged{}/obj", i + 1));
+            if let Err(e) = std::fs::rename(&obj, failed_dir(c, *i)) {
+                log.note(format!("cannot fail the disk of storaged {i}: {e}"));
             }
         }
         Fault::Pause(i, d) => {
@@ -157,6 +172,21 @@ pub fn apply(c: &mut Cluster, fault: &Fault, log: &mut Log, snapshot: &mut dyn F
     }
 }
 
+fn failed_dir(c: &Cluster, i: usize) -> std::path::PathBuf {
+    c.path(&format!("storaged{}/obj.failed", i + 1))
+}
+
+/// Starts storaged `i` again: stopped first if its disk had failed (its directory put back).
+fn restart(c: &mut Cluster, i: usize) {
+    let failed = failed_dir(c, i);
+    if failed.exists() {
+        c.storageds[i].kill();
+        std::fs::rename(&failed, c.path(&format!("storaged{}/obj", i + 1))).expect("put the object directory back");
+    }
+    c.storageds[i].kill();
+    c.storageds[i].restart();
+}
+
 /// Every process up again: the storaged that are down are started, in order.
 pub fn heal(c: &mut Cluster, log: &mut Log) {
     for g in 0..c.groupds.len() {
@@ -167,10 +197,9 @@ pub fn heal(c: &mut Cluster, log: &mut Log) {
         }
     }
     for i in 0..c.storageds.len() {
-        if !c.storageds[i].is_running() {
+        if !c.storageds[i].is_running() || failed_dir(c, i).exists() {
             log.note(format!("heal: storaged {i}"));
-            c.storageds[i].kill();
-            c.storageds[i].restart();
+            restart(c, i);
         }
     }
 }
@@ -190,6 +219,10 @@ mod tests {
                 Fault::Kill(n) => {
                     assert!(n.iter().all(|i| !down.contains(i)), "{n:?} killed while down");
                     down.extend(n);
+                }
+                Fault::FailDisk(i) => {
+                    assert!(!down.contains(i), "{i} failed while down");
+                    down.push(*i);
                 }
                 Fault::Restart(n, _) => {
                     assert!(n.iter().all(|i| down.contains(i)), "{n:?} restarted while up");

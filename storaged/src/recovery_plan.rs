@@ -1,0 +1,134 @@
+//! Which copy of an object recovery may take, or whether it must wait (pure).
+//!
+//! Every write of epoch `j` is acknowledged only once every replica of the object in `j`
+//! (`R_j`) holds it, and a copy's version names the epoch of its last write. So if the
+//! newest copy found was last written in epoch `k`, a newer one can exist only if the object
+//! was written in some epoch `j > k` — and then every node of `R_j` holds it. One node of
+//! `R_j` that answered (whatever it holds, live or stale, or nothing) rules that out for `j`.
+//! Epochs before the cluster's clean epoch (every node recovered then) need no witness.
+//! The current epoch needs none either: this node is one of the object's replicas in it and
+//! does not hold it yet, so no write of this epoch was acknowledged. If some `j` in between
+//! has no witness, the newest copy may be on a node that is down: the object waits.
+
+use std::collections::BTreeSet;
+
+use sheep_core::epoch::Epoch;
+use sheep_core::store::{version_epoch, Version};
+
+/// Where a copy of an object is: a node's address; 0 for a live copy or the last epoch in
+/// which a stale copy was live; and the copy's version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub addr: String,
+    pub stale_epoch: u32,
+    pub version: Version,
+}
+
+/// What to do about one object this node owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// This node's live copy is the newest: nothing to pull.
+    Settled,
+    /// Pull from one of these (the copies of the newest version, best first).
+    Pull(Vec<Holder>),
+    /// No node holds it (and none that is down may): a new object.
+    Absent,
+    /// A newer copy may be on these nodes, which did not answer.
+    Wait(Vec<String>),
+}
+
+/// The replicas (node ids) of the object in one epoch.
+pub struct EpochReplicas {
+    pub epoch: Epoch,
+    pub nodes: Vec<String>,
+}
+
+/// Plans the recovery of one object here (`me`) from the copies `holders` answered with.
+/// `answered`: the nodes whose listing came in; `history`: the object's replicas in every
+/// epoch from the clean one up to (not including) the current one.
+pub fn plan(
+    me: &str,
+    holders: &[Holder],
+    answered: &BTreeSet<String>,
+    history: &[EpochReplicas],
+    clean: Epoch,
+) -> Plan {
+    let newest = holders.iter().map(|h| h.version).max();
+    let from = newest.map_or(0, |v| version_epoch(v).saturating_add(1)).max(clean);
+    let mut waits: Vec<String> = Vec::new();
+    for r in history.iter().filter(|r| r.epoch >= from) {
+        if !r.nodes.iter().any(|n| answered.contains(n)) {
+            for n in &r.nodes {
+                if !waits.contains(n) {
+                    waits.push(n.clone());
+                }
+            }
+        }
+    }
+    if !waits.is_empty() {
+        return Plan::Wait(waits);
+    }
+    let Some(newest) = newest else { return Plan::Absent };
+    if holders.iter().any(|h| h.addr == me && h.stale_epoch == 0 && h.version >= newest) {
+        return Plan::Settled;
+    }
+    let mut best: Vec<Holder> = holders.iter().filter(|h| h.version == newest).cloned().collect();
+    // This node's own (stale) copy first: restored in place, it costs no copy; then live
+    // copies before stale ones.
+    best.sort_by_key(|h| (h.addr != me, h.stale_epoch != 0));
+    Plan::Pull(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(addr: &str, stale_epoch: u32, epoch: u32, n: u64) -> Holder {
+        Holder { addr: addr.into(), stale_epoch, version: (u64::from(epoch) << 32) | n }
+    }
+
+    fn answered(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn epoch(e: u32, nodes: &[&str]) -> EpochReplicas {
+        EpochReplicas { epoch: e, nodes: nodes.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn the_newest_version_wins_live_or_stale() {
+        let holders = [h("a", 0, 4, 2), h("b", 5, 4, 7), h("me", 5, 3, 9)];
+        let history = [epoch(4, &["a", "b", "me"])];
+        let p = plan("me", &holders, &answered(&["a", "b", "me"]), &history, 1);
+        assert_eq!(p, Plan::Pull(vec![h("b", 5, 4, 7)]), "a stale copy newer than a live one");
+        let holders = [h("me", 0, 4, 7), h("b", 0, 4, 7)];
+        assert_eq!(plan("me", &holders, &answered(&["b", "me"]), &history, 1), Plan::Settled);
+        let holders = [h("me", 3, 4, 7), h("b", 0, 4, 7)];
+        let p = plan("me", &holders, &answered(&["b", "me"]), &history, 1);
+        assert_eq!(p, Plan::Pull(vec![h("me", 3, 4, 7), h("b", 0, 4, 7)]), "the own copy first: no copying");
+    }
+
+    #[test]
+    fn an_object_waits_while_every_replica_of_a_later_epoch_is_down() {
+        // Written last in epoch 4 as far as anyone answering knows; in epochs 5 and 6 its
+        // replicas were x, y, z, all down now: one of them may hold a write of epoch 6.
+        let holders = [h("me", 3, 4, 2), h("b", 3, 4, 2)];
+        let history = [epoch(4, &["me", "b", "x"]), epoch(5, &["b", "x", "y"]), epoch(6, &["x", "y", "z"])];
+        let up = answered(&["me", "b"]);
+        assert_eq!(plan("me", &holders, &up, &history, 1), Plan::Wait(vec!["x".into(), "y".into(), "z".into()]));
+        // One of them answers (holding nothing newer): no write of epoch 6 exists.
+        let up = answered(&["me", "b", "y"]);
+        assert_eq!(plan("me", &holders, &up, &history, 1), Plan::Pull(vec![h("me", 3, 4, 2), h("b", 3, 4, 2)]));
+        // Epochs before the clean one need no witness.
+        let history = [epoch(4, &["me", "b", "x"]), epoch(5, &["x", "y", "z"]), epoch(6, &["b", "me", "q"])];
+        assert!(matches!(plan("me", &holders, &answered(&["me", "b"]), &history, 6), Plan::Pull(_)));
+    }
+
+    #[test]
+    fn nobody_holding_an_object_is_absent_only_with_a_witness_for_every_epoch() {
+        let history = [epoch(2, &["a", "b"]), epoch(3, &["c", "d"])];
+        assert_eq!(plan("me", &[], &answered(&["a", "c", "me"]), &history, 1), Plan::Absent);
+        assert_eq!(plan("me", &[], &answered(&["a", "me"]), &history, 1), Plan::Wait(vec!["c".into(), "d".into()]));
+        assert_eq!(plan("me", &[], &answered(&["me"]), &[], 1), Plan::Absent, "a new cluster");
+    }
+}

@@ -1,0 +1,81 @@
+//! A storage node whose disk fails (its object directory vanishes under it, as in issue 10's
+//! "seen 3"): it leaves the data membership within a lease, is listed as failed with the
+//! reason, and writes, recovery, `vdi list` and `vdi check` go on at the others.
+
+use std::time::{Duration, Instant};
+
+use sheep_core::group::ClusterStatus;
+use sheep_tests::{wait_until, Cluster};
+
+#[test]
+fn a_node_whose_disk_fails_leaves_within_a_lease_and_the_rest_goes_on() {
+    let mut c = Cluster::formatted(4, 3, &["--object-size", "1M"]);
+    c.ctl_ok(&["vdi", "create", "t", "8M"]);
+    let first: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let out = c.ctl_stdin(&["vdi", "write", "t", "0"], &first);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let epochs_before = c.info().epochs.len();
+
+    // Storage node 1's disk "fails": its object directory is gone.
+    let obj = c.path("storaged2/obj");
+    std::fs::rename(&obj, c.path("storaged2/obj.gone")).expect("rename obj");
+    let failed_at = Instant::now();
+    let bound = Duration::from_millis(c.lease_ms) + Duration::from_secs(5);
+    let info = wait_until(bound, "the node with the failed disk to leave the epoch", || {
+        let info = c.info_from(0)?;
+        let nodes = info.epochs.last().map_or(0, |e| e.nodes.len());
+        if nodes == 3 && info.status == ClusterStatus::Running {
+            Ok(info)
+        } else {
+            Err(format!("{nodes} nodes, {:?}", info.status))
+        }
+    });
+    eprintln!("left the epoch {:?} after the failure", failed_at.elapsed());
+    assert_eq!(info.epochs.len(), epochs_before + 1, "one new epoch");
+    assert!(!info.epochs.last().unwrap().nodes.iter().any(|n| n.addr == c.storaged_addrs[1]));
+
+    // Listed as failed, with the reason; its process lives on.
+    let list: serde_json::Value = serde_json::from_str(&c.ctl_ok(&["--json", "node", "list"])).expect("JSON");
+    let row = list["nodes"].as_array().unwrap().iter().find(|n| n["addr"] == c.storaged_addrs[1].as_str()).cloned();
+    let row = row.unwrap_or_else(|| panic!("the failed node is not listed: {list}"));
+    assert_eq!(row["state"], "failed", "{row}");
+    assert!(row["reason"].as_str().unwrap_or("").contains("obj"), "{row}");
+    let table = c.ctl_ok(&["node", "list"]);
+    assert!(table.contains("failed ("), "{table}");
+    assert!(c.storageds[1].is_running());
+    let info_out = c.ctl(&["node", "info"]);
+    assert!(String::from_utf8_lossy(&info_out.stdout).contains("disk failed"), "{info_out:?}");
+
+    // Writes, reads, the VDI list, recovery and check go on at the others.
+    let second: Vec<u8> = (0..4u32 << 20).map(|i| (i % 241) as u8).collect();
+    let out = c.ctl_stdin(&["vdi", "write", "t", "4194304"], &second);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.ctl_ok(&["vdi", "list"]);
+    c.wait_recovered();
+    let back = c.ctl(&["vdi", "read", "t", "0", "8388608"]);
+    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+    assert!(back.stdout[..4 << 20] == first[..] && back.stdout[4 << 20..] == second[..], "the VDI's bytes");
+    let check = c.ctl(&["vdi", "check", "t", "--dry-run"]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The disk is back (repaired): restarted, the node rejoins and recovers; all is clean.
+    c.storageds[1].kill();
+    std::fs::rename(c.path("storaged2/obj.gone"), &obj).expect("rename back");
+    c.storageds[1].restart();
+    c.wait_epoch_nodes(0, 4, ClusterStatus::Running);
+    c.wait_recovered();
+    let check = c.ctl(&["cluster", "check", "--dry-run"]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let back = c.ctl(&["vdi", "read", "t", "4194304", "4194304", "--replica", "1"]);
+    assert!(back.status.success() && back.stdout == second, "the second write after the node came back");
+}
