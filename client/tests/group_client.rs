@@ -130,6 +130,7 @@ impl groupd::Server for Fake {
             object_size_shift: p.get_object_size_shift(),
             voters: p.get_voters(),
             force: p.get_force(),
+            policy: Default::default(),
         };
         let Reply::Formatted(cfg) = self.apply(op)? else { unreachable!() };
         codec::write_config(r.get().init_config(), &cfg);

@@ -9,285 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::epoch::{Epoch, EpochLog, EpochRecord, NodeInfo};
-use crate::namespace::{Namespace, NamespaceError, VdiEntry};
-
-pub type SessionId = u64;
-
-/// How many events a groupd keeps for watchers that fall behind. Older ones are dropped;
-/// a watcher asking for them is told to resynchronise from `info`.
-pub const EVENTS_KEPT: usize = 100_000;
-
-pub const DEFAULT_COPIES: u8 = 3;
-pub const DEFAULT_OBJECT_SIZE_SHIFT: u8 = 22; // 4 MiB
-pub const DEFAULT_VOTERS: u8 = 3;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterConfig {
-    pub cluster_id: String,
-    pub created_ms: u64,
-    pub copies: u8,
-    pub object_size_shift: u8,
-    pub voters: u8,
-}
-
-impl ClusterConfig {
-    pub fn object_size(&self) -> u64 {
-        1u64 << self.object_size_shift
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClusterStatus {
-    Unformatted,
-    Running,
-    /// Shut down: waiting until every node of the last epoch has joined again.
-    Shutdown,
-    /// The last storage node of the epoch left by crashing: no epoch is made without storage
-    /// nodes (the newest copies are on the nodes of the last epoch), so the cluster waits for
-    /// every node of the last epoch to come back, as after a shutdown, or `recover force`.
-    /// Sessions and locks stay; object I/O waits, then fails after its bounded time.
-    Halted,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SessionKind {
-    Storage(NodeInfo),
-    Client { name: String },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub id: SessionId,
-    pub kind: SessionKind,
-    pub opened_ms: u64,
-    /// A storage node whose disk failed: why. The session lives on (the node is shown with
-    /// its reason) but the node is out of the data membership: no epoch names it.
-    #[serde(default)]
-    pub failed: Option<String>,
-}
-
-impl Session {
-    pub fn node(&self) -> Option<&NodeInfo> {
-        match &self.kind {
-            SessionKind::Storage(n) => Some(n),
-            SessionKind::Client { .. } => None,
-        }
-    }
-    pub fn name(&self) -> String {
-        match &self.kind {
-            SessionKind::Storage(n) => format!("storaged {}", n.id),
-            SessionKind::Client { name } => name.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lock {
-    pub vdi: String,
-    pub session: SessionId,
-    /// Fencing token: the log position of the command that granted the lock. Strictly
-    /// increasing across grants, so a storage node can refuse an older holder's writes.
-    pub token: u64,
-}
-
-/// A command: one entry of the Raft log. `time_ms` is stamped by the master.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
-    pub time_ms: u64,
-    pub op: Op,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
-    Format {
-        cluster_id: String,
-        copies: u8,
-        object_size_shift: u8,
-        voters: u8,
-        force: bool,
-    },
-    /// `store_cluster`: the cluster id a storage node's store already belongs to ("" if new).
-    OpenSession {
-        kind: SessionKind,
-        store_cluster: String,
-    },
-    CloseSession {
-        session: SessionId,
-        expired: bool,
-    },
-    Broadcast {
-        session: SessionId,
-        payload: Vec<u8>,
-    },
-    Lock {
-        session: SessionId,
-        vdi: String,
-    },
-    Unlock {
-        session: SessionId,
-        vdi: String,
-        force: bool,
-    },
-    Shutdown,
-    RecoverForce,
-    /// `copies` 0: the cluster's default.
-    VdiCreate {
-        name: String,
-        size: u64,
-        copies: u8,
-    },
-    /// Deletes the VDI (with its snapshots), or only its snapshot `tag`.
-    VdiDelete {
-        name: String,
-        #[serde(default)]
-        tag: Option<String>,
-    },
-    /// Freezes the working VDI as snapshot `tag`. While the VDI is locked, only the lock's
-    /// session may: the holder is the writer, and it snapshots between two of its writes.
-    VdiSnapshot {
-        session: SessionId,
-        name: String,
-        tag: String,
-    },
-    VdiClone {
-        name: String,
-        tag: String,
-        new_name: String,
-    },
-    /// Refused while the VDI is locked (attached).
-    VdiRollback {
-        name: String,
-        tag: String,
-    },
-    /// Grows the working VDI.
-    VdiResize {
-        name: String,
-        size: u64,
-    },
-    /// Sets (`Some`) or deletes (`None`) an attribute; `exclusive`: fail if it exists.
-    VdiSetAttr {
-        name: String,
-        key: String,
-        value: Option<Vec<u8>>,
-        exclusive: bool,
-    },
-    /// A storage node holds every object it owns in `epoch`.
-    RecoveryDone {
-        session: SessionId,
-        epoch: Epoch,
-    },
-    /// A storage node's disk failed (`reason`): it leaves the data membership at once.
-    NodeFailed {
-        session: SessionId,
-        reason: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EventKind {
-    Formatted(ClusterConfig),
-    Joined(Session),
-    Left {
-        session: SessionId,
-        expired: bool,
-    },
-    Epoch(EpochRecord),
-    Broadcast {
-        session: SessionId,
-        payload: Vec<u8>,
-    },
-    Locked(Lock),
-    Unlocked {
-        vdi: String,
-        session: SessionId,
-        forced: bool,
-    },
-    Shutdown,
-    /// Every storage node left: the cluster waits for the last epoch's (see [`ClusterStatus::Halted`]).
-    Halted,
-    /// A storage node's disk failed: it left the data membership (a new epoch follows).
-    NodeFailed {
-        session: SessionId,
-        node: String,
-        reason: String,
-    },
-    Resumed,
-    VdiCreated(VdiEntry),
-    /// The VDI's objects may be removed (nothing reads them any more).
-    VdiDeleted(VdiEntry),
-    /// Deleted, but a live VDI still reads its objects: they stay.
-    VdiRetired(VdiEntry),
-    /// `snapshot` is the frozen former working VDI; `working` goes on from it.
-    VdiSnapshotted {
-        snapshot: VdiEntry,
-        working: VdiEntry,
-    },
-    VdiResized(VdiEntry),
-    Recovered {
-        node: String,
-        epoch: Epoch,
-    },
-    /// Every node of `epoch` has recovered: stale copies may be purged.
-    RecoveryComplete(Epoch),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    pub time_ms: u64,
-    pub kind: EventKind,
-}
-
-/// The answer to a command, returned to the proposer once it is applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
-    Done,
-    Formatted(ClusterConfig),
-    Session(SessionId),
-    Seq(u64),
-    Locked(Lock),
-    Vdi(VdiEntry),
-    Snapshot { snapshot: VdiEntry, working: VdiEntry },
-}
-
-/// A refused command. Refusals are part of the total order too: every groupd refuses the
-/// same command the same way, and the state is unchanged by it. The messages are for people;
-/// the wire code of each refusal is given by `sheep_rpc::error`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum GroupError {
-    #[error("the cluster is not formatted (run `sheepctl cluster format`)")]
-    NotFormatted,
-    #[error("the cluster is already formatted (id {0}); use --force to format it anew")]
-    AlreadyFormatted(String),
-    #[error("this store belongs to cluster {store}, but the cluster is {cluster}; its data is left untouched")]
-    WrongCluster { store: String, cluster: String },
-    #[error("session {0} does not exist (expired or closed)")]
-    NoSession(SessionId),
-    #[error("VDI {vdi} is locked by session {session} ({holder})")]
-    LockHeld { vdi: String, session: SessionId, holder: String },
-    #[error("VDI {vdi} is not locked by session {session}")]
-    NotLocked { vdi: String, session: SessionId },
-    #[error("the cluster is shut down")]
-    ShutDown,
-    #[error("{0}")]
-    BadRequest(String),
-    #[error(transparent)]
-    Namespace(#[from] NamespaceError),
-    /// The replicated state breaks one of its own invariants (a bug, or a state restored
-    /// from a damaged snapshot). Every replica holds the same state, so every replica refuses
-    /// the same command this way instead of panicking at the same log index forever.
-    #[error("the group state is inconsistent ({what}); the command was refused and changed nothing")]
-    Invariant { what: String },
-}
-
-impl GroupError {
-    /// A refusal caused by a broken invariant of the state, not by the command: worth an
-    /// error in the log of whoever applies it.
-    pub fn is_invariant(&self) -> bool {
-        matches!(self, GroupError::Invariant { .. } | GroupError::Namespace(NamespaceError::Invariant { .. }))
-    }
-}
+use crate::epoch::{Epoch, EpochLog, NodeInfo};
+use crate::namespace::Namespace;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupState {
@@ -352,8 +75,8 @@ impl GroupState {
     fn apply_op(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
         let t = cmd.time_ms;
         match &cmd.op {
-            Op::Format { cluster_id, copies, object_size_shift, voters, force } => {
-                self.format(t, cluster_id, *copies, *object_size_shift, *voters, *force)
+            Op::Format { cluster_id, copies, object_size_shift, voters, force, policy } => {
+                self.format(t, cluster_id, *copies, *object_size_shift, *voters, *force, *policy)
             }
             Op::OpenSession { kind, store_cluster } => self.open_session(t, kind, store_cluster),
             Op::CloseSession { session, expired } => {
@@ -369,9 +92,10 @@ impl GroupState {
             Op::Unlock { session, vdi, force } => self.unlock(t, *session, vdi, *force),
             Op::Shutdown => self.shutdown(t),
             Op::RecoverForce => self.recover_force(t),
-            Op::VdiCreate { name, size, copies } => {
+            Op::VdiCreate { name, size, copies, allow_fewer_zones } => {
                 let config = self.running_config()?;
                 let copies = if *copies == 0 { config.copies } else { *copies };
+                self.enough_zones(copies, *allow_fewer_zones || config.policy.allow_fewer_zones)?;
                 let shift = config.object_size_shift;
                 let entry = self.vdis.create(name, *size, copies, shift, t)?;
                 self.emit(t, EventKind::VdiCreated(entry.clone()));
@@ -526,6 +250,7 @@ impl GroupState {
         self.emit(t, EventKind::Epoch(rec));
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one per field of Op::Format, and the time")]
     fn format(
         &mut self,
         t: u64,
@@ -534,6 +259,7 @@ impl GroupState {
         object_size_shift: u8,
         voters: u8,
         force: bool,
+        policy: Policy,
     ) -> Result<Reply, GroupError> {
         if let Some(c) = &self.config {
             if !force {
@@ -554,8 +280,21 @@ impl GroupState {
         if cluster_id.is_empty() {
             return Err(GroupError::BadRequest("empty cluster id".into()));
         }
-        let config =
-            ClusterConfig { cluster_id: cluster_id.to_string(), created_ms: t, copies, object_size_shift, voters };
+        if policy.min_copies > copies {
+            return Err(GroupError::BadRequest(format!(
+                "min copies {} is more than the {copies} copies",
+                policy.min_copies
+            )));
+        }
+        self.enough_zones(copies, policy.allow_fewer_zones)?;
+        let config = ClusterConfig {
+            cluster_id: cluster_id.to_string(),
+            created_ms: t,
+            copies,
+            object_size_shift,
+            voters,
+            policy,
+        };
         // A new format forgets the old cluster's history: epochs count from 1 again, and
         // storage nodes with live sessions carry on as the new cluster's first epoch.
         self.config = Some(config.clone());
@@ -752,6 +491,20 @@ impl GroupState {
         Ok(Reply::Done)
     }
 
+    /// Refuses `copies` copies while the storage nodes up now span fewer zones, unless
+    /// allowed. With no storage node yet there is nothing to judge.
+    fn enough_zones(&self, copies: u8, allowed: bool) -> Result<(), GroupError> {
+        let nodes = self.live_nodes();
+        let zones = policy::zones(&nodes);
+        if allowed || nodes.is_empty() || zones >= usize::from(copies) {
+            return Ok(());
+        }
+        Err(GroupError::BadRequest(format!(
+            "{copies} copies need {copies} zones, and the storage nodes span {zones}: start nodes in more zones, \
+             or accept under-replicated objects with --allow-fewer-zones"
+        )))
+    }
+
     fn running(&self) -> Result<(), GroupError> {
         match self.status {
             ClusterStatus::Unformatted => Err(GroupError::NotFormatted),
@@ -762,32 +515,12 @@ impl GroupState {
     }
 }
 
-impl SessionKind {
-    pub fn is_storage(&self) -> bool {
-        matches!(self, SessionKind::Storage(_))
-    }
-}
-
-/// A groupd instance as `info` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupMember {
-    pub raft_id: u64,
-    pub addr: String,
-    pub role: MemberRole,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemberRole {
-    /// The Raft leader: orders every change.
-    Master,
-    /// A voter ready to take over.
-    Submaster,
-    /// Non-voting: follows the log, serves reads, forwards writes.
-    Member,
-}
-
 mod info;
+pub mod policy;
+mod types;
 pub use info::{ClusterInfo, LockInfo};
+pub use policy::Policy;
+pub use types::*;
 
 #[cfg(test)]
 #[path = "group_tests.rs"]

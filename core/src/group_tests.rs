@@ -31,6 +31,8 @@ impl Log {
             object_size_shift: 22,
             voters: 3,
             force: false,
+            // These tests join fewer nodes (zones) than copies.
+            policy: Policy { allow_fewer_zones: true, ..Policy::default() },
         }) {
             Ok(Reply::Formatted(c)) => c,
             other => panic!("format: {other:?}"),
@@ -85,12 +87,25 @@ fn format_twice_needs_force_and_restarts_the_history() {
     log.format();
     log.join(1);
     assert_eq!(log.state.epochs.current(), 2);
-    let again =
-        log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: false });
+    let again = log.apply(Op::Format {
+        cluster_id: "def".into(),
+        copies: 2,
+        object_size_shift: 22,
+        voters: 3,
+        force: false,
+        policy: Default::default(),
+    });
     assert_eq!(again, Err(GroupError::AlreadyFormatted("abc".into())));
     assert_eq!(log.state.config.as_ref().unwrap().cluster_id, "abc", "a refused format changes nothing");
-    log.apply(Op::Format { cluster_id: "def".into(), copies: 2, object_size_shift: 22, voters: 3, force: true })
-        .unwrap();
+    log.apply(Op::Format {
+        cluster_id: "def".into(),
+        copies: 2,
+        object_size_shift: 22,
+        voters: 3,
+        force: true,
+        policy: Policy { allow_fewer_zones: true, ..Policy::default() },
+    })
+    .unwrap();
     assert_eq!(log.state.config.as_ref().unwrap().copies, 2);
     assert_eq!(log.state.epochs.current(), 1);
     assert_eq!(log.epoch_nodes(), vec![node(1).id]);
@@ -100,8 +115,14 @@ fn format_twice_needs_force_and_restarts_the_history() {
 fn format_refuses_bad_parameters() {
     let mut log = Log::new();
     for (copies, shift, voters) in [(0, 22, 3), (3, 12, 3), (3, 40, 3), (3, 22, 4)] {
-        let r =
-            log.apply(Op::Format { cluster_id: "x".into(), copies, object_size_shift: shift, voters, force: false });
+        let r = log.apply(Op::Format {
+            cluster_id: "x".into(),
+            copies,
+            object_size_shift: shift,
+            voters,
+            force: false,
+            policy: Default::default(),
+        });
         assert!(matches!(r, Err(GroupError::BadRequest(_))), "{copies} {shift} {voters}: {r:?}");
     }
     assert_eq!(log.state.status, ClusterStatus::Unformatted);
@@ -272,7 +293,14 @@ fn same_commands_give_same_state_everywhere() {
     let ops = || {
         vec![
             Op::OpenSession { kind: SessionKind::Storage(node(1)), store_cluster: String::new() },
-            Op::Format { cluster_id: "c".into(), copies: 3, object_size_shift: 22, voters: 3, force: false },
+            Op::Format {
+                cluster_id: "c".into(),
+                copies: 3,
+                object_size_shift: 22,
+                voters: 3,
+                force: false,
+                policy: Default::default(),
+            },
             Op::OpenSession { kind: SessionKind::Storage(node(2)), store_cluster: "c".into() },
             Op::OpenSession { kind: SessionKind::Client { name: "x".into() }, store_cluster: String::new() },
             Op::Lock { session: 3, vdi: "v".into() },
@@ -308,15 +336,18 @@ fn info_lists_holders_and_missing_nodes() {
 #[test]
 fn vdis_are_created_with_cluster_defaults_and_deleted() {
     let mut log = Log::new();
-    assert_eq!(log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }), Err(GroupError::NotFormatted));
+    assert_eq!(
+        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }),
+        Err(GroupError::NotFormatted)
+    );
     log.format();
-    let a = match log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }) {
+    let a = match log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }) {
         Ok(Reply::Vdi(e)) => e,
         other => panic!("{other:?}"),
     };
     assert_eq!((a.copies, a.object_size_shift), (3, 22));
     assert!(matches!(
-        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 2 }),
+        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 2, allow_fewer_zones: false }),
         Err(GroupError::Namespace(NamespaceError::Exists(_)))
     ));
     let c = log.client("ublk");
@@ -368,7 +399,9 @@ fn a_restarted_node_must_report_its_recovery_again() {
 fn snapshots_respect_the_lock_and_deletions_say_what_may_be_removed() {
     let mut log = Log::new();
     log.format();
-    let Reply::Vdi(a) = log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }).unwrap() else {
+    let Reply::Vdi(a) =
+        log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }).unwrap()
+    else {
         panic!("not a VDI")
     };
     let holder = log.client("ublk-dev 1");
@@ -408,7 +441,7 @@ fn snapshots_respect_the_lock_and_deletions_say_what_may_be_removed() {
     assert_eq!(deleted.len(), 2, "{deleted:?}");
     assert!(deleted.contains(&a.vid) && deleted.contains(&working.vid));
     // Attributes go through the log too.
-    log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0 }).unwrap();
+    log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }).unwrap();
     let set = |v: Option<&[u8]>, exclusive| Op::VdiSetAttr {
         name: "b".into(),
         key: "k".into(),
@@ -464,7 +497,7 @@ fn broken_event_numbering_refuses_commands_and_reads_still_answer() {
     // Damage the state: the next number does not follow the newest event.
     log.state.next_seq += 3;
     refused_unchanged(&mut log, Op::Broadcast { session: c, payload: vec![] });
-    refused_unchanged(&mut log, Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 });
+    refused_unchanged(&mut log, Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false });
     assert_eq!(log.state.events_from(1, usize::MAX).unwrap(), events);
     // Put right (as a fixed snapshot would), the same command applies.
     log.state.next_seq -= 3;
@@ -477,7 +510,10 @@ fn an_object_size_beyond_the_largest_refuses_vdi_creation_not_a_panic() {
     log.format();
     // Damage the state: a format never allows an object of 2^64 bytes.
     log.state.config.as_mut().unwrap().object_size_shift = 64;
-    let err = refused_unchanged(&mut log, Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 });
+    let err = refused_unchanged(
+        &mut log,
+        Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false },
+    );
     assert!(matches!(err, GroupError::Namespace(NamespaceError::Invariant { .. })), "{err:?}");
     let c = log.client("ublk-dev 1");
     assert!(matches!(log.apply(Op::Lock { session: c, vdi: "a".into() }), Ok(Reply::Locked(_))));
@@ -488,7 +524,7 @@ fn a_snapshot_filed_under_another_id_refuses_its_deletion_not_a_panic() {
     let mut log = Log::new();
     log.format();
     let c = log.client("sheepctl");
-    log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0 }).unwrap();
+    log.apply(Op::VdiCreate { name: "a".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }).unwrap();
     let Reply::Snapshot { snapshot, .. } =
         log.apply(Op::VdiSnapshot { session: c, name: "a".into(), tag: "s1".into() }).unwrap()
     else {
@@ -504,7 +540,10 @@ fn a_snapshot_filed_under_another_id_refuses_its_deletion_not_a_panic() {
     let err = refused_unchanged(&mut log, Op::VdiDelete { name: "a".into(), tag: Some("s1".into()) });
     assert!(matches!(err, GroupError::Namespace(NamespaceError::Invariant { .. })), "{err:?}");
     // Other commands go on.
-    assert!(matches!(log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0 }), Ok(Reply::Vdi(_))));
+    assert!(matches!(
+        log.apply(Op::VdiCreate { name: "b".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }),
+        Ok(Reply::Vdi(_))
+    ));
     assert!(matches!(log.apply(Op::VdiResize { name: "a".into(), size: 2 << 20 }), Ok(Reply::Vdi(_))));
 }
 
@@ -529,7 +568,7 @@ fn the_last_storage_node_crashing_halts_the_cluster_in_its_epoch() {
     // Client sessions, their locks and group commands go on.
     assert!(log.state.sessions.contains_key(&ctl));
     assert_eq!(log.state.info().locks.len(), 1);
-    log.apply(Op::VdiCreate { name: "u".into(), size: 1 << 20, copies: 0 }).unwrap();
+    log.apply(Op::VdiCreate { name: "u".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false }).unwrap();
     assert_eq!(log.state.info().missing, vec![node(3)]);
     // Nodes of older epochs coming back do not resume it: their copies may be older.
     log.join(2);
@@ -610,4 +649,38 @@ fn a_node_whose_disk_failed_leaves_the_data_membership_and_stays_listed_with_its
     let only = log.join(1);
     log.apply(Op::NodeFailed { session: only, reason: "gone".into() }).unwrap();
     assert_eq!(log.state.status, ClusterStatus::Halted);
+}
+
+#[test]
+fn more_copies_than_zones_are_refused_unless_allowed() {
+    let mut log = Log::new();
+    log.join(1);
+    log.join(2);
+    let format = |copies: u8, policy: Policy| Op::Format {
+        cluster_id: "z".into(),
+        copies,
+        object_size_shift: 22,
+        voters: 3,
+        force: false,
+        policy,
+    };
+    let err = log.apply(format(3, Policy::default())).unwrap_err();
+    assert!(matches!(&err, GroupError::BadRequest(m) if m.contains("--allow-fewer-zones")), "{err:?}");
+    let err = log.apply(format(2, Policy { min_copies: 3, ..Policy::default() })).unwrap_err();
+    assert!(matches!(err, GroupError::BadRequest(_)), "min copies above the copies");
+    log.apply(format(2, Policy::default())).unwrap();
+    let create = |copies: u8, allow: bool| Op::VdiCreate {
+        name: format!("v{copies}{allow}"),
+        size: 1 << 20,
+        copies,
+        allow_fewer_zones: allow,
+    };
+    assert!(matches!(log.apply(create(3, false)), Err(GroupError::BadRequest(_))));
+    assert!(matches!(log.apply(create(3, true)), Ok(Reply::Vdi(_))));
+    assert!(matches!(log.apply(create(2, false)), Ok(Reply::Vdi(_))));
+    // A cluster formatted to allow it takes any VDI.
+    let mut log = Log::new();
+    log.join(1);
+    log.apply(format(3, Policy { allow_fewer_zones: true, ..Policy::default() })).unwrap();
+    assert!(matches!(log.apply(create(3, false)), Ok(Reply::Vdi(_))));
 }

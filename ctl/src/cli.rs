@@ -104,6 +104,9 @@ pub enum VdiCmd {
         /// Copies of each object (1..=31) [default: the cluster's]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]
         copies: Option<u8>,
+        /// Accept more copies than the storage nodes span zones (under-replicated)
+        #[arg(long)]
+        allow_fewer_zones: bool,
     },
     /// List the VDIs and their snapshots: name, snapshot tag, id, size, used and shared
     /// space (one copy), copies, creation time
@@ -295,6 +298,20 @@ pub struct FormatArgs {
     /// history (stores of the old cluster are then refused)
     #[arg(long)]
     pub force: bool,
+
+    /// A write is acknowledged only once at least N replicas hold it; with fewer storage
+    /// nodes for an object, writes are held, then fail [default: copies - copies/2, e.g. 2 of 3]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]
+    pub min_copies: Option<u8>,
+
+    /// How long writes are held below --min-copies before they fail, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub min_copies_wait: u64,
+
+    /// Accept more copies than the storage nodes span zones (copies then share zones, or are
+    /// missing: objects are under-replicated) for this cluster and every VDI of it
+    #[arg(long)]
+    pub allow_fewer_zones: bool,
 }
 
 #[derive(Args, Debug)]
@@ -468,7 +485,7 @@ mod tests {
     #[test]
     fn vdi_commands() {
         let cli = parse(&["vdi", "create", "disk0", "10G", "--copies", "2"]).unwrap();
-        let Cmd::Vdi(VdiCmd::Create { name, size, copies }) = cli.cmd else { panic!("not vdi create") };
+        let Cmd::Vdi(VdiCmd::Create { name, size, copies, .. }) = cli.cmd else { panic!("not vdi create") };
         assert_eq!((name.as_str(), size, copies), ("disk0", 10 << 30, Some(2)));
         let cli = parse(&["vdi", "read", "disk0", "4K", "1M"]).unwrap();
         let Cmd::Vdi(VdiCmd::Read(r)) = cli.cmd else { panic!("not vdi read") };

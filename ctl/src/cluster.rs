@@ -51,14 +51,20 @@ pub async fn run(client: &GroupClient, cmd: &ClusterCmd, json: bool) -> Result<(
 }
 
 async fn format(client: &GroupClient, args: &FormatArgs, json: bool) -> Result<()> {
-    let cfg = client.format(args.copies, args.object_size, args.voters, args.force).await?;
+    let policy = sheep_core::group::Policy {
+        min_copies: args.min_copies.unwrap_or(0),
+        hold_ms: args.min_copies_wait * 1000,
+        allow_fewer_zones: args.allow_fewer_zones,
+    };
+    let cfg = client.format_with(args.copies, args.object_size, args.voters, args.force, policy).await?;
     if json {
         return print_json(&cfg);
     }
     println!(
-        "cluster formatted: id {}, {}, object size {}, {} voters",
+        "cluster formatted: id {}, {} (writes acknowledged on at least {}), object size {}, {} voters",
         cfg.cluster_id,
         copies(cfg.copies),
+        cfg.policy.min_copies_for(cfg.copies),
         format_size(cfg.object_size()),
         cfg.voters
     );
@@ -98,6 +104,7 @@ pub fn render_info(info: &ClusterInfo) -> String {
             ("Cluster id", c.cluster_id.clone()),
             ("Created", time(c.created_ms)),
             ("Copies", c.copies.to_string()),
+            ("Replication", replication(c, info.epochs.last().map_or(&[][..], |e| &e.nodes))),
             ("Object size", format_size(c.object_size())),
             ("Voters", c.voters.to_string()),
         ]),
@@ -141,6 +148,23 @@ pub fn render_info(info: &ClusterInfo) -> String {
     out
 }
 
+/// How the cluster's copies fit its storage nodes now: fully replicated, degraded (fewer
+/// zones than copies: under-replicated), or below the minimum (writes are held, then fail).
+pub fn replication(c: &sheep_core::group::ClusterConfig, nodes: &[sheep_core::epoch::NodeInfo]) -> String {
+    let zones = sheep_core::group::policy::zones(nodes);
+    let min = usize::from(c.policy.min_copies_for(c.copies));
+    let wait = c.policy.hold_ms() / 1000;
+    if zones < min {
+        format!(
+            "halted: {zones} zone(s) up, fewer than the {min} copies a write needs: writes are held {wait} s, then fail"
+        )
+    } else if zones < usize::from(c.copies) {
+        format!("degraded: {zones} zone(s) up for {}: under-replicated (writes need {min})", copies(c.copies))
+    } else {
+        format!("ok (writes need {min} of {})", copies(c.copies))
+    }
+}
+
 /// "1 copy", "3 copies".
 pub fn copies(n: u8) -> String {
     if n == 1 {
@@ -179,6 +203,7 @@ mod tests {
                 copies: 3,
                 object_size_shift: 22,
                 voters: 3,
+                policy: Default::default(),
             }),
             members: vec![
                 member(2, MemberRole::Submaster),
@@ -210,6 +235,7 @@ Status:       running
 Cluster id:   c0ffee
 Created:      2026-11-18 11:06:40 UTC
 Copies:       3
+Replication:  halted: 1 zone(s) up, fewer than the 2 copies a write needs: writes are held 60 s, then fail
 Object size:  4.0 MiB
 Voters:       3
 Master:       127.0.0.1:7000

@@ -43,9 +43,10 @@ impl From<&VdiEntry> for VdiRow {
 
 pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
     match cmd {
-        VdiCmd::Create { name, size, copies } => {
+        VdiCmd::Create { name, size, copies, allow_fewer_zones } => {
             validate_vdi_name(name)?;
-            let v = crate::client(groupd)?.vdi_create(name, *size, copies.unwrap_or(0)).await?;
+            let client = crate::client(groupd)?;
+            let v = client.vdi_create_with(name, *size, copies.unwrap_or(0), *allow_fewer_zones).await?;
             if json {
                 return print_json(&VdiRow::from(&v));
             }

@@ -73,13 +73,16 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let resp = req.send().promise.await?;
             Ok(Outcome { reply: Reply::Seq(resp.get()?.get_seq()), lease_ms: 0, holder: String::new() })
         }
-        Op::Format { copies, object_size_shift, voters, force, .. } => {
+        Op::Format { copies, object_size_shift, voters, force, policy, .. } => {
             let mut req = client.format_request();
             let mut p = req.get();
             p.set_copies(*copies);
             p.set_object_size_shift(*object_size_shift);
             p.set_voters(*voters);
             p.set_force(*force);
+            p.set_min_copies(policy.min_copies);
+            p.set_hold_ms(policy.hold_ms);
+            p.set_allow_fewer_zones(policy.allow_fewer_zones);
             let resp = req.send().promise.await?;
             let config = codec::read_config(resp.get()?.get_config()?)?;
             Ok(Outcome { reply: Reply::Formatted(config), lease_ms: 0, holder: String::new() })
@@ -108,11 +111,12 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             client.recover_force_request().send().promise.await?;
             Ok(Outcome::done())
         }
-        Op::VdiCreate { name, size, copies } => {
+        Op::VdiCreate { name, size, copies, allow_fewer_zones } => {
             let mut req = client.vdi_create_request();
             req.get().set_name(name.as_str());
             req.get().set_size(*size);
             req.get().set_copies(*copies);
+            req.get().set_allow_fewer_zones(*allow_fewer_zones);
             let resp = req.send().promise.await?;
             let vdi = codec::read_vdi(resp.get()?.get_vdi()?)?;
             Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })

@@ -190,6 +190,11 @@ impl groupd::Server for GroupdServer {
                 object_size_shift: or(p.get_object_size_shift(), DEFAULT_OBJECT_SIZE_SHIFT),
                 voters: or(p.get_voters(), DEFAULT_VOTERS),
                 force: p.get_force(),
+                policy: sheep_core::group::Policy {
+                    min_copies: p.get_min_copies(),
+                    hold_ms: p.get_hold_ms(),
+                    allow_fewer_zones: p.get_allow_fewer_zones(),
+                },
             }
         };
         let out = self.node.submit(op).await?;
@@ -269,7 +274,12 @@ impl groupd::Server for GroupdServer {
     ) -> Result<(), capnp::Error> {
         let op = {
             let p = params.get()?;
-            Op::VdiCreate { name: text(p.get_name())?, size: p.get_size(), copies: p.get_copies() }
+            Op::VdiCreate {
+                name: text(p.get_name())?,
+                size: p.get_size(),
+                copies: p.get_copies(),
+                allow_fewer_zones: p.get_allow_fewer_zones(),
+            }
         };
         let out = self.node.submit(op).await?;
         let Reply::Vdi(vdi) = &out.reply else {

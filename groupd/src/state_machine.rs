@@ -282,7 +282,14 @@ mod tests {
     }
 
     fn format_op() -> Op {
-        Op::Format { cluster_id: "c1".into(), copies: 3, object_size_shift: 22, voters: 3, force: false }
+        Op::Format {
+            cluster_id: "c1".into(),
+            copies: 3,
+            object_size_shift: 22,
+            voters: 3,
+            force: false,
+            policy: Default::default(),
+        }
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ struct ClusterConfig {
   copies @2 :UInt8;
   objectSizeShift @3 :UInt8;  # object size = 1 << shift
   voters @4 :UInt8;           # how many groupd instances vote (3 or 5)
+  minCopies @5 :UInt8;        # a write is acked once this many replicas hold it; 0: a majority
+  holdMs @6 :UInt64;          # how long writes are held below minCopies; 0: 60 s
+  allowFewerZones @7 :Bool;   # VDIs may have more copies than there are zones
 }
 
 enum ClusterStatus {
@@ -164,8 +167,11 @@ interface Groupd {
 
   info @5 () -> (info :ClusterInfo);
 
-  format @6 (copies :UInt8, objectSizeShift :UInt8, voters :UInt8, force :Bool)
+  format @6 (copies :UInt8, objectSizeShift :UInt8, voters :UInt8, force :Bool,
+             minCopies :UInt8, holdMs :UInt64, allowFewerZones :Bool)
       -> (config :ClusterConfig);
+  # Refused (badRequest) if minCopies > copies, or if the storage nodes up span fewer zones
+  # than copies and allowFewerZones is not set.
   shutdown @7 () -> ();
   recoverForce @8 () -> ();
 
@@ -186,7 +192,7 @@ interface Groupd {
   # there are fewer voters than the cluster's `voters`.
 
   # --- the VDI namespace and recovery marks (data path) ---
-  vdiCreate @13 (name :Text, size :UInt64, copies :UInt8) -> (vdi :VdiInfo);
+  vdiCreate @13 (name :Text, size :UInt64, copies :UInt8, allowFewerZones :Bool) -> (vdi :VdiInfo);
   # copies 0 = the cluster's default. Fails with vdiExists, badRequest.
   vdiDelete @14 (name :Text) -> (vdi :VdiInfo);
   # Fails with noVdi.

@@ -8,8 +8,8 @@ pub mod storaged;
 use capnp::text;
 use sheep_core::epoch::{EpochRecord, NodeInfo};
 use sheep_core::group::{
-    ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupMember, Lock, LockInfo, MemberRole, Session,
-    SessionKind,
+    ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupMember, Lock, LockInfo, MemberRole, Policy,
+    Session, SessionKind,
 };
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
@@ -71,6 +71,9 @@ pub fn write_config(mut b: cluster_config::Builder<'_>, c: &ClusterConfig) {
     b.set_copies(c.copies);
     b.set_object_size_shift(c.object_size_shift);
     b.set_voters(c.voters);
+    b.set_min_copies(c.policy.min_copies);
+    b.set_hold_ms(c.policy.hold_ms);
+    b.set_allow_fewer_zones(c.policy.allow_fewer_zones);
 }
 
 pub fn read_config(r: cluster_config::Reader<'_>) -> capnp::Result<ClusterConfig> {
@@ -80,6 +83,11 @@ pub fn read_config(r: cluster_config::Reader<'_>) -> capnp::Result<ClusterConfig
         copies: r.get_copies(),
         object_size_shift: r.get_object_size_shift(),
         voters: r.get_voters(),
+        policy: Policy {
+            min_copies: r.get_min_copies(),
+            hold_ms: r.get_hold_ms(),
+            allow_fewer_zones: r.get_allow_fewer_zones(),
+        },
     })
 }
 

@@ -39,8 +39,14 @@ fn round_trip_event(e: &Event) -> Event {
 
 #[test]
 fn every_event_kind_round_trips() {
-    let config =
-        ClusterConfig { cluster_id: "c0ffee".into(), created_ms: 5, copies: 3, object_size_shift: 22, voters: 3 };
+    let config = ClusterConfig {
+        cluster_id: "c0ffee".into(),
+        created_ms: 5,
+        copies: 3,
+        object_size_shift: 22,
+        voters: 3,
+        policy: Default::default(),
+    };
     let kinds = vec![
         EventKind::Formatted(config),
         EventKind::Joined(Session { id: 4, kind: SessionKind::Storage(node(2)), opened_ms: 9, failed: None }),
@@ -98,7 +104,14 @@ fn cluster_info_round_trips_with_and_without_config() {
     };
     for config in [
         None,
-        Some(ClusterConfig { cluster_id: "x".into(), created_ms: 1, copies: 2, object_size_shift: 20, voters: 5 }),
+        Some(ClusterConfig {
+            cluster_id: "x".into(),
+            created_ms: 1,
+            copies: 2,
+            object_size_shift: 20,
+            voters: 5,
+            policy: Default::default(),
+        }),
     ] {
         info.config = config;
         let mut msg = Builder::new_default();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use capnp::ErrorKind;
 use sheep_core::epoch::NodeInfo;
-use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, SessionId, SessionKind};
+use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, Policy, SessionId, SessionKind};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
 use sheep_rpc::codec;
@@ -180,13 +180,26 @@ impl GroupClient {
         .await
     }
 
-    /// Formats the cluster (`force`: even if it is formatted already).
+    /// Formats the cluster (`force`: even if it is formatted already) with the default
+    /// replication policy.
     pub async fn format(
         &self,
         copies: u8,
         object_size_shift: u8,
         voters: u8,
         force: bool,
+    ) -> Result<ClusterConfig, Error> {
+        self.format_with(copies, object_size_shift, voters, force, Policy::default()).await
+    }
+
+    /// [`Self::format`] with a replication policy.
+    pub async fn format_with(
+        &self,
+        copies: u8,
+        object_size_shift: u8,
+        voters: u8,
+        force: bool,
+        policy: Policy,
     ) -> Result<ClusterConfig, Error> {
         self.call("format", Duration::ZERO, |c| async move {
             let mut req = c.format_request();
@@ -195,6 +208,9 @@ impl GroupClient {
             p.set_object_size_shift(object_size_shift);
             p.set_voters(voters);
             p.set_force(force);
+            p.set_min_copies(policy.min_copies);
+            p.set_hold_ms(policy.hold_ms);
+            p.set_allow_fewer_zones(policy.allow_fewer_zones);
             let resp = req.send().promise.await?;
             codec::read_config(resp.get()?.get_config()?)
         })
@@ -353,12 +369,25 @@ impl GroupClient {
     /// Not retried after a broken connection can double-create: a second try of a create
     /// that was applied is refused with `vdiExists`.
     pub async fn vdi_create(&self, name: &str, size: u64, copies: u8) -> Result<VdiEntry, Error> {
+        self.vdi_create_with(name, size, copies, false).await
+    }
+
+    /// [`Self::vdi_create`]; `allow_fewer_zones`: accept more copies than the storage nodes
+    /// span zones.
+    pub async fn vdi_create_with(
+        &self,
+        name: &str,
+        size: u64,
+        copies: u8,
+        allow_fewer_zones: bool,
+    ) -> Result<VdiEntry, Error> {
         self.call("vdi create", Duration::ZERO, |c| async move {
             let mut req = c.vdi_create_request();
             let mut p = req.get();
             p.set_name(name);
             p.set_size(size);
             p.set_copies(copies);
+            p.set_allow_fewer_zones(allow_fewer_zones);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })

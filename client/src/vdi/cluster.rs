@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use sheep_core::epoch::EpochRecord;
-use sheep_core::group::EventKind;
+use sheep_core::group::{EventKind, Policy};
 use sheep_core::object::VdiId;
 use sheep_core::placement::PlacementRing;
 use sheep_rpc::error::ErrorCode;
@@ -27,6 +27,8 @@ pub struct View {
 
 struct Shared {
     view: RefCell<View>,
+    /// The cluster's replication policy (how few replicas a write may land on).
+    policy: std::cell::Cell<Policy>,
     deleted: RefCell<HashSet<VdiId>>,
     /// The current epoch, for waiters.
     epoch_tx: tokio::sync::watch::Sender<u32>,
@@ -66,7 +68,9 @@ impl Cluster {
             None => View { epoch: 0, ring: Rc::new(PlacementRing::new(&[])) },
         };
         let (epoch_tx, _) = tokio::sync::watch::channel(view.epoch);
-        let shared = Rc::new(Shared { view: RefCell::new(view), deleted: RefCell::new(HashSet::new()), epoch_tx });
+        let policy = std::cell::Cell::new(info.config.map(|c| c.policy).unwrap_or_default());
+        let shared =
+            Rc::new(Shared { view: RefCell::new(view), policy, deleted: RefCell::new(HashSet::new()), epoch_tx });
         let follower = tokio::task::spawn_local(follow(group.clone(), shared.clone(), info.applied_seq + 1));
         Ok(Rc::new(Cluster { group, pool: StorePool::new(limits), shared, follower }))
     }
@@ -80,7 +84,9 @@ impl Cluster {
     ) -> Rc<Cluster> {
         let view = View { epoch, ring: Rc::new(PlacementRing::new(nodes)) };
         let (epoch_tx, _) = tokio::sync::watch::channel(epoch);
-        let shared = Rc::new(Shared { view: RefCell::new(view), deleted: RefCell::new(HashSet::new()), epoch_tx });
+        let policy = std::cell::Cell::new(Policy::default());
+        let shared =
+            Rc::new(Shared { view: RefCell::new(view), policy, deleted: RefCell::new(HashSet::new()), epoch_tx });
         let follower = tokio::task::spawn_local(async {});
         Rc::new(Cluster { group, pool: StorePool::new(limits), shared, follower })
     }
@@ -100,6 +106,11 @@ impl Cluster {
 
     pub fn epoch(&self) -> u32 {
         self.shared.view.borrow().epoch
+    }
+
+    /// The cluster's replication policy, as of the last format seen.
+    pub fn policy(&self) -> Policy {
+        self.shared.policy.get()
     }
 
     /// True once the watch showed `vid` deleted.
@@ -126,6 +137,7 @@ async fn follow(group: Rc<GroupClient>, shared: Rc<Shared>, from: u64) {
                 for e in events {
                     match &e.kind {
                         EventKind::Epoch(rec) => shared.apply_epoch(rec),
+                        EventKind::Formatted(c) => shared.policy.set(c.policy),
                         EventKind::VdiDeleted(v) => {
                             shared.deleted.borrow_mut().insert(v.vid);
                         }

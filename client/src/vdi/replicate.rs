@@ -78,10 +78,28 @@ pub(crate) async fn to_all(
 ) -> Result<Vec<String>, VdiError> {
     let started = Instant::now();
     let deadline = started + retry_for;
+    let policy = cluster.policy();
+    let min = usize::from(policy.min_copies_for(u8::try_from(copies).unwrap_or(u8::MAX)));
+    // Below the minimum of replicas, a write is held this long (for more storage nodes).
+    let held_until = started + Duration::from_millis(policy.hold_ms());
     let mut last: Option<String> = None;
     loop {
         let view = cluster.view();
         let addrs: Vec<String> = view.ring.replicas(oid, copies).into_iter().map(|n| n.addr.clone()).collect();
+        if addrs.len() < min {
+            let why = format!(
+                "only {} of the {copies} copies of object {oid} have a storage node in epoch {}, fewer than the {min} \
+                 a write needs (cluster format --min-copies): held for more storage nodes",
+                addrs.len(),
+                view.epoch
+            );
+            if Instant::now() >= held_until {
+                return Err(give_up(|| format!("writing object {oid}"), started, Some(why)));
+            }
+            tracing::debug!("{why}");
+            cluster.wait_newer(view.epoch, held_until.min(Instant::now() + EPOCH_WAIT)).await;
+            continue;
+        }
         let mut wants_epoch = addrs.is_empty();
         if !addrs.is_empty() {
             let results = join_all(addrs.iter().map(|a| send(cluster, a, view.epoch, oid, op, fence))).await;
