@@ -433,8 +433,19 @@ impl GroupState {
     fn recover_force(&mut self, t: u64) -> Result<Reply, GroupError> {
         match self.status {
             ClusterStatus::Unformatted => Err(GroupError::NotFormatted),
+            // Running, some objects may wait for nodes that are down (every replica of them
+            // was there): going on without them makes this epoch the clean one, so storage
+            // nodes take the newest copies there are and stop waiting.
             ClusterStatus::Running => {
-                Err(GroupError::BadRequest("the cluster is running; there is nothing to recover".into()))
+                let Some(current) = self.epochs.latest().map(|e| e.epoch) else { return Err(GroupError::NotFormatted) };
+                if self.clean_epoch >= current {
+                    return Err(GroupError::BadRequest(
+                        "the cluster is running and recovered; there is nothing to recover".into(),
+                    ));
+                }
+                self.clean_epoch = current;
+                self.emit(t, EventKind::RecoveryComplete(current));
+                Ok(Reply::Done)
             }
             ClusterStatus::Shutdown | ClusterStatus::Halted => {
                 if self.live_nodes().is_empty() {
@@ -445,6 +456,11 @@ impl GroupState {
                 self.status = ClusterStatus::Running;
                 self.emit(t, EventKind::Resumed);
                 self.maybe_new_epoch(t);
+                // The missing nodes' copies are given up: nobody waits for them.
+                if let Some(current) = self.epochs.latest().map(|e| e.epoch) {
+                    self.clean_epoch = current;
+                    self.emit(t, EventKind::RecoveryComplete(current));
+                }
                 Ok(Reply::Done)
             }
         }

@@ -273,7 +273,17 @@ fn recover_force_goes_on_without_the_missing() {
     assert_eq!(log.state.status, ClusterStatus::Running);
     assert_eq!(log.state.epochs.current(), epoch + 1);
     assert_eq!(log.epoch_nodes(), vec![node(1).id, node(2).id]);
+    assert_eq!(log.state.clean_epoch, epoch + 1, "nobody waits for the missing node's copies");
     assert!(matches!(log.apply(Op::RecoverForce), Err(GroupError::BadRequest(_))), "running: nothing to do");
+    // Running with a node gone, whose copies may be the only ones of some objects: forcing
+    // makes the current epoch the clean one.
+    let s3 = log.join(3);
+    log.leave(s3, true);
+    let current = log.state.epochs.current();
+    assert!(log.state.clean_epoch < current);
+    log.apply(Op::RecoverForce).unwrap();
+    assert_eq!(log.state.clean_epoch, current);
+    assert!(matches!(log.apply(Op::RecoverForce), Err(GroupError::BadRequest(_))), "recovered: nothing to do");
 }
 
 #[test]

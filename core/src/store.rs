@@ -84,7 +84,7 @@ impl WholeObject {
 }
 
 /// A node's recovery to an epoch (`recovery`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryStatus {
     /// The epoch being recovered to.
     pub epoch: Epoch,
@@ -96,6 +96,9 @@ pub struct RecoveryStatus {
     pub complete: bool,
     /// The object lists of the old holders are complete.
     pub listed: bool,
+    /// Objects that wait (a newer copy may be on a node that is down), and those nodes.
+    pub waiting: u64,
+    pub waiting_for: Vec<String>,
 }
 
 #[cfg(test)]

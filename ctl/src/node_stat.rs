@@ -128,6 +128,9 @@ struct RecoveryRow {
     total: Option<u64>,
     listed: Option<bool>,
     complete: Option<bool>,
+    /// Objects that wait for a node that may hold a newer copy, and those nodes.
+    waiting: Option<u64>,
+    waiting_for: Vec<String>,
     error: Option<String>,
 }
 
@@ -154,6 +157,8 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
                 total: Some(r.total),
                 listed: Some(r.listed),
                 complete: Some(r.complete),
+                waiting: Some(r.waiting),
+                waiting_for: r.waiting_for,
                 error: None,
             },
             Err(e) => RecoveryRow {
@@ -163,6 +168,8 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
                 total: None,
                 listed: None,
                 complete: None,
+                waiting: None,
+                waiting_for: Vec::new(),
                 error: Some(e.to_string()),
             },
         })
@@ -180,6 +187,14 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
             let state = match (r.complete, r.listed, &r.error) {
                 (_, _, Some(e)) => e.clone(),
                 (Some(true), _, _) => "complete".into(),
+                _ if !r.waiting_for.is_empty() => format!(
+                    "waiting for {} (down; newer copies, or the only ones, may be there){}",
+                    r.waiting_for.join(", "),
+                    match r.waiting.unwrap_or(0) {
+                        0 => String::new(),
+                        n => format!(": {n} object(s) held"),
+                    }
+                ),
                 (_, Some(false), _) => "listing".into(),
                 _ => "recovering".into(),
             };

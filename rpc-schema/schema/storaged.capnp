@@ -34,6 +34,8 @@ struct RecoveryStatus {
   total @2 :UInt64;         # objects this node must hold in that epoch (known once listed)
   complete @3 :Bool;        # everything held; reported to groupd
   listed @4 :Bool;          # the object lists of the old holders are complete
+  waiting @5 :UInt64;       # objects that wait: a newer copy may be on a node that is down,
+  waitingFor @6 :List(Text); # ... on one of these
 }
 
 interface Storaged {

@@ -245,6 +245,13 @@ impl Node {
         usize::from(copies.max(1))
     }
 
+    /// The fewest copies any VDI (or the cluster's default) has.
+    pub fn min_copies(&self) -> usize {
+        let v = self.view.borrow();
+        let cluster = v.copies.unwrap_or(DEFAULT_COPIES);
+        usize::from(v.vdi_copies.values().copied().fold(cluster, u8::min).max(1))
+    }
+
     pub fn set_cluster_copies(&self, copies: u8) {
         self.view.borrow_mut().copies = Some(copies);
     }

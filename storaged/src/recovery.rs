@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::blocking::blocking;
 use crate::node::{EpochRing, Node};
 use crate::objects::StoreError;
-use crate::recovery_plan::{plan, EpochReplicas, Plan};
+use crate::recovery_plan::{hidden_on, plan, EpochReplicas, Plan};
 use crate::recovery_progress::{Holder, Progress};
 
 /// Objects pulled at the same time by one pass.
@@ -120,10 +120,14 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
     }
 
     let clean = node.clean_epoch().max(1);
-    let rings: Vec<(Epoch, Rc<PlacementRing>)> =
-        (clean..epoch).filter_map(|e| node.ring_of(e).map(|r| (e, Rc::new(r.ring)))).collect();
+    let rings = rings_since(node, clean, epoch);
     let (holders, local, answered, failed) = list_everyone(node, &ring, &rings, epoch).await;
     let listed = failed.is_empty();
+    let epochs: Vec<Vec<(String, u32)>> = (clean..epoch)
+        .filter_map(|e| node.ring_of(e))
+        .map(|r| r.record.nodes.iter().map(|n| (n.id.clone(), n.zone)).collect())
+        .collect();
+    let hidden = hidden_on(&epochs, &answered, node.min_copies());
 
     // Objects no longer owned move to .stale (still served to peers by fetch).
     let give_up: Vec<ObjectId> = local.live.iter().copied().filter(|&o| !owns(node, &ring, o)).collect();
@@ -170,6 +174,7 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         p.answered = answered;
         p.rings = rings;
         p.clean = clean;
+        p.hidden_on = hidden.clone();
     }
     if !todo.is_empty() {
         let own = |p: &Plan| matches!(p, Plan::Pull(h) if h.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0));
@@ -200,6 +205,13 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
     if !listed {
         return Pass::Incomplete(format!("could not list the objects of {}", failed.join(", ")));
     }
+    if !hidden.is_empty() {
+        return Pass::Incomplete(format!(
+            "objects this node owns may be only on {}, which are down (every replica of some objects was \
+             there): waiting for one of them",
+            hidden.join(", ")
+        ));
+    }
     if !waits.is_empty() {
         let nodes: Vec<String> = waits.into_iter().collect();
         return Pass::Incomplete(format!(
@@ -211,6 +223,11 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         return Pass::Incomplete(format!("{missing} object(s) could not be pulled"));
     }
     report(node, client, epoch).await
+}
+
+/// The placement rings of the epochs from `clean` up to (not including) `epoch`.
+fn rings_since(node: &Node, clean: Epoch, epoch: Epoch) -> Vec<(Epoch, Rc<PlacementRing>)> {
+    (clean..epoch).filter_map(|e| node.ring_of(e).map(|r| (e, Rc::new(r.ring)))).collect()
 }
 
 /// The replicas of `oid` in each epoch of `rings`.
@@ -491,8 +508,7 @@ async fn pull_unplanned(node: &Node, epoch: Epoch, oid: ObjectId) -> Found {
         Err(e) => debug!("own copy of {oid}: {e}"),
     }
     let clean = node.clean_epoch().max(1);
-    let rings: Vec<(Epoch, Rc<PlacementRing>)> =
-        (clean..epoch).filter_map(|e| node.ring_of(e).map(|r| (e, Rc::new(r.ring)))).collect();
+    let rings = rings_since(node, clean, epoch);
     match plan(&me, &holders, &answered, &history(node, &rings, oid), clean) {
         Plan::Pull(from) if from.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0) => {
             Found::OwnStale(from[0].version)

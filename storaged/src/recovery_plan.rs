@@ -79,6 +79,34 @@ pub fn plan(
     Plan::Pull(best)
 }
 
+/// The nodes of an epoch since the clean one that did not answer, where they span so many
+/// zones that some object may have had all its replicas among them (as many zones as its
+/// copies, or as the epoch has): such an object is listed by nobody up, and this node may be one of its
+/// owners now. Until one of them answers, recovery is not complete. `epochs`: (node id,
+/// zone) of every node of each epoch; `copies`: the fewest copies of any VDI.
+pub fn hidden_on(epochs: &[Vec<(String, u32)>], answered: &BTreeSet<String>, copies: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for nodes in epochs {
+        let mut zones: Vec<u32> = nodes.iter().map(|(_, z)| *z).collect();
+        zones.sort_unstable();
+        zones.dedup();
+        let down: Vec<&(String, u32)> = nodes.iter().filter(|(id, _)| !answered.contains(id)).collect();
+        // The replicas of an object are in distinct zones: all of them can be down only if
+        // the down nodes span as many zones as an object has replicas.
+        let mut down_zones: Vec<u32> = down.iter().map(|(_, z)| *z).collect();
+        down_zones.sort_unstable();
+        down_zones.dedup();
+        if !down.is_empty() && down_zones.len() >= copies.min(zones.len()) {
+            for (id, _) in down {
+                if !out.contains(id) {
+                    out.push(id.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +150,20 @@ mod tests {
         // Epochs before the clean one need no witness.
         let history = [epoch(4, &["me", "b", "x"]), epoch(5, &["x", "y", "z"]), epoch(6, &["b", "me", "q"])];
         assert!(matches!(plan("me", &holders, &answered(&["me", "b"]), &history, 6), Plan::Pull(_)));
+    }
+
+    #[test]
+    fn objects_may_hide_on_the_down_nodes_only_when_they_are_as_many_as_the_copies() {
+        let epoch = |ids: &[(&str, u32)]| ids.iter().map(|(i, z)| (i.to_string(), *z)).collect::<Vec<_>>();
+        let five = epoch(&[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]);
+        assert!(hidden_on(std::slice::from_ref(&five), &answered(&["a", "b", "c", "d"]), 3).is_empty(), "one down of 3 copies");
+        assert!(hidden_on(std::slice::from_ref(&five), &answered(&["a", "b", "c"]), 3).is_empty(), "two down");
+        let hidden = hidden_on(std::slice::from_ref(&five), &answered(&["a", "b"]), 3);
+        assert_eq!(hidden, vec!["c".to_string(), "d".into(), "e".into()], "three down: some object had them all");
+        // Two zones: every object has a replica in each; one zone down leaves the other.
+        let two_zones = epoch(&[("a", 1), ("b", 1), ("c", 2)]);
+        assert!(hidden_on(std::slice::from_ref(&two_zones), &answered(&["a", "b"]), 3).is_empty());
+        assert_eq!(hidden_on(&[two_zones], &answered(&["a"]), 3), vec!["b".to_string(), "c".into()]);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Progress {
     pub(crate) answered: BTreeSet<String>,
     pub(crate) rings: Vec<(Epoch, Rc<PlacementRing>)>,
     pub(crate) clean: Epoch,
+    /// Nodes that are down where some object may have all its replicas (see
+    /// `recovery_plan::hidden_on`): recovery is not complete before one of them answers.
+    pub(crate) hidden_on: Vec<String>,
     /// groupd said every node of this epoch recovered: purge `.stale` once this node is
     /// complete for it too.
     pub(crate) purge_for: Option<Epoch>,

@@ -168,8 +168,33 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::RecoveryResults,
     ) -> Result<(), capnp::Error> {
         let p = self.node.recovery.borrow();
-        let status =
-            RecoveryStatus { epoch: p.epoch, done: p.done, total: p.total, complete: p.complete, listed: p.listed };
+        let mut waiting_for: Vec<String> = Vec::new();
+        let mut waiting = 0;
+        for plan in p.pending.values() {
+            if let crate::recovery_plan::Plan::Wait(nodes) = plan {
+                waiting += 1;
+                for n in nodes {
+                    if !waiting_for.contains(n) {
+                        waiting_for.push(n.clone());
+                    }
+                }
+            }
+        }
+        for n in &p.hidden_on {
+            if !waiting_for.contains(n) {
+                waiting_for.push(n.clone());
+            }
+        }
+        waiting_for.sort();
+        let status = RecoveryStatus {
+            epoch: p.epoch,
+            done: p.done,
+            total: p.total,
+            complete: p.complete,
+            listed: p.listed,
+            waiting,
+            waiting_for,
+        };
         wire::write_recovery(results.get().init_status(), &status);
         Ok(())
     }

@@ -79,3 +79,49 @@ fn a_node_whose_disk_fails_leaves_within_a_lease_and_the_rest_goes_on() {
     let back = c.ctl(&["vdi", "read", "t", "4194304", "4194304", "--replica", "1"]);
     assert!(back.status.success() && back.stdout == second, "the second write after the node came back");
 }
+
+/// Every replica of an object crashes at once: the nodes left must not take an older copy
+/// (or none) for it. The object waits, `node recovery` names the nodes it waits for, and
+/// once one of them is back everything is recovered with the newest data.
+#[test]
+fn an_object_whose_every_replica_is_down_waits_for_one_of_them() {
+    let mut c = Cluster::formatted(5, 3, &["--object-size", "1M"]);
+    c.ctl_ok(&["vdi", "create", "t", "1M"]);
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    let out = c.ctl_stdin(&["vdi", "write", "t", "0"], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.wait_recovered();
+    // The data object (index 0) is on three of the five nodes; the inode is a "8…" object.
+    let holders: Vec<usize> =
+        (0..5).filter(|&i| c.objects_on(i).iter().any(|o| !o.starts_with('8') && o.ends_with("00000000"))).collect();
+    assert_eq!(holders.len(), 3, "the data object's replicas: {holders:?}");
+    for &i in &holders {
+        c.storageds[i].kill();
+    }
+    c.wait_epoch_nodes(0, 2, ClusterStatus::Running);
+    let waited: serde_json::Value = wait_until(Duration::from_secs(30), "a node to say it waits", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.ctl_ok(&["--json", "node", "recovery"])).map_err(|e| e.to_string())?;
+        let waiting = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["waiting_for"].as_array().is_some_and(|w| !w.is_empty()) && n["complete"] == false);
+        waiting.cloned().ok_or_else(|| v.to_string())
+    });
+    let named: Vec<String> =
+        waited["waiting_for"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    assert!(holders.iter().any(|&i| named.contains(&c.storaged_addrs[i])), "waits for {named:?}, holders {holders:?}");
+    let table = c.ctl_ok(&["node", "recovery"]);
+    assert!(table.contains("waiting for"), "{table}");
+    // Reads of it wait, then fail: never zeros or an older copy.
+    let read = c.ctl(&["vdi", "read", "t", "0", "4096"]);
+    assert!(!read.status.success(), "read while every replica is down: {:?}", &read.stdout.get(..16));
+
+    // One of them is back: the newest copy comes from it.
+    c.storageds[holders[0]].restart();
+    c.wait_epoch_nodes(0, 3, ClusterStatus::Running);
+    c.wait_recovered();
+    let back = c.ctl(&["vdi", "read", "t", "0", "1048576"]);
+    assert!(back.status.success() && back.stdout == data, "{}", String::from_utf8_lossy(&back.stderr));
+}

@@ -128,7 +128,7 @@ fn object_operations_over_rpc() {
         assert_eq!(st.objects, 2);
         assert!(st.used > 0 && st.used < 4 * u64::from(OBJ), "used {}", st.used);
         assert!(st.capacity >= st.free && st.free > 0);
-        let idle = RecoveryStatus { epoch: 0, done: 0, total: 0, complete: false, listed: false };
+        let idle = RecoveryStatus::default();
         assert_eq!(c.recovery().await.unwrap(), idle);
 
         // Zero: ragged ends, whole blocks punched, FUA or not; the errors of write.

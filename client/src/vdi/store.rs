@@ -343,7 +343,7 @@ impl StorePool {
     pub async fn recovery(&self, addr: &str) -> Result<RecoveryStatus, NodeError> {
         self.call(addr, |c| async move {
             let resp = c.recovery_request().send().promise.await?;
-            Ok(wire::read_recovery(resp.get()?.get_status()?))
+            wire::read_recovery(resp.get()?.get_status()?)
         })
         .await
     }

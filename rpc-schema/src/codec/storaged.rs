@@ -63,16 +63,27 @@ pub fn write_recovery(mut b: recovery_status::Builder<'_>, s: &RecoveryStatus) {
     b.set_total(s.total);
     b.set_complete(s.complete);
     b.set_listed(s.listed);
+    b.set_waiting(s.waiting);
+    let mut nodes = b.init_waiting_for(s.waiting_for.len() as u32);
+    for (i, n) in s.waiting_for.iter().enumerate() {
+        nodes.set(i as u32, n.as_str());
+    }
 }
 
-pub fn read_recovery(r: recovery_status::Reader<'_>) -> RecoveryStatus {
-    RecoveryStatus {
+pub fn read_recovery(r: recovery_status::Reader<'_>) -> capnp::Result<RecoveryStatus> {
+    let mut waiting_for = Vec::new();
+    for n in r.get_waiting_for()? {
+        waiting_for.push(n?.to_string()?);
+    }
+    Ok(RecoveryStatus {
         epoch: r.get_epoch(),
         done: r.get_done(),
         total: r.get_total(),
         complete: r.get_complete(),
         listed: r.get_listed(),
-    }
+        waiting: r.get_waiting(),
+        waiting_for,
+    })
 }
 
 /// `oids`: every object held, live ones first; `stale` and `staleEpochs`: those held only
@@ -157,10 +168,18 @@ mod tests {
         write_stat(msg.init_root(), &stat);
         assert_eq!(read_stat(msg.get_root_as_reader().unwrap()), stat);
 
-        let rec = RecoveryStatus { epoch: 5, done: 2, total: 9, complete: false, listed: true };
+        let rec = RecoveryStatus {
+            epoch: 5,
+            done: 2,
+            total: 9,
+            complete: false,
+            listed: true,
+            waiting: 2,
+            waiting_for: vec!["127.0.0.9:7001".into()],
+        };
         let mut msg = Builder::new_default();
         write_recovery(msg.init_root(), &rec);
-        assert_eq!(read_recovery(msg.get_root_as_reader().unwrap()), rec);
+        assert_eq!(read_recovery(msg.get_root_as_reader().unwrap()).unwrap(), rec);
     }
 
     #[test]
