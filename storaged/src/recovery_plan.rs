@@ -156,7 +156,10 @@ mod tests {
     fn objects_may_hide_on_the_down_nodes_only_when_they_are_as_many_as_the_copies() {
         let epoch = |ids: &[(&str, u32)]| ids.iter().map(|(i, z)| (i.to_string(), *z)).collect::<Vec<_>>();
         let five = epoch(&[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]);
-        assert!(hidden_on(std::slice::from_ref(&five), &answered(&["a", "b", "c", "d"]), 3).is_empty(), "one down of 3 copies");
+        assert!(
+            hidden_on(std::slice::from_ref(&five), &answered(&["a", "b", "c", "d"]), 3).is_empty(),
+            "one down of 3 copies"
+        );
         assert!(hidden_on(std::slice::from_ref(&five), &answered(&["a", "b", "c"]), 3).is_empty(), "two down");
         let hidden = hidden_on(std::slice::from_ref(&five), &answered(&["a", "b"]), 3);
         assert_eq!(hidden, vec!["c".to_string(), "d".into(), "e".into()], "three down: some object had them all");
