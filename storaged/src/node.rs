@@ -223,6 +223,11 @@ impl Node {
         Some(ring)
     }
 
+    /// The nodes of `epoch` (none if the local history does not have it).
+    pub fn epoch_nodes(&self, epoch: Epoch) -> Vec<NodeInfo> {
+        self.state.borrow().epochs.get(epoch).map(|r| r.nodes.clone()).unwrap_or_default()
+    }
+
     /// An epoch's placement ring, built anew (not cached: recovery looks at several).
     pub fn ring_of(&self, epoch: Epoch) -> Option<EpochRing> {
         let record = self.state.borrow().epochs.get(epoch)?.clone();

@@ -123,10 +123,8 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
     let rings = rings_since(node, clean, epoch);
     let (holders, local, answered, failed) = list_everyone(node, &ring, &rings, epoch).await;
     let listed = failed.is_empty();
-    let epochs: Vec<Vec<(String, u32)>> = (clean..epoch)
-        .filter_map(|e| node.ring_of(e))
-        .map(|r| r.record.nodes.iter().map(|n| (n.id.clone(), n.zone)).collect())
-        .collect();
+    let epochs: Vec<Vec<(String, u32)>> =
+        (clean..epoch).map(|e| node.epoch_nodes(e).into_iter().map(|n| (n.id, n.zone)).collect()).collect();
     let hidden = hidden_on(&epochs, &answered, node.min_copies());
 
     // Objects no longer owned move to .stale (still served to peers by fetch).
@@ -194,13 +192,7 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
 
     let (missing, waits) = {
         let p = node.recovery.borrow();
-        let mut waits: BTreeSet<String> = BTreeSet::new();
-        for plan in p.pending.values() {
-            if let Plan::Wait(nodes) = plan {
-                waits.extend(nodes.iter().cloned());
-            }
-        }
-        (p.pending.len(), waits)
+        (p.pending.len(), p.waits().1)
     };
     if !listed {
         return Pass::Incomplete(format!("could not list the objects of {}", failed.join(", ")));
@@ -272,7 +264,7 @@ async fn list_everyone(
     let answers = futures::future::join_all(peers.iter().map(|addr| node.peers.list(addr, epoch))).await;
     let mut leavers: Vec<String> = Vec::new();
     for (e, _) in rings {
-        for n in node.ring_of(*e).map(|r| r.record.nodes).unwrap_or_default() {
+        for n in node.epoch_nodes(*e) {
             if !ring.record.nodes.iter().any(|m| m.id == n.id) && !leavers.contains(&n.addr) {
                 leavers.push(n.addr);
             }

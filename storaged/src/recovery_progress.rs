@@ -43,6 +43,19 @@ impl Progress {
         epoch != 0 && !(self.epoch == epoch && self.complete)
     }
 
+    /// How many planned objects wait, and for which nodes (see `Plan::Wait`).
+    pub fn waits(&self) -> (u64, BTreeSet<String>) {
+        let mut nodes = BTreeSet::new();
+        let mut objects = 0;
+        for plan in self.pending.values() {
+            if let Plan::Wait(n) = plan {
+                objects += 1;
+                nodes.extend(n.iter().cloned());
+            }
+        }
+        (objects, nodes)
+    }
+
     /// True if the plan of `epoch` has still to pull `oid` (missing here, or a newer copy
     /// is elsewhere).
     pub fn is_pending(&self, epoch: Epoch, oid: ObjectId) -> bool {

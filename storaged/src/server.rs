@@ -168,24 +168,9 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::RecoveryResults,
     ) -> Result<(), capnp::Error> {
         let p = self.node.recovery.borrow();
-        let mut waiting_for: Vec<String> = Vec::new();
-        let mut waiting = 0;
-        for plan in p.pending.values() {
-            if let crate::recovery_plan::Plan::Wait(nodes) = plan {
-                waiting += 1;
-                for n in nodes {
-                    if !waiting_for.contains(n) {
-                        waiting_for.push(n.clone());
-                    }
-                }
-            }
-        }
-        for n in &p.hidden_on {
-            if !waiting_for.contains(n) {
-                waiting_for.push(n.clone());
-            }
-        }
-        waiting_for.sort();
+        let (waiting, mut nodes) = p.waits();
+        nodes.extend(p.hidden_on.iter().cloned());
+        let waiting_for: Vec<String> = nodes.into_iter().collect();
         let status = RecoveryStatus {
             epoch: p.epoch,
             done: p.done,
