@@ -35,20 +35,44 @@ pub struct StoreStat {
 }
 
 /// The version of an object copy: the epoch of the last write to it (high 32 bits) and a
-/// count of the writes in that epoch (low 32 bits). Every write, zeroing or creation
-/// advances it; recovery and repair carry it over with the data. Every replica of an epoch
-/// takes every acknowledged write, so of two copies the higher version holds every write the
-/// lower one holds (unacknowledged ones aside). 0: no version (a copy from before versions).
+/// count in that epoch (low 32 bits). Every write, zeroing or creation advances it; recovery
+/// and repair carry it over with the data. Every replica of an epoch takes every
+/// acknowledged write, so of two copies the higher version holds every write the lower one
+/// holds (unacknowledged ones aside). 0: no version (a copy from before versions).
+///
+/// A write takes two steps: before it changes anything the copy gets an *unsettled* version
+/// (odd count, [`write_started`]), once done the settled one after it ([`write_done`]). A
+/// copy left unsettled (the node crashed mid-write) may hold any mix, block by block, of its
+/// content before and after that write, so two unsettled copies of one version may differ:
+/// recovery takes one of them and settles it at a version above any the write could have
+/// reached ([`next_version`] in a later epoch).
 pub type Version = u64;
 
-/// The version after one more write in `epoch` to a copy at `current`.
-pub fn next_version(current: Version, epoch: Epoch) -> Version {
+/// The unsettled version a write in `epoch` to a copy at `current` sets first.
+pub fn write_started(current: Version, epoch: Epoch) -> Version {
     if version_epoch(current) < epoch {
         (u64::from(epoch) << 32) | 1
     } else {
-        debug_assert!(current & 0xffff_ffff < 0xffff_ffff, "2^32 writes in one epoch");
-        current + 1
+        debug_assert!(current & 0xffff_ffff < 0xffff_fffc, "2^32 writes in one epoch");
+        // From an unsettled copy, past the version its interrupted write would have settled at.
+        current + if is_settled(current) { 1 } else { 2 }
     }
+}
+
+/// The settled version of a write that started at `started`.
+pub fn write_done(started: Version) -> Version {
+    debug_assert!(!is_settled(started), "{started:#x} is not a started write");
+    started + 1
+}
+
+/// True unless a write to the copy was cut off (an odd count).
+pub fn is_settled(v: Version) -> bool {
+    v & 1 == 0
+}
+
+/// The version after one more whole write (or a settling) in `epoch` of a copy at `current`.
+pub fn next_version(current: Version, epoch: Epoch) -> Version {
+    write_done(write_started(current, epoch))
 }
 
 /// The epoch in which a copy at `v` was last written.
@@ -107,12 +131,31 @@ mod tests {
 
     #[test]
     fn versions_grow_within_an_epoch_and_jump_to_a_newer_one() {
-        assert_eq!(next_version(0, 3), (3 << 32) | 1);
-        assert_eq!(next_version((3 << 32) | 1, 3), (3 << 32) | 2);
-        assert_eq!(next_version((3 << 32) | 9, 5), (5 << 32) | 1);
-        assert!(next_version((3 << 32) | 9, 5) > (3 << 32) | 1000, "any write of a newer epoch is newer");
+        assert_eq!(next_version(0, 3), (3 << 32) | 2);
+        assert_eq!(write_started((3 << 32) | 2, 3), (3 << 32) | 3);
+        assert_eq!(write_done((3 << 32) | 3), (3 << 32) | 4);
+        assert_eq!(next_version((3 << 32) | 8, 5), (5 << 32) | 2);
+        assert!(next_version((3 << 32) | 8, 5) > (3 << 32) | 1000, "any write of a newer epoch is newer");
         // A request of an older epoch never makes it go back.
-        assert_eq!(next_version((5 << 32) | 2, 4), (5 << 32) | 3);
+        assert_eq!(next_version((5 << 32) | 2, 4), (5 << 32) | 4);
+        assert!(is_settled(0) && is_settled((5 << 32) | 2) && !is_settled((5 << 32) | 3));
+    }
+
+    #[test]
+    fn a_settled_cut_off_copy_is_above_any_completion_of_its_write() {
+        let before = (4 << 32) | 6;
+        let started = write_started(before, 4);
+        let completed_elsewhere = write_done(started);
+        // Settled in the same epoch, or in a later one by recovery.
+        assert!(next_version(started, 4) > completed_elsewhere);
+        assert!(next_version(started, 5) > completed_elsewhere);
+        assert!(is_settled(next_version(started, 4)));
+        // A write to an unsettled copy goes past what the cut-off write would have been.
+        assert!(write_started(started, 4) > completed_elsewhere);
+    }
+
+    #[test]
+    fn epochs_read_back() {
         assert_eq!(version_epoch((7 << 32) | 4), 7);
     }
 }

@@ -132,6 +132,9 @@ struct RecoveryRow {
     waiting: Option<u64>,
     waiting_for: Vec<String>,
     error: Option<String>,
+    /// Why its disk failed: it left the data membership and recovers nothing (not asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -140,28 +143,18 @@ struct Recovery {
     nodes: Vec<RecoveryRow>,
 }
 
-/// Per-node recovery progress.
+/// Per-node recovery progress. A node whose disk failed is not asked (it left the data
+/// membership and recovers nothing): it is shown failed, with the reason.
 pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
     let info = crate::client(groupd)?.info().await?;
     let (epoch, nodes) = rows(&info);
     let pool = pool();
-    let states = join_all(nodes.iter().map(|n| pool.recovery(&n.addr))).await;
+    let asked = nodes.iter().filter(|n| n.reason.is_none());
+    let mut states = join_all(asked.map(|n| pool.recovery(&n.addr))).await.into_iter();
     let rows: Vec<RecoveryRow> = nodes
         .iter()
-        .zip(states)
-        .map(|(n, r)| match r {
-            Ok(r) => RecoveryRow {
-                id: n.id.clone(),
-                epoch: Some(r.epoch),
-                done: Some(r.done),
-                total: Some(r.total),
-                listed: Some(r.listed),
-                complete: Some(r.complete),
-                waiting: Some(r.waiting),
-                waiting_for: r.waiting_for,
-                error: None,
-            },
-            Err(e) => RecoveryRow {
+        .map(|n| {
+            let row = RecoveryRow {
                 id: n.id.clone(),
                 epoch: None,
                 done: None,
@@ -170,8 +163,25 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
                 complete: None,
                 waiting: None,
                 waiting_for: Vec::new(),
-                error: Some(e.to_string()),
-            },
+                error: None,
+                failed: n.reason.clone(),
+            };
+            if row.failed.is_some() {
+                return row;
+            }
+            match states.next().expect("one state per node asked") {
+                Ok(r) => RecoveryRow {
+                    epoch: Some(r.epoch),
+                    done: Some(r.done),
+                    total: Some(r.total),
+                    listed: Some(r.listed),
+                    complete: Some(r.complete),
+                    waiting: Some(r.waiting),
+                    waiting_for: r.waiting_for,
+                    ..row
+                },
+                Err(e) => RecoveryRow { error: Some(e.to_string()), ..row },
+            }
         })
         .collect();
     if json {
@@ -185,6 +195,9 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
         .iter()
         .map(|r| {
             let state = match (r.complete, r.listed, &r.error) {
+                _ if r.failed.is_some() => {
+                    format!("disk failed ({}): left the data membership", r.failed.as_deref().unwrap_or_default())
+                }
                 (_, _, Some(e)) => e.clone(),
                 (Some(true), _, _) => "complete".into(),
                 _ if !r.waiting_for.is_empty() => format!(
@@ -206,8 +219,9 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
             vec![r.id.clone(), r.epoch.map_or("-".into(), |e| e.to_string()), progress, state]
         })
         .collect();
+    let asked = rows.iter().filter(|r| r.failed.is_none()).count();
     let complete = rows.iter().filter(|r| r.complete == Some(true)).count();
-    println!("recovery to epoch {epoch}: {complete} of {} nodes complete", rows.len());
+    println!("recovery to epoch {epoch}: {complete} of {asked} nodes complete");
     print!("{}", table("", &["ID", "EPOCH", "OBJECTS", "STATE"], &cells));
     Ok(())
 }

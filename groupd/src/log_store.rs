@@ -181,6 +181,27 @@ impl LogFiles {
         self.entries.range(range).map(|(_, (_, e))| e.clone()).collect()
     }
 
+    /// What the `raft-log-append` failpoint's `return(ARG)` does (test builds with the
+    /// `failpoints` feature): `torn` writes half of the records and ends the process, as a
+    /// power loss in the middle of the write would; `crash` ends it before writing; anything
+    /// else fails the write with an I/O error (EIO).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    fn injected(&self, arg: Option<String>, buf: &[u8]) -> io::Error {
+        match arg.as_deref() {
+            Some("torn") => {
+                let _ = self.file.write_all_at(&buf[..buf.len() / 2], self.end);
+                let _ = self.file.sync_data();
+                eprintln!("failpoint: raft log write torn");
+                std::process::abort()
+            }
+            Some("crash") => {
+                eprintln!("failpoint: crash");
+                std::process::abort()
+            }
+            _ => io::Error::from_raw_os_error(5), // EIO
+        }
+    }
+
     /// Appends entries and fsyncs them.
     pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
         let mut buf = Vec::new();
@@ -201,6 +222,7 @@ impl LogFiles {
         if buf.is_empty() {
             return Ok(());
         }
+        fail::fail_point!("raft-log-append", |arg| Err(self.injected(arg, &buf)));
         let res = self.file.write_all_at(&buf, self.end).and_then(|_| self.file.sync_data());
         if let Err(e) = res {
             // Leave no half-written record behind that a later open could read.

@@ -46,7 +46,7 @@ const RAFT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// The group communication daemon: membership, epochs, VDI locks and a total order of
 /// cluster events, replicated by Raft among the groupd instances.
 #[derive(Parser, Debug)]
-#[command(name = "groupd", version)]
+#[command(name = "groupd", version = VERSION)]
 struct Cli {
     /// Address (ip:port) to serve the groupd API on. Other groupd instances, storage nodes and
     /// clients reach this groupd there; it is also this groupd's address in the group. Port 0
@@ -89,8 +89,21 @@ enum Stop {
     Fatal(String),
 }
 
+/// `--version`; a build with failpoints says so (the tests that inject faults check it).
+const VERSION: &str = if cfg!(feature = "failpoints") {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if std::env::var_os("FAILPOINTS").is_some() && !cfg!(feature = "failpoints") {
+        eprintln!("groupd: error: FAILPOINTS is set, but this groupd was built without the failpoints feature");
+        return ExitCode::FAILURE;
+    }
+    // Failpoints named in FAILPOINTS (a build with the feature; nothing otherwise).
+    let _failpoints = fail::FailScenario::setup();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
     tracing_subscriber::fmt()

@@ -43,7 +43,7 @@ use crate::store_dir::StoreDir;
 /// history in its data dir. Stops by itself when the cluster is shut down; SIGTERM or
 /// SIGINT makes it leave the cluster and stop.
 #[derive(Parser, Debug)]
-#[command(name = "storaged", version)]
+#[command(name = "storaged", version = VERSION)]
 struct Args {
     /// Address ("ip:port") to serve the storaged API on; it is also the node's id, so it needs
     /// a fixed port and an address the other nodes and clients can reach
@@ -72,12 +72,25 @@ struct Args {
     join_timeout: u64,
 }
 
+/// `--version`; a build with failpoints says so (the tests that inject faults check it).
+const VERSION: &str = if cfg!(feature = "failpoints") {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 fn main() {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => sheep_client::cli::exit_clap(e, "storaged"),
     };
     sheep_client::cli::init_logging("info");
+    if std::env::var_os("FAILPOINTS").is_some() && !cfg!(feature = "failpoints") {
+        eprintln!("error: FAILPOINTS is set, but this storaged was built without the failpoints feature");
+        std::process::exit(1);
+    }
+    // Failpoints named in FAILPOINTS (a build with the feature; nothing otherwise).
+    let _failpoints = fail::FailScenario::setup();
     match run(args) {
         Ok(()) => {}
         Err(e) => {

@@ -16,7 +16,7 @@ use sheep_client::group::GroupClient;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
 use sheep_core::placement::PlacementRing;
-use sheep_core::store::{Listing, WholeObject};
+use sheep_core::store::{is_settled, next_version, Listing, WholeObject};
 use sheep_rpc::error::ErrorCode;
 use tracing::{debug, info, warn};
 
@@ -363,20 +363,30 @@ async fn purge_stale(node: &Node) {
 
 /// Pulls `oid` now if this node should hold it and a recovery is under way. `Ok(true)`:
 /// the object is here now; `Ok(false)`: no node has it (a new object). `NotYet`: a newer
-/// copy may be on a node that is down, or some node did not answer: try again.
+/// copy may be on a node that is down, or some node did not answer: try again. An I/O
+/// error of this node's store fails its disk (recovery would never get past it).
 pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
+    let r = recover_one_here(node, oid).await;
+    if let Err(StoreError::Io(why)) = &r {
+        node.disk.fail(why);
+    }
+    r
+}
+
+async fn recover_one_here(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
     let epoch = node.epoch();
-    let holders = {
+    let todo = {
         let p = node.recovery.borrow();
         if !p.unsettled(epoch) {
             return Ok(false);
         }
         if p.epoch != epoch {
-            None // the plan is of an older epoch
+            Todo::Unplanned // the plan is of an older epoch
         } else {
             match p.pending.get(&oid) {
                 Some(Plan::Wait(nodes)) => return Err(waits(oid, nodes)),
-                Some(Plan::Pull(h)) => Some(h.clone()),
+                Some(Plan::Pull(h)) => Todo::Pull(h.clone()),
+                Some(Plan::Settle) => Todo::Settle,
                 Some(Plan::Settled | Plan::Absent) => return Ok(node.objects.contains(oid)),
                 // Listed by nobody: new, unless a node that is down may hold it.
                 None if p.listed => {
@@ -386,27 +396,40 @@ pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError>
                         _ => Ok(false),
                     };
                 }
-                None => None,
+                None => Todo::Unplanned,
             }
         }
     };
-    let got = match holders {
-        Some(holders) => match pull_from(node, epoch, oid, &holders).await {
+    let got = match todo {
+        Todo::Pull(holders) => match pull_from(node, epoch, oid, &holders).await {
             Some(found) => found,
             None if planned(node, epoch, oid) => Found::Unknown,
             None => return Ok(node.objects.contains(oid)), // pulled meanwhile by another request
         },
-        None => pull_unplanned(node, epoch, oid).await,
+        Todo::Settle => Found::OwnLive,
+        Todo::Unplanned => pull_unplanned(node, epoch, oid).await,
     };
     let objects = node.objects.clone();
     match got {
         Found::Data(w) => {
-            blocking(move || objects.install(oid, &w.data, w.version)).await?;
+            // An unsettled copy is taken as it is and settled, as its holder settles it.
+            let version = if is_settled(w.version) { w.version } else { next_version(w.version, epoch) };
+            blocking(move || objects.install(oid, &w.data, version)).await?;
         }
         Found::OwnStale(version) => {
-            if !blocking(move || objects.restore_stale(oid, version)).await? {
+            let restored = blocking(move || {
+                let restored = objects.restore_stale(oid, version)?;
+                if restored && !is_settled(version) {
+                    objects.settle(oid, epoch)?;
+                }
+                Ok::<_, StoreError>(restored)
+            });
+            if !restored.await? {
                 return Err(StoreError::NotYet(format!("object {oid} changed while being restored; try again")));
             }
+        }
+        Found::OwnLive => {
+            blocking(move || objects.settle(oid, epoch)).await?;
         }
         Found::Absent => return Ok(false),
         Found::Unknown => {
@@ -451,9 +474,21 @@ async fn pull_from(node: &Node, epoch: Epoch, oid: ObjectId, holders: &[Holder])
     None
 }
 
+/// What recovering one object does.
+enum Todo {
+    /// Pull it from one of these.
+    Pull(Vec<Holder>),
+    /// Settle this node's own live copy.
+    Settle,
+    /// No plan of this epoch yet: ask everyone.
+    Unplanned,
+}
+
 /// What asking for an object found.
 enum Found {
     Data(WholeObject),
+    /// This node's own live copy is the one to take (and settle).
+    OwnLive,
     /// This node's own stale copy is the one to take, at this version.
     OwnStale(u64),
     /// Every node answered: nobody has it.
@@ -469,12 +504,10 @@ async fn pull_unplanned(node: &Node, epoch: Epoch, oid: ObjectId) -> Found {
     let me = node.info.id.clone();
     let mut answered = BTreeSet::new();
     let mut holders = Vec::new();
-    let mut best: Option<WholeObject> = None;
+    let mut copies: Vec<(String, WholeObject)> = Vec::new();
     let mut consider = |addr: &str, w: WholeObject, holders: &mut Vec<Holder>| {
         holders.push(Holder { addr: addr.to_string(), stale_epoch: w.stale_epoch, version: w.version });
-        if best.as_ref().is_none_or(|b| w.version > b.version) {
-            best = Some(w);
-        }
+        copies.push((addr.to_string(), w));
     };
     for n in ring.record.nodes.iter().filter(|n| n.id != me) {
         match node.peers.fetch(&n.addr, epoch, oid.raw()).await {
@@ -505,7 +538,15 @@ async fn pull_unplanned(node: &Node, epoch: Epoch, oid: ObjectId) -> Found {
         Plan::Pull(from) if from.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0) => {
             Found::OwnStale(from[0].version)
         }
-        Plan::Pull(_) => best.map_or(Found::Unknown, Found::Data),
+        // The copy of the plan's first choice (all of one version; only it when unsettled).
+        Plan::Pull(from) => {
+            let first = from.first().map(|h| h.addr.clone());
+            match copies.into_iter().find(|(addr, _)| Some(addr) == first.as_ref()) {
+                Some((_, w)) => Found::Data(w),
+                None => Found::Unknown,
+            }
+        }
+        Plan::Settle => Found::OwnLive,
         Plan::Absent if answered.len() == ring.record.nodes.len() => Found::Absent,
         _ => Found::Unknown,
     }

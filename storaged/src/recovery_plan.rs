@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use sheep_core::epoch::Epoch;
-use sheep_core::store::{version_epoch, Version};
+use sheep_core::store::{is_settled, version_epoch, Version};
 
 /// Where a copy of an object is: a node's address; 0 for a live copy or the last epoch in
 /// which a stale copy was live; and the copy's version.
@@ -29,8 +29,13 @@ pub struct Holder {
 pub enum Plan {
     /// This node's live copy is the newest: nothing to pull.
     Settled,
-    /// Pull from one of these (the copies of the newest version, best first).
+    /// Pull from one of these (the copies of the newest version, best first). An unsettled
+    /// copy pulled is settled here (see [`Plan::Settle`]).
     Pull(Vec<Holder>),
+    /// This node's live copy is the newest but unsettled (a write to it was cut off, here
+    /// and on every node holding that version), and it is the one every replica takes:
+    /// settle it in place.
+    Settle,
     /// No node holds it (and none that is down may): a new object.
     Absent,
     /// A newer copy may be on these nodes, which did not answer.
@@ -69,6 +74,19 @@ pub fn plan(
         return Plan::Wait(waits);
     }
     let Some(newest) = newest else { return Plan::Absent };
+    if !is_settled(newest) {
+        // Unsettled copies of one version may differ, block by block: every owner takes the
+        // same one (live before stale, then the lowest id), and settles it.
+        let chosen = holders
+            .iter()
+            .filter(|h| h.version == newest)
+            .min_by_key(|h| (h.stale_epoch != 0, h.addr.as_str()))
+            .expect("the newest version is some holder's");
+        if chosen.addr == me && chosen.stale_epoch == 0 {
+            return Plan::Settle;
+        }
+        return Plan::Pull(vec![chosen.clone()]);
+    }
     if holders.iter().any(|h| h.addr == me && h.stale_epoch == 0 && h.version >= newest) {
         return Plan::Settled;
     }
@@ -111,8 +129,14 @@ pub fn hidden_on(epochs: &[Vec<(String, u32)>], answered: &BTreeSet<String>, cop
 mod tests {
     use super::*;
 
+    /// A settled copy: the `n`th write of `epoch`.
     fn h(addr: &str, stale_epoch: u32, epoch: u32, n: u64) -> Holder {
-        Holder { addr: addr.into(), stale_epoch, version: (u64::from(epoch) << 32) | n }
+        Holder { addr: addr.into(), stale_epoch, version: (u64::from(epoch) << 32) | (2 * n) }
+    }
+
+    /// A copy whose `n`th write of `epoch` was cut off.
+    fn cut(addr: &str, stale_epoch: u32, epoch: u32, n: u64) -> Holder {
+        Holder { addr: addr.into(), stale_epoch, version: (u64::from(epoch) << 32) | (2 * n - 1) }
     }
 
     fn answered(ids: &[&str]) -> BTreeSet<String> {
@@ -134,6 +158,28 @@ mod tests {
         let holders = [h("me", 3, 4, 7), h("b", 0, 4, 7)];
         let p = plan("me", &holders, &answered(&["b", "me"]), &history, 1);
         assert_eq!(p, Plan::Pull(vec![h("me", 3, 4, 7), h("b", 0, 4, 7)]), "the own copy first: no copying");
+    }
+
+    #[test]
+    fn unsettled_copies_of_the_newest_version_become_one() {
+        let history = [epoch(4, &["a", "b", "me"])];
+        let all = answered(&["a", "b", "me"]);
+        // Cut off on every replica: all take a's (the lowest id), which a settles in place.
+        let holders = [cut("me", 0, 4, 3), cut("b", 0, 4, 3), cut("a", 0, 4, 3)];
+        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Pull(vec![cut("a", 0, 4, 3)]));
+        assert_eq!(plan("b", &holders, &all, &history, 1), Plan::Pull(vec![cut("a", 0, 4, 3)]));
+        assert_eq!(plan("a", &holders, &all, &history, 1), Plan::Settle);
+        // A live copy before a stale one, even of a lower id.
+        let holders = [cut("a", 5, 4, 3), cut("me", 0, 4, 3)];
+        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Settle);
+        // Where the write completed somewhere, that copy is newer: the cut-off ones take it.
+        let holders = [cut("me", 0, 4, 3), h("b", 0, 4, 3), cut("a", 0, 4, 3)];
+        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Pull(vec![h("b", 0, 4, 3)]));
+        assert_eq!(plan("b", &holders, &all, &history, 1), Plan::Settled);
+        // A cut-off write on one replica only, never completed: the newest all the same.
+        let holders = [cut("me", 0, 4, 4), h("b", 0, 4, 3), h("a", 0, 4, 3)];
+        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Settle);
+        assert_eq!(plan("a", &holders, &all, &history, 1), Plan::Pull(vec![cut("me", 0, 4, 4)]));
     }
 
     #[test]

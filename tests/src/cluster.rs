@@ -225,6 +225,8 @@ impl Cluster {
             }
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
             let nodes = v.get("nodes").and_then(|n| n.as_array()).ok_or("no nodes in JSON")?;
+            // A node whose disk failed left the data membership: it recovers nothing.
+            let nodes: Vec<_> = nodes.iter().filter(|n| n.get("failed").is_none()).collect();
             let done = nodes.iter().filter(|n| n.get("complete").and_then(|c| c.as_bool()) == Some(true)).count();
             if done == nodes.len() && !nodes.is_empty() {
                 Ok(())

@@ -25,13 +25,37 @@ pub struct Daemon {
     pub name: String,
     pub args: Vec<String>,
     pub log: PathBuf,
+    /// `FAILPOINTS` for the next start (see [`failpoints_built`]); none by default.
+    pub failpoints: Option<String>,
     child: Option<Child>,
+}
+
+/// True if the daemons under test were built with the `failpoints` feature (`ci/test`
+/// builds them so); then `FAILPOINTS` injects faults into them.
+pub fn failpoints_built() -> bool {
+    ["groupd", "storaged"].iter().all(|name| {
+        let out = Command::new(bin(name)).arg("--version").output().expect("run --version");
+        String::from_utf8_lossy(&out.stdout).contains("(failpoints)")
+    })
+}
+
+/// For a test that injects faults with failpoints: false (and says why) if the daemons were
+/// built without them, which fails the test under CI (`CI=true`).
+pub fn require_failpoints(test: &str) -> bool {
+    if failpoints_built() {
+        return true;
+    }
+    let why = "groupd/storaged were built without the `failpoints` feature \
+               (cargo build --workspace --features storaged/failpoints,groupd/failpoints, as ci/test does)";
+    assert!(!crate::vm::under_ci(), "{test}: {why}");
+    eprintln!("skipping {test}: {why}");
+    false
 }
 
 impl Daemon {
     /// Starts `program args…`, stdout and stderr appended to `log`.
     pub fn start(program: &str, args: Vec<String>, log: PathBuf) -> Daemon {
-        let mut d = Daemon { name: program.to_string(), args, log, child: None };
+        let mut d = Daemon { name: program.to_string(), args, log, failpoints: None, child: None };
         d.restart();
         d
     }
@@ -41,9 +65,13 @@ impl Daemon {
         assert!(self.child.is_none(), "{} is still running", self.name);
         let out = File::options().create(true).append(true).open(&self.log).expect("open log");
         let err = out.try_clone().expect("dup log");
-        let child = Command::new(bin(&self.name))
-            .args(&self.args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        let mut cmd = Command::new(bin(&self.name));
+        cmd.args(&self.args).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        match &self.failpoints {
+            Some(f) => cmd.env("FAILPOINTS", f),
+            None => cmd.env_remove("FAILPOINTS"),
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

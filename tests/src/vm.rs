@@ -60,7 +60,8 @@ pub fn vm_dir() -> PathBuf {
     std::env::var_os("SHEEP_VM_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/vm"))
 }
 
-fn under_ci() -> bool {
+/// True when run by CI (`CI=true`), where a test must not skip for a missing prerequisite.
+pub fn under_ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
 }
 

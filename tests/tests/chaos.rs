@@ -2,7 +2,9 @@
 //! through the engine and one through an NBD export doing random 4 KiB writes, flushes and
 //! reads against a model of what was acknowledged, and snapshots of the exported VDI, while
 //! a nemesis drawn from the seed kills storaged (one, several, all), restarts them in random
-//! order, pauses one past its lease and kills the groupd master. Then everything is healed
+//! order, pauses one past its lease, fails a disk and kills the groupd master; with
+//! failpoints (CI's build) it also injects I/O errors and full disks, crashes nodes in the
+//! middle of writes (one, or every one at once) and tears a groupd's log write. Then everything is healed
 //! and recovered, every slot of every VDI and snapshot is read and checked, every live copy
 //! of every object is compared with the others, and `cluster check --dry-run` must pass.
 //!
@@ -15,6 +17,8 @@ use sheep_core::group::ClusterStatus;
 use sheep_tests::chaos::nemesis::{self, Log};
 use sheep_tests::chaos::writers::{engine_writer, nbd_writer, Shared};
 use sheep_tests::chaos::{check_slots, compare_replicas};
+use sheep_tests::daemon::failpoints_built;
+use sheep_tests::vm::under_ci;
 use sheep_tests::{block_on, nbd, wait_until, Cluster};
 
 /// Seeds CI runs, and the nemesis time of each. Seed 2 found a lost write (four storaged
@@ -52,8 +56,8 @@ struct Run {
     report: String,
 }
 
-fn run(seed: u64, secs: u64) -> Run {
-    eprintln!("chaos: seed {seed}, {secs} s of faults");
+fn run(seed: u64, secs: u64, failpoints: bool) -> Run {
+    eprintln!("chaos: seed {seed}, {secs} s of faults{}", if failpoints { "" } else { " (no failpoints)" });
     let mut c = Cluster::new();
     for _ in 0..3 {
         c.add_groupd();
@@ -76,7 +80,7 @@ fn run(seed: u64, secs: u64) -> Run {
         nbd_writer(nbd_addr, "b".into(), b.clone(), seed ^ 0xb),
     ];
 
-    let schedule = nemesis::schedule(seed, NODES, Duration::from_millis(c.lease_ms), secs);
+    let schedule = nemesis::schedule(seed, NODES, Duration::from_millis(c.lease_ms), secs, failpoints);
     let mut log = Log::new();
     let mut snapshots: Vec<(String, Instant, Instant)> = Vec::new();
     for step in &schedule {
@@ -152,7 +156,8 @@ fn run(seed: u64, secs: u64) -> Run {
         (ma.acked + mb.acked, ma.failed + mb.failed)
     };
     let report = format!(
-        "seed {seed} ({secs} s): replay with SHEEP_CHAOS_SEEDS={seed} SHEEP_CHAOS_SECS={secs}\n\
+        "seed {seed} ({secs} s, failpoints {failpoints}): replay with SHEEP_CHAOS_SEEDS={seed} \
+         SHEEP_CHAOS_SECS={secs}\n\
          schedule:\n{}\nlogs:\n{}",
         log.lines.join("\n"),
         c.logs()
@@ -163,10 +168,14 @@ fn run(seed: u64, secs: u64) -> Run {
 #[test]
 fn acknowledged_writes_survive_a_seeded_nemesis() {
     let secs = secs();
+    // Disk faults, cut-off writes and torn log writes need daemons built with failpoints
+    // (as CI builds them); without, the nemesis draws the other faults only, and says so.
+    let failpoints = failpoints_built();
+    assert!(failpoints || !under_ci(), "CI builds the daemons with failpoints (see ci/test)");
     let mut failed = Vec::new();
     let (mut faults, mut acked, mut unacked, mut violations) = (0, 0, 0, 0);
     for seed in seeds() {
-        let r = run(seed, secs);
+        let r = run(seed, secs, failpoints);
         eprintln!(
             "chaos: seed {seed}: {} faults, {} writes acknowledged, {} failed, {} snapshots, {} violations",
             r.faults,

@@ -20,9 +20,19 @@ const T: std::time::Duration = std::time::Duration::from_secs(60);
 const MIB: usize = 1 << 20;
 const BLOCK: u64 = 4096;
 /// The object file format (storaged/src/objects/file.rs): the object size at byte 8, the
-/// crc table (one crc32 per 4 KiB block) at byte 64, the data after it on a block boundary.
+/// crc table at byte 64 (per 4 KiB block: its crc32, and its crc32 before its last write),
+/// the data after it on a block boundary.
 const SIZE_AT: u64 = 8;
 const CRC_TABLE_AT: u64 = 64;
+const ENTRY: u64 = 8;
+
+/// Where the data of the object file `f` starts.
+fn data_off(f: &std::fs::File) -> u64 {
+    let mut word = [0u8; 4];
+    f.read_exact_at(&mut word, SIZE_AT).unwrap();
+    let blocks = u64::from(u32::from_le_bytes(word)) / BLOCK;
+    (CRC_TABLE_AT + ENTRY * blocks).div_ceil(BLOCK) * BLOCK
+}
 
 fn cluster(nodes: usize) -> Cluster {
     Cluster::formatted(nodes, 3, &[])
@@ -71,18 +81,16 @@ fn crc32(data: &[u8]) -> u32 {
 /// crc, in place (the node may hold the file open): a valid copy with other content.
 fn diverge(path: &PathBuf, k: u64) {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let mut word = [0u8; 4];
-    f.read_exact_at(&mut word, SIZE_AT).unwrap();
-    let blocks = u64::from(u32::from_le_bytes(word)) / BLOCK;
-    assert!(k < blocks);
-    let data_off = (CRC_TABLE_AT + 4 * blocks).div_ceil(BLOCK) * BLOCK;
+    let data_off = data_off(&f);
+    assert!(data_off + (k + 1) * BLOCK <= f.metadata().unwrap().len());
     let mut block = vec![0u8; BLOCK as usize];
     f.read_exact_at(&mut block, data_off + k * BLOCK).unwrap();
     for b in &mut block[100..200] {
         *b ^= 0xa5;
     }
     f.write_all_at(&block, data_off + k * BLOCK).unwrap();
-    f.write_all_at(&crc32(&block).to_le_bytes(), CRC_TABLE_AT + 4 * k).unwrap();
+    let crc = crc32(&block).to_le_bytes();
+    f.write_all_at(&[crc, crc].concat(), CRC_TABLE_AT + ENTRY * k).unwrap();
     f.sync_all().unwrap();
 }
 
@@ -203,10 +211,11 @@ fn check_reports_then_repairs_a_missing_and_a_divergent_replica() {
     assert!(ok && v["problems"].as_array().unwrap().is_empty(), "{v:#}");
 }
 
-/// An object file past its header (whose version differs between copies repaired by
-/// writing): the crc table and the data.
+/// An object file's data (its header's version and its crc table's crcs from before the
+/// last writes differ between copies repaired by writing and those written in place).
 fn body(path: &std::path::Path) -> Vec<u8> {
-    std::fs::read(path).unwrap().split_off(64)
+    let off = data_off(&std::fs::File::open(path).unwrap());
+    std::fs::read(path).unwrap().split_off(off as usize)
 }
 
 #[test]
@@ -306,10 +315,7 @@ fn a_dry_run_leaves_a_corrupt_copy_as_it_is() {
     // Flip bytes of block 3 without fixing its crc: the copy is corrupt.
     let path = obj_path(&c, nx, &x);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let mut word = [0u8; 4];
-    f.read_exact_at(&mut word, SIZE_AT).unwrap();
-    let blocks = u64::from(u32::from_le_bytes(word)) / BLOCK;
-    let at = (CRC_TABLE_AT + 4 * blocks).div_ceil(BLOCK) * BLOCK + 3 * BLOCK + 10;
+    let at = data_off(&f) + 3 * BLOCK + 10;
     f.write_all_at(b"not what was written", at).unwrap();
     f.sync_all().unwrap();
     drop(f);

@@ -17,13 +17,15 @@ use super::cluster::Cluster;
 use super::error::VdiError;
 use super::inode_object::{self as layout, HEADER_LEN};
 use super::range::{fits, spans, split, Piece, Span};
-use super::replicate::{flush_all, read_one, to_all, Op};
+use super::replicate::{flush_all, read_one, remove_everywhere, to_all, Op};
 
 /// Zeroing: one `zero` request covers at most this much of an object (a node that cannot
 /// punch holes writes real zeros for it, which must fit in one call's time limit).
 const ZERO_MAX: u32 = 64 << 20;
 /// Objects zeroed at once by one `write_zeroes`.
 const ZERO_IN_FLIGHT: usize = 8;
+/// How long undoing a failed creation tries (see `undo_failed_create`).
+const UNDO_FOR: Duration = Duration::from_secs(5);
 
 /// Time limits of the engine.
 #[derive(Clone, Copy, Debug)]
@@ -332,9 +334,18 @@ impl Vdi {
             let base = owner.map_or(0, |o| ObjectId::data(o, p.idx).raw());
             let object_size = self.object_size() as u32;
             let op = Op::Create { object_size, base, offset: p.offset, data, fua };
-            let addrs = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
+            let created = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await;
+            let addrs = self.undo_failed_create(oid, created).await?;
             self.mark_dirty(addrs);
-            self.set_entry(p.idx, vid.get(), fua).await?;
+            if let Err(e) = self.set_entry(p.idx, vid.get(), fua).await {
+                if !self.inode_exists.get() {
+                    // The inode could not be made: no table names the object, which goes
+                    // (else `check` would take it for a VDI whose table is lost).
+                    return self.undo_failed_create(oid, Err(e)).await.map(|_| ());
+                }
+                // Else the entry may be on some replicas of the inode: the object stays.
+                return Err(e);
+            }
             self.table.borrow_mut()[p.idx as usize] = vid.get();
             Ok(())
         })
@@ -367,13 +378,8 @@ impl Vdi {
             self.set_entry(idx, 0, fua).await?;
             self.table.borrow_mut()[idx as usize] = 0;
             if owner == self.entry.vid {
-                super::replicate::remove_everywhere(
-                    &self.cluster,
-                    ObjectId::data(owner, idx),
-                    self.entry.copies,
-                    self.opts.retry_for,
-                )
-                .await?;
+                remove_everywhere(&self.cluster, ObjectId::data(owner, idx), self.entry.copies, self.opts.retry_for)
+                    .await?;
             }
             Ok(())
         })
@@ -419,11 +425,32 @@ impl Vdi {
             data.extend(table[..used].iter().flat_map(|e| e.to_le_bytes()));
         }
         let op = Op::Create { object_size, base: 0, offset: 0, data: &data, fua: false };
-        let addrs =
-            to_all(&self.cluster, self.inode_oid(), self.copies(), op, self.opts.retry_for, self.opts.fence).await?;
+        let oid = self.inode_oid();
+        let created = to_all(&self.cluster, oid, self.copies(), op, self.opts.retry_for, self.opts.fence).await;
+        // No node held the inode when the VDI was opened, and only this writer (the lock
+        // holder) creates it: a failed creation is undone whole.
+        let addrs = self.undo_failed_create(oid, created).await?;
         self.mark_dirty(addrs);
         self.inode_exists.set(true);
         Ok(())
+    }
+
+    /// After the creation of `oid` failed for good on some replica (a full disk, a bad
+    /// request) while others may have made it: removes it from every replica (bounded, best
+    /// effort), so that a failed write leaves no copy behind that `check` would take for
+    /// damage. The object is named by no table yet. Returns `created` as it was.
+    async fn undo_failed_create(
+        &self,
+        oid: ObjectId,
+        created: Result<Vec<String>, VdiError>,
+    ) -> Result<Vec<String>, VdiError> {
+        let final_failure = matches!(&created, Err(VdiError::Node(e)) if e.is_final() && !e.is_fenced());
+        if final_failure {
+            if let Err(e) = remove_everywhere(&self.cluster, oid, self.entry.copies, UNDO_FOR).await {
+                tracing::warn!("cannot undo the failed creation of {oid}: {e}");
+            }
+        }
+        created
     }
 
     /// Makes sure the inode object exists (with the inherited table): done before the VDI

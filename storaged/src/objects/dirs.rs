@@ -4,11 +4,12 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
-use std::path::Path;
 
 use sheep_core::object::{ObjectId, VdiId};
+use sheep_core::store::is_settled;
 
 use super::file::{FileError, ObjFile};
+use super::space;
 use super::{list_dir, locked, sync_dir, Listing, ObjectStore, StoreError, StoreStat};
 
 impl ObjectStore {
@@ -22,7 +23,14 @@ impl ObjectStore {
             .collect();
         let mut versions = std::collections::BTreeMap::new();
         for &oid in &live {
-            versions.insert(oid, Self::version_at(&self.obj_path(oid)));
+            let mut version = Self::version_at(&self.obj_path(oid));
+            if !is_settled(version) {
+                // Unsettled while a write is under way, too: such a copy is no cut-off one,
+                // and recovery must not take it for one. Its write done, it reads settled.
+                let _g = self.locks.lock(oid);
+                version = Self::version_at(&self.obj_path(oid));
+            }
+            versions.insert(oid, version);
         }
         for &(oid, _) in &stale_only {
             versions.insert(oid, Self::version_at(&self.stale_path(oid)));
@@ -128,7 +136,7 @@ impl ObjectStore {
 
     /// Capacity and free space of the file system, bytes used by live objects, and how many.
     pub fn stat(&self) -> Result<StoreStat, StoreError> {
-        let (capacity, free) = statvfs(&self.obj)?;
+        let (capacity, free) = space::statvfs(&self.obj).map_err(|e| StoreError::io("statvfs", &e))?;
         let mut used = 0;
         let live = self.list_live()?;
         for &oid in &live {
@@ -140,16 +148,4 @@ impl ObjectStore {
         }
         Ok(StoreStat { capacity, used, free, objects: live.len() as u64 })
     }
-}
-
-/// (capacity, free) in bytes of the file system holding `path`.
-fn statvfs(path: &Path) -> Result<(u64, u64), StoreError> {
-    use std::os::unix::ffi::OsStrExt;
-    if path.as_os_str().as_bytes().contains(&0) {
-        return Err(StoreError::BadRequest("data dir path contains NUL".into()));
-    }
-    let st = nix::sys::statvfs::statvfs(path).map_err(|e| StoreError::io("statvfs", &io::Error::from(e)))?;
-    #[allow(clippy::unnecessary_cast, reason = "the field types differ between platforms")]
-    let (frsize, blocks, avail) = (st.fragment_size() as u64, st.blocks() as u64, st.blocks_available() as u64);
-    Ok((blocks * frsize, avail * frsize))
 }

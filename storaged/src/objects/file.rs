@@ -1,7 +1,7 @@
 //! One object on disk: a file with a header, a crc table, and the object's bytes.
 //!
 //! ```text
-//! offset 0    magic "SHEEPOB1" (8 bytes)
+//! offset 0    magic "SHEEPOB2" (8 bytes)
 //!        8    object size, u32 LE (a multiple of BLOCK)
 //!        12   block size, u32 LE (BLOCK)
 //!        16   last live epoch, u32 LE: 0 while live; set when the copy moves to .stale/
@@ -9,15 +9,21 @@
 //!        24   version, u64 LE (sheep_core::store::Version: epoch of the last write << 32 |
 //!             writes in that epoch), then at 32 the crc32 of bytes 24..32; all 12 bytes
 //!             zero: version 0 (a copy from before versions)
-//!        64   crc table: one crc32 (u32 LE) per block of the object
-//!   data_off  the object's bytes: data_off = 64 + 4 × blocks rounded up to BLOCK
+//!        64   crc table: per block of the object, two crc32s (u32 LE): of its content and
+//!             of its content before the last write to it
+//!   data_off  the object's bytes: data_off = 64 + 8 × blocks rounded up to BLOCK
 //! ```
 //!
 //! The file is as long as `data_off + object size` but sparse: blocks never written are
-//! holes, and their crc in the table is the crc of a zero block. A write puts the data
-//! first and then the crcs of the blocks it touched; a crash between the two leaves a
-//! block whose crc does not match, which reads report as corrupt (and the node repairs
-//! from a replica) — never as data.
+//! holes, and their crcs in the table are the crc of a zero block.
+//!
+//! A write is torn-proof. The store first sets the version to an *unsettled* one (odd, see
+//! `sheep_core::store`), then the write puts each touched block's new crc in the table with
+//! its old one beside it, then the data; last the store sets the settled version. A block
+//! reads if its content matches either crc, so a crash anywhere in between (even on every
+//! replica at once) leaves each block reading as its old or its new content, never as an
+//! error; and the unsettled version tells recovery that the copies may differ, so it makes
+//! them one again ([`ObjFile::settle`]). A block that matches neither crc is corrupt.
 
 use std::fs::File;
 use std::io;
@@ -25,15 +31,19 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use sheep_core::store::Version;
+
 /// Checksum granularity: one crc32 per 4 KiB, the size of a device's I/O.
 pub const BLOCK: usize = 4096;
-const MAGIC: &[u8; 8] = b"SHEEPOB1";
+const MAGIC: &[u8; 8] = b"SHEEPOB2";
 const HEADER_CRC_AT: usize = 20;
 /// The version and its crc: written on their own (12 bytes, inside one sector) after every
 /// write's data and crcs.
 const VERSION_AT: usize = 24;
 const VERSION_LEN: usize = 12;
 const CRC_TABLE_AT: u64 = 64;
+/// Bytes of a block's entry in the crc table: its crc, and its crc before the last write.
+const ENTRY: usize = 8;
 /// The largest object this format takes (the wire's object size is a u32).
 pub const MAX_OBJECT_SIZE: u32 = 1 << 31;
 
@@ -77,7 +87,7 @@ impl Layout {
     }
 
     pub fn data_off(&self) -> u64 {
-        let end = CRC_TABLE_AT + 4 * self.blocks() as u64;
+        let end = CRC_TABLE_AT + ENTRY as u64 * self.blocks() as u64;
         end.div_ceil(BLOCK as u64) * BLOCK as u64
     }
 
@@ -169,7 +179,7 @@ impl ObjFile {
         let mut head = Vec::with_capacity(layout.data_off() as usize);
         head.extend_from_slice(&layout.header(0));
         let zero = zero_block_crc().to_le_bytes();
-        for _ in 0..layout.blocks() {
+        for _ in 0..2 * layout.blocks() {
             head.extend_from_slice(&zero);
         }
         file.write_all_at(&head, 0)?;
@@ -204,25 +214,38 @@ impl ObjFile {
         Ok(())
     }
 
-    fn read_crcs(&self, first: usize, count: usize) -> Result<Vec<u32>, FileError> {
-        let mut raw = vec![0u8; 4 * count];
-        self.file.read_exact_at(&mut raw, CRC_TABLE_AT + 4 * first as u64)?;
-        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    /// The crc table entries of blocks `first..first + count`: (crc, crc before the last write).
+    fn read_entries(&self, first: usize, count: usize) -> Result<Vec<[u32; 2]>, FileError> {
+        let mut raw = vec![0u8; ENTRY * count];
+        self.file.read_exact_at(&mut raw, CRC_TABLE_AT + (ENTRY * first) as u64)?;
+        let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        Ok(raw.chunks_exact(ENTRY).map(|c| [word(&c[..4]), word(&c[4..])]).collect())
     }
 
-    fn write_crcs(&self, first: usize, crcs: &[u32]) -> Result<(), FileError> {
-        let raw: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
-        self.file.write_all_at(&raw, CRC_TABLE_AT + 4 * first as u64)?;
+    fn write_entries(&self, first: usize, entries: &[[u32; 2]]) -> Result<(), FileError> {
+        let raw: Vec<u8> = entries
+            .iter()
+            .flat_map(|[now, before]| now.to_le_bytes().into_iter().chain(before.to_le_bytes()))
+            .collect();
+        self.file.write_all_at(&raw, CRC_TABLE_AT + (ENTRY * first) as u64)?;
         Ok(())
     }
 
-    /// Reads whole blocks `first..first + count` and checks each against its crc.
+    /// New entries for blocks starting at `first` that take the contents with `crcs`: each
+    /// keeps the crc the block's content has now (the entry's first crc: a settled copy's
+    /// content matches it) as the one before.
+    fn entries_for(&self, first: usize, crcs: &[u32]) -> Result<Vec<[u32; 2]>, FileError> {
+        let old = self.read_entries(first, crcs.len())?;
+        Ok(crcs.iter().zip(old).map(|(&new, [now, _])| [new, now]).collect())
+    }
+
+    /// Reads whole blocks `first..first + count`; each must match one of its two crcs.
     fn read_blocks(&self, first: usize, count: usize) -> Result<Vec<u8>, FileError> {
         let mut buf = vec![0u8; count * BLOCK];
         self.file.read_exact_at(&mut buf, self.layout.data_off() + (first * BLOCK) as u64)?;
-        let crcs = self.read_crcs(first, count)?;
-        for (i, (block, want)) in buf.chunks_exact(BLOCK).zip(crcs).enumerate() {
-            if crc32fast::hash(block) != want {
+        let entries = self.read_entries(first, count)?;
+        for (i, (block, want)) in buf.chunks_exact(BLOCK).zip(entries).enumerate() {
+            if !want.contains(&crc32fast::hash(block)) {
                 return Err(FileError::Corrupt(format!("block {} fails its checksum", first + i)));
             }
         }
@@ -249,42 +272,78 @@ impl ObjFile {
         self.read(0, u64::from(self.layout.object_size))
     }
 
-    /// Writes `data` at `offset`. Blocks only partly covered are read (and verified) first.
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), FileError> {
-        self.check_range(offset, data.len() as u64)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let first = (offset / BLOCK as u64) as usize;
-        let end = (offset + data.len() as u64).div_ceil(BLOCK as u64) as usize;
-        let head = (offset - (first * BLOCK) as u64) as usize;
-        let aligned = head == 0 && data.len().is_multiple_of(BLOCK);
-        let buf: std::borrow::Cow<[u8]> = if aligned {
-            std::borrow::Cow::Borrowed(data)
-        } else {
-            let mut buf = vec![0u8; (end - first) * BLOCK];
-            if head != 0 {
-                buf[..BLOCK].copy_from_slice(&self.read_blocks(first, 1)?);
-            }
-            let tail_block = end - 1;
-            if !(head + data.len()).is_multiple_of(BLOCK) && (tail_block != first || head == 0) {
-                let at = (tail_block - first) * BLOCK;
-                buf[at..at + BLOCK].copy_from_slice(&self.read_blocks(tail_block, 1)?);
-            }
-            buf[head..head + data.len()].copy_from_slice(data);
-            std::borrow::Cow::Owned(buf)
-        };
-        self.file.write_all_at(&buf, self.layout.data_off() + (first * BLOCK) as u64)?;
-        let crcs: Vec<u32> = buf.chunks_exact(BLOCK).map(crc32fast::hash).collect();
-        self.write_crcs(first, &crcs)
+    /// Writes `data` at `offset`, the copy's version set to `started` (unsettled) before
+    /// anything else changes. Blocks only partly covered are read (and verified) first.
+    pub fn write(&self, offset: u64, data: &[u8], started: Version) -> Result<(), FileError> {
+        let (first, buf) = self.merged(offset, data)?;
+        self.set_version(started)?;
+        self.put_blocks(first, &buf)
     }
 
-    /// Makes `len` bytes at `offset` read as zeros. Whole blocks become holes (zeros are
-    /// written where the file system cannot punch) with the zero-block crc, as if never
-    /// written; blocks only partly covered are rewritten like [`Self::write`] does. Data
-    /// first, then crcs: a crash in between leaves blocks that fail their crc (reported
-    /// as corrupt and repaired), as for `write`.
-    pub fn zero(&self, offset: u64, len: u64) -> Result<(), FileError> {
+    /// The whole blocks `data` at `offset` makes (the first one's index and the bytes): the
+    /// blocks it covers only partly are read (verified) and merged.
+    fn merged<'a>(&self, offset: u64, data: &'a [u8]) -> Result<(usize, std::borrow::Cow<'a, [u8]>), FileError> {
+        self.check_range(offset, data.len() as u64)?;
+        let first = (offset / BLOCK as u64) as usize;
+        if data.is_empty() {
+            return Ok((first, std::borrow::Cow::Borrowed(data)));
+        }
+        let end = (offset + data.len() as u64).div_ceil(BLOCK as u64) as usize;
+        let head = (offset - (first * BLOCK) as u64) as usize;
+        if head == 0 && data.len().is_multiple_of(BLOCK) {
+            return Ok((first, std::borrow::Cow::Borrowed(data)));
+        }
+        let mut buf = vec![0u8; (end - first) * BLOCK];
+        if head != 0 {
+            buf[..BLOCK].copy_from_slice(&self.read_blocks(first, 1)?);
+        }
+        let tail_block = end - 1;
+        if !(head + data.len()).is_multiple_of(BLOCK) && (tail_block != first || head == 0) {
+            let at = (tail_block - first) * BLOCK;
+            buf[at..at + BLOCK].copy_from_slice(&self.read_blocks(tail_block, 1)?);
+        }
+        buf[head..head + data.len()].copy_from_slice(data);
+        Ok((first, std::borrow::Cow::Owned(buf)))
+    }
+
+    /// Puts whole blocks at block `first`: their entries (new crc, crc now) first, then the
+    /// data, so a crash in between leaves each block matching one of its crcs.
+    fn put_blocks(&self, first: usize, buf: &[u8]) -> Result<(), FileError> {
+        debug_assert!(buf.len().is_multiple_of(BLOCK), "{} bytes are not whole blocks", buf.len());
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let crcs: Vec<u32> = buf.chunks_exact(BLOCK).map(crc32fast::hash).collect();
+        self.write_entries(first, &self.entries_for(first, &crcs)?)?;
+        fail::fail_point!("object-write-before-data", |arg| Err(injected(arg)));
+        self.file.write_all_at(buf, self.layout.data_off() + (first * BLOCK) as u64)?;
+        Ok(())
+    }
+
+    /// Makes every block's entry name its content alone (and its content before, too): after
+    /// an unsettled write, a block may match the crc it had before the write; the next write
+    /// must keep that one. Fails if some block matches neither.
+    pub fn settle(&self) -> Result<(), FileError> {
+        const CHUNK: usize = 64; // blocks read at a time
+        let blocks = self.layout.blocks();
+        let mut first = 0;
+        while first < blocks {
+            let count = CHUNK.min(blocks - first);
+            let data = self.read_blocks(first, count)?;
+            let entries: Vec<[u32; 2]> = data.chunks_exact(BLOCK).map(crc32fast::hash).map(|c| [c, c]).collect();
+            if entries != self.read_entries(first, count)? {
+                self.write_entries(first, &entries)?;
+            }
+            first += count;
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros, the version set to `started` first
+    /// (as for [`Self::write`]). Whole blocks become holes (zeros are written where the file
+    /// system cannot punch) with the zero-block crc, as if never written; blocks only partly
+    /// covered are rewritten like `write` does. Entries first, then data, as for `write`.
+    pub fn zero(&self, offset: u64, len: u64, started: Version) -> Result<(), FileError> {
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
@@ -294,24 +353,30 @@ impl ObjFile {
         // Whole blocks [first_whole, end_whole); none when the range sits inside one block.
         let first_whole = offset.div_ceil(block);
         let end_whole = end / block;
-        if first_whole >= end_whole {
-            // No whole block: at most two partial blocks, each under BLOCK bytes.
-            return self.zero_partial(offset, end);
+        // The ragged edges (each under a block), merged before anything changes.
+        let edges: Vec<(u64, u64)> = if first_whole >= end_whole {
+            vec![(offset, end)]
+        } else {
+            vec![(offset, first_whole * block), (end_whole * block, end)]
+        };
+        let zeros = vec![0u8; 2 * BLOCK];
+        let mut merged = Vec::new();
+        for (from, to) in edges.into_iter().filter(|(from, to)| from < to) {
+            debug_assert!(to - from < 2 * block, "zeroing {from}..{to} is not a ragged edge");
+            let (first, buf) = self.merged(from, &zeros[..(to - from) as usize])?;
+            merged.push((first, buf.into_owned()));
         }
-        self.zero_partial(offset, first_whole * block)?;
-        self.zero_partial(end_whole * block, end)?;
-        let (first, count) = (first_whole as usize, (end_whole - first_whole) as usize);
-        self.punch(self.layout.data_off() + first_whole * block, (end_whole - first_whole) * block)?;
-        self.write_crcs(first, &vec![zero_block_crc(); count])
-    }
-
-    /// Writes zeros over [from, to) (less than two blocks: the ragged edges of a zeroing).
-    fn zero_partial(&self, from: u64, to: u64) -> Result<(), FileError> {
-        if from >= to {
+        self.set_version(started)?;
+        for (first, buf) in &merged {
+            self.put_blocks(*first, buf)?;
+        }
+        if first_whole >= end_whole {
             return Ok(());
         }
-        debug_assert!(to - from < 2 * BLOCK as u64, "zeroing {from}..{to} is not a ragged edge");
-        self.write(from, &vec![0u8; (to - from) as usize])
+        let (first, count) = (first_whole as usize, (end_whole - first_whole) as usize);
+        self.write_entries(first, &self.entries_for(first, &vec![zero_block_crc(); count])?)?;
+        fail::fail_point!("object-write-before-data", |arg| Err(injected(arg)));
+        self.punch(self.layout.data_off() + first_whole * block, (end_whole - first_whole) * block)
     }
 
     /// Deallocates `len` bytes of the file at `at` (which then read as zeros); where the
@@ -373,14 +438,36 @@ impl ObjFile {
         if let Some(from) = run {
             flush_run(from, self.layout.blocks())?;
         }
-        self.write_crcs(0, &crcs)
+        self.write_entries(0, &crcs.iter().map(|&c| [c, c]).collect::<Vec<_>>())
     }
 
     pub fn sync_data(&self) -> io::Result<()> {
+        fail::fail_point!("object-sync", |arg| Err(injected_io(arg)));
         self.file.sync_data()
     }
 
     pub fn sync_all(&self) -> io::Result<()> {
+        fail::fail_point!("object-sync", |arg| Err(injected_io(arg)));
         self.file.sync_all()
     }
+}
+
+/// What a failpoint's `return(ARG)` does (test builds with the `failpoints` feature): `crash`
+/// ends the process at once, as a power loss would end the write; `enospc`: a full disk;
+/// anything else: an I/O error (EIO).
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub fn injected_io(arg: Option<String>) -> io::Error {
+    match arg.as_deref() {
+        Some("crash") => {
+            eprintln!("failpoint: crash");
+            std::process::abort()
+        }
+        Some("enospc") => io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        _ => io::Error::from_raw_os_error(nix::libc::EIO),
+    }
+}
+
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub fn injected(arg: Option<String>) -> FileError {
+    FileError::Io(injected_io(arg))
 }

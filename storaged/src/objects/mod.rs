@@ -11,6 +11,7 @@ mod dirs;
 mod file;
 mod lock;
 mod probe;
+mod space;
 #[cfg(test)]
 mod tests;
 
@@ -24,16 +25,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
-use sheep_core::store::{next_version, Version};
+use sheep_core::store::{is_settled, next_version, write_done, write_started, Version};
 pub use sheep_core::store::{Listing, StoreStat, WholeObject};
 use sheep_rpc::error::ErrorCode;
 
 pub use file::Layout;
-use file::{FileError, ObjFile};
+use file::{FileError, ObjFile, BLOCK};
 use lock::LockTable;
 
 /// Open object files kept at most.
 const OPEN_FILES: usize = 256;
+/// Bytes a write must leave free on the store's file system (see `check_space`).
+const RESERVE: u64 = 8 << 20;
 
 /// A failed object operation; `code()` is what the node refuses the call with.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +148,19 @@ impl ObjectStore {
         self.no_space.store(on, Ordering::SeqCst);
     }
 
-    fn check_space(&self) -> Result<(), StoreError> {
+    /// Refuses a write of `len` bytes that would leave less than [`RESERVE`] free, before
+    /// it changes anything: a full disk fails a write cleanly, never half-way.
+    fn check_space(&self, len: u64) -> Result<(), StoreError> {
         if self.no_space.load(Ordering::SeqCst) {
             return Err(StoreError::NoSpace("injected".into()));
+        }
+        fail::fail_point!("object-no-space", |_| Err(StoreError::NoSpace("injected by a failpoint".into())));
+        let (_, free) = space::statvfs(&self.obj).map_err(|e| StoreError::io("statvfs", &e))?;
+        if free < len.saturating_add(RESERVE) {
+            return Err(StoreError::NoSpace(format!(
+                "{free} bytes free; a write keeps at least {} MiB free",
+                RESERVE >> 20
+            )));
         }
         Ok(())
     }
@@ -229,16 +242,10 @@ impl ObjectStore {
 
     fn write_locked(&self, oid: ObjectId, offset: u64, data: &[u8], fua: bool, epoch: Epoch) -> Result<(), StoreError> {
         let f = self.live_file(oid)?;
-        self.check_space()?;
+        self.check_space(data.len() as u64)?;
         self.note_write(oid);
-        f.write(offset, data).map_err(|e| StoreError::from_file(oid, "write", e))?;
-        Self::advance(oid, &f, epoch)?;
-        if fua {
-            f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
-        } else {
-            locked(&self.dirty).insert(oid);
-        }
-        Ok(())
+        self.change(oid, &f, epoch, "write", |f, started| f.write(offset, data, started))?;
+        self.after_change(oid, &f, fua)
     }
 
     /// Makes `len` bytes at `offset` of an existing live object read as zeros, freeing the
@@ -255,14 +262,50 @@ impl ObjectStore {
         Some(self.zero_locked(oid, offset, len, false, epoch))
     }
 
-    // No `check_space`: zeroing frees space (the partial edge blocks it rewrites still
-    // report a full disk from the write itself).
+    // Space is checked for the ragged edges only: zeroing whole blocks frees space.
     fn zero_locked(&self, oid: ObjectId, offset: u64, len: u64, fua: bool, epoch: Epoch) -> Result<(), StoreError> {
         let f = self.live_file(oid)?;
+        self.check_space(2 * BLOCK as u64)?;
         // A repair under way must not put older data over these zeros.
         self.note_write(oid);
-        f.zero(offset, len).map_err(|e| StoreError::from_file(oid, "zero", e))?;
-        Self::advance(oid, &f, epoch)?;
+        self.change(oid, &f, epoch, "zero", |f, started| f.zero(offset, len, started))?;
+        self.after_change(oid, &f, fua)
+    }
+
+    /// One write of `epoch` to `f`: `apply` sets the unsettled version it is given before
+    /// it changes anything; the settled one follows once it is done. A copy left unsettled
+    /// here before (a write that failed half-way) is settled first. A write that fails once
+    /// it began fails the disk (an I/O error, even for a full disk): the copy may be a mix
+    /// of old and new, and only recovery (on other nodes, in a new epoch) makes the
+    /// replicas one again.
+    fn change(
+        &self,
+        oid: ObjectId,
+        f: &ObjFile,
+        epoch: Epoch,
+        what: &str,
+        apply: impl FnOnce(&ObjFile, Version) -> Result<(), FileError>,
+    ) -> Result<(), StoreError> {
+        fail::fail_point!("object-write", |arg| Err(StoreError::io(what, &file::injected_io(arg))));
+        if !is_settled(f.version()) {
+            tracing::warn!("object {oid} was left unsettled by a failed write: settling it");
+            f.settle().map_err(|e| StoreError::from_file(oid, "settle", e))?;
+            f.set_version(next_version(f.version(), epoch)).map_err(|e| StoreError::from_file(oid, "version", e))?;
+        }
+        let before = f.version();
+        let started = write_started(before, epoch);
+        let done = apply(f, started).and_then(|()| {
+            fail::fail_point!("object-write-before-version", |arg| Err(file::injected(arg)));
+            f.set_version(write_done(started))
+        });
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) if f.version() == before => Err(StoreError::from_file(oid, what, e)),
+            Err(e) => Err(StoreError::Io(format!("{what} {oid} failed half-way, leaving the copy unsettled: {e}"))),
+        }
+    }
+
+    fn after_change(&self, oid: ObjectId, f: &ObjFile, fua: bool) -> Result<(), StoreError> {
         if fua {
             f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
         } else {
@@ -271,9 +314,23 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// One more write of `epoch` landed on `f`: its version goes up (after the data).
-    fn advance(oid: ObjectId, f: &ObjFile, epoch: Epoch) -> Result<(), StoreError> {
-        f.set_version(next_version(f.version(), epoch)).map_err(|e| StoreError::from_file(oid, "version", e))
+    /// Settles a copy left unsettled by a write cut off here (see `sheep_core::store`): its
+    /// blocks, each its old or its new content, become its content at a version of `epoch`
+    /// above any the cut-off write could have reached elsewhere. Recovery does this on one
+    /// replica and the others take its copy. Returns false if the copy was settled already.
+    pub fn settle(&self, oid: ObjectId, epoch: Epoch) -> Result<bool, StoreError> {
+        let _g = self.locks.lock(oid);
+        let f = self.live_file(oid)?;
+        if is_settled(f.version()) {
+            return Ok(false);
+        }
+        self.note_write(oid);
+        f.settle().map_err(|e| StoreError::from_file(oid, "settle", e))?;
+        let settled = next_version(f.version(), epoch);
+        f.set_version(settled).map_err(|e| StoreError::from_file(oid, "version", e))?;
+        f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
+        tracing::info!("settled object {oid} at version {settled:#x}: a write to it had been cut off");
+        Ok(true)
     }
 
     fn note_write(&self, oid: ObjectId) {
@@ -312,8 +369,9 @@ impl ObjectStore {
             if let Some(base) = base {
                 f.fill(base)?;
             }
-            f.write(offset, data)?;
-            f.set_version(next_version(0, epoch))
+            let started = write_started(0, epoch);
+            f.write(offset, data, started)?;
+            f.set_version(write_done(started))
         })?;
         Ok(true)
     }
@@ -326,7 +384,7 @@ impl ObjectStore {
         layout: Layout,
         fill: impl FnOnce(&ObjFile) -> Result<(), FileError>,
     ) -> Result<(), StoreError> {
-        self.check_space()?;
+        self.check_space(u64::from(layout.object_size))?;
         self.forget_file(oid);
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{oid}.{n}"));

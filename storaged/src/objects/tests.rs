@@ -333,10 +333,11 @@ fn zero_a_range_across_blocks_reads_zeros_and_frees_space() {
     assert_eq!(s.fetch_any(o).map(|w| w.data).unwrap(), model);
     let s2 = ObjectStore::open(t.path()).unwrap();
     assert_eq!(s2.read(o, 0, size as u64).unwrap(), model);
-    // The crc table (at byte 64 of the file) holds the zero-block crc for punched blocks.
-    let mut raw = vec![0u8; 4 * 38];
-    fs::File::open(s.obj_path(o)).unwrap().read_exact_at(&mut raw, 64 + 4 * 3).unwrap();
-    assert!(raw.chunks_exact(4).all(|c| c == file::zero_block_crc().to_le_bytes()));
+    // The crc table (at byte 64 of the file, 8 bytes a block) holds the zero-block crc for
+    // punched blocks.
+    let mut raw = vec![0u8; 8 * 38];
+    fs::File::open(s.obj_path(o)).unwrap().read_exact_at(&mut raw, 64 + 8 * 3).unwrap();
+    assert!(raw.chunks_exact(8).all(|c| c[..4] == file::zero_block_crc().to_le_bytes()));
     if punch_frees_blocks(t.path()) {
         let after = allocated(&s, o);
         assert!(after + 38 * 4096 <= before, "punching 38 blocks: {before} -> {after} bytes allocated");
@@ -385,25 +386,99 @@ fn every_write_advances_the_version_which_moves_with_the_copy() {
     let (_d, s) = store();
     let o = oid(3, 0);
     s.create_and_write(o, 8192, None, 0, b"a", false, 4).unwrap();
-    assert_eq!(s.fetch_any(o).unwrap().version, (4 << 32) | 1);
+    // Settled versions count by two (an unsettled one between, while a write is under way).
+    assert_eq!(s.fetch_any(o).unwrap().version, (4 << 32) | 2);
     s.write(o, 1, b"b", false, 4).unwrap();
     s.zero(o, 0, 1, false, 4).unwrap();
-    assert_eq!(s.live_version(o), Some((4 << 32) | 3));
+    assert_eq!(s.live_version(o), Some((4 << 32) | 6));
     s.write(o, 0, b"c", false, 6).unwrap();
-    assert_eq!(s.live_version(o), Some((6 << 32) | 1), "a write of a newer epoch");
+    assert_eq!(s.live_version(o), Some((6 << 32) | 2), "a write of a newer epoch");
     assert!(s.try_write(o, 0, b"d", 6).unwrap().is_ok());
-    assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 2)));
+    assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 4)));
     // The version survives reopening, the move to .stale and a fetch.
     s.forget_open_files();
-    assert_eq!(s.live_version(o), Some((6 << 32) | 2));
+    assert_eq!(s.live_version(o), Some((6 << 32) | 4));
     s.move_to_stale(o, 6).unwrap();
     let w = s.fetch_any(o).unwrap();
-    assert_eq!((w.stale_epoch, w.version), (6, (6 << 32) | 2));
-    assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 2)));
+    assert_eq!((w.stale_epoch, w.version), (6, (6 << 32) | 4));
+    assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 4)));
     // Installed copies keep the version they came with; an older one never replaces a newer.
     assert!(s.install(o, &w.data, w.version).unwrap());
-    assert!(!s.install(o, &vec![9; 8192], (5 << 32) | 9).unwrap());
+    assert!(!s.install(o, &vec![9; 8192], (5 << 32) | 8).unwrap());
     assert_eq!(s.read(o, 0, 1).unwrap(), b"d");
-    assert!(s.install(o, &vec![9; 8192], (7 << 32) | 1).unwrap());
+    assert!(s.install(o, &vec![9; 8192], (7 << 32) | 2).unwrap());
     assert_eq!(s.read(o, 0, 1).unwrap(), [9]);
+}
+
+/// The bytes of a version as the header holds them (at byte 24: the version, then its crc).
+fn version_field(v: u64) -> Vec<u8> {
+    let mut b = v.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32fast::hash(&v.to_le_bytes()).to_le_bytes());
+    b
+}
+
+/// The crc table entry of block `k` (at byte 64, 8 bytes a block): its crc and the one before.
+fn entry_at(k: u64) -> u64 {
+    64 + 8 * k
+}
+
+#[test]
+fn a_write_cut_off_anywhere_reads_block_by_block_old_or_new_and_settles() {
+    let (_d, s) = store();
+    let o = oid(5, 0);
+    let old = vec![1u8; 3 * 4096];
+    s.create_and_write(o, 3 * 4096, None, 0, &old, false, 3).unwrap();
+    let before = s.live_version(o).unwrap();
+    s.forget_open_files();
+    // A write of `new` over the three blocks, cut off as a crash may cut it: the version set
+    // unsettled, every entry written, block 0's data only (block 1 and 2 not yet).
+    let new = vec![2u8; 4096];
+    let started = sheep_core::store::write_started(before, 3);
+    let f = fs::OpenOptions::new().write(true).open(s.obj_path(o)).unwrap();
+    f.write_all_at(&version_field(started), 24).unwrap();
+    for k in 0..3 {
+        let mut e = crc32fast::hash(&new).to_le_bytes().to_vec();
+        e.extend_from_slice(&crc32fast::hash(&old[..4096]).to_le_bytes());
+        f.write_all_at(&e, entry_at(k)).unwrap();
+    }
+    let data_off = 4096; // 64 + 8 × 3 bytes, rounded up to a block
+    f.write_all_at(&new, data_off).unwrap();
+    drop(f);
+    let mut want = old.clone();
+    want[..4096].copy_from_slice(&new);
+    assert_eq!(s.read(o, 0, 3 * 4096).unwrap(), want, "each block its old or its new content");
+    assert_eq!(s.live_version(o), Some(started), "unsettled: the copies may differ");
+    // Settling keeps the content and gives a version above any the write reached elsewhere.
+    assert!(s.settle(o, 4).unwrap());
+    assert!(!s.settle(o, 4).unwrap(), "settled already");
+    let settled = s.live_version(o).unwrap();
+    assert!(sheep_core::store::is_settled(settled) && settled > sheep_core::store::write_done(started));
+    assert_eq!(s.read(o, 0, 3 * 4096).unwrap(), want);
+    // Block 1 now names only its content (the old one): another cut-off write (entries only)
+    // still leaves it reading the old content.
+    s.forget_open_files();
+    let f = fs::OpenOptions::new().write(true).open(s.obj_path(o)).unwrap();
+    let mut e = crc32fast::hash(&[3u8; 4096]).to_le_bytes().to_vec();
+    e.extend_from_slice(&crc32fast::hash(&old[..4096]).to_le_bytes());
+    f.write_all_at(&e, entry_at(1)).unwrap();
+    assert_eq!(s.read(o, 4096, 4096).unwrap(), old[..4096]);
+    // Data that matches neither of its crcs is damage, not a cut-off write.
+    f.write_all_at(&[4u8; 4096], data_off + 2 * 4096).unwrap();
+    assert_eq!(s.read(o, 2 * 4096, 1).unwrap_err().code(), ErrorCode::Corrupt);
+}
+
+#[test]
+fn a_write_to_a_copy_left_unsettled_settles_it_first() {
+    let (_d, s) = store();
+    let o = oid(6, 0);
+    s.create_and_write(o, 8192, None, 0, &[1u8; 8192], false, 2).unwrap();
+    let started = sheep_core::store::write_started(s.live_version(o).unwrap(), 2);
+    s.forget_open_files();
+    let f = fs::OpenOptions::new().write(true).open(s.obj_path(o)).unwrap();
+    f.write_all_at(&version_field(started), 24).unwrap();
+    drop(f);
+    s.write(o, 0, b"x", false, 2).unwrap();
+    let v = s.live_version(o).unwrap();
+    assert!(sheep_core::store::is_settled(v) && v > sheep_core::store::write_done(started));
+    assert_eq!(s.read(o, 0, 2).unwrap(), [b'x', 1]);
 }

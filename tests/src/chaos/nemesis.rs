@@ -27,6 +27,53 @@ pub enum Fault {
     FailDisk(usize),
     /// A snapshot of the NBD writer's VDI, taken through `sheepctl vdi snapshot`.
     Snapshot,
+    /// Storaged `i` restarts with a disk fault set by a failpoint (builds with failpoints
+    /// only). It counts as down: its `Restart` starts it without the fault.
+    Inject(usize, Injection),
+    /// Every storaged that is up restarts set to crash in its next write, each at a point
+    /// of its own (after the crcs or after the data): a write cut off on every replica at
+    /// once, as a power loss cuts it. They count as down.
+    CutEverywhere(Vec<(usize, Injection)>),
+    /// groupd `g` (not the master) restarts set to tear its next raft log write and crash;
+    /// after `Duration` it starts again without the fault.
+    TearLog(usize, Duration),
+}
+
+/// A disk fault storaged's failpoints inject (see `storaged/src/objects`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// Crashes in a write (1 in 20) after its crcs, before its data.
+    CrashBeforeData,
+    /// Crashes in a write (1 in 20) after its data, before its settled version.
+    CrashBeforeVersion,
+    /// Writes fail with EIO: the disk fails.
+    WriteEio,
+    /// Syncs fail with EIO: the disk fails.
+    SyncEio,
+    /// Writes fail as on a full disk.
+    NoSpace,
+}
+
+impl Injection {
+    const ALL: [Injection; 5] = [
+        Injection::CrashBeforeData,
+        Injection::CrashBeforeVersion,
+        Injection::WriteEio,
+        Injection::SyncEio,
+        Injection::NoSpace,
+    ];
+
+    /// `FAILPOINTS` for it; `first_write`: the crash comes in the very next write.
+    pub fn failpoints(self, first_write: bool) -> String {
+        let crash = if first_write { "1*return(crash)" } else { "5%return(crash)" };
+        match self {
+            Injection::CrashBeforeData => format!("object-write-before-data={crash}"),
+            Injection::CrashBeforeVersion => format!("object-write-before-version={crash}"),
+            Injection::WriteEio => "object-write=return(eio)".into(),
+            Injection::SyncEio => "object-sync=return(eio)".into(),
+            Injection::NoSpace => "object-no-space=return".into(),
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -38,6 +85,9 @@ impl fmt::Display for Fault {
             Fault::KillMaster(d) => write!(f, "kill -9 the groupd master, back after {d:?}"),
             Fault::FailDisk(i) => write!(f, "fail the disk of storaged {i}"),
             Fault::Snapshot => write!(f, "snapshot"),
+            Fault::Inject(i, what) => write!(f, "restart storaged {i} with {what:?}"),
+            Fault::CutEverywhere(n) => write!(f, "cut the next write of every storaged up off: {n:?}"),
+            Fault::TearLog(g, d) => write!(f, "tear the next raft log write of groupd {g}, back after {d:?}"),
         }
     }
 }
@@ -59,8 +109,10 @@ fn shuffle(r: &mut Rng, v: &mut [usize]) {
     }
 }
 
-/// Draws a schedule of about `secs` seconds for `nodes` storaged with lease `lease`.
-pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64) -> Vec<Step> {
+/// Draws a schedule of about `secs` seconds for `nodes` storaged with lease `lease`;
+/// `failpoints`: the daemons take failpoints, so disk faults, cut-off writes and torn log
+/// writes are drawn too.
+pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints: bool) -> Vec<Step> {
     let mut r = Rng::new(seed);
     let mut down: Vec<usize> = Vec::new();
     let mut steps = Vec::new();
@@ -68,7 +120,7 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64) -> Vec<Step
     let lease_ms = lease.as_millis() as u64;
     while total < Duration::from_secs(secs) {
         let up: Vec<usize> = (0..nodes).filter(|i| !down.contains(i)).collect();
-        let roll = r.below(100);
+        let roll = r.below(if failpoints { 115 } else { 100 });
         let fault = if !down.is_empty() && (roll < 35 || up.is_empty()) {
             let mut back = down.clone();
             shuffle(&mut r, &mut back);
@@ -95,13 +147,25 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64) -> Vec<Step
             Fault::FailDisk(i)
         } else if roll < 87 {
             Fault::KillMaster(ms(&mut r, 500, 4000))
-        } else {
+        } else if roll < 100 {
             Fault::Snapshot
+        } else if roll < 107 {
+            let i = up[r.below(up.len() as u64) as usize];
+            down.push(i);
+            Fault::Inject(i, Injection::ALL[r.below(Injection::ALL.len() as u64) as usize])
+        } else if roll < 110 {
+            let points = [Injection::CrashBeforeData, Injection::CrashBeforeVersion];
+            let cut: Vec<(usize, Injection)> = up.iter().map(|&i| (i, points[r.below(2) as usize])).collect();
+            down.extend(&up);
+            Fault::CutEverywhere(cut)
+        } else {
+            // groupd 0..3; which one is the master is seen only when applied.
+            Fault::TearLog(r.below(3) as usize, ms(&mut r, 1000, 4000))
         };
         let then = ms(&mut r, 300, 3000);
         total += then
             + match &fault {
-                Fault::Pause(_, d) | Fault::KillMaster(d) => *d,
+                Fault::Pause(_, d) | Fault::KillMaster(d) | Fault::TearLog(_, d) => *d,
                 Fault::Restart(n, gap) => *gap * n.len() as u32,
                 _ => Duration::ZERO,
             };
@@ -169,6 +233,36 @@ pub fn apply(c: &mut Cluster, fault: &Fault, log: &mut Log, snapshot: &mut dyn F
             None => log.note("no master seen: nothing killed"),
         },
         Fault::Snapshot => snapshot(c, log),
+        Fault::Inject(i, what) => {
+            c.storageds[*i].kill();
+            c.storageds[*i].failpoints = Some(what.failpoints(false));
+            c.storageds[*i].restart();
+        }
+        Fault::CutEverywhere(nodes) => {
+            for &(i, _) in nodes {
+                c.storageds[i].kill();
+            }
+            for &(i, what) in nodes {
+                c.storageds[i].failpoints = Some(what.failpoints(true));
+                c.storageds[i].restart();
+            }
+        }
+        Fault::TearLog(g, d) => {
+            // Not the master: its crash would be a master kill; a submaster's log write is
+            // torn (it takes every entry the master sends).
+            let master = c.master(0).or_else(|| c.master(1)).or_else(|| c.master(2));
+            let g = if master == Some(*g) { (*g + 1) % c.groupds.len() } else { *g };
+            c.groupds[g].kill();
+            c.groupds[g].failpoints = Some("raft-log-append=1*return(torn)".into());
+            c.groupds[g].restart();
+            std::thread::sleep(*d);
+            if !c.groupds[g].is_running() {
+                log.note(format!("groupd {g} crashed in a torn log write"));
+            }
+            c.groupds[g].kill();
+            c.groupds[g].failpoints = None;
+            c.groupds[g].restart();
+        }
     }
 }
 
@@ -184,20 +278,23 @@ fn restart(c: &mut Cluster, i: usize) {
         std::fs::rename(&failed, c.path(&format!("storaged{}/obj", i + 1))).expect("put the object directory back");
     }
     c.storageds[i].kill();
+    c.storageds[i].failpoints = None;
     c.storageds[i].restart();
 }
 
 /// Every process up again: the storaged that are down are started, in order.
 pub fn heal(c: &mut Cluster, log: &mut Log) {
     for g in 0..c.groupds.len() {
-        if !c.groupds[g].is_running() {
+        if !c.groupds[g].is_running() || c.groupds[g].failpoints.is_some() {
             log.note(format!("heal: groupd {g}"));
             c.groupds[g].kill();
+            c.groupds[g].failpoints = None;
             c.groupds[g].restart();
         }
     }
     for i in 0..c.storageds.len() {
-        if !c.storageds[i].is_running() || failed_dir(c, i).exists() {
+        let faulty = c.storageds[i].failpoints.is_some() || failed_dir(c, i).exists();
+        if !c.storageds[i].is_running() || faulty {
             log.note(format!("heal: storaged {i}"));
             restart(c, i);
         }
@@ -210,19 +307,31 @@ mod tests {
 
     #[test]
     fn a_seed_gives_one_schedule_that_never_restarts_a_running_node() {
-        let a = schedule(7, 5, Duration::from_secs(3), 60);
-        let b = schedule(7, 5, Duration::from_secs(3), 60);
-        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        for failpoints in [false, true] {
+            let a = schedule(7, 5, Duration::from_secs(3), 120, failpoints);
+            let b = schedule(7, 5, Duration::from_secs(3), 120, failpoints);
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            never_restarts_a_running_node(&a);
+            let drew = a.iter().any(|s| matches!(s.fault, Fault::Inject(..) | Fault::CutEverywhere(_)));
+            assert_eq!(drew, failpoints, "failpoint faults drawn only for a build with failpoints");
+        }
+    }
+
+    fn never_restarts_a_running_node(a: &[Step]) {
         let mut down = Vec::new();
-        for s in &a {
+        for s in a {
             match &s.fault {
                 Fault::Kill(n) => {
                     assert!(n.iter().all(|i| !down.contains(i)), "{n:?} killed while down");
                     down.extend(n);
                 }
-                Fault::FailDisk(i) => {
+                Fault::FailDisk(i) | Fault::Inject(i, _) => {
                     assert!(!down.contains(i), "{i} failed while down");
                     down.push(*i);
+                }
+                Fault::CutEverywhere(n) => {
+                    assert!(n.iter().all(|(i, _)| !down.contains(i)), "{n:?} cut while down");
+                    down.extend(n.iter().map(|(i, _)| *i));
                 }
                 Fault::Restart(n, _) => {
                     assert!(n.iter().all(|i| down.contains(i)), "{n:?} restarted while up");
