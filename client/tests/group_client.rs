@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
 use sheep_client::group::{Error, GroupClient, Options, Watcher};
-use sheep_core::group::{Command, EventKind, GroupState, Op, Reply, SessionKind};
+use sheep_core::group::{Command, EventKind, GroupState, Op, Reply, RequestId, SessionKind};
 use sheep_rpc::codec;
 use sheep_rpc::error::{self, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd;
@@ -20,6 +20,9 @@ use tokio::time::Instant;
 struct Shared {
     state: GroupState,
     index: u64,
+    /// How many of the next calls that carry a request id are applied and then never
+    /// answered, as when the connection breaks after the commit.
+    lose_answers: u32,
 }
 
 type State = Rc<RefCell<Shared>>;
@@ -34,7 +37,26 @@ impl Fake {
         let mut s = self.state.borrow_mut();
         s.index += 1;
         let index = s.index;
-        s.state.apply(index, &Command { time_ms: 1000 + index, op }).map_err(|e| error::group_error(&e))
+        s.state.apply(index, &Command::new(1000 + index, op)).map_err(|e| error::group_error(&e))
+    }
+
+    /// Applies a client call with its request id, then loses the answer if told to.
+    async fn apply_call(&self, op: Op, request: Option<RequestId>) -> Result<Reply, capnp::Error> {
+        let (answer, lose) = {
+            let mut s = self.state.borrow_mut();
+            s.index += 1;
+            let index = s.index;
+            let answer = s.state.apply(index, &Command { time_ms: 1000 + index, op, request });
+            let lose = request.is_some() && s.lose_answers > 0;
+            if lose {
+                s.lose_answers -= 1;
+            }
+            (answer, lose)
+        };
+        if lose {
+            std::future::pending::<()>().await;
+        }
+        answer.map_err(|e| error::group_error(&e))
     }
 }
 
@@ -50,7 +72,10 @@ impl groupd::Server for Fake {
             sheep_rpc::groupd_capnp::SessionKind::Client => SessionKind::Client { name: p.get_name()?.to_string()? },
         };
         let store_cluster = p.get_cluster_id()?.to_string()?;
-        let Reply::Session(id) = self.apply(Op::OpenSession { kind, store_cluster })? else { unreachable!() };
+        let request = codec::read_request(p.get_request()?);
+        let Reply::Session(id) = self.apply_call(Op::OpenSession { kind, store_cluster }, request).await? else {
+            unreachable!()
+        };
         r.get().set_session(id);
         r.get().set_lease_ms(1000);
         Ok(())
@@ -134,6 +159,23 @@ impl groupd::Server for Fake {
         };
         let Reply::Formatted(cfg) = self.apply(op)? else { unreachable!() };
         codec::write_config(r.get().init_config(), &cfg);
+        Ok(())
+    }
+
+    async fn vdi_create(
+        self: CapRc<Self>,
+        p: groupd::VdiCreateParams,
+        mut r: groupd::VdiCreateResults,
+    ) -> Result<(), capnp::Error> {
+        let p = p.get()?;
+        let op = Op::VdiCreate {
+            name: p.get_name()?.to_string()?,
+            size: p.get_size(),
+            copies: p.get_copies(),
+            allow_fewer_zones: true,
+        };
+        let Reply::Vdi(vdi) = self.apply_call(op, codec::read_request(p.get_request()?)).await? else { unreachable!() };
+        codec::write_vdi(r.get().init_vdi(), &vdi);
         Ok(())
     }
 }
@@ -318,5 +360,42 @@ fn calls_waiting_on_a_dropped_connection_move_on_at_once() {
         let (events, next) = watch.await.unwrap().unwrap();
         assert_eq!((events.len(), next), (2, 3));
         assert!(t.elapsed() < Duration::from_secs(3), "the watch waited {:?}", t.elapsed());
+    });
+}
+
+#[test]
+fn a_call_whose_answer_was_lost_is_retried_elsewhere_and_takes_effect_once() {
+    run(async {
+        let state = State::default();
+        let a = Server::start(&state).await;
+        let b = Server::start(&state).await;
+        let client = GroupClient::new(vec![a.addr.clone(), b.addr.clone()], quick()).unwrap();
+        client.format(1, 22, 1, false).await.unwrap();
+        let applied = |state: &State| state.borrow().index;
+
+        // groupd a commits each call and never answers: the client times out and tries b.
+        state.borrow_mut().lose_answers = 1;
+        let before = applied(&state);
+        let (session, _) = client.open_session(&SessionKind::Client { name: "c".into() }, "").await.unwrap();
+        assert_eq!(client.connected_to(), Some(b.addr.clone()), "the retry went to the other groupd");
+        assert_eq!(applied(&state), before + 2, "two tries reached the group");
+        assert_eq!(state.borrow().state.sessions.keys().copied().collect::<Vec<_>>(), vec![session]);
+
+        // Lost on b this time (the client is connected there now); a answers the retry.
+        state.borrow_mut().lose_answers = 1;
+        let vdi = client.vdi_create("v", 1 << 30, 1).await.unwrap();
+        assert_eq!(client.connected_to(), Some(a.addr.clone()));
+        {
+            let s = state.borrow();
+            let names: Vec<String> = s.state.vdis.list().map(|v| v.name.clone()).collect();
+            assert_eq!(names, vec!["v".to_string()]);
+            assert_eq!(s.state.vdis.get("v"), Some(&vdi), "the retry answers the VDI the first try made");
+            let events = s.state.events_from(1, 100).unwrap();
+            assert_eq!(events.iter().filter(|e| matches!(e.kind, EventKind::VdiCreated(_))).count(), 1);
+        }
+
+        // The next call is a new one: applied, not answered from the record.
+        let err = client.vdi_create("v", 1 << 30, 1).await.unwrap_err();
+        assert!(err.is_code(ErrorCode::VdiExists), "{err:?}");
     });
 }

@@ -32,6 +32,9 @@ pub struct GroupState {
     next_seq: u64,
     /// The newest events, oldest first; at most [`EVENTS_KEPT`].
     events: VecDeque<Event>,
+    /// The answers of recent client calls, so that a retried call applies once.
+    #[serde(default)]
+    requests: RequestTable,
 }
 
 impl Default for GroupState {
@@ -48,6 +51,7 @@ impl Default for GroupState {
             next_session: 1,
             next_seq: 1,
             events: VecDeque::new(),
+            requests: RequestTable::default(),
         }
     }
 }
@@ -55,9 +59,24 @@ impl Default for GroupState {
 impl GroupState {
     /// Applies one command at log position `log_index` (used for fencing tokens). A refused
     /// command changes nothing: every refusal is decided before the first change.
+    ///
+    /// A command naming a client call that was applied already is not applied again: it
+    /// answers what the call answered then, refusal included (see [`dedupe`]).
     pub fn apply(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
         self.check_event_numbering()?;
-        self.apply_op(log_index, cmd)
+        let Some(request) = &cmd.request else { return self.apply_op(log_index, cmd) };
+        if let Some(answer) = self.requests.check(log_index, request)? {
+            return answer;
+        }
+        let answer = self.apply_op(log_index, cmd);
+        self.requests.record(log_index, request, &answer);
+        answer
+    }
+
+    /// True if `cmd` names a client call applied already: applying it answers from the
+    /// record and changes nothing else.
+    pub fn is_retry(&self, cmd: &Command) -> bool {
+        cmd.request.as_ref().is_some_and(|r| self.requests.seen(r))
     }
 
     /// Events are numbered consecutively and the next one follows the newest kept: what
@@ -531,9 +550,11 @@ impl GroupState {
     }
 }
 
+pub mod dedupe;
 mod info;
 pub mod policy;
 mod types;
+pub use dedupe::{Answer, RequestTable};
 pub use info::{ClusterInfo, LockInfo};
 pub use policy::Policy;
 pub use types::*;

@@ -20,7 +20,7 @@ impl Log {
 
     fn apply(&mut self, op: Op) -> Result<Reply, GroupError> {
         self.index += 1;
-        let cmd = Command { time_ms: self.index * 10, op };
+        let cmd = Command::new(self.index * 10, op);
         self.state.apply(self.index, &cmd)
     }
 
@@ -472,7 +472,7 @@ fn refused_unchanged(log: &mut Log, op: Op) -> GroupError {
     assert!(err.is_invariant(), "{err:?}");
     assert!(err.to_string().contains("is inconsistent"), "{err}");
     assert_eq!(log.state, before, "a refusal changes nothing");
-    let cmd = Command { time_ms: log.index * 10, op };
+    let cmd = Command::new(log.index * 10, op);
     assert_eq!(replica.apply(log.index, &cmd), Err(err.clone()), "every replica refuses alike");
     err
 }
@@ -693,4 +693,106 @@ fn more_copies_than_zones_are_refused_unless_allowed() {
     log.join(1);
     log.apply(format(3, Policy { allow_fewer_zones: true, ..Policy::default() })).unwrap();
     assert!(matches!(log.apply(create(3, false)), Ok(Reply::Vdi(_))));
+}
+
+/// Client calls, each named by its request id as a `GroupClient` names them.
+impl Log {
+    fn apply_as(&mut self, op: Op, seq: u64) -> Result<Reply, GroupError> {
+        self.apply_pending(op, seq, seq)
+    }
+
+    /// Call `seq` while call `first_pending` still waits for its answer.
+    fn apply_pending(&mut self, op: Op, seq: u64, first_pending: u64) -> Result<Reply, GroupError> {
+        self.index += 1;
+        let request = RequestId { client: 0xc11e47, seq, first_pending };
+        let cmd = Command { time_ms: self.index * 10, op, request: Some(request) };
+        self.state.apply(self.index, &cmd)
+    }
+}
+
+#[test]
+fn a_retried_call_takes_effect_once_and_answers_what_it_did() {
+    let mut log = Log::new();
+    log.format();
+    log.join(1);
+    // Each call is applied twice, as when a try was committed but its answer lost: the second
+    // answers the same, and leaves the state (events included) as the first left it, but for
+    // the table's note of when the client was last seen.
+    let unseen = |s: &GroupState| GroupState { requests: RequestTable::default(), ..s.clone() };
+    let twice = |log: &mut Log, op: Op, seq: u64| {
+        let first = log.apply_as(op.clone(), seq);
+        let after_first = unseen(&log.state);
+        let again = log.apply_as(op, seq);
+        assert_eq!(again, first, "call {seq}: the retry answers what the first try did");
+        assert_eq!(unseen(&log.state), after_first, "call {seq}: the retry changes nothing");
+        first
+    };
+    let open = Op::OpenSession { kind: SessionKind::Client { name: "sheepctl".into() }, store_cluster: "".into() };
+    let sessions = log.state.sessions.len();
+    let Ok(Reply::Session(session)) = twice(&mut log, open, 1) else { panic!("open session") };
+    assert_eq!(log.state.sessions.len(), sessions + 1, "one session opened");
+
+    let create = Op::VdiCreate { name: "v".into(), size: 1 << 30, copies: 0, allow_fewer_zones: false };
+    let Ok(Reply::Vdi(created)) = twice(&mut log, create.clone(), 2) else { panic!("vdi create") };
+    assert_eq!(log.state.vdis.list().count(), 1);
+    // Without a request id the same create is refused: what a retry answered before.
+    assert!(matches!(log.apply(create), Err(GroupError::Namespace(NamespaceError::Exists(_)))));
+
+    let snap = Op::VdiSnapshot { session, name: "v".into(), tag: "s1".into() };
+    let Ok(Reply::Snapshot { snapshot, working }) = twice(&mut log, snap, 3) else { panic!("snapshot") };
+    assert_eq!(snapshot.vid, created.vid);
+    let vdis: Vec<(String, Option<String>)> =
+        log.state.vdis.list().map(|e| (e.name.clone(), e.snapshot.clone())).collect();
+    assert_eq!(vdis.len(), 2, "one snapshot and the working VDI: {vdis:?}");
+    assert_eq!(log.state.vdis.get("v").map(|e| e.vid), Some(working.vid));
+
+    let seq = log.state.next_seq();
+    assert_eq!(twice(&mut log, Op::Broadcast { session, payload: vec![1] }, 4), Ok(Reply::Seq(seq)));
+
+    // A refused call is answered its refusal again, even once it would succeed.
+    let lock = Op::Lock { session: 999, vdi: "v".into() };
+    assert_eq!(log.apply_as(lock.clone(), 5), Err(GroupError::NoSession(999)));
+    let lock_ok = Op::Lock { session, vdi: "v".into() };
+    assert_eq!(log.apply_as(lock_ok, 5), Err(GroupError::NoSession(999)), "answered from the record");
+    assert!(log.state.locks.is_empty());
+
+    // A format --force retried does not wipe the namespace a second time.
+    let format = |id: &str| Op::Format {
+        cluster_id: id.into(),
+        copies: 3,
+        object_size_shift: 22,
+        voters: 3,
+        force: true,
+        policy: Policy { allow_fewer_zones: true, ..Policy::default() },
+    };
+    let Ok(Reply::Formatted(config)) = log.apply_as(format("new"), 6) else { panic!("format") };
+    // The answer was lost; meanwhile another task of the client creates a VDI.
+    let create = Op::VdiCreate { name: "w".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false };
+    log.apply_pending(create, 7, 6).unwrap();
+    // The retry reaches another master, which chose another cluster id.
+    assert_eq!(log.apply_as(format("other"), 6), Ok(Reply::Formatted(config)));
+    assert_eq!(log.state.config.as_ref().map(|c| c.cluster_id.as_str()), Some("new"));
+    assert_eq!(log.state.vdis.list().count(), 1, "the VDI made after the format is still there");
+}
+
+#[test]
+fn the_record_of_calls_travels_in_the_state_and_is_the_same_on_every_replica() {
+    let mut log = Log::new();
+    log.format();
+    let create = |name: &str| Op::VdiCreate { name: name.into(), size: 1 << 20, copies: 0, allow_fewer_zones: false };
+    let first = log.apply_as(create("a"), 1).unwrap();
+    // A groupd restored from a snapshot of this state answers the retry from the record.
+    let mut restored: GroupState = serde_json::from_str(&serde_json::to_string(&log.state).unwrap()).unwrap();
+    assert_eq!(restored, log.state);
+    let request = RequestId { client: 0xc11e47, seq: 1, first_pending: 1 };
+    let retry = Command { time_ms: 99, op: create("a"), request: Some(request) };
+    assert!(restored.is_retry(&retry));
+    assert_eq!(restored.apply(log.index + 1, &retry), Ok(first));
+    assert_eq!(restored.vdis.list().count(), 1);
+    assert!(!restored.is_retry(&Command::new(99, create("a"))), "a command without an id is never a retry");
+    // A snapshot written before the table existed still loads, with an empty one.
+    let mut old = serde_json::to_value(&log.state).unwrap();
+    old.as_object_mut().unwrap().remove("requests");
+    let old: GroupState = serde_json::from_value(old).unwrap();
+    assert_eq!(old.requests.clients(), 0);
 }

@@ -1,7 +1,7 @@
 //! Forwarding a state-changing call to the master: each [`Op`] is sent as the API method it
 //! came from, and the master's answer is turned back into an [`Outcome`].
 
-use sheep_core::group::{Op, Reply, SessionKind};
+use sheep_core::group::{Op, Reply, RequestId, SessionKind};
 use sheep_rpc::codec;
 use sheep_rpc::error::{self, refusal, ErrorCode};
 use sheep_rpc::groupd_capnp::{groupd, SessionKind as WireKind};
@@ -39,8 +39,18 @@ fn unexpected(what: &str) -> capnp::Error {
     refusal(ErrorCode::BadRequest, format!("unexpected answer from the master to {what}"))
 }
 
-/// Sends `op` to the master behind `client` as the API call it came from.
-pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp::Error> {
+/// Writes a call's request id into its params, if it has one.
+macro_rules! set_request {
+    ($params:expr, $request:expr) => {
+        if let Some(r) = $request {
+            codec::write_request($params.init_request(), r);
+        }
+    };
+}
+
+/// Sends `op` to the master behind `client` as the API call it came from, with the request
+/// id of the client's call (the master's table decides whether it was applied already).
+pub async fn forward(client: &groupd::Client, op: &Op, request: Option<&RequestId>) -> Result<Outcome, capnp::Error> {
     match op {
         Op::OpenSession { kind, store_cluster } => {
             let mut req = client.open_session_request();
@@ -56,6 +66,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
                     p.set_name(name.as_str());
                 }
             }
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             let r = resp.get()?;
             Ok(Outcome { reply: Reply::Session(r.get_session()), lease_ms: r.get_lease_ms(), holder: String::new() })
@@ -63,6 +74,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
         Op::CloseSession { session, .. } => {
             let mut req = client.close_session_request();
             req.get().set_session(*session);
+            set_request!(req.get(), request);
             req.send().promise.await?;
             Ok(Outcome::done())
         }
@@ -70,6 +82,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.propose_request();
             req.get().set_session(*session);
             req.get().set_payload(payload);
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             Ok(Outcome { reply: Reply::Seq(resp.get()?.get_seq()), lease_ms: 0, holder: String::new() })
         }
@@ -83,6 +96,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             p.set_min_copies(policy.min_copies);
             p.set_hold_ms(policy.hold_ms);
             p.set_allow_fewer_zones(policy.allow_fewer_zones);
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             let config = codec::read_config(resp.get()?.get_config()?)?;
             Ok(Outcome { reply: Reply::Formatted(config), lease_ms: 0, holder: String::new() })
@@ -91,6 +105,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.lock_request();
             req.get().set_session(*session);
             req.get().set_vdi(vdi.as_str());
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             let info = codec::read_lock_info(resp.get()?.get_lock()?)?;
             Ok(Outcome { reply: Reply::Locked(info.lock), lease_ms: 0, holder: info.holder })
@@ -100,15 +115,20 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             req.get().set_session(*session);
             req.get().set_vdi(vdi.as_str());
             req.get().set_force(*force);
+            set_request!(req.get(), request);
             req.send().promise.await?;
             Ok(Outcome::done())
         }
         Op::Shutdown => {
-            client.shutdown_request().send().promise.await?;
+            let mut req = client.shutdown_request();
+            set_request!(req.get(), request);
+            req.send().promise.await?;
             Ok(Outcome::done())
         }
         Op::RecoverForce => {
-            client.recover_force_request().send().promise.await?;
+            let mut req = client.recover_force_request();
+            set_request!(req.get(), request);
+            req.send().promise.await?;
             Ok(Outcome::done())
         }
         Op::VdiCreate { name, size, copies, allow_fewer_zones } => {
@@ -117,6 +137,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             req.get().set_size(*size);
             req.get().set_copies(*copies);
             req.get().set_allow_fewer_zones(*allow_fewer_zones);
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             let vdi = codec::read_vdi(resp.get()?.get_vdi()?)?;
             Ok(Outcome { reply: Reply::Vdi(vdi), lease_ms: 0, holder: String::new() })
@@ -124,6 +145,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
         Op::VdiDelete { name, tag: None } => {
             let mut req = client.vdi_delete_request();
             req.get().set_name(name.as_str());
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
         }
@@ -131,6 +153,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.vdi_delete_snapshot_request();
             req.get().set_name(name.as_str());
             req.get().set_tag(tag.as_str());
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
         }
@@ -139,6 +162,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             req.get().set_session(*session);
             req.get().set_name(name.as_str());
             req.get().set_tag(tag.as_str());
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             let r = resp.get()?;
             let reply = Reply::Snapshot {
@@ -152,6 +176,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             req.get().set_name(name.as_str());
             req.get().set_tag(tag.as_str());
             req.get().set_new_name(new_name.as_str());
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
         }
@@ -159,6 +184,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.vdi_rollback_request();
             req.get().set_name(name.as_str());
             req.get().set_tag(tag.as_str());
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
         }
@@ -166,6 +192,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.vdi_resize_request();
             req.get().set_name(name.as_str());
             req.get().set_size(*size);
+            set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             vdi_outcome(codec::read_vdi(resp.get()?.get_vdi()?)?)
         }
@@ -177,6 +204,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             p.set_value(value.as_deref().unwrap_or(&[]));
             p.set_delete(value.is_none());
             p.set_exclusive(*exclusive);
+            set_request!(req.get(), request);
             req.send().promise.await?;
             Ok(Outcome::done())
         }
@@ -184,6 +212,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.recovery_done_request();
             req.get().set_session(*session);
             req.get().set_epoch(*epoch);
+            set_request!(req.get(), request);
             req.send().promise.await?;
             Ok(Outcome::done())
         }
@@ -191,6 +220,7 @@ pub async fn forward(client: &groupd::Client, op: &Op) -> Result<Outcome, capnp:
             let mut req = client.node_failed_request();
             req.get().set_session(*session);
             req.get().set_reason(reason.as_str());
+            set_request!(req.get(), request);
             req.send().promise.await?;
             Ok(Outcome::done())
         }

@@ -10,10 +10,7 @@ use super::*;
 fn entry(term: u64, index: u64) -> Entry {
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Command {
-            time_ms: index,
-            op: Op::Broadcast { session: 1, payload: vec![index as u8; 3] },
-        }),
+        payload: EntryPayload::Normal(Command::new(index, Op::Broadcast { session: 1, payload: vec![index as u8; 3] })),
     }
 }
 

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use sheep_core::group::{ClusterInfo, GroupMember, MemberRole, Op, Reply};
+use sheep_core::group::{ClusterInfo, GroupMember, MemberRole, Op, Reply, RequestId};
 use sheep_core::lease::LeaseTable;
 use sheep_rpc::error::{self, refusal, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd;
@@ -125,11 +125,13 @@ impl Node {
     }
 
     /// Orders `op` in the total order (here or at the master) and returns its outcome.
-    pub async fn submit(&self, op: Op) -> Result<Outcome, capnp::Error> {
+    /// `request`: the client call it is; however often it is submitted (a client's retries,
+    /// or ours below after a leadership change), the group applies it once.
+    pub async fn submit(&self, op: Op, request: Option<RequestId>) -> Result<Outcome, capnp::Error> {
         let deadline = Instant::now() + SUBMIT_DEADLINE;
         loop {
             match self.route(deadline).await? {
-                Route::Local => match self.write_local(op.clone()).await {
+                Route::Local => match self.write_local(op.clone(), request).await {
                     Ok(o) => return Ok(o),
                     Err(WriteFail::Error(e)) => return Err(e),
                     Err(WriteFail::NotLeader) => {
@@ -140,7 +142,8 @@ impl Node {
                     }
                 },
                 Route::Forward { addr, client } => {
-                    let res = tokio::time::timeout(left(deadline), forward::forward(&client, &op)).await;
+                    let res =
+                        tokio::time::timeout(left(deadline), forward::forward(&client, &op, request.as_ref())).await;
                     return match res {
                         Err(_) => Err(no_master(format!("the master at {addr} did not answer in time"))),
                         Ok(Err(e)) => {
@@ -166,14 +169,14 @@ impl Node {
     }
 
     /// Commits `op` as the leader.
-    async fn write_local(&self, mut op: Op) -> Result<Outcome, WriteFail> {
+    async fn write_local(&self, mut op: Op, request: Option<RequestId>) -> Result<Outcome, WriteFail> {
         if let Op::Format { cluster_id, .. } = &mut op {
             if cluster_id.is_empty() {
                 *cluster_id = new_cluster_id();
             }
         }
         let is_open = matches!(op, Op::OpenSession { .. });
-        let cmd = sheep_core::group::Command { time_ms: now_unix_ms(), op };
+        let cmd = sheep_core::group::Command { time_ms: now_unix_ms(), op, request };
         let res = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd)).await;
         let resp = match res {
             Err(_) => {
@@ -201,7 +204,7 @@ impl Node {
 
     /// Commits `op` only if this groupd is the master (used by the master's own loops).
     pub async fn write_as_master(&self, op: Op) -> Result<Outcome, capnp::Error> {
-        match self.write_local(op).await {
+        match self.write_local(op, None).await {
             Ok(o) => Ok(o),
             Err(WriteFail::NotLeader) => Err(no_master("this groupd is no longer the master")),
             Err(WriteFail::Error(e)) => Err(e),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
-use sheep_core::group::{Op, Reply, SessionKind};
+use sheep_core::group::{Op, Reply, RequestId, SessionKind};
 use sheep_core::group::{DEFAULT_COPIES, DEFAULT_OBJECT_SIZE_SHIFT, DEFAULT_VOTERS};
 use sheep_rpc::codec;
 use sheep_rpc::error::{refusal, ErrorCode};
@@ -68,8 +68,13 @@ async fn raft_call(node: &Node, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, 
 
 impl GroupdServer {
     /// Submits a namespace change whose answer is one VDI entry.
-    async fn submit_vdi(&self, op: Op, what: &str) -> Result<sheep_core::namespace::VdiEntry, capnp::Error> {
-        match self.node.submit(op).await?.reply {
+    async fn submit_vdi(
+        &self,
+        op: Op,
+        request: Option<RequestId>,
+        what: &str,
+    ) -> Result<sheep_core::namespace::VdiEntry, capnp::Error> {
+        match self.node.submit(op, request).await?.reply {
             Reply::Vdi(v) => Ok(v),
             _ => Err(bad_request(format!("unexpected answer to {what}"))),
         }
@@ -82,6 +87,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::OpenSessionParams,
         mut results: groupd::OpenSessionResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             let kind = match p.get_kind().map_err(|_| bad_request("unknown session kind"))? {
@@ -95,7 +101,7 @@ impl groupd::Server for GroupdServer {
             };
             Op::OpenSession { kind, store_cluster: text(p.get_cluster_id())? }
         };
-        let out = self.node.submit(op).await?;
+        let out = self.node.submit(op, request).await?;
         let mut r = results.get();
         r.set_session(expect_session(&out)?);
         r.set_lease_ms(out.lease_ms);
@@ -116,8 +122,9 @@ impl groupd::Server for GroupdServer {
         params: groupd::CloseSessionParams,
         _: groupd::CloseSessionResults,
     ) -> Result<(), capnp::Error> {
-        let session = params.get()?.get_session();
-        self.node.submit(Op::CloseSession { session, expired: false }).await?;
+        let p = params.get()?;
+        let (session, request) = (p.get_session(), codec::read_request(p.get_request()?));
+        self.node.submit(Op::CloseSession { session, expired: false }, request).await?;
         Ok(())
     }
 
@@ -126,6 +133,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::ProposeParams,
         mut results: groupd::ProposeResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             let payload = p.get_payload()?;
@@ -134,7 +142,7 @@ impl groupd::Server for GroupdServer {
             }
             Op::Broadcast { session: p.get_session(), payload: payload.to_vec() }
         };
-        let out = self.node.submit(op).await?;
+        let out = self.node.submit(op, request).await?;
         results.get().set_seq(expect_seq(&out)?);
         Ok(())
     }
@@ -181,6 +189,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::FormatParams,
         mut results: groupd::FormatResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             let or = |v: u8, d: u8| if v == 0 { d } else { v };
@@ -197,7 +206,7 @@ impl groupd::Server for GroupdServer {
                 },
             }
         };
-        let out = self.node.submit(op).await?;
+        let out = self.node.submit(op, request).await?;
         let Reply::Formatted(config) = out.reply else {
             return Err(bad_request("unexpected answer to format"));
         };
@@ -207,19 +216,21 @@ impl groupd::Server for GroupdServer {
 
     async fn shutdown(
         self: Rc<Self>,
-        _: groupd::ShutdownParams,
+        params: groupd::ShutdownParams,
         _: groupd::ShutdownResults,
     ) -> Result<(), capnp::Error> {
-        self.node.submit(Op::Shutdown).await?;
+        let request = codec::read_request(params.get()?.get_request()?);
+        self.node.submit(Op::Shutdown, request).await?;
         Ok(())
     }
 
     async fn recover_force(
         self: Rc<Self>,
-        _: groupd::RecoverForceParams,
+        params: groupd::RecoverForceParams,
         _: groupd::RecoverForceResults,
     ) -> Result<(), capnp::Error> {
-        self.node.submit(Op::RecoverForce).await?;
+        let request = codec::read_request(params.get()?.get_request()?);
+        self.node.submit(Op::RecoverForce, request).await?;
         Ok(())
     }
 
@@ -228,11 +239,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::LockParams,
         mut results: groupd::LockResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::Lock { session: p.get_session(), vdi: text(p.get_vdi())? }
         };
-        let out = self.node.submit(op).await?;
+        let out = self.node.submit(op, request).await?;
         let Reply::Locked(lock) = &out.reply else {
             return Err(bad_request("unexpected answer to lock"));
         };
@@ -245,11 +257,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::UnlockParams,
         _: groupd::UnlockResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::Unlock { session: p.get_session(), vdi: text(p.get_vdi())?, force: p.get_force() }
         };
-        self.node.submit(op).await?;
+        self.node.submit(op, request).await?;
         Ok(())
     }
 
@@ -272,6 +285,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiCreateParams,
         mut results: groupd::VdiCreateResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::VdiCreate {
@@ -281,7 +295,7 @@ impl groupd::Server for GroupdServer {
                 allow_fewer_zones: p.get_allow_fewer_zones(),
             }
         };
-        let out = self.node.submit(op).await?;
+        let out = self.node.submit(op, request).await?;
         let Reply::Vdi(vdi) = &out.reply else {
             return Err(bad_request("unexpected answer to vdiCreate"));
         };
@@ -294,8 +308,9 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiDeleteParams,
         mut results: groupd::VdiDeleteResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = Op::VdiDelete { name: text(params.get()?.get_name())?, tag: None };
-        let vdi = self.submit_vdi(op, "vdiDelete").await?;
+        let vdi = self.submit_vdi(op, request, "vdiDelete").await?;
         codec::write_vdi(results.get().init_vdi(), &vdi);
         Ok(())
     }
@@ -305,11 +320,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiDeleteSnapshotParams,
         mut results: groupd::VdiDeleteSnapshotResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::VdiDelete { name: text(p.get_name())?, tag: Some(text(p.get_tag())?) }
         };
-        let vdi = self.submit_vdi(op, "vdiDeleteSnapshot").await?;
+        let vdi = self.submit_vdi(op, request, "vdiDeleteSnapshot").await?;
         codec::write_vdi(results.get().init_vdi(), &vdi);
         Ok(())
     }
@@ -319,11 +335,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiSnapshotParams,
         mut results: groupd::VdiSnapshotResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::VdiSnapshot { session: p.get_session(), name: text(p.get_name())?, tag: text(p.get_tag())? }
         };
-        let out = self.node.submit(op).await?;
+        let out = self.node.submit(op, request).await?;
         let Reply::Snapshot { snapshot, working } = &out.reply else {
             return Err(bad_request("unexpected answer to vdiSnapshot"));
         };
@@ -338,11 +355,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiCloneParams,
         mut results: groupd::VdiCloneResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::VdiClone { name: text(p.get_name())?, tag: text(p.get_tag())?, new_name: text(p.get_new_name())? }
         };
-        let vdi = self.submit_vdi(op, "vdiClone").await?;
+        let vdi = self.submit_vdi(op, request, "vdiClone").await?;
         codec::write_vdi(results.get().init_vdi(), &vdi);
         Ok(())
     }
@@ -352,11 +370,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiRollbackParams,
         mut results: groupd::VdiRollbackResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::VdiRollback { name: text(p.get_name())?, tag: text(p.get_tag())? }
         };
-        let vdi = self.submit_vdi(op, "vdiRollback").await?;
+        let vdi = self.submit_vdi(op, request, "vdiRollback").await?;
         codec::write_vdi(results.get().init_vdi(), &vdi);
         Ok(())
     }
@@ -366,11 +385,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiResizeParams,
         mut results: groupd::VdiResizeResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::VdiResize { name: text(p.get_name())?, size: p.get_size() }
         };
-        let vdi = self.submit_vdi(op, "vdiResize").await?;
+        let vdi = self.submit_vdi(op, request, "vdiResize").await?;
         codec::write_vdi(results.get().init_vdi(), &vdi);
         Ok(())
     }
@@ -380,12 +400,13 @@ impl groupd::Server for GroupdServer {
         params: groupd::VdiSetAttrParams,
         _: groupd::VdiSetAttrResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             let value = if p.get_delete() { None } else { Some(p.get_value()?.to_vec()) };
             Op::VdiSetAttr { name: text(p.get_name())?, key: text(p.get_key())?, value, exclusive: p.get_exclusive() }
         };
-        self.node.submit(op).await?;
+        self.node.submit(op, request).await?;
         Ok(())
     }
 
@@ -435,11 +456,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::RecoveryDoneParams,
         _: groupd::RecoveryDoneResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::RecoveryDone { session: p.get_session(), epoch: p.get_epoch() }
         };
-        self.node.submit(op).await?;
+        self.node.submit(op, request).await?;
         Ok(())
     }
 
@@ -448,11 +470,12 @@ impl groupd::Server for GroupdServer {
         params: groupd::NodeFailedParams,
         _: groupd::NodeFailedResults,
     ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
         let op = {
             let p = params.get()?;
             Op::NodeFailed { session: p.get_session(), reason: text(p.get_reason())? }
         };
-        self.node.submit(op).await?;
+        self.node.submit(op, request).await?;
         Ok(())
     }
 

@@ -158,6 +158,9 @@ impl StateMachine {
             }
             EntryPayload::Normal(cmd) => {
                 let index = entry.log_id.index;
+                // A retried shutdown is answered from the record: the shutdown it names was
+                // applied (and acted on) when it first came.
+                let retry = d.state.is_retry(&cmd);
                 let answer = d.state.apply(index, &cmd);
                 if let Err(e) = &answer {
                     if e.is_invariant() {
@@ -166,7 +169,7 @@ impl StateMachine {
                         tracing::error!(index, command = %command_for_log(&cmd), "command refused: {e}");
                     }
                 }
-                if matches!(cmd.op, Op::Shutdown) && answer.is_ok() {
+                if matches!(cmd.op, Op::Shutdown) && answer.is_ok() && !retry {
                     let age = now_unix_ms().saturating_sub(cmd.time_ms);
                     if index > self.inner.replay_upto && age < SHUTDOWN_FRESH_MS {
                         tracing::info!(index, "cluster shutdown applied");
@@ -278,7 +281,7 @@ mod tests {
     use super::*;
 
     fn normal(index: u64, op: Op) -> Entry {
-        Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Command { time_ms: now_unix_ms(), op }) }
+        Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Command::new(now_unix_ms(), op)) }
     }
 
     fn format_op() -> Op {
@@ -341,9 +344,42 @@ mod tests {
         assert_eq!(*sm.subscribe_applied().borrow(), 4);
     }
 
+    /// An entry naming client call `seq` of client 5.
+    fn call(index: u64, op: Op, seq: u64) -> Entry {
+        let request = Some(sheep_core::group::RequestId { client: 5, seq, first_pending: seq });
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Command { time_ms: now_unix_ms(), op, request }),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_are_answered_from_the_snapshot_and_a_retried_shutdown_stops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), 0).unwrap();
+        let create = Op::VdiCreate { name: "v".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false };
+        let first = sm.apply(vec![normal(1, format_op()), call(2, create.clone(), 1)]).await.unwrap();
+        assert!(matches!(first[1], Ok(Reply::Vdi(_))), "{first:?}");
+        sm.build_snapshot().await.unwrap();
+        // Restarted from the snapshot, the retry (at a later log position) answers the same.
+        let mut sm = StateMachine::open(dir.path(), 2).unwrap();
+        let retry = sm.apply(vec![call(3, create, 1)]).await.unwrap();
+        assert_eq!(retry[0], first[1]);
+        assert_eq!(sm.state().vdis.list().count(), 1);
+        let shutdown = sm.apply(vec![call(4, Op::Shutdown, 2)]).await.unwrap();
+        assert!(matches!(shutdown[0], Ok(Reply::Done)));
+        assert_eq!(*sm.subscribe_shutdown().borrow(), Some(4));
+        sm.build_snapshot().await.unwrap();
+        let mut sm = StateMachine::open(dir.path(), 4).unwrap();
+        let rx = sm.subscribe_shutdown();
+        let retry = sm.apply(vec![call(5, Op::Shutdown, 2)]).await.unwrap();
+        assert!(matches!(retry[0], Ok(Reply::Done)), "answered as the first try: {retry:?}");
+        assert_eq!(*rx.borrow(), None, "the shutdown was acted on when it first came");
+    }
+
     #[test]
     fn long_commands_are_cut_short_in_the_log() {
-        let cmd = Command { time_ms: 1, op: Op::Broadcast { session: 1, payload: vec![7; 10_000] } };
+        let cmd = Command::new(1, Op::Broadcast { session: 1, payload: vec![7; 10_000] });
         let text = command_for_log(&cmd);
         assert!(text.starts_with("Command { time_ms: 1, op: Broadcast"), "{text}");
         assert_eq!(text.chars().count(), 501);

@@ -5,10 +5,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sheep_core::group::{Command, GroupError, Reply};
-
 /// What a committed entry answers to its proposer.
-pub type Answer = Result<Reply, GroupError>;
+pub use sheep_core::group::Answer;
+use sheep_core::group::Command;
 
 openraft::declare_raft_types!(
     /// The group's Raft: log entries are [`Command`]s, answers are [`Answer`]s, node ids are

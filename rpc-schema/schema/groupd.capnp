@@ -102,6 +102,19 @@ struct VdiInfo {
   tag @8 :Text;
 }
 
+struct RequestId {
+  # Names one call of one client. Every try of the call carries the same id, and groupd
+  # applies the call at most once: a retry of a call applied already (its answer was lost
+  # with a broken connection) gets the answer of the first try, refusal included. The
+  # group remembers the answers of the last calls of the last 1024 clients. Unset (client
+  # 0): the call is applied each time it arrives.
+  client @0 :UInt64;        # chosen at random by the client when it starts
+  seq @1 :UInt64;           # the call's number among the client's calls, from 1
+  firstPending @2 :UInt64;  # the lowest seq of the client's calls still waiting for an
+                            # answer (this one included); a late copy of a lower one is
+                            # refused with badRequest, never applied
+}
+
 struct Event {
   # One entry of the total order, as watchers see it.
   seq @0 :UInt64;      # 1, 2, 3, … with no gap
@@ -149,15 +162,19 @@ struct Event {
 }
 
 interface Groupd {
-  openSession @0 (kind :SessionKind, node :NodeInfo, name :Text, clusterId :Text)
+  # Every call that changes the cluster state (all but keepalive, watch, info, vdiList,
+  # vdiGetAttr and the calls between groupd instances) takes a `request`: see RequestId.
+
+  openSession @0 (kind :SessionKind, node :NodeInfo, name :Text, clusterId :Text,
+                   request :RequestId)
       -> (session :UInt64, leaseMs :UInt32);
   # clusterId: the cluster a storage node's store belongs to ("" for a new store). A storage
   # node whose store belongs to another cluster is refused with wrongCluster.
 
   keepalive @1 (session :UInt64) -> ();
-  closeSession @2 (session :UInt64) -> ();
+  closeSession @2 (session :UInt64, request :RequestId) -> ();
 
-  propose @3 (session :UInt64, payload :Data) -> (seq :UInt64);
+  propose @3 (session :UInt64, payload :Data, request :RequestId) -> (seq :UInt64);
   # A user broadcast: one entry in the total order.
 
   watch @4 (fromSeq :UInt64, maxEntries :UInt32, waitMs :UInt32)
@@ -168,15 +185,15 @@ interface Groupd {
   info @5 () -> (info :ClusterInfo);
 
   format @6 (copies :UInt8, objectSizeShift :UInt8, voters :UInt8, force :Bool,
-             minCopies :UInt8, holdMs :UInt64, allowFewerZones :Bool)
+             minCopies :UInt8, holdMs :UInt64, allowFewerZones :Bool, request :RequestId)
       -> (config :ClusterConfig);
   # Refused (badRequest) if minCopies > copies, or if the storage nodes up span fewer zones
   # than copies and allowFewerZones is not set.
-  shutdown @7 () -> ();
-  recoverForce @8 () -> ();
+  shutdown @7 (request :RequestId) -> ();
+  recoverForce @8 (request :RequestId) -> ();
 
-  lock @9 (session :UInt64, vdi :Text) -> (lock :Lock);
-  unlock @10 (session :UInt64, vdi :Text, force :Bool) -> ();
+  lock @9 (session :UInt64, vdi :Text, request :RequestId) -> (lock :Lock);
+  unlock @10 (session :UInt64, vdi :Text, force :Bool, request :RequestId) -> ();
 
   # --- between groupd instances ---
   raft @11 (kind :RaftKind, body :Data) -> (body :Data);
@@ -192,30 +209,33 @@ interface Groupd {
   # there are fewer voters than the cluster's `voters`.
 
   # --- the VDI namespace and recovery marks (data path) ---
-  vdiCreate @13 (name :Text, size :UInt64, copies :UInt8, allowFewerZones :Bool) -> (vdi :VdiInfo);
+  vdiCreate @13 (name :Text, size :UInt64, copies :UInt8, allowFewerZones :Bool, request :RequestId)
+      -> (vdi :VdiInfo);
   # copies 0 = the cluster's default. Fails with vdiExists, badRequest.
-  vdiDelete @14 (name :Text) -> (vdi :VdiInfo);
+  vdiDelete @14 (name :Text, request :RequestId) -> (vdi :VdiInfo);
   # Fails with noVdi.
   vdiList @15 () -> (vdis :List(VdiInfo), deletedVids :List(UInt32));
-  recoveryDone @16 (session :UInt64, epoch :UInt32) -> ();
+  recoveryDone @16 (session :UInt64, epoch :UInt32, request :RequestId) -> ();
   # A storage node (by its session) reports it holds every object it owns in `epoch`.
 
   # --- snapshots, clones, attributes ---
-  vdiDeleteSnapshot @17 (name :Text, tag :Text) -> (vdi :VdiInfo);
+  vdiDeleteSnapshot @17 (name :Text, tag :Text, request :RequestId) -> (vdi :VdiInfo);
   # Fails with noVdi. Its objects stay while a live VDI still reads them.
-  vdiSnapshot @18 (session :UInt64, name :Text, tag :Text) -> (snapshot :VdiInfo, working :VdiInfo);
+  vdiSnapshot @18 (session :UInt64, name :Text, tag :Text, request :RequestId)
+      -> (snapshot :VdiInfo, working :VdiInfo);
   # While the VDI is locked only the holder's session may (lockHeld otherwise).
-  vdiClone @19 (name :Text, tag :Text, newName :Text) -> (vdi :VdiInfo);
-  vdiRollback @20 (name :Text, tag :Text) -> (vdi :VdiInfo);
+  vdiClone @19 (name :Text, tag :Text, newName :Text, request :RequestId) -> (vdi :VdiInfo);
+  vdiRollback @20 (name :Text, tag :Text, request :RequestId) -> (vdi :VdiInfo);
   # Fails with lockHeld while the VDI is attached.
-  vdiResize @21 (name :Text, size :UInt64) -> (vdi :VdiInfo);
+  vdiResize @21 (name :Text, size :UInt64, request :RequestId) -> (vdi :VdiInfo);
   # Grows only (badRequest otherwise).
-  vdiSetAttr @22 (name :Text, key :Text, value :Data, delete :Bool, exclusive :Bool) -> ();
+  vdiSetAttr @22 (name :Text, key :Text, value :Data, delete :Bool, exclusive :Bool,
+                  request :RequestId) -> ();
   # Fails with attrExists (exclusive), noAttr (delete), noVdi.
   vdiGetAttr @23 (name :Text, key :Text) -> (value :Data);
   # Served from this groupd's applied state. Fails with noAttr, noVdi.
 
-  nodeFailed @24 (session :UInt64, reason :Text) -> ();
+  nodeFailed @24 (session :UInt64, reason :Text, request :RequestId) -> ();
   # A storage node (by its session) whose disk failed leaves the data membership: a new
   # epoch without it; its session lives on, shown with the reason.
 }

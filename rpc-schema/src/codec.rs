@@ -9,14 +9,14 @@ use capnp::text;
 use sheep_core::epoch::{EpochRecord, NodeInfo};
 use sheep_core::group::{
     ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupMember, Lock, LockInfo, MemberRole, Policy,
-    Session, SessionKind,
+    RequestId, Session, SessionKind,
 };
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
 
 use crate::error::{refusal, ErrorCode};
 use crate::groupd_capnp::{
-    cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, session, vdi_info,
+    cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, request_id, session, vdi_info,
     ClusterStatus as WireStatus, SessionKind as WireKind,
 };
 
@@ -89,6 +89,19 @@ pub fn read_config(r: cluster_config::Reader<'_>) -> capnp::Result<ClusterConfig
             allow_fewer_zones: r.get_allow_fewer_zones(),
         },
     })
+}
+
+pub fn write_request(mut b: request_id::Builder<'_>, r: &RequestId) {
+    b.set_client(r.client);
+    b.set_seq(r.seq);
+    b.set_first_pending(r.first_pending);
+}
+
+/// `None` for an unset id (client 0, what a caller that sends none leaves): such a call is
+/// applied each time it arrives.
+pub fn read_request(r: request_id::Reader<'_>) -> Option<RequestId> {
+    let client = r.get_client();
+    (client != 0).then(|| RequestId { client, seq: r.get_seq(), first_pending: r.get_first_pending() })
 }
 
 pub fn write_session(mut b: session::Builder<'_>, s: &Session) {

@@ -120,3 +120,20 @@ fn cluster_info_round_trips_with_and_without_config() {
         assert_eq!(read_cluster_info(r).unwrap(), info);
     }
 }
+
+#[test]
+fn request_ids_round_trip_and_an_unset_one_is_none() {
+    let r = RequestId { client: u64::MAX - 1, seq: 12, first_pending: 9 };
+    let mut msg = Builder::new_default();
+    write_request(msg.init_root::<request_id::Builder<'_>>(), &r);
+    let bytes = serialize::write_message_to_words(&msg);
+    let reader = serialize::read_message(&mut bytes.as_slice(), ReaderOptions::new()).unwrap();
+    assert_eq!(read_request(reader.get_root::<request_id::Reader<'_>>().unwrap()), Some(r));
+    // A call that sends no id: the params' field is unset and reads as client 0.
+    let mut msg = Builder::new_default();
+    msg.init_root::<crate::groupd_capnp::groupd::vdi_create_params::Builder<'_>>().set_name("v");
+    let bytes = serialize::write_message_to_words(&msg);
+    let reader = serialize::read_message(&mut bytes.as_slice(), ReaderOptions::new()).unwrap();
+    let params = reader.get_root::<crate::groupd_capnp::groupd::vdi_create_params::Reader<'_>>().unwrap();
+    assert_eq!(read_request(params.get_request().unwrap()), None);
+}

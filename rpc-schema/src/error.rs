@@ -77,7 +77,8 @@ pub fn group_error_code(e: &GroupError) -> ErrorCode {
         GroupError::LockHeld { .. } => ErrorCode::LockHeld,
         GroupError::NotLocked { .. } => ErrorCode::NotLocked,
         GroupError::ShutDown => ErrorCode::ShuttingDown,
-        GroupError::BadRequest(_) => ErrorCode::BadRequest,
+        // Nobody waits for the answer of a stale request: the client has moved on.
+        GroupError::BadRequest(_) | GroupError::StaleRequest { .. } => ErrorCode::BadRequest,
         GroupError::Invariant { .. } => ErrorCode::Internal,
         GroupError::Namespace(n) => match n {
             NamespaceError::Exists(_) | NamespaceError::SnapshotExists { .. } => ErrorCode::VdiExists,

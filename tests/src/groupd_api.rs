@@ -7,7 +7,7 @@ use std::time::Duration;
 use sheep_client::rpc;
 use sheep_client::ErrorCode;
 use sheep_core::epoch::NodeInfo;
-use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, MemberRole};
+use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, MemberRole, RequestId};
 use sheep_core::namespace::VdiEntry;
 use sheep_rpc::codec;
 use sheep_rpc::error;
@@ -55,11 +55,19 @@ pub fn format(addr: &str, voters: u8) -> Result<ClusterConfig, capnp::Error> {
 
 /// (session, lease in ms)
 pub fn open_client(addr: &str, name: &str) -> Result<(u64, u32), capnp::Error> {
+    open_client_as(addr, name, None)
+}
+
+/// [`open_client`] as the client call `request` (what a retry of one call sends again).
+pub fn open_client_as(addr: &str, name: &str, request: Option<RequestId>) -> Result<(u64, u32), capnp::Error> {
     let name = name.to_string();
     with_client(addr, |c| async move {
         let mut req = c.open_session_request();
         req.get().set_kind(SessionKind::Client);
         req.get().set_name(name.as_str());
+        if let Some(r) = &request {
+            codec::write_request(req.get().init_request(), r);
+        }
         let r = req.send().promise.await?;
         Ok((r.get()?.get_session(), r.get()?.get_lease_ms()))
     })
@@ -87,11 +95,19 @@ pub fn keepalive(addr: &str, session: u64) -> Result<(), capnp::Error> {
 }
 
 pub fn propose(addr: &str, session: u64, payload: &[u8]) -> Result<u64, capnp::Error> {
+    propose_as(addr, session, payload, None)
+}
+
+/// [`propose`] as the client call `request`.
+pub fn propose_as(addr: &str, session: u64, payload: &[u8], request: Option<RequestId>) -> Result<u64, capnp::Error> {
     let payload = payload.to_vec();
     with_client(addr, |c| async move {
         let mut req = c.propose_request();
         req.get().set_session(session);
         req.get().set_payload(&payload);
+        if let Some(r) = &request {
+            codec::write_request(req.get().init_request(), r);
+        }
         Ok(req.send().promise.await?.get()?.get_seq())
     })
 }
@@ -126,12 +142,52 @@ pub fn watch(addr: &str, from: u64, max: u32, wait_ms: u32) -> Result<(Vec<Event
 }
 
 pub fn vdi_create(addr: &str, name: &str, size: u64) -> Result<VdiEntry, capnp::Error> {
+    vdi_create_as(addr, name, size, None)
+}
+
+/// [`vdi_create`] as the client call `request`.
+pub fn vdi_create_as(addr: &str, name: &str, size: u64, request: Option<RequestId>) -> Result<VdiEntry, capnp::Error> {
     let name = name.to_string();
     with_client(addr, |c| async move {
         let mut req = c.vdi_create_request();
         req.get().set_name(name.as_str());
         req.get().set_size(size);
+        if let Some(r) = &request {
+            codec::write_request(req.get().init_request(), r);
+        }
         codec::read_vdi(req.send().promise.await?.get()?.get_vdi()?)
+    })
+}
+
+/// Snapshot `tag` of VDI `name` by `session`, as the client call `request`: (the snapshot,
+/// the new working VDI).
+pub fn vdi_snapshot_as(
+    addr: &str,
+    session: u64,
+    name: &str,
+    tag: &str,
+    request: Option<RequestId>,
+) -> Result<(VdiEntry, VdiEntry), capnp::Error> {
+    let (name, tag) = (name.to_string(), tag.to_string());
+    with_client(addr, |c| async move {
+        let mut req = c.vdi_snapshot_request();
+        req.get().set_session(session);
+        req.get().set_name(name.as_str());
+        req.get().set_tag(tag.as_str());
+        if let Some(r) = &request {
+            codec::write_request(req.get().init_request(), r);
+        }
+        let resp = req.send().promise.await?;
+        let r = resp.get()?;
+        Ok((codec::read_vdi(r.get_snapshot()?)?, codec::read_vdi(r.get_working()?)?))
+    })
+}
+
+/// Every working VDI and live snapshot, as the groupd at `addr` has applied them.
+pub fn vdi_entries(addr: &str) -> Result<Vec<VdiEntry>, capnp::Error> {
+    with_client(addr, |c| async move {
+        let r = c.vdi_list_request().send().promise.await?;
+        r.get()?.get_vdis()?.iter().map(codec::read_vdi).collect()
     })
 }
 

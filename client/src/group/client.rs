@@ -1,12 +1,14 @@
 //! [`GroupClient`]: typed calls to groupd, each bounded in time, moving to the next groupd
 //! when a connection fails.
 
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use capnp::ErrorKind;
 use sheep_core::epoch::NodeInfo;
-use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, Policy, SessionId, SessionKind};
+use sheep_core::group::{ClusterConfig, ClusterInfo, Event, LockInfo, Policy, RequestId, SessionId, SessionKind};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
 use sheep_rpc::codec;
@@ -56,11 +58,70 @@ const MIN_CALL: Duration = Duration::from_millis(300);
 /// group has no master yet (an election), is tried again, on the next address for a broken
 /// connection, until [`Options::retry_for`] is spent.
 ///
-/// A call retried after its connection broke may have been applied already; calls that
-/// create something (`open_session`, `propose`) can then happen twice.
+/// A call retried after its connection broke may have been applied already. So that it
+/// takes effect once all the same, every call that changes state carries a [`RequestId`]:
+/// this client's random id and the call's number, the same on every try. The group applies
+/// a call at most once and answers a retry of an applied one with the first try's answer
+/// (`vdi_create` retried gives the VDI it made, not `vdiExists`; `open_session` the same
+/// session). That holds while the group remembers the call: the last calls of the last
+/// [`CLIENTS_KEPT`](sheep_core::group::dedupe::CLIENTS_KEPT) clients (see
+/// [`sheep_core::group::dedupe`]).
 pub struct GroupClient {
     pool: Pool,
     opts: Options,
+    requests: Requests,
+}
+
+/// Numbers this client's state-changing calls (see [`RequestId`]).
+struct Requests {
+    client: u64,
+    next: Cell<u64>,
+    /// The numbers of the calls begun and not finished yet: the lowest goes into every
+    /// request, so the group may forget the answers of the ones below it.
+    pending: RefCell<BTreeSet<u64>>,
+}
+
+/// A call in progress. Dropped when the call returns (with an answer or not) or is itself
+/// dropped: the call is never tried again after that.
+struct Pending<'a> {
+    requests: &'a Requests,
+    id: RequestId,
+}
+
+impl Requests {
+    fn new() -> Requests {
+        Requests { client: random_client_id(), next: Cell::new(1), pending: RefCell::new(BTreeSet::new()) }
+    }
+
+    fn begin(&self) -> Pending<'_> {
+        let seq = self.next.get();
+        self.next.set(seq + 1);
+        let mut pending = self.pending.borrow_mut();
+        pending.insert(seq);
+        let first_pending = pending.first().copied().unwrap_or(seq);
+        Pending { requests: self, id: RequestId { client: self.client, seq, first_pending } }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.requests.pending.borrow_mut().remove(&self.id.seq);
+    }
+}
+
+/// A client id: 64 random bits (std's hasher keys come from the OS), never 0 (no id). Two
+/// clients with one id would get each other's answers, so it must not repeat across the
+/// processes of a cluster; a counter keeps two of one process apart as well.
+fn random_client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(MADE.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.finish().max(1)
 }
 
 enum Attempt {
@@ -75,7 +136,12 @@ impl GroupClient {
         if addrs.is_empty() {
             return Err(Error::Usage("no groupd address given".into()));
         }
-        Ok(GroupClient { pool: Pool::new(addrs), opts })
+        Ok(GroupClient { pool: Pool::new(addrs), opts, requests: Requests::new() })
+    }
+
+    /// The random id this client's calls carry (see [`RequestId`]).
+    pub fn client_id(&self) -> u64 {
+        self.requests.client
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -146,6 +212,20 @@ impl GroupClient {
         }
     }
 
+    /// [`Self::call`] for a call that changes state: one request id, given to `f` on every
+    /// try, so that the group applies the call once however often it is tried.
+    async fn change<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
+    where
+        F: Fn(groupd::Client, RequestId) -> Fut,
+        Fut: Future<Output = capnp::Result<T>>,
+    {
+        let pending = self.requests.begin();
+        let id = pending.id;
+        let result = self.call(what, Duration::ZERO, |c| f(c, id)).await;
+        drop(pending);
+        result
+    }
+
     /// `ended`: the call's connection had ended when the call failed.
     fn classify(&self, what: &str, addr: String, e: capnp::Error, ended: bool) -> Attempt {
         match e.kind {
@@ -201,7 +281,7 @@ impl GroupClient {
         force: bool,
         policy: Policy,
     ) -> Result<ClusterConfig, Error> {
-        self.call("format", Duration::ZERO, |c| async move {
+        self.change("format", |c, id| async move {
             let mut req = c.format_request();
             let mut p = req.get();
             p.set_copies(copies);
@@ -211,6 +291,7 @@ impl GroupClient {
             p.set_min_copies(policy.min_copies);
             p.set_hold_ms(policy.hold_ms);
             p.set_allow_fewer_zones(policy.allow_fewer_zones);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_config(resp.get()?.get_config()?)
         })
@@ -218,16 +299,20 @@ impl GroupClient {
     }
 
     pub async fn shutdown(&self) -> Result<(), Error> {
-        self.call("shutdown", Duration::ZERO, |c| async move {
-            c.shutdown_request().send().promise.await?;
+        self.change("shutdown", |c, id| async move {
+            let mut req = c.shutdown_request();
+            codec::write_request(req.get().init_request(), &id);
+            req.send().promise.await?;
             Ok(())
         })
         .await
     }
 
     pub async fn recover_force(&self) -> Result<(), Error> {
-        self.call("recover force", Duration::ZERO, |c| async move {
-            c.recover_force_request().send().promise.await?;
+        self.change("recover force", |c, id| async move {
+            let mut req = c.recover_force_request();
+            codec::write_request(req.get().init_request(), &id);
+            req.send().promise.await?;
             Ok(())
         })
         .await
@@ -240,7 +325,7 @@ impl GroupClient {
         kind: &SessionKind,
         store_cluster_id: &str,
     ) -> Result<(SessionId, Duration), Error> {
-        self.call("open session", Duration::ZERO, |c| async move {
+        self.change("open session", |c, id| async move {
             let mut req = c.open_session_request();
             let mut p = req.get();
             match kind {
@@ -254,6 +339,7 @@ impl GroupClient {
                 }
             }
             p.set_cluster_id(store_cluster_id);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             let r = resp.get()?;
             Ok((r.get_session(), Duration::from_millis(u64::from(r.get_lease_ms()))))
@@ -277,9 +363,10 @@ impl GroupClient {
     }
 
     pub async fn close_session(&self, session: SessionId) -> Result<(), Error> {
-        self.call("close session", Duration::ZERO, |c| async move {
+        self.change("close session", |c, id| async move {
             let mut req = c.close_session_request();
             req.get().set_session(session);
+            codec::write_request(req.get().init_request(), &id);
             req.send().promise.await?;
             Ok(())
         })
@@ -288,10 +375,11 @@ impl GroupClient {
 
     /// A user broadcast: one entry of the total order. Returns its sequence number.
     pub async fn propose(&self, session: SessionId, payload: &[u8]) -> Result<u64, Error> {
-        self.call("propose", Duration::ZERO, |c| async move {
+        self.change("propose", |c, id| async move {
             let mut req = c.propose_request();
             req.get().set_session(session);
             req.get().set_payload(payload);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             Ok(resp.get()?.get_seq())
         })
@@ -318,10 +406,11 @@ impl GroupClient {
 
     /// A storage node reports that it holds every object it owns in `epoch`.
     pub async fn recovery_done(&self, session: SessionId, epoch: u32) -> Result<(), Error> {
-        self.call("recovery done", Duration::ZERO, |c| async move {
+        self.change("recovery done", |c, id| async move {
             let mut req = c.recovery_done_request();
             req.get().set_session(session);
             req.get().set_epoch(epoch);
+            codec::write_request(req.get().init_request(), &id);
             req.send().promise.await?;
             Ok(())
         })
@@ -330,10 +419,11 @@ impl GroupClient {
 
     /// A storage node reports that its disk failed: it leaves the data membership.
     pub async fn node_failed(&self, session: SessionId, reason: &str) -> Result<(), Error> {
-        self.call("node failed", Duration::ZERO, |c| async move {
+        self.change("node failed", |c, id| async move {
             let mut req = c.node_failed_request();
             req.get().set_session(session);
             req.get().set_reason(reason);
+            codec::write_request(req.get().init_request(), &id);
             req.send().promise.await?;
             Ok(())
         })
@@ -341,10 +431,11 @@ impl GroupClient {
     }
 
     pub async fn lock(&self, session: SessionId, vdi: &str) -> Result<LockInfo, Error> {
-        self.call("lock", Duration::ZERO, |c| async move {
+        self.change("lock", |c, id| async move {
             let mut req = c.lock_request();
             req.get().set_session(session);
             req.get().set_vdi(vdi);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_lock_info(resp.get()?.get_lock()?)
         })
@@ -352,22 +443,21 @@ impl GroupClient {
     }
 
     pub async fn unlock(&self, session: SessionId, vdi: &str, force: bool) -> Result<(), Error> {
-        self.call("unlock", Duration::ZERO, |c| async move {
+        self.change("unlock", |c, id| async move {
             let mut req = c.unlock_request();
             let mut p = req.get();
             p.set_session(session);
             p.set_vdi(vdi);
             p.set_force(force);
+            codec::write_request(req.get().init_request(), &id);
             req.send().promise.await?;
             Ok(())
         })
         .await
     }
     /// Creates a VDI in the namespace (`copies` 0 = the cluster's default). Refused with
-    /// `vdiExists` or `badRequest`.
-    ///
-    /// Not retried after a broken connection can double-create: a second try of a create
-    /// that was applied is refused with `vdiExists`.
+    /// `vdiExists` or `badRequest`. A try retried after a broken connection answers the VDI
+    /// the first try made, if it was applied.
     pub async fn vdi_create(&self, name: &str, size: u64, copies: u8) -> Result<VdiEntry, Error> {
         self.vdi_create_with(name, size, copies, false).await
     }
@@ -381,13 +471,14 @@ impl GroupClient {
         copies: u8,
         allow_fewer_zones: bool,
     ) -> Result<VdiEntry, Error> {
-        self.call("vdi create", Duration::ZERO, |c| async move {
+        self.change("vdi create", |c, id| async move {
             let mut req = c.vdi_create_request();
             let mut p = req.get();
             p.set_name(name);
             p.set_size(size);
             p.set_copies(copies);
             p.set_allow_fewer_zones(allow_fewer_zones);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })
@@ -397,9 +488,10 @@ impl GroupClient {
     /// Deletes a VDI from the namespace; storage nodes remove its objects when they see the
     /// event. Refused with `noVdi`.
     pub async fn vdi_delete(&self, name: &str) -> Result<VdiEntry, Error> {
-        self.call("vdi delete", Duration::ZERO, |c| async move {
+        self.change("vdi delete", |c, id| async move {
             let mut req = c.vdi_delete_request();
             req.get().set_name(name);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })
@@ -409,10 +501,11 @@ impl GroupClient {
     /// Deletes snapshot `tag` of VDI `name`. Its objects stay while a live VDI (the working
     /// VDI going on from it, a clone) still reads them. Refused with `noVdi`.
     pub async fn vdi_delete_snapshot(&self, name: &str, tag: &str) -> Result<VdiEntry, Error> {
-        self.call("vdi delete snapshot", Duration::ZERO, |c| async move {
+        self.change("vdi delete snapshot", |c, id| async move {
             let mut req = c.vdi_delete_snapshot_request();
             req.get().set_name(name);
             req.get().set_tag(tag);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })
@@ -422,11 +515,12 @@ impl GroupClient {
     /// Freezes the working VDI `name` as snapshot `tag`; returns (the snapshot, the new
     /// working VDI). While the VDI is locked only the holder's `session` may.
     pub async fn vdi_snapshot(&self, session: SessionId, name: &str, tag: &str) -> Result<(VdiEntry, VdiEntry), Error> {
-        self.call("vdi snapshot", Duration::ZERO, |c| async move {
+        self.change("vdi snapshot", |c, id| async move {
             let mut req = c.vdi_snapshot_request();
             req.get().set_session(session);
             req.get().set_name(name);
             req.get().set_tag(tag);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             let r = resp.get()?;
             Ok((codec::read_vdi(r.get_snapshot()?)?, codec::read_vdi(r.get_working()?)?))
@@ -436,11 +530,12 @@ impl GroupClient {
 
     /// A new VDI `new_name` starting from snapshot `tag` of `name`.
     pub async fn vdi_clone(&self, name: &str, tag: &str, new_name: &str) -> Result<VdiEntry, Error> {
-        self.call("vdi clone", Duration::ZERO, |c| async move {
+        self.change("vdi clone", |c, id| async move {
             let mut req = c.vdi_clone_request();
             req.get().set_name(name);
             req.get().set_tag(tag);
             req.get().set_new_name(new_name);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })
@@ -450,10 +545,11 @@ impl GroupClient {
     /// Replaces the working VDI `name` by one going on from snapshot `tag`. Refused with
     /// `lockHeld` while it is attached.
     pub async fn vdi_rollback(&self, name: &str, tag: &str) -> Result<VdiEntry, Error> {
-        self.call("vdi rollback", Duration::ZERO, |c| async move {
+        self.change("vdi rollback", |c, id| async move {
             let mut req = c.vdi_rollback_request();
             req.get().set_name(name);
             req.get().set_tag(tag);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })
@@ -462,10 +558,11 @@ impl GroupClient {
 
     /// Grows the working VDI `name` to `size` bytes.
     pub async fn vdi_resize(&self, name: &str, size: u64) -> Result<VdiEntry, Error> {
-        self.call("vdi resize", Duration::ZERO, |c| async move {
+        self.change("vdi resize", |c, id| async move {
             let mut req = c.vdi_resize_request();
             req.get().set_name(name);
             req.get().set_size(size);
+            codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_vdi(resp.get()?.get_vdi()?)
         })
@@ -481,7 +578,7 @@ impl GroupClient {
         value: Option<&[u8]>,
         exclusive: bool,
     ) -> Result<(), Error> {
-        self.call("vdi setattr", Duration::ZERO, |c| async move {
+        self.change("vdi setattr", |c, id| async move {
             let mut req = c.vdi_set_attr_request();
             let mut p = req.get();
             p.set_name(name);
@@ -489,6 +586,7 @@ impl GroupClient {
             p.set_value(value.unwrap_or(&[]));
             p.set_delete(value.is_none());
             p.set_exclusive(exclusive);
+            codec::write_request(req.get().init_request(), &id);
             req.send().promise.await?;
             Ok(())
         })

@@ -94,6 +94,30 @@ pub struct Lock {
 pub struct Command {
     pub time_ms: u64,
     pub op: Op,
+    /// The client call this is, so that a retried call applies once (`None`: the master's
+    /// own commands, and callers that send no id).
+    #[serde(default)]
+    pub request: Option<RequestId>,
+}
+
+impl Command {
+    /// A command that no client call names.
+    pub fn new(time_ms: u64, op: Op) -> Command {
+        Command { time_ms, op, request: None }
+    }
+}
+
+/// Names one call of one client: every try of the call carries the same id, and the group
+/// applies it at most once (see `group::dedupe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Chosen at random by the client when it starts; never 0.
+    pub client: u64,
+    /// The call's number among the client's calls, from 1.
+    pub seq: u64,
+    /// The lowest number of the client's calls still waiting for an answer (this one
+    /// included): the client sends none of the lower ones again, so their answers may go.
+    pub first_pending: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +299,10 @@ pub enum GroupError {
     ShutDown,
     #[error("{0}")]
     BadRequest(String),
+    /// A late copy of a call the client has finished with (its answer came, or it gave up):
+    /// refused, so that it never applies after the client moved on.
+    #[error("request {seq} of client {client:x} is older than the client's pending calls; it was not applied")]
+    StaleRequest { client: u64, seq: u64 },
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
     /// The replicated state breaks one of its own invariants (a bug, or a state restored
