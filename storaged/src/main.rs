@@ -132,6 +132,8 @@ fn run(args: Args) -> Result<()> {
     }
     let store = StoreDir::open(&args.data)?;
     let id = args.listen.to_string();
+    // Peers see this node's connections come from its own address.
+    sheep_client::rpc::set_source_ip(args.listen.ip());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {

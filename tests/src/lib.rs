@@ -9,6 +9,7 @@ pub mod groupd_api;
 pub mod nbd;
 pub mod nbd_client;
 pub mod net;
+pub mod netns;
 pub mod rand;
 pub mod store;
 pub mod vm;

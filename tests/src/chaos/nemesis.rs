@@ -3,10 +3,12 @@
 //! drawing it), so a failing run is replayed by its seed.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::netns::Links;
 use crate::rand::Rng;
 use crate::Cluster;
 
@@ -37,6 +39,26 @@ pub enum Fault {
     /// groupd `g` (not the master) restarts set to tear its next raft log write and crash;
     /// after `Duration` it starts again without the fault.
     TearLog(usize, Duration),
+    /// Storaged `i`'s links to these peers are cut for `Duration`, then whole again (in a
+    /// network namespace of the test's own only, see `crate::netns`). The node runs on.
+    Cut(usize, Peers, Duration),
+}
+
+/// The peers a cut separates a storage node from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peers {
+    /// Every groupd: its lease runs out while clients still reach it.
+    Groupd,
+    /// The other storage nodes (recovery, repairs).
+    Storage,
+    /// The clients (the writers, sheepctl, the NBD export): groupd still sees it alive.
+    Clients,
+    /// Everyone.
+    All,
+}
+
+impl Peers {
+    const ALL: [Peers; 4] = [Peers::Groupd, Peers::Storage, Peers::Clients, Peers::All];
 }
 
 /// A disk fault storaged's failpoints inject (see `storaged/src/objects`).
@@ -88,6 +110,7 @@ impl fmt::Display for Fault {
             Fault::Inject(i, what) => write!(f, "restart storaged {i} with {what:?}"),
             Fault::CutEverywhere(n) => write!(f, "cut the next write of every storaged up off: {n:?}"),
             Fault::TearLog(g, d) => write!(f, "tear the next raft log write of groupd {g}, back after {d:?}"),
+            Fault::Cut(i, peers, d) => write!(f, "cut storaged {i} from {peers:?} for {d:?}"),
         }
     }
 }
@@ -111,8 +134,8 @@ fn shuffle(r: &mut Rng, v: &mut [usize]) {
 
 /// Draws a schedule of about `secs` seconds for `nodes` storaged with lease `lease`;
 /// `failpoints`: the daemons take failpoints, so disk faults, cut-off writes and torn log
-/// writes are drawn too.
-pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints: bool) -> Vec<Step> {
+/// writes are drawn too; `cuts`: links can be cut (see `crate::netns`).
+pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints: bool, cuts: bool) -> Vec<Step> {
     let mut r = Rng::new(seed);
     let mut down: Vec<usize> = Vec::new();
     let mut steps = Vec::new();
@@ -120,7 +143,10 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints:
     let lease_ms = lease.as_millis() as u64;
     while total < Duration::from_secs(secs) {
         let up: Vec<usize> = (0..nodes).filter(|i| !down.contains(i)).collect();
-        let roll = r.below(if failpoints { 115 } else { 100 });
+        let (fail_rolls, cut_rolls) = (if failpoints { 15 } else { 0 }, if cuts { 10 } else { 0 });
+        let roll = r.below(100 + fail_rolls + cut_rolls);
+        // Past 100: the failpoint faults (when drawn), then the cuts.
+        let roll = if roll >= 100 + fail_rolls { 200 + roll - 100 - fail_rolls } else { roll };
         let fault = if !down.is_empty() && (roll < 35 || up.is_empty()) {
             let mut back = down.clone();
             shuffle(&mut r, &mut back);
@@ -158,14 +184,18 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints:
             let cut: Vec<(usize, Injection)> = up.iter().map(|&i| (i, points[r.below(2) as usize])).collect();
             down.extend(&up);
             Fault::CutEverywhere(cut)
-        } else {
+        } else if roll < 200 {
             // groupd 0..3; which one is the master is seen only when applied.
             Fault::TearLog(r.below(3) as usize, ms(&mut r, 1000, 4000))
+        } else {
+            let i = up[r.below(up.len() as u64) as usize];
+            let peers = Peers::ALL[r.below(Peers::ALL.len() as u64) as usize];
+            Fault::Cut(i, peers, ms(&mut r, 1000, lease_ms * 2))
         };
         let then = ms(&mut r, 300, 3000);
         total += then
             + match &fault {
-                Fault::Pause(_, d) | Fault::KillMaster(d) | Fault::TearLog(_, d) => *d,
+                Fault::Pause(_, d) | Fault::KillMaster(d) | Fault::TearLog(_, d) | Fault::Cut(_, _, d) => *d,
                 Fault::Restart(n, gap) => *gap * n.len() as u32,
                 _ => Duration::ZERO,
             };
@@ -198,8 +228,15 @@ impl Default for Log {
     }
 }
 
-/// Applies one fault to the cluster's processes. `snapshot` takes the snapshot.
-pub fn apply(c: &mut Cluster, fault: &Fault, log: &mut Log, snapshot: &mut dyn FnMut(&Cluster, &mut Log)) {
+/// Applies one fault to the cluster's processes. `snapshot` takes the snapshot; `links`
+/// cuts links (drawn only when there are).
+pub fn apply(
+    c: &mut Cluster,
+    fault: &Fault,
+    log: &mut Log,
+    snapshot: &mut dyn FnMut(&Cluster, &mut Log),
+    links: Option<&Links>,
+) {
     log.note(fault);
     match fault {
         Fault::Kill(nodes) => {
@@ -263,6 +300,23 @@ pub fn apply(c: &mut Cluster, fault: &Fault, log: &mut Log, snapshot: &mut dyn F
             c.groupds[g].failpoints = None;
             c.groupds[g].restart();
         }
+        Fault::Cut(i, peers, d) => {
+            let Some(links) = links else { return log.note("no links to cut here: nothing done") };
+            let ip = |addr: &String| addr.parse::<SocketAddr>().expect("a daemon's ip:port").ip();
+            let node = ip(&c.storaged_addrs[*i]);
+            let groupds: Vec<IpAddr> = c.groupd_addrs.iter().map(ip).collect();
+            let storage: Vec<IpAddr> = c.storaged_addrs.iter().map(ip).collect();
+            let clients = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+            let others = match peers {
+                Peers::Groupd => groupds,
+                Peers::Storage => storage,
+                Peers::Clients => clients,
+                Peers::All => [groupds, storage, clients].concat(),
+            };
+            links.cut(node, &others);
+            std::thread::sleep(*d);
+            links.heal();
+        }
     }
 }
 
@@ -307,13 +361,15 @@ mod tests {
 
     #[test]
     fn a_seed_gives_one_schedule_that_never_restarts_a_running_node() {
-        for failpoints in [false, true] {
-            let a = schedule(7, 5, Duration::from_secs(3), 120, failpoints);
-            let b = schedule(7, 5, Duration::from_secs(3), 120, failpoints);
+        for (failpoints, cuts) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = schedule(7, 5, Duration::from_secs(3), 200, failpoints, cuts);
+            let b = schedule(7, 5, Duration::from_secs(3), 200, failpoints, cuts);
             assert_eq!(format!("{a:?}"), format!("{b:?}"));
             never_restarts_a_running_node(&a);
             let drew = a.iter().any(|s| matches!(s.fault, Fault::Inject(..) | Fault::CutEverywhere(_)));
             assert_eq!(drew, failpoints, "failpoint faults drawn only for a build with failpoints");
+            let cut = a.iter().any(|s| matches!(s.fault, Fault::Cut(..)));
+            assert_eq!(cut, cuts, "cuts drawn only where links can be cut");
         }
     }
 
