@@ -8,5 +8,6 @@ pub mod lease;
 pub mod namespace;
 pub mod object;
 pub mod placement;
+pub mod reclaim;
 pub mod size;
 pub mod store;

@@ -123,6 +123,12 @@ impl Namespace {
             .or_else(|| self.retired.get(&vid))
     }
 
+    /// Deleted snapshots kept because a live VDI descends from them (a deletion's reclaim
+    /// follows parent links through them).
+    pub fn retired(&self) -> impl Iterator<Item = &VdiEntry> {
+        self.retired.values()
+    }
+
     /// Ids whose objects may be removed.
     pub fn deleted(&self) -> impl Iterator<Item = VdiId> + '_ {
         self.deleted.iter().copied()

@@ -7,13 +7,14 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
-use sheep_client::vdi::Vdi;
+use sheep_client::vdi::{reclaim, CallLimits, Cluster, Vdi};
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::validate_vdi_name;
 use sheep_core::size::format_size;
 
 use crate::cli::{ObjectCmd, RangeArgs, ReplicaArg, VdiCmd};
 use crate::output::{list, print_json, table};
+use crate::vdi_family::{incomplete, removed, Deleted};
 use crate::vdi_io::{chunks, open, open_with, IN_FLIGHT};
 
 /// A VDI as `vdi list` shows it.
@@ -57,18 +58,7 @@ pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
         VdiCmd::Delete { name, snapshot: Some(tag) } => {
             crate::vdi_family::delete_snapshot(groupd, name, tag, json).await
         }
-        VdiCmd::Delete { name, snapshot: None } => {
-            validate_vdi_name(name)?;
-            let v = crate::client(groupd)?.vdi_delete(name).await?;
-            if json {
-                return print_json(&VdiRow::from(&v));
-            }
-            println!(
-                "deleted VDI {} with its snapshots (id {}); storage nodes remove the objects nothing reads any more",
-                v.name, v.vid
-            );
-            Ok(())
-        }
+        VdiCmd::Delete { name, snapshot: None } => delete_vdi(groupd, name, json).await,
         VdiCmd::Snapshot { name, tag } => crate::vdi_family::snapshot(groupd, name, tag, json).await,
         VdiCmd::Clone { name, snapshot, new_name } => {
             crate::vdi_family::clone(groupd, name, snapshot, new_name, json).await
@@ -88,6 +78,28 @@ pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
         VdiCmd::Lock(l) => crate::vdi_lock::run(groupd, l, json).await,
         VdiCmd::Check(a) => crate::check::vdi(groupd, a, json).await,
     }
+}
+
+/// `vdi delete NAME`: the working VDI and every snapshot of it. The storage nodes remove
+/// the objects of those nothing descends from; what a clone still descends from stays, less
+/// the objects no live VDI reads, removed here.
+async fn delete_vdi(groupd: &str, name: &str, json: bool) -> Result<()> {
+    validate_vdi_name(name)?;
+    let group = Rc::new(crate::client(groupd)?);
+    let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
+    let (v, r) = reclaim::deleting(&cluster, |e| e.name == name, || group.vdi_delete(name)).await?;
+    if json {
+        let row = VdiRow::from(&v);
+        print_json(&Deleted { entry: &row, objects_removed: r.removed, incomplete: r.incomplete.as_deref() })?;
+    } else {
+        println!(
+            "deleted VDI {} with its snapshots (id {}); {}, the storage nodes remove the rest",
+            v.name,
+            v.vid,
+            removed(&r)
+        );
+    }
+    incomplete(&r, &format!("VDI {} is deleted", v.name))
 }
 
 /// `offset`/`len` checked against the VDI: the length to use.

@@ -1,6 +1,7 @@
 //! `sheepctl vdi snapshot | clone | rollback | resize | tree | setattr | getattr`, the
-//! deletion of a snapshot with the reclaim of its objects, and the list of VDIs with their
-//! snapshots and space.
+//! deletion of a snapshot with the reclaim of what no VDI reads any more (and what the
+//! deletion of a whole VDI, in `vdi.rs`, reports), and the list of VDIs with their snapshots
+//! and space.
 
 use std::io::{Read, Write};
 use std::rc::Rc;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sheep_client::group::{GroupClient, Watcher};
 use sheep_client::vdi::lifecycle::{self, HolderRequest};
+use sheep_client::vdi::reclaim::{self, Reclaim};
 use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
 use sheep_core::group::{EventKind, SessionKind};
 use sheep_core::namespace::VdiEntry;
@@ -132,14 +134,24 @@ pub async fn clone(groupd: &str, name: &str, tag: &str, new_name: &str, json: bo
     Ok(())
 }
 
+/// `vdi rollback`: the working VDI it replaces is deleted, and with it what only it read.
 pub async fn rollback(groupd: &str, name: &str, tag: &str, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
-    let v = crate::client(groupd)?.vdi_rollback(name, tag).await?;
+    let group = Rc::new(crate::client(groupd)?);
+    let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
+    let replaced = |e: &VdiEntry| e.name == name && !e.is_snapshot();
+    let (v, r) = reclaim::deleting(&cluster, replaced, || group.vdi_rollback(name, tag)).await?;
     if json {
-        return print_json(&v);
+        print_json(&Deleted { entry: &v, objects_removed: r.removed, incomplete: r.incomplete.as_deref() })?;
+    } else {
+        println!(
+            "VDI {name} rolled back to snapshot {tag} (now id {}, {}); {}",
+            v.vid,
+            format_size(v.size),
+            removed(&r)
+        );
     }
-    println!("VDI {name} rolled back to snapshot {tag} (now id {}, {})", v.vid, format_size(v.size));
-    Ok(())
+    incomplete(&r, &format!("VDI {name} is rolled back"))
 }
 
 /// `vdi resize`: an attached device follows the new size by itself.
@@ -153,28 +165,46 @@ pub async fn resize(groupd: &str, name: &str, size: u64, json: bool) -> Result<(
     Ok(())
 }
 
-/// `vdi delete NAME --snapshot TAG`: deletes the snapshot, then removes its objects that no
-/// live VDI reads any more.
+/// What `vdi delete` and `vdi rollback` print with `--json`: the entry as before, and what
+/// was given back.
+#[derive(Serialize)]
+pub struct Deleted<'a, T: Serialize> {
+    #[serde(flatten)]
+    pub entry: &'a T,
+    pub objects_removed: usize,
+    pub incomplete: Option<&'a str>,
+}
+
+pub fn removed(r: &Reclaim) -> String {
+    format!("{} object(s) no VDI reads any more removed", r.removed)
+}
+
+/// An error when the reclaim stopped short (the deletion itself is done: `done` says what).
+pub fn incomplete(r: &Reclaim, done: &str) -> Result<()> {
+    match &r.incomplete {
+        None => Ok(()),
+        Some(why) => bail!(
+            "{done}, but not every object that no VDI reads any more was removed: {why}; what is left goes when the \
+                VDI and whatever descends from it are deleted"
+        ),
+    }
+}
+
+/// `vdi delete NAME --snapshot TAG`: deletes the snapshot, then removes the objects no live
+/// VDI reads any more (its own, and its deleted ancestors' that it was the last to read).
 pub async fn delete_snapshot(groupd: &str, name: &str, tag: &str, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
     let group = Rc::new(crate::client(groupd)?);
-    let gone = group.vdi_delete_snapshot(name, tag).await?;
-    let (live, _) = group.vdi_list().await?;
     let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
-    // If nothing descends from it any more, the storage nodes remove all of it by themselves.
-    let removed =
-        if live.iter().any(|e| lifecycle::ancestry(e, &live).contains(&gone.vid) || e.parent == Some(gone.vid)) {
-            lifecycle::reclaim(&cluster, &gone, &live).await.context(
-                "the snapshot is deleted, but reclaiming its objects failed (`sheepctl cluster check` retries)",
-            )?
-        } else {
-            0
-        };
+    let this = |e: &VdiEntry| e.name == name && e.snapshot.as_deref() == Some(tag);
+    let (gone, r) = reclaim::deleting(&cluster, this, || group.vdi_delete_snapshot(name, tag)).await?;
     if json {
-        return print_json(&serde_json::json!({ "deleted": gone, "objects_removed": removed }));
+        let out = serde_json::json!({ "deleted": gone, "objects_removed": r.removed, "incomplete": r.incomplete });
+        print_json(&out)?;
+    } else {
+        println!("deleted snapshot {} (id {}); {}", gone.label(), gone.vid, removed(&r));
     }
-    println!("deleted snapshot {} (id {}); {removed} object(s) no VDI reads any more removed", gone.label(), gone.vid);
-    Ok(())
+    incomplete(&r, &format!("snapshot {} is deleted", gone.label()))
 }
 
 /// One row of `vdi list`.

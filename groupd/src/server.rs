@@ -433,20 +433,25 @@ impl groupd::Server for GroupdServer {
         _: groupd::VdiListParams,
         mut results: groupd::VdiListResults,
     ) -> Result<(), capnp::Error> {
-        let (vdis, deleted) = {
+        let (vdis, deleted, retired) = {
             let state = self.node.sm.state();
             let vdis: Vec<_> = state.vdis.list().cloned().collect();
             let deleted: Vec<u32> = state.vdis.deleted().map(|v| v.get()).collect();
-            (vdis, deleted)
+            let retired: Vec<_> = state.vdis.retired().cloned().collect();
+            (vdis, deleted, retired)
         };
         let mut r = results.get();
         let mut list = r.reborrow().init_vdis(vdis.len() as u32);
         for (i, v) in vdis.iter().enumerate() {
             codec::write_vdi(list.reborrow().get(i as u32), v);
         }
-        let mut ids = r.init_deleted_vids(deleted.len() as u32);
+        let mut ids = r.reborrow().init_deleted_vids(deleted.len() as u32);
         for (i, v) in deleted.iter().enumerate() {
             ids.set(i as u32, *v);
+        }
+        let mut list = r.init_retired(retired.len() as u32);
+        for (i, v) in retired.iter().enumerate() {
+            codec::write_vdi(list.reborrow().get(i as u32), v);
         }
         Ok(())
     }

@@ -214,7 +214,9 @@ interface Groupd {
   # copies 0 = the cluster's default. Fails with vdiExists, badRequest.
   vdiDelete @14 (name :Text, request :RequestId) -> (vdi :VdiInfo);
   # Fails with noVdi.
-  vdiList @15 () -> (vdis :List(VdiInfo), deletedVids :List(UInt32));
+  vdiList @15 () -> (vdis :List(VdiInfo), deletedVids :List(UInt32), retired :List(VdiInfo));
+  # retired: deleted snapshots kept while a live VDI descends from them (for the parent links
+  # a deletion's reclaim follows; an older groupd leaves it empty).
   recoveryDone @16 (session :UInt64, epoch :UInt32, request :RequestId) -> ();
   # A storage node (by its session) reports it holds every object it owns in `epoch`.
 

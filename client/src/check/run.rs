@@ -67,7 +67,7 @@ pub async fn run(
     };
     let mut report = Report { epoch, dry_run: opts.dry_run, ..Report::default() };
     let addrs: Vec<String> = view.ring.nodes().iter().map(|n| n.addr.clone()).collect();
-    if let Some(why) = recovering(cluster, epoch, &addrs).await {
+    if let Some(why) = recovering(cluster).await {
         report.skipped = Some(why);
         return Ok(report);
     }
@@ -203,21 +203,8 @@ fn states(nodes: &[String], seen: &[Seen], plan: &Plan) -> Vec<ReplicaState> {
 }
 
 /// `Some(why)` while a node of the epoch has not finished recovering to it.
-async fn recovering(cluster: &Cluster, epoch: u32, addrs: &[String]) -> Option<String> {
-    let all = join_all(addrs.iter().map(|a| cluster.pool().recovery(a))).await;
-    let busy: Vec<String> = addrs
-        .iter()
-        .zip(all)
-        .filter_map(|(a, r)| match r {
-            Ok(s) if s.complete && s.epoch >= epoch => None,
-            Ok(s) => Some(format!("{a} ({} of {} objects)", s.done, s.total)),
-            // An unreachable node shows in the scan as replicas that cannot be read.
-            Err(e) => {
-                tracing::debug!("recovery status of {a}: {e}");
-                None
-            }
-        })
-        .collect();
+async fn recovering(cluster: &Cluster) -> Option<String> {
+    let busy = cluster.recovering().await;
     (!busy.is_empty()).then(|| {
         format!(
             "recovery in progress on {}: it moves the objects a check would judge; run the check again once \

@@ -46,6 +46,18 @@ impl Default for Options {
     }
 }
 
+/// The VDI namespace as `vdiList` answers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VdiListing {
+    /// Working VDIs and live snapshots.
+    pub vdis: Vec<VdiEntry>,
+    /// Deleted VDIs whose objects the storage nodes remove.
+    pub deleted: Vec<VdiId>,
+    /// Deleted snapshots kept while a live VDI descends from them (empty from a groupd that
+    /// predates the field).
+    pub retired: Vec<VdiEntry>,
+}
+
 /// Pause between two tries; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -608,12 +620,19 @@ impl GroupClient {
     /// Every working VDI and live snapshot, and the ids of deleted VDIs whose objects may be
     /// removed.
     pub async fn vdi_list(&self) -> Result<(Vec<VdiEntry>, Vec<VdiId>), Error> {
+        let l = self.vdi_listing().await?;
+        Ok((l.vdis, l.deleted))
+    }
+
+    /// The whole namespace as `vdi list` answers it, the retired snapshots included.
+    pub async fn vdi_listing(&self) -> Result<VdiListing, Error> {
         self.call("vdi list", Duration::ZERO, |c| async move {
             let resp = c.vdi_list_request().send().promise.await?;
             let r = resp.get()?;
             let vdis = r.get_vdis()?.iter().map(codec::read_vdi).collect::<capnp::Result<Vec<_>>>()?;
             let deleted = r.get_deleted_vids()?.iter().map(codec::read_vid).collect::<capnp::Result<Vec<_>>>()?;
-            Ok((vdis, deleted))
+            let retired = r.get_retired()?.iter().map(codec::read_vdi).collect::<capnp::Result<Vec<_>>>()?;
+            Ok(VdiListing { vdis, deleted, retired })
         })
         .await
     }

@@ -11,7 +11,7 @@ mod conn;
 mod error;
 mod watch;
 
-pub use client::{GroupClient, Options};
+pub use client::{GroupClient, Options, VdiListing};
 pub use error::Error;
 pub use watch::Watcher;
 

@@ -118,6 +118,28 @@ impl Cluster {
         self.shared.deleted.borrow().contains(&vid)
     }
 
+    /// The storage nodes of the current epoch that have not finished recovering to it, as
+    /// `addr (done of total objects)`. Recovery moves objects between nodes, so what is on a
+    /// node may not be what it will hold. A node that does not answer is left out: the
+    /// caller's own calls to it fail and say so.
+    pub async fn recovering(&self) -> Vec<String> {
+        let view = self.view();
+        let addrs: Vec<String> = view.ring.nodes().iter().map(|n| n.addr.clone()).collect();
+        let all = futures::future::join_all(addrs.iter().map(|a| self.pool.recovery(a))).await;
+        addrs
+            .iter()
+            .zip(all)
+            .filter_map(|(a, r)| match r {
+                Ok(s) if s.complete && s.epoch >= view.epoch => None,
+                Ok(s) => Some(format!("{a} ({} of {} objects)", s.done, s.total)),
+                Err(e) => {
+                    tracing::debug!("recovery status of {a}: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Waits until the epoch is newer than `epoch`, or `until`. Returns the current epoch.
     pub async fn wait_newer(&self, epoch: u32, until: Instant) -> u32 {
         let mut rx = self.shared.epoch_tx.subscribe();

@@ -171,6 +171,12 @@ impl Vdi {
         ObjectId::inode(self.entry.vid)
     }
 
+    /// The whole table as read at open (or since changed by this writer): entry `i` is the
+    /// owner vid of index `i`, 0 while never written.
+    pub fn table(&self) -> Vec<u32> {
+        self.table.borrow().clone()
+    }
+
     /// The VDI owning object `idx`'s data, `None` while it was never written.
     pub fn owner(&self, idx: u32) -> Option<VdiId> {
         self.table.borrow().get(idx as usize).and_then(|&raw| VdiId::new(raw).ok())

@@ -1,4 +1,4 @@
-//! Snapshots and the reclaim of deleted snapshots' objects.
+//! Snapshots (their deletion, with the reclaim of objects, is in [`super::reclaim`]).
 //!
 //! A snapshot is taken by the VDI's writer, between two of its writes: the daemon holding
 //! the VDI's lock if it is attached (asked through a group broadcast, [`HolderRequest`]),
@@ -7,17 +7,12 @@
 //! inode), then asks groupd to freeze it; writes after that go to the new working VDI, whose
 //! table starts as the snapshot's (copy-on-write from there).
 
-use std::rc::Rc;
-
 use serde::{Deserialize, Serialize};
 use sheep_core::group::SessionId;
 use sheep_core::namespace::VdiEntry;
-use sheep_core::object::{ObjectId, VdiId};
 
-use super::cluster::Cluster;
-use super::engine::{Vdi, VdiOptions};
+use super::engine::Vdi;
 use super::error::VdiError;
-use super::replicate::remove_everywhere;
 use crate::group::GroupClient;
 
 /// The prefix of a broadcast payload addressed to the holder of a VDI.
@@ -58,45 +53,6 @@ pub async fn snapshot(
     vdi.flush().await?;
     vdi.materialize().await?;
     Ok(group.vdi_snapshot(session, &vdi.entry().name, tag).await?)
-}
-
-/// After snapshot `gone` was deleted while other VDIs still descend from it: removes its
-/// objects that no live VDI reads any more (the rest stay until the storage nodes remove the
-/// whole VDI, once nothing descends from it). Safe against concurrent writers: a VDI's table
-/// only ever moves away from an ancestor's object (copy-on-write), never towards it, and no
-/// new descendant of a deleted snapshot can appear. Returns how many objects were removed.
-pub async fn reclaim(cluster: &Rc<Cluster>, gone: &VdiEntry, live: &[VdiEntry]) -> Result<usize, VdiError> {
-    let opts = VdiOptions::default();
-    // The deleted snapshot's own table, from its inode (materialized before it was taken).
-    let as_working = VdiEntry { snapshot: None, parent: None, ..gone.clone() };
-    let snap = Vdi::open_entry(cluster.clone(), as_working, opts).await?;
-    let owned: Vec<u32> = (0..snap.max_objects()).filter(|&i| snap.owner(i) == Some(gone.vid)).collect();
-    let mut still_read = std::collections::HashSet::new();
-    for e in live.iter().filter(|e| e.object_size_shift == gone.object_size_shift && e.vid != gone.vid) {
-        let v = Vdi::open_entry(cluster.clone(), VdiEntry { snapshot: None, ..e.clone() }, opts).await?;
-        still_read.extend(owned.iter().copied().filter(|&i| i < v.max_objects() && v.owner(i) == Some(gone.vid)));
-    }
-    let mut removed = 0;
-    for idx in owned.into_iter().filter(|i| !still_read.contains(i)) {
-        remove_everywhere(cluster, ObjectId::data(gone.vid, idx), gone.copies, opts.retry_for).await?;
-        removed += 1;
-    }
-    Ok(removed)
-}
-
-/// The ids a VDI reads through its ancestry, nearest first, from the live entries it knows
-/// (a retired snapshot in between ends the walk).
-pub fn ancestry(e: &VdiEntry, live: &[VdiEntry]) -> Vec<VdiId> {
-    let mut out = Vec::new();
-    let mut next = e.parent;
-    while let Some(v) = next {
-        if out.contains(&v) || out.len() > live.len() {
-            break;
-        }
-        out.push(v);
-        next = live.iter().find(|x| x.vid == v).and_then(|x| x.parent);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //!   all acked; reads go to one replica, then the next on error. On a stale epoch or a dead
 //!   node the engine waits for the next epoch and retries, within [`VdiOptions::retry_for`].
 //! - [`inode_object`]: how the inode is laid out as an object.
-//! - [`lifecycle`]: snapshots (taken by the VDI's writer) and reclaiming a deleted
-//!   snapshot's objects.
+//! - [`lifecycle`]: snapshots (taken by the VDI's writer).
+//! - [`reclaim`]: deletions (of a snapshot, a VDI, the VDI a rollback replaces) that remove
+//!   the objects no live VDI references any more.
 
 mod cluster;
 mod engine;
@@ -17,6 +18,7 @@ mod error;
 pub mod inode_object;
 pub mod lifecycle;
 pub mod range;
+pub mod reclaim;
 mod replicate;
 pub mod sparse;
 mod store;

@@ -209,24 +209,27 @@ pub(crate) async fn flush_all(cluster: &Cluster, mut addrs: Vec<String>, retry_f
 }
 
 /// Removes `oid` from each of its replicas in the current epoch (absent already is fine).
+/// Returns whether some replica held it.
 pub(crate) async fn remove_everywhere(
     cluster: &Rc<Cluster>,
     oid: ObjectId,
     copies: u8,
     retry_for: Duration,
-) -> Result<(), VdiError> {
+) -> Result<bool, VdiError> {
     let started = Instant::now();
+    // Across tries: a replica emptied by an earlier try answers "no object" the next time.
+    let mut held = false;
     loop {
         let view = cluster.view();
         let mut failed = None;
         for n in view.ring.replicas(oid, usize::from(copies)) {
             match cluster.pool().remove(&n.addr, view.epoch, oid.raw()).await {
-                Ok(()) => {}
+                Ok(()) => held = true,
                 Err(e) if e.is_code(ErrorCode::NoObject) => {}
                 Err(e) => failed = Some(e),
             }
         }
-        let Some(e) = failed else { return Ok(()) };
+        let Some(e) = failed else { return Ok(held) };
         if started.elapsed() >= retry_for {
             return Err(VdiError::Io {
                 what: format!("removing {oid}"),
