@@ -260,9 +260,9 @@ fn calls_and_refusals() {
         assert!(err.to_string().starts_with("the cluster is already formatted"), "{err}");
         let (id, lease) = client.open_session(&SessionKind::Client { name: "t".into() }, "").await.unwrap();
         assert_eq!(lease, Duration::from_millis(1000));
-        client.keepalive(id).await.unwrap();
+        client.keepalive(id, Duration::from_secs(3)).await.unwrap();
         client.close_session(id).await.unwrap();
-        assert!(client.keepalive(id).await.unwrap_err().is_code(ErrorCode::NoSession));
+        assert!(client.keepalive(id, Duration::from_secs(3)).await.unwrap_err().is_code(ErrorCode::NoSession));
     });
 }
 

@@ -113,7 +113,7 @@ async fn keepalive(client: Rc<GroupClient>, session: SessionId, lease: Duration)
     let mut failing = false;
     loop {
         tick.tick().await;
-        match client.keepalive(session).await {
+        match client.keepalive(session, lease).await {
             Ok(()) => {
                 if failing {
                     info!("keepalive of session {session} works again");

@@ -88,10 +88,20 @@ impl Cluster {
         n - 1
     }
 
-    /// Starts storaged number `len + 1` (zone = its number) pointed at every groupd.
+    /// Starts `n` groupd (a new group of them) and waits until every one is a voting member.
+    pub fn add_group(&mut self, n: usize) -> ClusterInfo {
+        for _ in 0..n {
+            self.add_groupd();
+        }
+        self.wait_group(0, n, n)
+    }
+
+    /// Starts storaged number `len + 1` (zone = its number) pointed at every groupd. Its
+    /// address is `.100 + number` of the block: apart from every groupd's (a test cuts the
+    /// links of one daemon by its address).
     pub fn add_storaged(&mut self) -> usize {
         let n = self.storageds.len() + 1;
-        let addr = self.net.free_addr(n);
+        let addr = self.net.free_addr(100 + n);
         let args = vec![
             "--listen".to_string(),
             addr.clone(),
@@ -234,6 +244,13 @@ impl Cluster {
                 Err(format!("{done} of {} complete: {v}", nodes.len()))
             }
         })
+    }
+
+    /// Asserts that `cluster check --dry-run` finds nothing (every replica identical).
+    pub fn assert_check_clean(&self) {
+        let check = self.ctl(&["cluster", "check", "--dry-run"]);
+        let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+        assert!(check.status.success() && text.contains("0 to repair, 0 unrepairable"), "{text}");
     }
 
     /// Runs sheepctl with `input` on stdin; returns its output.

@@ -62,10 +62,7 @@ struct Run {
 fn run(seed: u64, secs: u64, failpoints: bool, links: Option<&Links>) -> Run {
     eprintln!("chaos: seed {seed}, {secs} s of faults{}", if failpoints { "" } else { " (no failpoints)" });
     let mut c = Cluster::new();
-    for _ in 0..3 {
-        c.add_groupd();
-    }
-    c.wait_group(0, 3, 3);
+    c.add_group(3);
     c.ctl_ok(&["cluster", "format", "--copies", "3", "--object-size", "1M"]);
     for _ in 0..NODES {
         c.add_storaged();

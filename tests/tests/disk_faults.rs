@@ -23,11 +23,6 @@ fn restart_with(c: &mut Cluster, i: usize, failpoints: Option<&str>) {
     c.storageds[i].restart();
 }
 
-fn check_clean(c: &Cluster) {
-    let check = c.ctl(&["cluster", "check", "--dry-run"]);
-    assert!(check.status.success() && text(&check).contains("0 to repair, 0 unrepairable"), "{}", text(&check));
-}
-
 #[test]
 fn a_full_disk_fails_writes_cleanly_and_leaves_no_damage() {
     if !require_failpoints("a_full_disk_fails_writes_cleanly") {
@@ -54,7 +49,7 @@ fn a_full_disk_fails_writes_cleanly_and_leaves_no_damage() {
     // Nothing of them stays on the nodes that took them: no object table "lost", no orphan.
     let after: Vec<_> = (0..3).map(|i| c.objects_on(i)).collect();
     assert_eq!(after, before, "the failed writes' objects are gone");
-    check_clean(&c);
+    c.assert_check_clean();
     for (vdi, offset) in [("u", "0"), ("t", "1048576")] {
         let back = c.ctl(&["vdi", "read", vdi, offset, "4096"]);
         assert!(back.status.success() && back.stdout == vec![0u8; 4096], "{}", text(&back));
@@ -70,7 +65,7 @@ fn a_full_disk_fails_writes_cleanly_and_leaves_no_damage() {
         let out = c.ctl_stdin(&["vdi", "write", vdi, offset], &[9u8; 4096]);
         assert!(out.status.success(), "{}", text(&out));
     }
-    check_clean(&c);
+    c.assert_check_clean();
 }
 
 /// The nodes of the newest epoch, and the cluster's status.
@@ -120,7 +115,7 @@ fn an_io_error_on_a_write_or_a_sync_fails_the_disk_and_the_node_leaves() {
     restart_with(&mut c, 2, None);
     c.wait_epoch_nodes(0, 5, ClusterStatus::Running);
     c.wait_recovered();
-    check_clean(&c);
+    c.assert_check_clean();
     for replica in ["0", "1", "2"] {
         let back = c.ctl(&["vdi", "read", "t", "0", &(8 * MIB).to_string(), "--replica", replica]);
         assert!(back.status.success() && back.stdout == second, "replica {replica}: {}", text(&back));
@@ -133,10 +128,7 @@ fn a_raft_log_write_torn_by_a_crash_leaves_a_groupd_that_starts_and_catches_up()
         return;
     }
     let mut c = Cluster::new();
-    for _ in 0..3 {
-        c.add_groupd();
-    }
-    c.wait_group(0, 3, 3);
+    c.add_group(3);
     c.ctl_ok(&["cluster", "format", "--copies", "1"]);
     c.add_storaged();
     c.wait_epoch_nodes(0, 1, ClusterStatus::Running);

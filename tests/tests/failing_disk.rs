@@ -69,13 +69,7 @@ fn a_node_whose_disk_fails_leaves_within_a_lease_and_the_rest_goes_on() {
     c.storageds[1].restart();
     c.wait_epoch_nodes(0, 4, ClusterStatus::Running);
     c.wait_recovered();
-    let check = c.ctl(&["cluster", "check", "--dry-run"]);
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    c.assert_check_clean();
     let back = c.ctl(&["vdi", "read", "t", "4194304", "4194304", "--replica", "1"]);
     assert!(back.status.success() && back.stdout == second, "the second write after the node came back");
 }

@@ -16,10 +16,7 @@ fn replicated(i: &ClusterInfo) -> String {
 #[test]
 fn master_dies_submaster_takes_over_log_intact() {
     let mut c = Cluster::new();
-    for _ in 0..3 {
-        c.add_groupd();
-    }
-    let info = c.wait_group(0, 3, 3);
+    let info = c.add_group(3);
     let roles: Vec<MemberRole> = info.members.iter().map(|m| m.role).collect();
     assert_eq!(roles.iter().filter(|r| **r == MemberRole::Master).count(), 1, "{roles:?}");
     assert_eq!(roles.iter().filter(|r| **r == MemberRole::Submaster).count(), 2, "{roles:?}");

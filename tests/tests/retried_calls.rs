@@ -34,10 +34,7 @@ fn a_call_sent_again_with_its_request_id_takes_effect_once() {
     let mut c = Cluster::new();
     // The test's session sends no keepalives: a long lease keeps it while the test runs.
     c.lease_ms = 120_000;
-    for _ in 0..3 {
-        c.add_groupd();
-    }
-    c.wait_group(0, 3, 3);
+    c.add_group(3);
     c.ctl_ok(&["cluster", "format", "--copies", "1"]);
     c.add_storaged();
     c.wait_epoch_nodes(0, 1, ClusterStatus::Running);

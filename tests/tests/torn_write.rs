@@ -112,13 +112,7 @@ fn a_write_cut_off_on_every_replica_reads_old_or_new_and_the_replicas_become_one
         .filter(|n| std::fs::read_to_string(c.path(&format!("storaged{n}.log"))).unwrap().contains("settled object"))
         .count();
     assert_eq!(settled, 1, "one node settles its copy, the others take it\n{}", c.logs());
-    let check = c.ctl(&["cluster", "check", "--dry-run"]);
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    c.assert_check_clean();
     // And the VDI takes writes again (once the killed writer's lock went with its lease).
     wait_until(Duration::from_secs(30), "a write after the crash", || {
         let out = c.ctl_stdin(&["vdi", "write", "t", "0"], &[3u8; BLOCK]);

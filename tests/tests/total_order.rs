@@ -56,10 +56,7 @@ async fn read_until(w: &mut Watcher, broadcasts: usize, into: &mut Vec<Event>) {
 #[test]
 fn concurrent_proposals_are_seen_in_one_order_by_every_watcher() {
     let mut c = Cluster::new();
-    for _ in 0..3 {
-        c.add_groupd();
-    }
-    c.wait_group(0, 3, 3);
+    c.add_group(3);
     c.ctl_ok(&["cluster", "format"]);
 
     let threads: Vec<_> = (0..CLIENTS)

@@ -111,7 +111,7 @@ async fn keep_alive(group: Rc<GroupClient>, session: SessionId, lease: Duration,
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        match group.keepalive(session).await {
+        match group.keepalive(session, lease).await {
             Ok(()) => last_ok = tokio::time::Instant::now(),
             Err(e) if e.is_code(ErrorCode::NoSession) => {
                 lost.send_replace(Some(format!("groupd session {session} ended: {e}")));

@@ -176,7 +176,16 @@ impl GroupClient {
         F: Fn(groupd::Client) -> Fut,
         Fut: Future<Output = capnp::Result<T>>,
     {
-        let deadline = Instant::now() + self.opts.retry_for + extra;
+        self.call_within(what, self.opts.call_timeout + extra, self.opts.retry_for + extra, f).await
+    }
+
+    /// [`Self::call`] with its own limits: `per_try` for each try, `total` for them all.
+    async fn call_within<T, F, Fut>(&self, what: &str, per_try: Duration, total: Duration, f: F) -> Result<T, Error>
+    where
+        F: Fn(groupd::Client) -> Fut,
+        Fut: Future<Output = capnp::Result<T>>,
+    {
+        let deadline = Instant::now() + total;
         let mut backoff = FIRST_BACKOFF;
         let mut last: Option<Error> = None;
         loop {
@@ -190,7 +199,7 @@ impl GroupClient {
                 Err(e) if self.opts.wait_for_groupd => Attempt::Retry(e),
                 Err(e) => Attempt::Fail(e),
                 Ok(Live { addr, client, closed, ended }) => {
-                    let limit = (self.opts.call_timeout + extra).min(left.max(MIN_CALL));
+                    let limit = per_try.min(left.max(MIN_CALL));
                     let result = tokio::select! {
                         r = tokio::time::timeout(limit, f(client)) => Some(r),
                         () = closed => None,
@@ -364,8 +373,12 @@ impl GroupClient {
         self.open_session(&SessionKind::Storage(node.clone()), store_cluster_id).await
     }
 
-    pub async fn keepalive(&self, session: SessionId) -> Result<(), Error> {
-        self.call("keepalive", Duration::ZERO, |c| async move {
+    /// Renews `session`, whose lease is `lease`: each try is bounded by a quarter of it (and
+    /// the whole call by the lease), so that a groupd that stopped answering (a cut link, a
+    /// hung process) is given up for another one while the lease still runs.
+    pub async fn keepalive(&self, session: SessionId, lease: Duration) -> Result<(), Error> {
+        let per_try = (lease / 4).clamp(MIN_CALL, self.opts.call_timeout);
+        self.call_within("keepalive", per_try, lease.max(per_try), |c| async move {
             let mut req = c.keepalive_request();
             req.get().set_session(session);
             req.send().promise.await?;
