@@ -366,9 +366,21 @@ async fn purge_stale(node: &Node) {
 /// copy may be on a node that is down, or some node did not answer: try again. An I/O
 /// error of this node's store fails its disk (recovery would never get past it).
 pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
+    let epoch = node.epoch();
     let r = recover_one_here(node, oid).await;
     if let Err(StoreError::Io(why)) = &r {
         node.disk.fail(why);
+    }
+    if matches!(r, Ok(true)) && node.epoch() != epoch {
+        // The copy was made for an older epoch; the new epoch's pass may have listed this
+        // node's objects before it landed, and would leave it live on a node that no longer
+        // owns it (a copy that takes no writes and goes out of date): give it up now.
+        let now = node.epoch();
+        if node.ring(now).is_some_and(|ring| !owns(node, &ring, oid)) {
+            let objects = node.objects.clone();
+            blocking(move || objects.move_to_stale(oid, now.saturating_sub(1))).await?;
+            return Err(StoreError::NotYet(format!("the epoch changed to {now} while object {oid} was pulled")));
+        }
     }
     r
 }
