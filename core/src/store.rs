@@ -75,6 +75,16 @@ pub fn next_version(current: Version, epoch: Epoch) -> Version {
     write_done(write_started(current, epoch))
 }
 
+/// The version of a copy at `v` once settled in `epoch`: `v` if it is settled, else one above
+/// any version its cut-off write reached elsewhere.
+pub fn settled_version(v: Version, epoch: Epoch) -> Version {
+    if is_settled(v) {
+        v
+    } else {
+        next_version(v, epoch)
+    }
+}
+
 /// The epoch in which a copy at `v` was last written.
 pub fn version_epoch(v: Version) -> Epoch {
     (v >> 32) as Epoch
@@ -150,6 +160,8 @@ mod tests {
         assert!(next_version(started, 4) > completed_elsewhere);
         assert!(next_version(started, 5) > completed_elsewhere);
         assert!(is_settled(next_version(started, 4)));
+        assert_eq!(settled_version(started, 5), next_version(started, 5));
+        assert_eq!(settled_version(before, 5), before, "a settled copy keeps its version");
         // A write to an unsettled copy goes past what the cut-off write would have been.
         assert!(write_started(started, 4) > completed_elsewhere);
     }

@@ -16,7 +16,7 @@ use sheep_client::group::GroupClient;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
 use sheep_core::placement::PlacementRing;
-use sheep_core::store::{is_settled, next_version, Listing, WholeObject};
+use sheep_core::store::{is_settled, settled_version, Listing, WholeObject};
 use sheep_rpc::error::ErrorCode;
 use tracing::{debug, info, warn};
 
@@ -367,7 +367,7 @@ async fn purge_stale(node: &Node) {
 /// error of this node's store fails its disk (recovery would never get past it).
 pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
     let epoch = node.epoch();
-    let r = recover_one_here(node, oid).await;
+    let r = recover_one_here(node, epoch, oid).await;
     if let Err(StoreError::Io(why)) = &r {
         node.disk.fail(why);
     }
@@ -385,8 +385,7 @@ pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError>
     r
 }
 
-async fn recover_one_here(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
-    let epoch = node.epoch();
+async fn recover_one_here(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<bool, StoreError> {
     let todo = {
         let p = node.recovery.borrow();
         if !p.unsettled(epoch) {
@@ -425,7 +424,7 @@ async fn recover_one_here(node: &Node, oid: ObjectId) -> Result<bool, StoreError
     match got {
         Found::Data(w) => {
             // An unsettled copy is taken as it is and settled, as its holder settles it.
-            let version = if is_settled(w.version) { w.version } else { next_version(w.version, epoch) };
+            let version = settled_version(w.version, epoch);
             blocking(move || objects.install(oid, &w.data, version)).await?;
         }
         Found::OwnStale(version) => {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
-use sheep_core::store::{is_settled, next_version, write_done, write_started, Version};
+use sheep_core::store::{is_settled, settled_version, write_done, write_started, Version};
 pub use sheep_core::store::{Listing, StoreStat, WholeObject};
 use sheep_rpc::error::ErrorCode;
 
@@ -289,8 +289,7 @@ impl ObjectStore {
         fail::fail_point!("object-write", |arg| Err(StoreError::io(what, &file::injected_io(arg))));
         if !is_settled(f.version()) {
             tracing::warn!("object {oid} was left unsettled by a failed write: settling it");
-            f.settle().map_err(|e| StoreError::from_file(oid, "settle", e))?;
-            f.set_version(next_version(f.version(), epoch)).map_err(|e| StoreError::from_file(oid, "version", e))?;
+            Self::settle_file(oid, f, epoch)?;
         }
         let before = f.version();
         let started = write_started(before, epoch);
@@ -325,12 +324,19 @@ impl ObjectStore {
             return Ok(false);
         }
         self.note_write(oid);
-        f.settle().map_err(|e| StoreError::from_file(oid, "settle", e))?;
-        let settled = next_version(f.version(), epoch);
-        f.set_version(settled).map_err(|e| StoreError::from_file(oid, "version", e))?;
+        let settled = Self::settle_file(oid, &f, epoch)?;
         f.sync_data().map_err(|e| StoreError::io(&format!("sync {oid}"), &e))?;
         tracing::info!("settled object {oid} at version {settled:#x}: a write to it had been cut off");
         Ok(true)
+    }
+
+    /// Settles `f` (the caller holds `oid`'s lock): every block's entry names its content,
+    /// and the version becomes [`settled_version`]'s. Returns that version.
+    fn settle_file(oid: ObjectId, f: &ObjFile, epoch: Epoch) -> Result<Version, StoreError> {
+        f.settle().map_err(|e| StoreError::from_file(oid, "settle", e))?;
+        let settled = settled_version(f.version(), epoch);
+        f.set_version(settled).map_err(|e| StoreError::from_file(oid, "version", e))?;
+        Ok(settled)
     }
 
     fn note_write(&self, oid: ObjectId) {
