@@ -21,8 +21,11 @@ use ublk_dev::attach_lock::{AttachError, AttachLock};
 
 use crate::output::{print_json, table, time};
 
-/// How long `snapshot` waits for the daemon holding an attached VDI to take it.
-const HOLDER_WAIT: Duration = Duration::from_secs(30);
+/// How long `snapshot` waits for the daemon holding an attached VDI to take it: longer than
+/// the daemon's own bounds (its requests in flight drain, then its flush and its inode write
+/// each retry for at most 30 s, the snapshot's proposal for 8 s), so that a snapshot it takes
+/// late, after faults, is rarely reported as not taken.
+const HOLDER_WAIT: Duration = Duration::from_secs(120);
 
 fn working<'a>(vdis: &'a [VdiEntry], name: &str) -> Result<&'a VdiEntry> {
     vdis.iter()
@@ -91,8 +94,9 @@ async fn ask_holder(group: &Rc<GroupClient>, name: &str, tag: &str, from: u64) -
             let batch = match tokio::time::timeout_at(deadline, watch.next_batch()).await {
                 Ok(b) => b?,
                 Err(_) => bail!(
-                    "VDI {name:?} is attached, and its daemon did not take the snapshot within {}s (is it an older \
-                        ublk-dev?)",
+                    "VDI {name:?} is attached, and its daemon has not answered within {}s (its I/O may be held by \
+                        unreachable nodes, or it is an older ublk-dev); it may still take snapshot {tag:?}: see \
+                        `sheepctl vdi list`",
                     HOLDER_WAIT.as_secs()
                 ),
             };

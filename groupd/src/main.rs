@@ -152,6 +152,10 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
         );
     }
     let addr = local_addr.to_string();
+    if !local_addr.ip().is_unspecified() {
+        // Its peers see its raft connections come from the address they know it by.
+        sheep_rpc::transport::set_source_ip(local_addr.ip());
+    }
 
     let files =
         LogFiles::open(&cli.data).with_context(|| format!("cannot open the raft log in {}", cli.data.display()))?;

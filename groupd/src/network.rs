@@ -51,7 +51,7 @@ impl Peers {
         if let Some((_, c)) = self.clients.borrow().get(addr) {
             return Ok(c.clone());
         }
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, sheep_rpc::transport::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.unreachable(addr, e)),
             Err(_) => {

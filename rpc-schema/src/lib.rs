@@ -18,3 +18,4 @@ pub mod storaged_capnp {
 
 pub mod codec;
 pub mod error;
+pub mod transport;

@@ -84,13 +84,17 @@ fn run(seed: u64, secs: u64, failpoints: bool, links: Option<&Links>) -> Run {
     let schedule = nemesis::schedule(seed, NODES, lease, secs, failpoints, links.is_some());
     let mut log = Log::new();
     let mut snapshots: Vec<(String, Instant, Instant)> = Vec::new();
+    // Every attempt its own tag: one that failed may still be taken later by the export (at
+    // a time not known here, so it is not checked).
+    let mut attempts = 0;
     for step in &schedule {
         nemesis::apply(
             &mut c,
             &step.fault,
             &mut log,
             &mut |c, log| {
-                let tag = format!("s{}", snapshots.len() + 1);
+                attempts += 1;
+                let tag = format!("s{attempts}");
                 let t0 = Instant::now();
                 let out = c.ctl(&["vdi", "snapshot", "b", "--tag", &tag]);
                 let t1 = Instant::now();

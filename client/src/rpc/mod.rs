@@ -6,14 +6,12 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
 use futures::FutureExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 mod batch;
@@ -68,34 +66,8 @@ impl<C> Drop for Connection<C> {
     }
 }
 
-/// The address this process's outgoing connections leave from (see [`set_source_ip`]).
-static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
-
-/// Makes every later outgoing connection of this process leave from `ip` (once per process;
-/// a second call changes nothing). A daemon with an address of its own (storaged's
-/// `--listen`) calls it, so that its peers, and firewall rules by source address, see it as
-/// that address on a host with several.
-pub fn set_source_ip(ip: IpAddr) {
-    let _ = SOURCE_IP.set(ip);
-}
-
-/// A TCP connection to `addr`, from [`SOURCE_IP`] if it is set.
-async fn open(addr: &str) -> io::Result<TcpStream> {
-    let Some(&source) = SOURCE_IP.get() else { return TcpStream::connect(addr).await };
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to no address"));
-    for target in tokio::net::lookup_host(addr).await? {
-        if target.is_ipv4() != source.is_ipv4() {
-            continue;
-        }
-        let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        socket.bind(SocketAddr::new(source, 0))?;
-        match socket.connect(target).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
+use sheep_rpc::transport::connect as open;
+pub use sheep_rpc::transport::set_source_ip;
 
 /// Connects to `addr` within `timeout` and bootstraps its capability. Must be called from
 /// inside a `LocalSet`. The error is a short reason for people ("connection refused",

@@ -42,6 +42,9 @@ pub enum Fault {
     /// Storaged `i`'s links to these peers are cut for `Duration`, then whole again (in a
     /// network namespace of the test's own only, see `crate::netns`). The node runs on.
     Cut(usize, Peers, Duration),
+    /// groupd `g`'s links to the other groupd are cut for `Duration` (a raft partition: it is
+    /// the minority; clients and storaged still reach it), then whole again.
+    CutGroup(usize, Duration),
 }
 
 /// The peers a cut separates a storage node from.
@@ -111,6 +114,7 @@ impl fmt::Display for Fault {
             Fault::CutEverywhere(n) => write!(f, "cut the next write of every storaged up off: {n:?}"),
             Fault::TearLog(g, d) => write!(f, "tear the next raft log write of groupd {g}, back after {d:?}"),
             Fault::Cut(i, peers, d) => write!(f, "cut storaged {i} from {peers:?} for {d:?}"),
+            Fault::CutGroup(g, d) => write!(f, "cut groupd {g} from the other groupd for {d:?}"),
         }
     }
 }
@@ -143,7 +147,7 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints:
     let lease_ms = lease.as_millis() as u64;
     while total < Duration::from_secs(secs) {
         let up: Vec<usize> = (0..nodes).filter(|i| !down.contains(i)).collect();
-        let (fail_rolls, cut_rolls) = (if failpoints { 15 } else { 0 }, if cuts { 10 } else { 0 });
+        let (fail_rolls, cut_rolls) = (if failpoints { 15 } else { 0 }, if cuts { 13 } else { 0 });
         let roll = r.below(100 + fail_rolls + cut_rolls);
         // Past 100: the failpoint faults (when drawn), then the cuts.
         let roll = if roll >= 100 + fail_rolls { 200 + roll - 100 - fail_rolls } else { roll };
@@ -187,6 +191,9 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints:
         } else if roll < 200 {
             // groupd 0..3; which one is the master is seen only when applied.
             Fault::TearLog(r.below(3) as usize, ms(&mut r, 1000, 4000))
+        } else if roll < 203 {
+            // groupd 0..3; which one is the master is seen only when applied.
+            Fault::CutGroup(r.below(3) as usize, ms(&mut r, 1000, lease_ms * 3))
         } else {
             let i = up[r.below(up.len() as u64) as usize];
             let peers = Peers::ALL[r.below(Peers::ALL.len() as u64) as usize];
@@ -195,7 +202,11 @@ pub fn schedule(seed: u64, nodes: usize, lease: Duration, secs: u64, failpoints:
         let then = ms(&mut r, 300, 3000);
         total += then
             + match &fault {
-                Fault::Pause(_, d) | Fault::KillMaster(d) | Fault::TearLog(_, d) | Fault::Cut(_, _, d) => *d,
+                Fault::Pause(_, d)
+                | Fault::KillMaster(d)
+                | Fault::TearLog(_, d)
+                | Fault::Cut(_, _, d)
+                | Fault::CutGroup(_, d) => *d,
                 Fault::Restart(n, gap) => *gap * n.len() as u32,
                 _ => Duration::ZERO,
             };
@@ -317,6 +328,17 @@ pub fn apply(
             std::thread::sleep(*d);
             links.heal();
         }
+        Fault::CutGroup(g, d) => {
+            let Some(links) = links else { return log.note("no links to cut here: nothing done") };
+            let ip = |addr: &String| addr.parse::<SocketAddr>().expect("a daemon's ip:port").ip();
+            let groupds: Vec<IpAddr> = c.groupd_addrs.iter().map(ip).collect();
+            if c.master(0).or_else(|| c.master(1)).or_else(|| c.master(2)) == Some(*g) {
+                log.note(format!("groupd {g} is the master"));
+            }
+            links.cut(groupds[*g], &groupds);
+            std::thread::sleep(*d);
+            links.heal();
+        }
     }
 }
 
@@ -362,14 +384,16 @@ mod tests {
     #[test]
     fn a_seed_gives_one_schedule_that_never_restarts_a_running_node() {
         for (failpoints, cuts) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a = schedule(7, 5, Duration::from_secs(3), 200, failpoints, cuts);
-            let b = schedule(7, 5, Duration::from_secs(3), 200, failpoints, cuts);
+            let a = schedule(7, 5, Duration::from_secs(3), 1000, failpoints, cuts);
+            let b = schedule(7, 5, Duration::from_secs(3), 1000, failpoints, cuts);
             assert_eq!(format!("{a:?}"), format!("{b:?}"));
             never_restarts_a_running_node(&a);
             let drew = a.iter().any(|s| matches!(s.fault, Fault::Inject(..) | Fault::CutEverywhere(_)));
             assert_eq!(drew, failpoints, "failpoint faults drawn only for a build with failpoints");
             let cut = a.iter().any(|s| matches!(s.fault, Fault::Cut(..)));
             assert_eq!(cut, cuts, "cuts drawn only where links can be cut");
+            let group_cut = a.iter().any(|s| matches!(s.fault, Fault::CutGroup(..)));
+            assert_eq!(group_cut, cuts, "groupd cuts drawn only where links can be cut");
         }
     }
 
