@@ -194,8 +194,8 @@ impl Server {
         let tasks = Rc::new(RefCell::new(Vec::new()));
         let conns = tasks.clone();
         let accept = tokio::task::spawn_local(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let t = tokio::task::spawn_local(sheep_client::rpc::serve(stream, client.clone().client));
+            while let Ok((stream, peer)) = listener.accept().await {
+                let t = tokio::task::spawn_local(sheep_client::rpc::serve(stream, peer, client.clone().client));
                 conns.borrow_mut().push(t);
             }
         });

@@ -109,7 +109,9 @@ pub fn attach(groupd: &str, a: &AddArgs) -> Result<Device> {
             dir.join(format!("ublk-{vdi}.log"))
         }
     };
-    let mut args = vec!["--groupd".to_string(), groupd.to_string(), "ublk".into()];
+    let mut args = vec!["--groupd".to_string(), groupd.to_string()];
+    args.extend(crate::keys::child_flags());
+    args.push("ublk".into());
     match recover {
         Some(id) => args.extend(["--recover".into(), id.to_string(), "--vdi".into(), vdi.clone()]),
         None => {

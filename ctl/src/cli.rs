@@ -18,12 +18,18 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub keys: sheep_rpc::keyfile::KeyArgs,
+
     #[command(subcommand)]
     pub cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Keys: make a cluster's keyring
+    #[command(subcommand)]
+    Auth(AuthCmd),
     /// The cluster as a whole: format, info, shutdown, recover
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -195,6 +201,17 @@ pub enum VdiCmd {
     /// Check that every object of a VDI has its replicas on the right nodes with the same
     /// valid content; repair what is not (unless --dry-run)
     Check(crate::check::VdiCheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCmd {
+    /// Make the keyring of a new cluster (its secret and the administrator's key, client.admin)
+    /// in a new file, mode 0600; an existing file is never overwritten
+    Init {
+        /// The file to write
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -18,6 +18,13 @@ pub async fn run(client: &GroupClient, cmd: &ClusterCmd, json: bool) -> Result<(
             if json {
                 print_json(&info)
             } else {
+                // A client without keys reached it: the cluster runs without keys too.
+                if sheep_rpc::transport::is_insecure() {
+                    println!(
+                        "INSECURE: this cluster runs without keys (--insecure): anyone who reaches its ports can \
+                         read and write every VDI"
+                    );
+                }
                 print!("{}", render_info(&info));
                 Ok(())
             }

@@ -45,6 +45,7 @@ pub fn run(groupd: &str, a: &NbdExportArgs) -> Result<()> {
     let mut cmd = std::process::Command::new(&bin);
     cmd.arg("--groupd")
         .arg(groupd)
+        .args(crate::keys::child_flags())
         .arg("nbd")
         .arg("--vdi")
         .arg(&a.name)

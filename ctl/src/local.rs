@@ -22,8 +22,10 @@ use sheep_core::size::format_size;
 use tokio::time::Instant;
 
 use crate::cli::{DownArgs, UpArgs};
+use crate::keys;
 use crate::output::print_json;
 use crate::procs::{self, find_binary, is_gone, is_ours, read_pid, spawn_detached};
+use sheep_rpc::keyfile::KeyArgs;
 
 const LAYOUT_FILE: &str = "cluster.json";
 const DEFAULT_NODES: u8 = 3;
@@ -170,10 +172,23 @@ impl Started {
     }
 }
 
-pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
+pub async fn up(args: &UpArgs, keys: &KeyArgs, json: bool) -> Result<()> {
     fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize().with_context(|| format!("cannot open {}", args.dir.display()))?;
-    let layout = resolve_layout(load_layout(&dir)?, args.nodes, args.port_base, &dir)?;
+    if let Some(k) = &keys.keyring {
+        // Its own keyring named (as `up` tells to export it) is fine; another one is not.
+        if k.canonicalize().ok() != keys::keyring_in(&dir).canonicalize().ok() {
+            bail!(
+                "`sheepctl up` keeps its cluster's keyring in {}; --keyring (or SHEEP_KEYRING) {} is another one",
+                keys::keyring_in(&dir).display(),
+                k.display()
+            );
+        }
+    }
+    let existing = load_layout(&dir)?;
+    let keyring = local_keyring(&dir, existing.is_some(), keys.insecure)?;
+    let keyring = keyring.as_deref();
+    let layout = resolve_layout(existing, args.nodes, args.port_base, &dir)?;
     let groupd_bin = find_binary("groupd")?;
     let storaged_bin = find_binary("storaged")?;
     for n in 1..=layout.nodes {
@@ -266,6 +281,7 @@ pub async fn up(args: &UpArgs, json: bool) -> Result<()> {
         started: &started,
         already,
         disk: disk.as_ref(),
+        keyring,
     };
     up.print(json)
 }
@@ -283,12 +299,39 @@ fn storage_ids(info: &ClusterInfo) -> Vec<String> {
 }
 
 /// Starts `d` unless it runs already. Returns whether it was started.
+/// The keyring of the local cluster in `dir` (made with the cluster, unless `insecure`), now
+/// this process's too. None: the cluster runs without keys.
+fn local_keyring(dir: &Path, exists: bool, insecure: bool) -> Result<Option<PathBuf>> {
+    let path = keys::keyring_in(dir);
+    let chosen = match (path.is_file(), insecure) {
+        (true, true) => {
+            bail!("the cluster in {} has keys ({}): --insecure is not for it", dir.display(), path.display())
+        }
+        (true, false) => Some(path),
+        (false, true) => None,
+        (false, false) if exists => bail!(
+            "the cluster in {} runs without keys (it has no {}): start it with `sheepctl up --insecure`",
+            dir.display(),
+            path.display()
+        ),
+        (false, false) => {
+            let k = keys::new_cluster_keyring()?;
+            sheep_rpc::keyfile::create(&path, &k).map_err(anyhow::Error::msg)?;
+            Some(path)
+        }
+    };
+    keys::use_keyring(chosen.as_deref(), chosen.is_none())?;
+    Ok(chosen)
+}
+
 fn start(d: &Daemon, layout: &Layout, bin: &Path, started: &mut Vec<Started>) -> Result<bool> {
     if d.running_pid()?.is_some() {
         return Ok(false);
     }
     fs::create_dir_all(&d.data).with_context(|| format!("cannot create {}", d.data.display()))?;
-    let child = spawn_detached(bin, &d.args(layout), &d.log, &d.pid_file)?;
+    let mut args = d.args(layout);
+    args.extend(keys::child_flags());
+    let child = spawn_detached(bin, &args, &d.log, &d.pid_file)?;
     started.push(Started { daemon: d.clone(), child });
     Ok(true)
 }
@@ -325,11 +368,13 @@ struct UpSummary<'a> {
     /// Daemons that were running already.
     already: usize,
     disk: Option<&'a crate::local_disk::Attached>,
+    /// None: the cluster runs without keys.
+    keyring: Option<&'a Path>,
 }
 
 impl UpSummary<'_> {
     fn print(&self, json: bool) -> Result<()> {
-        let UpSummary { dir, layout, info, formatted, started, already, disk } = *self;
+        let UpSummary { dir, layout, info, formatted, started, already, disk, keyring } = *self;
         let id = info.config.as_ref().map_or(String::new(), |c| c.cluster_id.clone());
         let epoch = info.epochs.last().map_or(0, |e| e.epoch);
         let export = layout.groupd_addrs().join(",");
@@ -349,6 +394,7 @@ impl UpSummary<'_> {
                 "already_running": already,
                 "sheep_groupd": export,
                 "disk": disk,
+                "keyring": keyring,
             }));
         }
         let how = if formatted {
@@ -372,8 +418,18 @@ impl UpSummary<'_> {
             println!("{}", d.describe());
         }
         println!();
+        match keyring {
+            Some(k) => {
+                println!("keyring (the cluster's secret and client.admin's key; keep it secret): {}", k.display())
+            }
+            None => println!("no keys: running --insecure, anyone who reaches these ports can do anything"),
+        }
+        println!();
         println!("to use it:");
         println!("  export SHEEP_GROUPD={export}");
+        if let Some(k) = keyring {
+            println!("  export SHEEP_KEYRING={}", k.display());
+        }
         println!("  sheepctl cluster info");
         println!("to stop it:");
         println!("  sheepctl down --dir {}", dir.display());
@@ -420,6 +476,9 @@ pub async fn down(args: &DownArgs, json: bool) -> Result<()> {
             dir.display()
         );
     };
+    let keyring = keys::keyring_in(&dir);
+    let has_keys = keyring.is_file();
+    keys::use_keyring(has_keys.then_some(keyring.as_path()), !has_keys)?;
     let storaged: Vec<Daemon> = (1..=layout.nodes).map(|n| Daemon::new(&dir, n, "storaged")).collect();
     let groupd: Vec<Daemon> = (1..=layout.nodes).map(|n| Daemon::new(&dir, n, "groupd")).collect();
 

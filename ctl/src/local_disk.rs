@@ -129,15 +129,9 @@ fn nbd_export(dir: &Path, groupd_arg: &str) -> Result<(String, i32)> {
     let port = if TcpListener::bind(("127.0.0.1", NBD_PORT)).is_ok() { NBD_PORT } else { 0 };
     // A fresh log, so that the URL read back is this export's.
     let _ = fs::remove_file(&log);
-    let args = vec![
-        "--groupd".to_string(),
-        groupd_arg.to_string(),
-        "nbd".into(),
-        "--vdi".into(),
-        DISK.into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-    ];
+    let mut args = vec!["--groupd".to_string(), groupd_arg.to_string()];
+    args.extend(crate::keys::child_flags());
+    args.extend(["nbd".into(), "--vdi".into(), DISK.into(), "--listen".into(), format!("127.0.0.1:{port}")]);
     let mut child = procs::spawn_detached(&procs::find_binary("ublk-dev")?, &args, &log, &pid_file)?;
     let deadline = Instant::now() + NBD_WAIT;
     loop {

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod connect;
 mod export;
+mod keys;
 mod local;
 mod local_disk;
 mod node;
@@ -51,13 +52,22 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
+    match &cli.cmd {
+        Cmd::Auth(_) | Cmd::Up(_) | Cmd::Down(_) => {}
+        // Local device management works without a keyring where it can.
+        Cmd::List | Cmd::Del(_) => {
+            let _ = keys::use_keys(&cli.keys);
+        }
+        _ => keys::use_keys(&cli.keys)?,
+    }
     local.block_on(&rt, async move {
         match &cli.cmd {
+            Cmd::Auth(a) => keys::run(a, cli.json),
             Cmd::Cluster(c) => cluster::run(&client(&cli.groupd)?, c, cli.json).await,
             Cmd::Node(n) => node::run(&cli.groupd, n, cli.json).await,
             Cmd::Vdi(v) => vdi::run(&cli.groupd, v, cli.json).await,
             Cmd::Bench(b) => bench::run(&cli.groupd, b, cli.json).await,
-            Cmd::Up(a) => local::up(a, cli.json).await,
+            Cmd::Up(a) => local::up(a, &cli.keys, cli.json).await,
             Cmd::Down(a) => local::down(a, cli.json).await,
             Cmd::Export(a) => export::run(&cli.groupd, a),
             Cmd::Add(a) => attach::add(&cli.groupd, a, cli.json),

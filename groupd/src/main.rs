@@ -54,6 +54,9 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     listen: String,
 
+    #[command(flatten)]
+    keys: sheep_rpc::keyfile::KeyArgs,
+
     /// Directory of this groupd's state: Raft log, vote, snapshot and Raft id. Created if
     /// missing; one groupd per directory.
     #[arg(long, value_name = "DIR")]
@@ -121,6 +124,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let identity = cli.keys.identity(true).map_err(anyhow::Error::msg)?;
+    if matches!(identity, sheep_rpc::transport::Identity::Insecure) {
+        tracing::warn!("running --insecure: no keys, anyone who reaches {} can do anything", cli.listen);
+    }
+    sheep_rpc::transport::set_identity(identity).map_err(anyhow::Error::msg)?;
     let (_lock, raft_id) = bootstrap::prepare_data_dir(&cli.data)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start tokio")?;
     let local = tokio::task::LocalSet::new();

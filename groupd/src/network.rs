@@ -18,7 +18,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sheep_rpc::groupd_capnp::groupd::{self, RaftKind};
-use tokio::net::TcpStream;
+use sheep_rpc::transport::Stream;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::types::{Node, NodeId, RaftError, TypeConfig};
@@ -28,8 +28,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Opens a capnp connection on an accepted or connected socket. Returns the RPC system to
 /// spawn; `bootstrap` is what this side serves.
-pub fn rpc_system(stream: TcpStream, side: Side, bootstrap: Option<capnp::capability::Client>) -> RpcSystem<Side> {
-    let _ = stream.set_nodelay(true);
+pub fn rpc_system(stream: Stream, side: Side, bootstrap: Option<capnp::capability::Client>) -> RpcSystem<Side> {
     let (r, w) = stream.into_split();
     let network = twoparty::VatNetwork::new(r.compat(), w.compat_write(), side, Default::default());
     RpcSystem::new(Box::new(network), bootstrap)

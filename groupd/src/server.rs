@@ -503,8 +503,11 @@ pub async fn serve(listener: TcpListener, client: groupd::Client) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 tracing::debug!(%peer, "connection accepted");
-                let rpc = rpc_system(stream, Side::Server, Some(client.clone().client));
+                let bootstrap = client.clone().client;
                 tokio::task::spawn_local(async move {
+                    // Only a peer that authenticates gets to send a request.
+                    let Ok(stream) = sheep_rpc::transport::accept(stream, peer).await else { return };
+                    let rpc = rpc_system(stream, Side::Server, Some(bootstrap));
                     if let Err(e) = rpc.await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }

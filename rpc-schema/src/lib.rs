@@ -18,4 +18,5 @@ pub mod storaged_capnp {
 
 pub mod codec;
 pub mod error;
+pub mod keyfile;
 pub mod transport;

@@ -1,13 +1,41 @@
-//! Outgoing TCP connections of every daemon and client: from one source address per process.
+//! Every connection of every daemon and client: TCP from one source address per process,
+//! then (unless the process runs `--insecure`) the handshake of `sheep_core::auth::handshake`
+//! and sealed frames (`sheep_core::auth::seal`). A connection that does not authenticate is
+//! closed before a byte of a request is read, and logged once a minute per peer address.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
+use sheep_core::auth::handshake::{self, Hello, Status, ANSWER_BODY, HELLO_HEAD, NONCE_LEN};
+use sheep_core::auth::keyring::Keyring;
+use sheep_core::auth::seal::{Opener, Sealer, HEADER_LEN, MAX_FRAME, TAG_LEN};
+use sheep_core::auth::{key_of, Key, DAEMON, KEY_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// The address this process's outgoing connections leave from (see [`set_source_ip`]).
+/// How long an accepted connection may take to authenticate.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a refused peer address is logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Who this process is on the wire.
+#[derive(Clone, Debug)]
+pub enum Identity {
+    /// No keys: plain connections, and only to peers that run so too.
+    Insecure,
+    /// A daemon: proves the cluster's secret to its peers, checks theirs with it.
+    Daemon { keyring: Keyring, secure: bool },
+    /// A client: proves its own key.
+    Client { keyring: Keyring, secure: bool },
+}
+
 static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
+static IDENTITY: OnceLock<Identity> = OnceLock::new();
 
 /// Makes every later outgoing connection of this process leave from `ip` (once per process;
 /// a second call changes nothing). A daemon with an address of its own (its `--listen`)
@@ -17,8 +45,45 @@ pub fn set_source_ip(ip: IpAddr) {
     let _ = SOURCE_IP.set(ip);
 }
 
-/// A TCP connection to `addr`, from [`set_source_ip`]'s address if one is set.
-pub async fn connect(addr: &str) -> io::Result<TcpStream> {
+/// Sets who this process is, before its first connection (once; a second call is refused).
+/// A process that never calls it is [`Identity::Insecure`].
+pub fn set_identity(id: Identity) -> Result<(), String> {
+    if let Identity::Daemon { keyring, .. } = &id {
+        if keyring.secret.is_none() {
+            return Err(format!(
+                "the keyring of {} has no cluster secret: a daemon needs the cluster's keyring (`sheepctl auth init`)",
+                keyring.entity
+            ));
+        }
+    }
+    IDENTITY.set(id).map_err(|_| "the identity of this process is set already".to_string())
+}
+
+pub fn identity() -> &'static Identity {
+    IDENTITY.get_or_init(|| Identity::Insecure)
+}
+
+/// Whether this process runs without keys.
+pub fn is_insecure() -> bool {
+    matches!(identity(), Identity::Insecure)
+}
+
+/// A TCP connection to `addr` from [`set_source_ip`]'s address, authenticated as this
+/// process's [`identity`]. The caller bounds it with its own timeout.
+pub async fn connect(addr: &str) -> io::Result<Stream> {
+    let tcp = tcp_connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    match identity() {
+        Identity::Insecure => Ok(Stream::Plain(tcp)),
+        Identity::Daemon { keyring, secure } => {
+            let secret = keyring.secret.expect("set_identity checked it");
+            client_handshake(tcp, DAEMON, &secret, *secure).await
+        }
+        Identity::Client { keyring, secure } => client_handshake(tcp, &keyring.entity, &keyring.key, *secure).await,
+    }
+}
+
+async fn tcp_connect(addr: &str) -> io::Result<TcpStream> {
     let Some(&source) = SOURCE_IP.get() else { return TcpStream::connect(addr).await };
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to no address"));
     for target in tokio::net::lookup_host(addr).await? {
@@ -33,4 +98,357 @@ pub async fn connect(addr: &str) -> io::Result<TcpStream> {
         }
     }
     Err(last)
+}
+
+/// Authenticates an accepted connection (within [`HANDSHAKE_TIMEOUT`]); a daemon with keys
+/// takes only peers that prove a key of its cluster. A refusal is logged (rate-limited) and
+/// the connection closed: Err.
+pub async fn accept(tcp: TcpStream, peer: SocketAddr) -> io::Result<Stream> {
+    let _ = tcp.set_nodelay(true);
+    let secret = match identity() {
+        Identity::Insecure => return Ok(Stream::Plain(tcp)),
+        Identity::Daemon { keyring, .. } => keyring.secret.expect("set_identity checked it"),
+        Identity::Client { .. } => return Err(io::Error::other("a client process serves no connections")),
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(tcp, &secret)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            log_refusal(peer, &e.to_string());
+            Err(e)
+        }
+        Err(_) => {
+            let why = format!("no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs());
+            log_refusal(peer, &why);
+            Err(io::Error::new(io::ErrorKind::TimedOut, why))
+        }
+    }
+}
+
+fn log_refusal(peer: SocketAddr, why: &str) {
+    static LAST: Mutex<Option<HashMap<IpAddr, Instant>>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let map = last.get_or_insert_with(HashMap::new);
+    if map.len() > 4096 {
+        map.clear();
+    }
+    let now = Instant::now();
+    if map.get(&peer.ip()).is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY) {
+        return;
+    }
+    map.insert(peer.ip(), now);
+    tracing::warn!(%peer, "refused a connection that did not authenticate: {why} (logged once a minute per address)");
+}
+
+fn refused(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, what.into())
+}
+
+fn random<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| io::Error::other(format!("no random bytes: {e}")))?;
+    Ok(b)
+}
+
+/// Reads exactly `buf.len()` bytes; an end of stream is `closed`'s error.
+async fn read_all(tcp: &mut TcpStream, buf: &mut [u8], closed: &str) -> io::Result<()> {
+    match tcp.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(refused(closed)),
+        Err(e) => Err(e),
+    }
+}
+
+const CLOSED_IN_HANDSHAKE: &str = "the peer closed the connection during authentication (does it run with \
+                                   --insecure, or is it no Sheepdog daemon?)";
+
+async fn client_handshake(mut tcp: TcpStream, entity: &str, key: &Key, secure: bool) -> io::Result<Stream> {
+    let hello = Hello {
+        flags: if secure { handshake::flags::SECURE } else { 0 },
+        entity: entity.into(),
+        nonce: random::<NONCE_LEN>()?,
+    };
+    tcp.write_all(&hello.encode()).await?;
+    let mut status = [0u8; 1];
+    read_all(&mut tcp, &mut status, CLOSED_IN_HANDSHAKE).await?;
+    match Status::from_byte(status[0]) {
+        Some(Status::Ok) => {}
+        Some(s) => return Err(refused(format!("refused as {entity}: {}", s.reason()))),
+        None => return Err(refused("the peer answered the handshake with nonsense")),
+    }
+    let mut body = [0u8; ANSWER_BODY];
+    read_all(&mut tcp, &mut body, CLOSED_IN_HANDSHAKE).await?;
+    let server_nonce: [u8; NONCE_LEN] = body[..NONCE_LEN].try_into().expect("nonce length");
+    let t = handshake::transcript(&hello, &server_nonce);
+    if !handshake::server_proof_matches(key, &t, &body[NONCE_LEN..]) {
+        return Err(refused(format!(
+            "the peer did not prove it knows the key of {entity}: it is no member of this keyring's cluster, or it \
+             runs without keys (--insecure)"
+        )));
+    }
+    tcp.write_all(&handshake::client_proof(key, &t)).await?;
+    read_all(&mut tcp, &mut status, CLOSED_IN_HANDSHAKE).await?;
+    match Status::from_byte(status[0]) {
+        Some(Status::Ok) => {}
+        Some(s) => return Err(refused(format!("refused as {entity}: {}", s.reason()))),
+        None => return Err(refused("the peer answered the handshake with nonsense")),
+    }
+    let (c2s, s2c) = handshake::frame_keys(key, &t);
+    Ok(Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&c2s, secure), Opener::new(&s2c, secure)))))
+}
+
+async fn server_handshake(mut tcp: TcpStream, secret: &Key) -> io::Result<Stream> {
+    let mut head = [0u8; HELLO_HEAD];
+    read_all(&mut tcp, &mut head, "closed before its handshake").await?;
+    // Not a hello (e.g. a request of a client without keys): closed without a word.
+    let rest_len = Hello::rest_len(&head).ok_or_else(|| refused("no handshake (a client without keys?)"))?;
+    let mut rest = vec![0u8; rest_len];
+    read_all(&mut tcp, &mut rest, "closed in its handshake").await?;
+    let Some(hello) = Hello::decode(&head, &rest) else {
+        tcp.write_all(&[Status::BadHello as u8]).await?;
+        return Err(refused("a malformed handshake"));
+    };
+    let Some(key) = key_of(secret, &hello.entity) else {
+        tcp.write_all(&[Status::UnknownEntity as u8]).await?;
+        return Err(refused(format!("unknown entity {}", hello.entity)));
+    };
+    let server_nonce = random::<NONCE_LEN>()?;
+    let t = handshake::transcript(&hello, &server_nonce);
+    let mut answer = Vec::with_capacity(1 + ANSWER_BODY);
+    answer.push(Status::Ok as u8);
+    answer.extend_from_slice(&server_nonce);
+    answer.extend_from_slice(&handshake::server_proof(&key, &t));
+    tcp.write_all(&answer).await?;
+    let mut proof = [0u8; KEY_LEN];
+    read_all(&mut tcp, &mut proof, "closed in its handshake").await?;
+    if !handshake::client_proof_matches(&key, &t, &proof) {
+        tcp.write_all(&[Status::WrongProof as u8]).await?;
+        return Err(refused(format!("{}: wrong key", hello.entity)));
+    }
+    tcp.write_all(&[Status::Ok as u8]).await?;
+    let secure = hello.flags & handshake::flags::SECURE != 0;
+    let (c2s, s2c) = handshake::frame_keys(&key, &t);
+    tracing::debug!(entity = hello.entity, secure, "authenticated");
+    Ok(Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&s2c, secure), Opener::new(&c2s, secure)))))
+}
+
+/// A connection, as the RPC layer reads and writes it.
+pub enum Stream {
+    Plain(TcpStream),
+    Sealed(Box<Sealed>),
+}
+
+/// An authenticated connection: bytes written leave as sealed frames, bytes read are the
+/// payloads of frames that passed their check.
+pub struct Sealed {
+    tcp: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    /// Sealed bytes not yet on the socket, from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Bytes read from the socket, not yet opened.
+    inb: Vec<u8>,
+    /// The payload of the last frame opened, not yet read from `plain_pos`.
+    plain: Vec<u8>,
+    plain_pos: usize,
+}
+
+/// How much a read from the socket asks for beyond what the frame needs.
+const READ_AHEAD: usize = 64 << 10;
+
+impl Sealed {
+    fn new(tcp: TcpStream, sealer: Sealer, opener: Opener) -> Sealed {
+        Sealed {
+            tcp,
+            sealer,
+            opener,
+            out: Vec::with_capacity(64 << 10),
+            out_pos: 0,
+            inb: Vec::with_capacity(READ_AHEAD),
+            plain: Vec::with_capacity(READ_AHEAD),
+            plain_pos: 0,
+        }
+    }
+
+    /// Writes what is sealed and pending; Ready once none is.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads from the socket until `inb` holds at least `want` bytes; Ok(false) at an end
+    /// of the stream before any byte of them.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<bool>> {
+        while self.inb.len() < want {
+            let len = self.inb.len();
+            self.inb.resize(want.max(len + READ_AHEAD), 0);
+            let mut rb = ReadBuf::new(&mut self.inb[len..]);
+            let polled = Pin::new(&mut self.tcp).poll_read(cx, &mut rb);
+            let got = rb.filled().len();
+            self.inb.truncate(len + got);
+            ready!(polled)?;
+            if got == 0 {
+                if len == 0 {
+                    return Poll::Ready(Ok(false));
+                }
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a frame cut short")));
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+}
+
+fn forged(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl AsyncRead for Sealed {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            if me.plain_pos < me.plain.len() {
+                let n = (me.plain.len() - me.plain_pos).min(buf.remaining());
+                buf.put_slice(&me.plain[me.plain_pos..me.plain_pos + n]);
+                me.plain_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if !ready!(me.poll_fill(cx, HEADER_LEN))? {
+                return Poll::Ready(Ok(()));
+            }
+            let header: [u8; HEADER_LEN] = me.inb[..HEADER_LEN].try_into().expect("header length");
+            let len = me.opener.payload_len(header).map_err(forged)?;
+            let total = HEADER_LEN + len + TAG_LEN;
+            ready!(me.poll_fill(cx, total))?;
+            let tag: [u8; TAG_LEN] = me.inb[HEADER_LEN + len..total].try_into().expect("tag length");
+            me.opener.open(&mut me.inb[..HEADER_LEN + len], &tag).map_err(forged)?;
+            me.plain.clear();
+            me.plain.extend_from_slice(&me.inb[HEADER_LEN..HEADER_LEN + len]);
+            me.plain_pos = 0;
+            me.inb.drain(..total);
+        }
+    }
+}
+
+impl AsyncWrite for Sealed {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        ready!(me.poll_drain(cx))?;
+        let n = data.len().min(MAX_FRAME);
+        me.sealer.seal(&data[..n], &mut me.out);
+        // Start sending at once; the rest goes on the next write or flush.
+        if let Poll::Ready(Err(e)) = me.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.tcp).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Sealed(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Sealed(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Sealed(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Sealed(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// The two halves, for an RPC system that reads and writes apart.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            Stream::Sealed(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Sealed(r), WriteHalf::Sealed(w))
+            }
+        }
+    }
+}
+
+pub enum ReadHalf {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Sealed(tokio::io::ReadHalf<Box<Sealed>>),
+}
+
+pub enum WriteHalf {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Sealed(tokio::io::WriteHalf<Box<Sealed>>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Sealed(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, data),
+            WriteHalf::Sealed(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Sealed(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Sealed(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -50,6 +50,9 @@ struct Args {
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     listen: SocketAddr,
 
+    #[command(flatten)]
+    keys: sheep_rpc::keyfile::KeyArgs,
+
     /// Data directory of the store (created if missing; must be writable)
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -130,6 +133,11 @@ fn run(args: Args) -> Result<()> {
     if addrs.is_empty() {
         anyhow::bail!("--groupd needs at least one address");
     }
+    let identity = args.keys.identity(true).map_err(anyhow::Error::msg)?;
+    if matches!(identity, sheep_rpc::transport::Identity::Insecure) {
+        tracing::warn!("running --insecure: no keys, anyone who reaches {} can do anything", args.listen);
+    }
+    sheep_rpc::transport::set_identity(identity).map_err(anyhow::Error::msg)?;
     let store = StoreDir::open(&args.data)?;
     let id = args.listen.to_string();
     // Peers see this node's connections come from its own address.

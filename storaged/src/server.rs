@@ -192,7 +192,7 @@ pub async fn serve(listener: TcpListener, node: Rc<Node>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!("connection from {peer}");
-                tokio::task::spawn_local(sheep_client::rpc::serve(stream, client.clone().client));
+                tokio::task::spawn_local(sheep_client::rpc::serve(stream, peer, client.clone().client));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.

@@ -2,12 +2,12 @@
 //! loopback addresses, `sheepctl` run against them.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use sheep_core::group::{ClusterInfo, ClusterStatus, MemberRole};
 
-use crate::daemon::{bin, Daemon};
+use crate::daemon::Daemon;
 use crate::net::Loopback;
 use crate::wait::wait_until;
 
@@ -27,6 +27,8 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Cluster {
+        // Every cluster of the tests has keys; this process's own clients use them too.
+        crate::keys::keyring();
         let dir = tempfile::Builder::new().prefix("sheep-test-").tempdir().expect("tempdir");
         Cluster {
             dir,
@@ -120,7 +122,7 @@ impl Cluster {
 
     /// `sheepctl --groupd <addrs> args…`.
     pub fn ctl_at(&self, groupd: &str, args: &[&str]) -> Output {
-        Command::new(bin("sheepctl")).arg("--groupd").arg(groupd).args(args).output().expect("run sheepctl")
+        crate::keys::command("sheepctl").arg("--groupd").arg(groupd).args(args).output().expect("run sheepctl")
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
@@ -256,7 +258,7 @@ impl Cluster {
     /// Runs sheepctl with `input` on stdin; returns its output.
     pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new(bin("sheepctl"))
+        let mut child = crate::keys::command("sheepctl")
             .arg("--groupd")
             .arg(self.groupd_addrs.join(","))
             .args(args)

@@ -65,7 +65,7 @@ impl Daemon {
         assert!(self.child.is_none(), "{} is still running", self.name);
         let out = File::options().create(true).append(true).open(&self.log).expect("open log");
         let err = out.try_clone().expect("dup log");
-        let mut cmd = Command::new(bin(&self.name));
+        let mut cmd = crate::keys::command(&self.name);
         cmd.args(&self.args).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         match &self.failpoints {
             Some(f) => cmd.env("FAILPOINTS", f),

@@ -1,12 +1,12 @@
 //! Bad input gets one clear line on stderr and a non-zero exit; nothing panics or hangs.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use sheep_tests::{bin, Cluster};
+use sheep_tests::Cluster;
 
 fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(bin(program)).args(args).output().expect("run")
+    sheep_tests::keys::command(program).args(args).output().expect("run")
 }
 
 fn assert_clear_failure(out: &Output, needle: &str) {

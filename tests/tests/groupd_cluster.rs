@@ -10,7 +10,7 @@ use sheep_client::ErrorCode;
 use sheep_core::epoch::NodeInfo;
 use sheep_core::group::{ClusterStatus, EventKind, MemberRole};
 use sheep_tests::groupd_api::*;
-use sheep_tests::{bin, wait_until, Daemon, Loopback};
+use sheep_tests::{wait_until, Daemon, Loopback};
 
 /// A groupd of the test: a free port on address `n` of the loopback block, its data in
 /// `root/<name>`, killed and reaped when dropped.
@@ -185,7 +185,7 @@ fn sigterm_stops_cleanly_and_startup_errors_are_one_line() {
     let mut a = Groupd::start(&net, root.path(), "a", 1, &[]);
     wait_for(Duration::from_secs(10), "a master", || master_of(&a.addr));
     // A second groupd on the same address cannot listen.
-    let out = std::process::Command::new(bin("groupd"))
+    let out = sheep_tests::keys::command("groupd")
         .args(["--listen", &a.addr, "--data", &root.path().join("b").display().to_string()])
         .output()
         .unwrap();
@@ -193,7 +193,7 @@ fn sigterm_stops_cleanly_and_startup_errors_are_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("groupd: error: cannot listen on"), "{err}");
     // The same data directory is refused.
-    let out = std::process::Command::new(bin("groupd"))
+    let out = sheep_tests::keys::command("groupd")
         .args(["--listen", &net.free_addr(1), "--data", &a.dir.display().to_string()])
         .output()
         .unwrap();

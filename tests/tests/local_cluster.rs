@@ -26,7 +26,12 @@ fn free_port_pair() -> u16 {
 }
 
 fn ctl(args: &[&str]) -> Output {
-    Command::new(bin("sheepctl")).args(args).output().unwrap()
+    Command::new(bin("sheepctl")).args(args).env_remove("SHEEP_KEYRING").output().unwrap()
+}
+
+/// sheepctl with the keyring `up` made in `dir`.
+fn ctl_keyed(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("sheepctl")).args(args).env("SHEEP_KEYRING", dir.join("keyring")).output().unwrap()
 }
 
 fn ok(out: Output) -> String {
@@ -70,9 +75,16 @@ fn up_starts_and_formats_down_stops_up_resumes() {
 
     let out = ok(ctl(&["up", "--dir", d, "--nodes", "3", "--port-base", &port]));
     assert!(out.contains("formatted a new cluster"), "{out}");
+    // Its keys: made with the cluster, mode 0600, named in what it prints; needed.
+    let keyring = dir.join("keyring");
+    assert!(out.contains(&format!("export SHEEP_KEYRING={}", keyring.display())), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&keyring).unwrap().permissions().mode() & 0o777, 0o600);
     let groupd = format!("127.0.0.1:{port},127.0.0.2:{port},127.0.0.3:{port}");
+    let without = ctl(&["--groupd", &groupd, "--keyring", "/dev/null", "cluster", "info"]);
+    assert!(!without.status.success(), "an empty keyring is refused");
     let info: ClusterInfo =
-        serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
+        serde_json::from_str(&ok(ctl_keyed(&dir, &["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
     assert_eq!(info.status, ClusterStatus::Running);
     assert_eq!(info.members.iter().filter(|m| m.role != MemberRole::Member).count(), 3);
     assert_eq!(info.epochs.last().unwrap().nodes.len(), 3);
@@ -83,7 +95,7 @@ fn up_starts_and_formats_down_stops_up_resumes() {
 
     // disk0 is created and attached: a ublk device where the kernel has ublk_drv, else an NBD
     // export that qemu-img reads.
-    let vdis = ok(ctl(&["--groupd", &groupd, "vdi", "list"]));
+    let vdis = ok(ctl_keyed(&dir, &["--groupd", &groupd, "vdi", "list"]));
     assert!(vdis.contains("disk0") && vdis.contains("10.0 GiB"), "{vdis}");
     let mut export_pid = None;
     if Path::new("/dev/ublk-control").exists() {
@@ -106,10 +118,11 @@ fn up_starts_and_formats_down_stops_up_resumes() {
         assert!(!alive(pid), "down stops the NBD export");
     }
 
-    let out = ok(ctl(&["up", "--dir", d]));
+    // With its own keyring exported, as `up` says to.
+    let out = ok(ctl_keyed(&dir, &["up", "--dir", d]));
     assert!(out.contains("restarted"), "{out}");
     let again: ClusterInfo =
-        serde_json::from_str(&ok(ctl(&["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
+        serde_json::from_str(&ok(ctl_keyed(&dir, &["--groupd", &groupd, "--json", "cluster", "info"]))).unwrap();
     assert_eq!(again.config, info.config, "the same cluster");
     assert_eq!(again.epochs, info.epochs, "a restart after down makes no epoch");
     ok(ctl(&["down", "--dir", d]));

@@ -135,7 +135,7 @@ fn a_store_of_another_cluster_is_refused_untouched() {
     assert!(!before.is_empty());
 
     let b = cluster(1, 0);
-    let out = std::process::Command::new(sheep_tests::bin("storaged"))
+    let out = sheep_tests::keys::command("storaged")
         .args(["--listen", &a.storaged_addrs[0], "--data"])
         .arg(&store_a)
         .args(["--groupd", &b.groupd_addrs[0]])

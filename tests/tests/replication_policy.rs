@@ -47,7 +47,7 @@ fn writes_below_min_copies_are_held_then_fail_saying_why() {
     // A write held while the node comes back goes through.
     let groupd = c.groupd_addrs.join(",");
     let held = std::thread::spawn(move || {
-        let mut child = std::process::Command::new(sheep_tests::bin("sheepctl"))
+        let mut child = sheep_tests::keys::command("sheepctl")
             .args(["--groupd", &groupd, "vdi", "write", "t", "0"])
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

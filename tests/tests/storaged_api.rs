@@ -3,14 +3,13 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sheep_client::ErrorCode;
 use sheep_core::store::RecoveryStatus;
 use sheep_tests::store::{self, all_and_stale, code_of, oid, pattern, StoreNode};
-use sheep_tests::{bin, block_on, Daemon, Loopback};
+use sheep_tests::{block_on, Daemon, Loopback};
 
 const OBJ: u32 = 1 << 20;
 
@@ -64,7 +63,7 @@ fn a_data_dir_it_cannot_write_is_one_error_line() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    let out = Command::new(bin("storaged"))
+    let out = sheep_tests::keys::command("storaged")
         .args(["--listen", &Loopback::new().free_addr(1), "--data"])
         .arg(file.join("store"))
         .args(["--groupd", "127.0.0.1:1"])

@@ -4,13 +4,13 @@
 //! Needs daemons built with the `failpoints` feature (`ci/test` builds them so).
 
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use sheep_core::group::ClusterStatus;
 use sheep_tests::chaos::compare_replicas;
 use sheep_tests::daemon::require_failpoints;
-use sheep_tests::{bin, block_on, wait_until, Cluster};
+use sheep_tests::{block_on, wait_until, Cluster};
 
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 4096;
@@ -63,7 +63,7 @@ fn a_write_cut_off_on_every_replica_reads_old_or_new_and_the_replicas_become_one
 
     // A write of 64 KiB over the object: every replica crashes in the middle of it.
     let new = vec![2u8; 16 * BLOCK];
-    let mut writer = Command::new(bin("sheepctl"))
+    let mut writer = sheep_tests::keys::command("sheepctl")
         .args(["--groupd", &c.groupd_addrs.join(","), "vdi", "write", "t", "0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -47,6 +47,9 @@ field() { # field KEY DEVICE-OR-VDI: a value from `sheepctl --json list` (no jq/
 step "kernel $(uname -r)"
 sheepctl up --dir "$C" --nodes 3 --disk-size 512M --timeout 120 | tee "$W/up.txt"
 grep -q "attached as /dev/ublkb0" "$W/up.txt" || fail "sheepctl up did not attach disk0 as /dev/ublkb0"
+# The keyring `up` made: every later command (and daemon) authenticates with it.
+export SHEEP_KEYRING="$C/keyring"
+[ "$(stat -c %a "$SHEEP_KEYRING")" = 600 ] || fail "the keyring is not mode 600"
 [ -b /dev/ublkb0 ] || fail "/dev/ublkb0 is not a block device"
 [ "$(blockdev --getsize64 /dev/ublkb0)" = $((512 << 20)) ] || fail "size of /dev/ublkb0"
 [ "$(field state disk0)" = live ] || fail "disk0 is not live in sheepctl list"

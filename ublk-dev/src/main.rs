@@ -18,6 +18,9 @@ struct Cli {
     #[arg(long, global = true, env = "SHEEP_GROUPD", default_value = "127.0.0.1:7000", value_name = "ADDR[,ADDR...]")]
     groupd: String,
 
+    #[command(flatten)]
+    keys: sheep_rpc::keyfile::KeyArgs,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -80,6 +83,8 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let identity = cli.keys.identity(false).map_err(anyhow::Error::msg)?;
+    sheep_rpc::transport::set_identity(identity).map_err(anyhow::Error::msg)?;
     let groupd = group::parse_addrs(&cli.groupd);
     match cli.cmd {
         Cmd::Ublk(a) => serve_ublk(a, groupd),

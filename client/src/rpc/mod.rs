@@ -66,8 +66,8 @@ impl<C> Drop for Connection<C> {
     }
 }
 
-use sheep_rpc::transport::connect as open;
 pub use sheep_rpc::transport::set_source_ip;
+use sheep_rpc::transport::{self, Stream};
 
 /// Connects to `addr` within `timeout` and bootstraps its capability. Must be called from
 /// inside a `LocalSet`. The error is a short reason for people ("connection refused",
@@ -76,12 +76,11 @@ pub async fn connect<C>(addr: &str, timeout: Duration) -> Result<Connection<C>, 
 where
     C: capnp::capability::FromClientHook,
 {
-    let stream = match tokio::time::timeout(timeout, open(addr)).await {
+    let stream = match tokio::time::timeout(timeout, transport::connect(addr)).await {
         Err(_) => return Err(format!("timed out after {}", secs(timeout))),
         Ok(Err(e)) => return Err(io_reason(&e)),
         Ok(Ok(s)) => s,
     };
-    stream.set_nodelay(true).map_err(|e| io_reason(&e))?;
     let (reader, writer) = stream.into_split();
     let (writer, flusher) = batch::batched(writer.compat_write());
     let network = twoparty::VatNetwork::new(
@@ -107,12 +106,15 @@ where
     Ok(Connection { addr: addr.to_string(), client, alive, closed, task })
 }
 
-/// Serves `bootstrap` on one accepted socket until the peer goes away. Must be called from
-/// inside a `LocalSet`.
-pub async fn serve(stream: TcpStream, bootstrap: capnp::capability::Client) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("set_nodelay: {e}");
-    }
+/// Serves `bootstrap` on one accepted socket until the peer goes away, once it has
+/// authenticated (see `sheep_rpc::transport::accept`). Must be called from inside a `LocalSet`.
+pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, bootstrap: capnp::capability::Client) {
+    let Ok(stream) = transport::accept(tcp, peer).await else { return };
+    serve_stream(stream, bootstrap).await
+}
+
+/// Serves `bootstrap` on an authenticated connection until the peer goes away.
+pub async fn serve_stream(stream: Stream, bootstrap: capnp::capability::Client) {
     let (reader, writer) = stream.into_split();
     let (writer, flusher) = batch::batched(writer.compat_write());
     let network = twoparty::VatNetwork::new(

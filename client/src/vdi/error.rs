@@ -116,6 +116,11 @@ pub enum VdiError {
     /// A write to a snapshot (`name@tag`): snapshots never change.
     #[error("{0} is a snapshot: it is read-only (clone it to write)")]
     ReadOnly(String),
+    /// groupd did not answer whether snapshot `tag` was taken within the time its writer
+    /// may wait: the writer must not write again under its old id (it may be the snapshot now).
+    #[error("whether snapshot {tag:?} of VDI {name:?} was taken is unknown (groupd did not answer for {}: {last}); \
+             see `sheepctl vdi list`", rpc::secs(*.after))]
+    SnapshotUnknown { name: String, tag: String, after: Duration, last: String },
 }
 
 #[cfg(test)]

@@ -1,0 +1,180 @@
+//! The handshake every connection starts with, before any request (all sizes fixed or
+//! bounded, so a reader knows how much to read):
+//!
+//! ```text
+//! client → server  hello:   "SHEEPAU1" | flags u8 | entity length u8 | entity | client nonce (32)
+//! server → client  answer:  status u8 | (if ok) server nonce (32) | server proof (32)
+//! client → server  proof:   client proof (32)
+//! server → client  verdict: status u8
+//! ```
+//!
+//! Both proofs are HMAC-SHA-256, under the key the entity holds, of the transcript (the
+//! hello and the server's nonce): the server proves it knows that key (so the client knows
+//! it talks to a member of its own cluster), then the client proves it holds it. Fresh nonces
+//! on both sides: a recorded handshake replayed gets another server nonce, and its proof no
+//! longer matches. The session's frame keys come from the same transcript.
+
+use sha2::{Digest, Sha256};
+
+use super::{mac, mac_matches, validate_entity, Key, KEY_LEN};
+
+pub const MAGIC: &[u8; 8] = b"SHEEPAU1";
+/// Bytes of the hello before the entity's name.
+pub const HELLO_HEAD: usize = MAGIC.len() + 2;
+pub const NONCE_LEN: usize = 32;
+/// Bytes of a successful answer after its status byte.
+pub const ANSWER_BODY: usize = NONCE_LEN + KEY_LEN;
+
+/// The flags of a hello.
+pub mod flags {
+    /// The client wants its frames encrypted (not only integrity-checked).
+    pub const SECURE: u8 = 1;
+}
+
+/// What the server answers (the answer's and the verdict's status byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok = 0,
+    /// The hello was malformed (or not a hello at all).
+    BadHello = 1,
+    /// The server knows no such entity.
+    UnknownEntity = 2,
+    /// The client's proof did not match: it does not hold the entity's key.
+    WrongProof = 3,
+}
+
+impl Status {
+    pub fn from_byte(b: u8) -> Option<Status> {
+        [Status::Ok, Status::BadHello, Status::UnknownEntity, Status::WrongProof].into_iter().find(|s| *s as u8 == b)
+    }
+
+    /// Why a connection was refused, for people.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Status::Ok => "accepted",
+            Status::BadHello => "the handshake was malformed",
+            Status::UnknownEntity => "the peer knows no such entity",
+            Status::WrongProof => "wrong key: the proof does not match (a keyring of another cluster?)",
+        }
+    }
+}
+
+/// The client's first message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub flags: u8,
+    pub entity: String,
+    pub nonce: [u8; NONCE_LEN],
+}
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(self.entity.len() <= super::MAX_ENTITY_LEN);
+        let mut out = Vec::with_capacity(HELLO_HEAD + self.entity.len() + NONCE_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(self.flags);
+        out.push(self.entity.len() as u8);
+        out.extend_from_slice(self.entity.as_bytes());
+        out.extend_from_slice(&self.nonce);
+        out
+    }
+
+    /// From the first [`HELLO_HEAD`] bytes: how many bytes follow (the entity and the nonce);
+    /// None if they are no hello's.
+    pub fn rest_len(head: &[u8; HELLO_HEAD]) -> Option<usize> {
+        let n = usize::from(head[MAGIC.len() + 1]);
+        (head[..MAGIC.len()] == MAGIC[..] && n > 0 && n <= super::MAX_ENTITY_LEN).then_some(n + NONCE_LEN)
+    }
+
+    pub fn decode(head: &[u8; HELLO_HEAD], rest: &[u8]) -> Option<Hello> {
+        let n = Hello::rest_len(head)?;
+        if rest.len() != n {
+            return None;
+        }
+        let (name, nonce) = rest.split_at(n - NONCE_LEN);
+        let entity = std::str::from_utf8(name).ok()?.to_string();
+        validate_entity(&entity).ok()?;
+        Some(Hello { flags: head[MAGIC.len()], entity, nonce: nonce.try_into().ok()? })
+    }
+}
+
+/// What both proofs and the frame keys are computed over.
+pub fn transcript(hello: &Hello, server_nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(hello.encode());
+    h.update(server_nonce);
+    h.finalize().into()
+}
+
+pub fn server_proof(key: &Key, transcript: &[u8; 32]) -> Key {
+    mac(key, &[b"sheep server proof", transcript])
+}
+
+pub fn client_proof(key: &Key, transcript: &[u8; 32]) -> Key {
+    mac(key, &[b"sheep client proof", transcript])
+}
+
+pub fn server_proof_matches(key: &Key, transcript: &[u8; 32], proof: &[u8]) -> bool {
+    mac_matches(key, &[b"sheep server proof", transcript], proof)
+}
+
+pub fn client_proof_matches(key: &Key, transcript: &[u8; 32], proof: &[u8]) -> bool {
+    mac_matches(key, &[b"sheep client proof", transcript], proof)
+}
+
+/// The frame keys of the session: (client to server, server to client).
+pub fn frame_keys(key: &Key, transcript: &[u8; 32]) -> (Key, Key) {
+    (mac(key, &[b"sheep frames c2s", transcript]), mac(key, &[b"sheep frames s2c", transcript]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello { flags: flags::SECURE, entity: "client.admin".into(), nonce: [9u8; NONCE_LEN] }
+    }
+
+    #[test]
+    fn hello_round_trips_and_junk_is_no_hello() {
+        let bytes = hello().encode();
+        let head: [u8; HELLO_HEAD] = bytes[..HELLO_HEAD].try_into().unwrap();
+        assert_eq!(Hello::rest_len(&head), Some(bytes.len() - HELLO_HEAD));
+        assert_eq!(Hello::decode(&head, &bytes[HELLO_HEAD..]), Some(hello()));
+        assert_eq!(Hello::decode(&head, &bytes[HELLO_HEAD + 1..]), None);
+        // A capnp message (what a client without keys sends first) is no hello.
+        let mut capnp = [0u8; HELLO_HEAD];
+        capnp[4] = 3;
+        assert_eq!(Hello::rest_len(&capnp), None);
+        let mut bad = bytes.clone();
+        bad[HELLO_HEAD] = b' ';
+        assert_eq!(Hello::decode(&head, &bad[HELLO_HEAD..]), None, "an invalid entity name");
+    }
+
+    #[test]
+    fn proofs_bind_the_key_and_both_nonces() {
+        let key = [1u8; KEY_LEN];
+        let t = transcript(&hello(), &[2u8; NONCE_LEN]);
+        assert!(server_proof_matches(&key, &t, &server_proof(&key, &t)));
+        assert!(client_proof_matches(&key, &t, &client_proof(&key, &t)));
+        // The server's proof is no client proof (no reflection).
+        assert!(!client_proof_matches(&key, &t, &server_proof(&key, &t)));
+        // Another server nonce (a replay), another client nonce, another key: no match.
+        let replayed = transcript(&hello(), &[3u8; NONCE_LEN]);
+        assert!(!client_proof_matches(&key, &replayed, &client_proof(&key, &t)));
+        let other = Hello { nonce: [8u8; NONCE_LEN], ..hello() };
+        assert!(!client_proof_matches(&key, &transcript(&other, &[2u8; NONCE_LEN]), &client_proof(&key, &t)));
+        assert!(!client_proof_matches(&[5u8; KEY_LEN], &t, &client_proof(&key, &t)));
+        let (c2s, s2c) = frame_keys(&key, &t);
+        assert_ne!(c2s, s2c);
+        assert_ne!(frame_keys(&key, &replayed).0, c2s);
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [Status::Ok, Status::BadHello, Status::UnknownEntity, Status::WrongProof] {
+            assert_eq!(Status::from_byte(s as u8), Some(s));
+        }
+        assert_eq!(Status::from_byte(200), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! Authentication, pure: keys and keyrings, the handshake every connection starts with, and
+//! the sealing of the frames that follow it. The sockets are in `sheep_rpc::transport`.
+//!
+//! Every daemon holds the cluster's secret. Daemons prove to each other that they hold it
+//! (entity [`DAEMON`]); a client proves it holds its own key, which is derived from the
+//! secret and the client's name ([`client_key`]), so any daemon can check it without a table
+//! of keys. The proofs are HMAC-SHA-256 over a transcript with a fresh nonce of each side:
+//! no key ever crosses the wire, and a recorded handshake cannot be replayed.
+
+pub mod handshake;
+pub mod keyring;
+pub mod seal;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Bytes of every key and secret.
+pub const KEY_LEN: usize = 32;
+
+/// A 256-bit key.
+pub type Key = [u8; KEY_LEN];
+
+/// The entity daemons authenticate as (with the cluster's secret itself).
+pub const DAEMON: &str = "daemon";
+
+/// The administrator's entity: every right.
+pub const ADMIN: &str = "client.admin";
+
+/// The longest entity name accepted.
+pub const MAX_ENTITY_LEN: usize = 128;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA-256 of the concatenation of `parts` under `key`.
+pub fn mac(key: &[u8], parts: &[&[u8]]) -> Key {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Whether `tag` is the HMAC-SHA-256 of `parts` under `key` (in constant time).
+pub fn mac_matches(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        m.update(p);
+    }
+    m.verify_slice(tag).is_ok()
+}
+
+/// The key of client `name` (e.g. `client.admin`) in the cluster of `secret`.
+pub fn client_key(secret: &Key, name: &str) -> Key {
+    mac(secret, &[b"sheep client key\0", name.as_bytes()])
+}
+
+/// The key `entity` proves it holds, as a daemon of the cluster of `secret` knows it; None
+/// for an entity it does not know.
+pub fn key_of(secret: &Key, entity: &str) -> Option<Key> {
+    if entity == DAEMON {
+        Some(*secret)
+    } else if entity == ADMIN {
+        Some(client_key(secret, entity))
+    } else {
+        None
+    }
+}
+
+/// Whether `name` can name an entity: `daemon` or `client.` and letters, digits, `-`, `_`, `.`.
+pub fn validate_entity(name: &str) -> Result<(), String> {
+    if name.len() > MAX_ENTITY_LEN {
+        return Err(format!("an entity name is at most {MAX_ENTITY_LEN} bytes"));
+    }
+    if name == DAEMON {
+        return Ok(());
+    }
+    let Some(rest) = name.strip_prefix("client.") else {
+        return Err(format!("{name:?} is no entity: `client.NAME` (or `daemon`)"));
+    };
+    if rest.is_empty() || !rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!("{name:?}: a client's name is letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_derived_and_checked() {
+        let secret = [7u8; KEY_LEN];
+        assert_eq!(key_of(&secret, DAEMON), Some(secret));
+        let admin = key_of(&secret, ADMIN).unwrap();
+        assert_ne!(admin, secret);
+        assert_eq!(admin, client_key(&secret, ADMIN));
+        assert_ne!(client_key(&[8u8; KEY_LEN], ADMIN), admin, "another cluster, another key");
+        assert_eq!(key_of(&secret, "client.bob"), None);
+        let tag = mac(&admin, &[b"a", b"bc"]);
+        assert!(mac_matches(&admin, &[b"ab", b"c"], &tag));
+        assert!(!mac_matches(&secret, &[b"abc"], &tag));
+        assert!(!mac_matches(&admin, &[b"abc"], &tag[..31]));
+    }
+
+    #[test]
+    fn entity_names() {
+        for ok in ["daemon", "client.admin", "client.vm-host_1.a"] {
+            assert!(validate_entity(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "client.", "admin", "client.a b", "osd.1", &format!("client.{}", "x".repeat(130))] {
+            assert!(validate_entity(bad).is_err(), "{bad}");
+        }
+    }
+}
