@@ -375,7 +375,7 @@ pub struct DownArgs {
 
 /// Where `up` and `down` keep a local cluster unless told otherwise (relative to the
 /// current directory).
-pub const DEFAULT_DIR: &str = "sheep-cluster";
+pub use crate::keys::DEFAULT_DIR;
 
 /// Parses an object size into its shift: a power of two from 1 MiB to 4 GiB.
 pub fn parse_object_size(s: &str) -> Result<u8, String> {

@@ -10,10 +10,11 @@ use sheep_core::auth::KEY_LEN;
 use sheep_rpc::keyfile::{self, KeyArgs, HOW_TO_MAKE_ONE};
 use sheep_rpc::transport::{self, Identity};
 
-use crate::cli::{AuthCmd, DEFAULT_DIR};
-
 /// The keyring this process chose (None: `--insecure`), for the daemons it starts.
 static CHOSEN: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Where `sheepctl up` keeps its local cluster by default.
+pub const DEFAULT_DIR: &str = "sheep-cluster";
 
 /// The keyring file of a local cluster's DIR (`sheepctl up` makes it).
 pub fn keyring_in(dir: &Path) -> PathBuf {
@@ -59,23 +60,4 @@ pub fn new_cluster_keyring() -> Result<Keyring> {
     let mut secret = [0u8; KEY_LEN];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no random bytes for a key: {e}"))?;
     Ok(Keyring::new_cluster(secret))
-}
-
-pub fn run(cmd: &AuthCmd, json: bool) -> Result<()> {
-    match cmd {
-        AuthCmd::Init { out } => {
-            let k = new_cluster_keyring()?;
-            keyfile::create(out, &k).map_err(anyhow::Error::msg)?;
-            if json {
-                return crate::output::print_json(&serde_json::json!({ "keyring": out, "entity": k.entity }));
-            }
-            println!(
-                "wrote a new cluster keyring to {} ({}, with the cluster's secret; mode 0600): give it to every \
-                 daemon with --keyring, and keep it secret",
-                out.display(),
-                k.entity
-            );
-            Ok(())
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! sheepctl: the command line of Sheepdog in Rust.
 
 mod attach;
+mod auth;
 mod bench;
 mod check;
 mod cli;
@@ -62,7 +63,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     local.block_on(&rt, async move {
         match &cli.cmd {
-            Cmd::Auth(a) => keys::run(a, cli.json),
+            Cmd::Auth(a) => auth::run(a, cli.json),
             Cmd::Cluster(c) => cluster::run(&client(&cli.groupd)?, c, cli.json).await,
             Cmd::Node(n) => node::run(&cli.groupd, n, cli.json).await,
             Cmd::Vdi(v) => vdi::run(&cli.groupd, v, cli.json).await,

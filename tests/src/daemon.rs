@@ -1,25 +1,13 @@
 //! One daemon process started by a test: killed (SIGKILL) and reaped when dropped.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// The path of one of the project's binaries, from the same build as the running test
-/// (`target/<profile>/`), or from `SHEEP_BIN_DIR`.
-pub fn bin(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("SHEEP_BIN_DIR") {
-        return Path::new(&dir).join(name);
-    }
-    // The test executable lives in target/<profile>/deps/.
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let path = profile_dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
-    path
-}
+pub use crate::bins::bin;
 
 pub struct Daemon {
     pub name: String,

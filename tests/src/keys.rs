@@ -10,7 +10,7 @@ use sheep_core::auth::keyring::Keyring;
 use sheep_rpc::keyfile;
 use sheep_rpc::transport::{self, Identity};
 
-use crate::daemon::bin;
+use crate::bins::bin;
 
 /// The test keyring's path; this process authenticates with it from the first call on.
 pub fn keyring() -> &'static Path {

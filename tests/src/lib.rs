@@ -2,6 +2,7 @@
 //! loopback, each test in its own temp dir and its own `127.A.B.0/24` block of addresses, every
 //! wait bounded, every process it started killed and reaped when the test ends.
 
+pub mod bins;
 pub mod chaos;
 pub mod cluster;
 pub mod daemon;
