@@ -58,37 +58,16 @@ pub async fn follow(
     }
 }
 
-/// The new working VDI after a snapshot froze `old`'s id. Writes must not go on under that
-/// id, so the daemon stops if it cannot open it within [`REOPEN_FOR`].
-async fn open_working(old: &Vdi, working: sheep_core::namespace::VdiEntry) -> Vdi {
-    let started = tokio::time::Instant::now();
-    loop {
-        match Vdi::open_entry(old.cluster().clone(), working.clone(), old.options()).await {
-            Ok(v) => return v,
-            Err(e) if started.elapsed() < REOPEN_FOR => {
-                tracing::warn!("opening {} (id {}) after the snapshot: {e}; trying again", working.name, working.vid);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                tracing::error!(
-                    "cannot open {} (id {}) after the snapshot: {e}: stopping, so as not to write into the snapshot",
-                    working.name,
-                    working.vid
-                );
-                std::process::exit(1);
-            }
-        }
-    }
-}
-
-/// How long the daemon tries to open the working VDI a snapshot made.
-const REOPEN_FOR: Duration = Duration::from_secs(60);
-
 async fn take_snapshot(group: &Rc<GroupClient>, backend: &VdiBackend, session: SessionId, tag: &str) {
     let taken = backend
         .switch(|old| async move {
             let (snap, working) = lifecycle::snapshot(&old, group, session, tag).await?;
-            Ok::<_, sheep_client::vdi::VdiError>((snap, Rc::new(open_working(&old, working).await)))
+            // No I/O from here: writes must not go on under the id the snapshot froze.
+            let next = old.after_snapshot(working).unwrap_or_else(|e| {
+                tracing::error!("the working VDI after snapshot {tag}: {e}: stopping, so as not to write into it");
+                std::process::exit(1)
+            });
+            Ok::<_, sheep_client::vdi::VdiError>((snap, Rc::new(next)))
         })
         .await;
     let name = backend.current().entry().name.clone();

@@ -96,23 +96,7 @@ impl Vdi {
         if view.ring.is_empty() {
             return Err(VdiError::NoNodes(view.epoch));
         }
-        let bad = |reason: String| VdiError::BadInode { name: entry.name.clone(), reason };
-        let inode = layout::inode_for(&entry).map_err(|e| bad(e.to_string()))?;
-        let header = layout::encode_header(&inode).map_err(|e| bad(e.to_string()))?;
-        let max = layout::max_objects(entry.size, entry.object_size_shift) as usize;
-        let vdi = Vdi {
-            cluster,
-            opts,
-            header,
-            table: RefCell::new(vec![0; max]),
-            inode_exists: Cell::new(false),
-            inode_lock: tokio::sync::Mutex::new(()),
-            first_writes: RefCell::new(HashMap::new()),
-            dirty: RefCell::new(HashSet::new()),
-            flush_lock: tokio::sync::Mutex::new(()),
-            next_replica: Cell::new(random_start()),
-            entry,
-        };
+        let vdi = Vdi::unloaded(cluster, entry, opts)?;
         let table_len = vdi.table.borrow().len();
         let own = vdi.load_table(vdi.entry.vid, Some(&vdi.entry.name), table_len).await?;
         if let Some(mut table) = own {
@@ -131,6 +115,39 @@ impl Vdi {
             table.resize(table_len, 0);
             *vdi.table.borrow_mut() = table;
         }
+        Ok(vdi)
+    }
+
+    /// A VDI with an empty table and no inode yet (the caller fills the table).
+    fn unloaded(cluster: Rc<Cluster>, entry: VdiEntry, opts: VdiOptions) -> Result<Vdi, VdiError> {
+        let bad = |reason: String| VdiError::BadInode { name: entry.name.clone(), reason };
+        let inode = layout::inode_for(&entry).map_err(|e| bad(e.to_string()))?;
+        let header = layout::encode_header(&inode).map_err(|e| bad(e.to_string()))?;
+        let max = layout::max_objects(entry.size, entry.object_size_shift) as usize;
+        Ok(Vdi {
+            cluster,
+            opts,
+            header,
+            table: RefCell::new(vec![0; max]),
+            inode_exists: Cell::new(false),
+            inode_lock: tokio::sync::Mutex::new(()),
+            first_writes: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(HashSet::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            next_replica: Cell::new(random_start()),
+            entry,
+        })
+    }
+
+    /// The new working VDI `working` that a snapshot of this one made, without I/O: its table
+    /// starts as this one's (which the snapshot froze), its own inode does not exist yet. The
+    /// writer goes on with it at once, whatever storage does meanwhile.
+    pub fn after_snapshot(&self, working: VdiEntry) -> Result<Vdi, VdiError> {
+        assert_eq!(working.parent, Some(self.entry.vid), "a working VDI after a snapshot of this one");
+        let vdi = Vdi::unloaded(self.cluster.clone(), working, self.opts)?;
+        let mut table = self.table.borrow().clone();
+        table.resize(vdi.table.borrow().len(), 0);
+        *vdi.table.borrow_mut() = table;
         Ok(vdi)
     }
 
