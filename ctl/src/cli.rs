@@ -329,6 +329,11 @@ pub struct FormatArgs {
     /// missing: objects are under-replicated) for this cluster and every VDI of it
     #[arg(long)]
     pub allow_fewer_zones: bool,
+
+    /// Encrypt every session (AES-256-GCM), not only check its integrity: for networks others
+    /// can read. Costs CPU on every request (see `ci/bench`)
+    #[arg(long)]
+    pub secure: bool,
 }
 
 #[derive(Args, Debug)]
@@ -346,6 +351,12 @@ pub struct UpArgs {
     /// existing DIR, the port it was created with
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65534))]
     pub port_base: Option<u16>,
+
+    /// Session lease of the groupd instances, in ms: how long a node or a VDI holder may go
+    /// without a keepalive before it is taken for dead [default: groupd's, 5000]. Slow or
+    /// overloaded machines (an emulated VM) want more; kept in DIR for later `up`s
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=3_600_000))]
+    pub lease_ms: Option<u32>,
 
     /// Copies of each object when `up` formats a new cluster [default: min(3, nodes)]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]

@@ -40,6 +40,9 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct Layout {
     pub nodes: u8,
     pub port_base: u16,
+    /// groupd's `--lease-ms` (None: its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u32>,
 }
 
 impl Layout {
@@ -59,8 +62,14 @@ impl Layout {
 
 /// The layout of an existing DIR, or a new one from the flags. Flags that contradict an
 /// existing DIR are refused.
-fn resolve_layout(existing: Option<Layout>, nodes: Option<u8>, port_base: Option<u16>, dir: &Path) -> Result<Layout> {
-    match existing {
+fn resolve_layout(
+    existing: Option<Layout>,
+    nodes: Option<u8>,
+    port_base: Option<u16>,
+    lease_ms: Option<u32>,
+    dir: &Path,
+) -> Result<Layout> {
+    let layout = match existing {
         Some(l) => {
             if nodes.is_some_and(|n| n != l.nodes) || port_base.is_some_and(|p| p != l.port_base) {
                 bail!(
@@ -71,10 +80,14 @@ fn resolve_layout(existing: Option<Layout>, nodes: Option<u8>, port_base: Option
                     l.port_base
                 );
             }
-            Ok(l)
+            l
         }
-        None => Ok(Layout { nodes: nodes.unwrap_or(DEFAULT_NODES), port_base: port_base.unwrap_or(DEFAULT_PORT) }),
-    }
+        None => {
+            Layout { nodes: nodes.unwrap_or(DEFAULT_NODES), port_base: port_base.unwrap_or(DEFAULT_PORT), lease_ms }
+        }
+    };
+    // A lease given now applies from this start on (it is no property of the data).
+    Ok(Layout { lease_ms: lease_ms.or(layout.lease_ms), ..layout })
 }
 
 fn load_layout(dir: &Path) -> Result<Option<Layout>> {
@@ -126,6 +139,9 @@ impl Daemon {
                 let mut a = vec!["--listen".into(), layout.groupd_addr(n), "--data".into(), data];
                 if n > 1 {
                     a.extend(["--join".into(), layout.groupd_addr(1)]);
+                }
+                if let Some(ms) = layout.lease_ms {
+                    a.extend(["--lease-ms".into(), ms.to_string()]);
                 }
                 a
             }
@@ -188,7 +204,7 @@ pub async fn up(args: &UpArgs, keys: &KeyArgs, json: bool) -> Result<()> {
     let existing = load_layout(&dir)?;
     let keyring = local_keyring(&dir, existing.is_some(), keys.insecure)?;
     let keyring = keyring.as_deref();
-    let layout = resolve_layout(existing, args.nodes, args.port_base, &dir)?;
+    let layout = resolve_layout(existing, args.nodes, args.port_base, args.lease_ms, &dir)?;
     let groupd_bin = find_binary("groupd")?;
     let storaged_bin = find_binary("storaged")?;
     for n in 1..=layout.nodes {
@@ -645,13 +661,17 @@ mod tests {
     #[test]
     fn layouts_are_kept_and_checked() {
         let dir = Path::new("/tmp/c");
-        let fresh = resolve_layout(None, None, None, dir).unwrap();
-        assert_eq!(fresh, Layout { nodes: 3, port_base: 7000 });
-        let l = Layout { nodes: 2, port_base: 9000 };
-        assert_eq!(resolve_layout(Some(l), None, None, dir).unwrap(), l);
-        assert_eq!(resolve_layout(Some(l), Some(2), Some(9000), dir).unwrap(), l);
-        assert!(resolve_layout(Some(l), Some(3), None, dir).is_err());
-        assert!(resolve_layout(Some(l), None, Some(7000), dir).is_err());
+        let fresh = resolve_layout(None, None, None, None, dir).unwrap();
+        assert_eq!(fresh, Layout { nodes: 3, port_base: 7000, lease_ms: None });
+        let l = Layout { nodes: 2, port_base: 9000, lease_ms: None };
+        assert_eq!(resolve_layout(Some(l), None, None, None, dir).unwrap(), l);
+        assert_eq!(resolve_layout(Some(l), Some(2), Some(9000), None, dir).unwrap(), l);
+        assert!(resolve_layout(Some(l), Some(3), None, None, dir).is_err());
+        assert!(resolve_layout(Some(l), None, Some(7000), None, dir).is_err());
+        // A lease is kept, and a later one replaces it.
+        let slow = resolve_layout(Some(l), None, None, Some(15000), dir).unwrap();
+        assert_eq!(slow.lease_ms, Some(15000));
+        assert_eq!(resolve_layout(Some(slow), None, None, None, dir).unwrap(), slow);
 
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(load_layout(tmp.path()).unwrap(), None);
@@ -661,12 +681,17 @@ mod tests {
 
     #[test]
     fn daemon_command_lines() {
-        let l = Layout { nodes: 3, port_base: 7000 };
+        let l = Layout { nodes: 3, port_base: 7000, lease_ms: None };
         let dir = Path::new("/c");
         assert_eq!(Daemon::new(dir, 1, "groupd").args(&l), ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd"]);
         assert_eq!(
             Daemon::new(dir, 2, "groupd").args(&l),
             ["--listen", "127.0.0.2:7000", "--data", "/c/node2/groupd", "--join", "127.0.0.1:7000"]
+        );
+        let slow = Layout { lease_ms: Some(15000), ..l };
+        assert_eq!(
+            Daemon::new(dir, 1, "groupd").args(&slow),
+            ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd", "--lease-ms", "15000"]
         );
         let s = Daemon::new(dir, 3, "storaged");
         assert_eq!(

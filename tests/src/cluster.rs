@@ -25,6 +25,16 @@ pub struct Cluster {
     pub storaged_addrs: Vec<String>,
 }
 
+/// A failing test keeps its cluster's directory (every daemon's log is there) and says where.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("the failed test's cluster (data and logs) is kept in {}", self.dir.path().display());
+        }
+    }
+}
+
 impl Cluster {
     pub fn new() -> Cluster {
         // Every cluster of the tests has keys; this process's own clients use them too.

@@ -103,9 +103,12 @@ fn env_seeds() -> Option<Vec<u64>> {
 
 // ---- the cluster ----
 
-/// One groupd, 3 storaged, 3 copies of 1 MiB objects.
+/// One groupd, 3 storaged, 3 copies of 1 MiB objects. Nothing here is killed: a long lease
+/// keeps a CPU-starved test (CI runs two at once on two cores) from losing its locks or its
+/// nodes' sessions to a late keepalive, which the model would take for a bug.
 fn cluster() -> Cluster {
     let mut c = Cluster::new();
+    c.lease_ms = 15_000;
     c.add_groupd();
     c.wait_group(0, 1, 1);
     c.ctl_ok(&["cluster", "format", "--copies", "3", "--object-size", "1M"]);

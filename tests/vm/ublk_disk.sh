@@ -45,7 +45,10 @@ field() { # field KEY DEVICE-OR-VDI: a value from `sheepctl --json list` (no jq/
         /^  \}/ { if (v["device"] == who || v["vdi"] == who) { print v[key]; exit } }'
 }
 step "kernel $(uname -r)"
-sheepctl up --dir "$C" --nodes 3 --disk-size 512M --timeout 120 | tee "$W/up.txt"
+# A lease of 15 s, not groupd's 5 s: the VM is emulated (TCG), 10 to 50 times slower than the
+# host, and with 5 s a starved keepalive took live nodes for dead, one after another (each
+# new epoch's recovery starving the rest more), until fio's writes failed.
+sheepctl up --dir "$C" --nodes 3 --disk-size 512M --timeout 120 --lease-ms 15000 | tee "$W/up.txt"
 grep -q "attached as /dev/ublkb0" "$W/up.txt" || fail "sheepctl up did not attach disk0 as /dev/ublkb0"
 # The keyring `up` made: every later command (and daemon) authenticates with it.
 export SHEEP_KEYRING="$C/keyring"
