@@ -62,18 +62,20 @@ async fn format(client: &GroupClient, args: &FormatArgs, json: bool) -> Result<(
         min_copies: args.min_copies.unwrap_or(0),
         hold_ms: args.min_copies_wait * 1000,
         allow_fewer_zones: args.allow_fewer_zones,
+        secure: args.secure,
     };
     let cfg = client.format_with(args.copies, args.object_size, args.voters, args.force, policy).await?;
     if json {
         return print_json(&cfg);
     }
     println!(
-        "cluster formatted: id {}, {} (writes acknowledged on at least {}), object size {}, {} voters",
+        "cluster formatted: id {}, {} (writes acknowledged on at least {}), object size {}, {} voters, sessions {}",
         cfg.cluster_id,
         copies(cfg.copies),
         cfg.policy.min_copies_for(cfg.copies),
         format_size(cfg.object_size()),
-        cfg.voters
+        cfg.voters,
+        session_protection(cfg.policy.secure)
     );
     Ok(())
 }
@@ -114,6 +116,7 @@ pub fn render_info(info: &ClusterInfo) -> String {
             ("Replication", replication(c, info.epochs.last().map_or(&[][..], |e| &e.nodes))),
             ("Object size", format_size(c.object_size())),
             ("Voters", c.voters.to_string()),
+            ("Encryption", session_protection(c.policy.secure).to_string()),
         ]),
         None => pairs.push(("Cluster id", "-".into())),
     }
@@ -169,6 +172,15 @@ pub fn replication(c: &sheep_core::group::ClusterConfig, nodes: &[sheep_core::ep
         format!("degraded: {zones} zone(s) up for {}: under-replicated (writes need {min})", copies(c.copies))
     } else {
         format!("ok (writes need {min} of {})", copies(c.copies))
+    }
+}
+
+/// How the cluster's sessions are protected (after the keyed handshake).
+pub fn session_protection(secure: bool) -> &'static str {
+    if secure {
+        "encrypted (--secure)"
+    } else {
+        "integrity-checked, not encrypted (format --secure to encrypt)"
     }
 }
 
@@ -245,6 +257,7 @@ Copies:       3
 Replication:  halted: 1 zone(s) up, fewer than the 2 copies a write needs: writes are held 60 s, then fail
 Object size:  4.0 MiB
 Voters:       3
+Encryption:   integrity-checked, not encrypted (format --secure to encrypt)
 Master:       127.0.0.1:7000
 Submasters:   127.0.0.2:7000, 127.0.0.3:7000
 Members:      -

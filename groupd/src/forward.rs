@@ -96,6 +96,7 @@ pub async fn forward(client: &groupd::Client, op: &Op, request: Option<&RequestI
             p.set_min_copies(policy.min_copies);
             p.set_hold_ms(policy.hold_ms);
             p.set_allow_fewer_zones(policy.allow_fewer_zones);
+            p.set_secure(policy.secure);
             set_request!(req.get(), request);
             let resp = req.send().promise.await?;
             let config = codec::read_config(resp.get()?.get_config()?)?;

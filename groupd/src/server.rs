@@ -203,6 +203,7 @@ impl groupd::Server for GroupdServer {
                     min_copies: p.get_min_copies(),
                     hold_ms: p.get_hold_ms(),
                     allow_fewer_zones: p.get_allow_fewer_zones(),
+                    secure: p.get_secure(),
                 },
             }
         };

@@ -140,6 +140,8 @@ impl StateMachine {
 
     fn publish(&self) {
         let d = self.inner.data.borrow();
+        // Sessions accepted and opened from now on are encrypted if the cluster says so.
+        sheep_rpc::transport::set_cluster_secure(d.state.config.as_ref().is_some_and(|c| c.policy.secure));
         let seq = d.state.next_seq();
         let applied = d.last_applied.map_or(0, |l| l.index);
         drop(d);

@@ -46,6 +46,7 @@ struct ClusterConfig {
   minCopies @5 :UInt8;        # a write is acked once this many replicas hold it; 0: a majority
   holdMs @6 :UInt64;          # how long writes are held below minCopies; 0: 60 s
   allowFewerZones @7 :Bool;   # VDIs may have more copies than there are zones
+  secure @8 :Bool;            # every session is encrypted, not only integrity-checked
 }
 
 enum ClusterStatus {
@@ -185,7 +186,8 @@ interface Groupd {
   info @5 () -> (info :ClusterInfo);
 
   format @6 (copies :UInt8, objectSizeShift :UInt8, voters :UInt8, force :Bool,
-             minCopies :UInt8, holdMs :UInt64, allowFewerZones :Bool, request :RequestId)
+             minCopies :UInt8, holdMs :UInt64, allowFewerZones :Bool, request :RequestId,
+             secure :Bool)
       -> (config :ClusterConfig);
   # Refused (badRequest) if minCopies > copies, or if the storage nodes up span fewer zones
   # than copies and allowFewerZones is not set.

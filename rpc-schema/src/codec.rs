@@ -74,6 +74,7 @@ pub fn write_config(mut b: cluster_config::Builder<'_>, c: &ClusterConfig) {
     b.set_min_copies(c.policy.min_copies);
     b.set_hold_ms(c.policy.hold_ms);
     b.set_allow_fewer_zones(c.policy.allow_fewer_zones);
+    b.set_secure(c.policy.secure);
 }
 
 pub fn read_config(r: cluster_config::Reader<'_>) -> capnp::Result<ClusterConfig> {
@@ -87,6 +88,7 @@ pub fn read_config(r: cluster_config::Reader<'_>) -> capnp::Result<ClusterConfig
             min_copies: r.get_min_copies(),
             hold_ms: r.get_hold_ms(),
             allow_fewer_zones: r.get_allow_fewer_zones(),
+            secure: r.get_secure(),
         },
     })
 }

@@ -84,9 +84,9 @@ pub fn identity(keyring: Option<&Path>, insecure: bool, daemon: bool) -> Result<
                         keyring.entity
                     ));
                 }
-                Ok(Identity::Daemon { keyring, secure: false })
+                Ok(Identity::Daemon { keyring })
             } else {
-                Ok(Identity::Client { keyring, secure: false })
+                Ok(Identity::Client { keyring })
             }
         }
     }

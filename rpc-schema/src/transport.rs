@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use sheep_core::auth::handshake::{self, Hello, Status, ANSWER_BODY, HELLO_HEAD, NONCE_LEN};
+use sheep_core::auth::handshake::{self, Answer, Hello, Status, ANSWER_BODY, HELLO_HEAD, NONCE_LEN};
 use sheep_core::auth::keyring::Keyring;
 use sheep_core::auth::seal::{Opener, Sealer, HEADER_LEN, MAX_FRAME, TAG_LEN};
 use sheep_core::auth::{key_of, Key, DAEMON, KEY_LEN};
@@ -29,13 +30,28 @@ pub enum Identity {
     /// No keys: plain connections, and only to peers that run so too.
     Insecure,
     /// A daemon: proves the cluster's secret to its peers, checks theirs with it.
-    Daemon { keyring: Keyring, secure: bool },
-    /// A client: proves its own key.
-    Client { keyring: Keyring, secure: bool },
+    Daemon { keyring: Keyring },
+    /// A client: proves its own key (and encrypts when the server says its cluster does).
+    Client { keyring: Keyring },
 }
 
 static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
 static IDENTITY: OnceLock<Identity> = OnceLock::new();
+/// The cluster this daemon serves was formatted `--secure`: every session it accepts or
+/// opens from now on is encrypted.
+static CLUSTER_SECURE: AtomicBool = AtomicBool::new(false);
+
+/// Tells the transport whether this daemon's cluster encrypts its sessions (a daemon calls
+/// it whenever it learns the cluster's configuration). Sessions open already stay as they are.
+pub fn set_cluster_secure(secure: bool) {
+    if CLUSTER_SECURE.swap(secure, Ordering::Relaxed) != secure {
+        tracing::info!("sessions are {} from now on", if secure { "encrypted" } else { "integrity-checked" });
+    }
+}
+
+fn cluster_secure() -> bool {
+    CLUSTER_SECURE.load(Ordering::Relaxed)
+}
 
 /// Makes every later outgoing connection of this process leave from `ip` (once per process;
 /// a second call changes nothing). A daemon with an address of its own (its `--listen`)
@@ -48,7 +64,7 @@ pub fn set_source_ip(ip: IpAddr) {
 /// Sets who this process is, before its first connection (once; a second call is refused).
 /// A process that never calls it is [`Identity::Insecure`].
 pub fn set_identity(id: Identity) -> Result<(), String> {
-    if let Identity::Daemon { keyring, .. } = &id {
+    if let Identity::Daemon { keyring } = &id {
         if keyring.secret.is_none() {
             return Err(format!(
                 "the keyring of {} has no cluster secret: a daemon needs the cluster's keyring (`sheepctl auth init`)",
@@ -75,11 +91,11 @@ pub async fn connect(addr: &str) -> io::Result<Stream> {
     let _ = tcp.set_nodelay(true);
     match identity() {
         Identity::Insecure => Ok(Stream::Plain(tcp)),
-        Identity::Daemon { keyring, secure } => {
+        Identity::Daemon { keyring } => {
             let secret = keyring.secret.expect("set_identity checked it");
-            client_handshake(tcp, DAEMON, &secret, *secure).await
+            client_handshake(tcp, DAEMON, &secret, cluster_secure()).await
         }
-        Identity::Client { keyring, secure } => client_handshake(tcp, &keyring.entity, &keyring.key, *secure).await,
+        Identity::Client { keyring } => client_handshake(tcp, &keyring.entity, &keyring.key, false).await,
     }
 }
 
@@ -107,7 +123,7 @@ pub async fn accept(tcp: TcpStream, peer: SocketAddr) -> io::Result<Stream> {
     let _ = tcp.set_nodelay(true);
     let secret = match identity() {
         Identity::Insecure => return Ok(Stream::Plain(tcp)),
-        Identity::Daemon { keyring, .. } => keyring.secret.expect("set_identity checked it"),
+        Identity::Daemon { keyring } => keyring.secret.expect("set_identity checked it"),
         Identity::Client { .. } => return Err(io::Error::other("a client process serves no connections")),
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(tcp, &secret)).await {
@@ -177,13 +193,16 @@ async fn client_handshake(mut tcp: TcpStream, entity: &str, key: &Key, secure: b
     }
     let mut body = [0u8; ANSWER_BODY];
     read_all(&mut tcp, &mut body, CLOSED_IN_HANDSHAKE).await?;
-    let server_nonce: [u8; NONCE_LEN] = body[..NONCE_LEN].try_into().expect("nonce length");
-    let t = handshake::transcript(&hello, &server_nonce);
-    if !handshake::server_proof_matches(key, &t, &body[NONCE_LEN..]) {
+    let answer = Answer::decode(&body);
+    let t = handshake::transcript(&hello, answer.flags, &answer.nonce);
+    if !handshake::server_proof_matches(key, &t, &answer.proof) {
         return Err(refused(format!(
             "the peer did not prove it knows the key of {entity}: it is no member of this keyring's cluster, or it \
              runs without keys (--insecure)"
         )));
+    }
+    if secure && !answer.is_secure() {
+        return Err(refused("the peer would not encrypt the session this process asked to encrypt"));
     }
     tcp.write_all(&handshake::client_proof(key, &t)).await?;
     read_all(&mut tcp, &mut status, CLOSED_IN_HANDSHAKE).await?;
@@ -193,6 +212,7 @@ async fn client_handshake(mut tcp: TcpStream, entity: &str, key: &Key, secure: b
         None => return Err(refused("the peer answered the handshake with nonsense")),
     }
     let (c2s, s2c) = handshake::frame_keys(key, &t);
+    let secure = answer.is_secure();
     Ok(Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&c2s, secure), Opener::new(&s2c, secure)))))
 }
 
@@ -211,13 +231,16 @@ async fn server_handshake(mut tcp: TcpStream, secret: &Key) -> io::Result<Stream
         tcp.write_all(&[Status::UnknownEntity as u8]).await?;
         return Err(refused(format!("unknown entity {}", hello.entity)));
     };
+    // Encrypted if the client asks or this cluster says so.
+    let secure = hello.flags & handshake::flags::SECURE != 0 || cluster_secure();
+    let server_flags = if secure { handshake::flags::SECURE } else { 0 };
     let server_nonce = random::<NONCE_LEN>()?;
-    let t = handshake::transcript(&hello, &server_nonce);
-    let mut answer = Vec::with_capacity(1 + ANSWER_BODY);
-    answer.push(Status::Ok as u8);
-    answer.extend_from_slice(&server_nonce);
-    answer.extend_from_slice(&handshake::server_proof(&key, &t));
-    tcp.write_all(&answer).await?;
+    let t = handshake::transcript(&hello, server_flags, &server_nonce);
+    let answer = Answer { flags: server_flags, nonce: server_nonce, proof: handshake::server_proof(&key, &t) };
+    let mut out = Vec::with_capacity(1 + ANSWER_BODY);
+    out.push(Status::Ok as u8);
+    out.extend_from_slice(&answer.encode());
+    tcp.write_all(&out).await?;
     let mut proof = [0u8; KEY_LEN];
     read_all(&mut tcp, &mut proof, "closed in its handshake").await?;
     if !handshake::client_proof_matches(&key, &t, &proof) {
@@ -225,7 +248,6 @@ async fn server_handshake(mut tcp: TcpStream, secret: &Key) -> io::Result<Stream
         return Err(refused(format!("{}: wrong key", hello.entity)));
     }
     tcp.write_all(&[Status::Ok as u8]).await?;
-    let secure = hello.flags & handshake::flags::SECURE != 0;
     let (c2s, s2c) = handshake::frame_keys(&key, &t);
     tracing::debug!(entity = hello.entity, secure, "authenticated");
     Ok(Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&s2c, secure), Opener::new(&c2s, secure)))))

@@ -182,6 +182,7 @@ async fn follow(
                 sync(node, &info.epochs, info.config.as_ref().map(|c| c.cluster_id.as_str()))?;
                 if let Some(c) = &info.config {
                     node.set_cluster_copies(c.copies);
+                    sheep_rpc::transport::set_cluster_secure(c.policy.secure);
                 }
                 node.set_clean_epoch(info.clean_epoch);
                 // The watch starts after `info`: the locks held now, with their tokens, are
@@ -294,6 +295,7 @@ fn apply(node: &Rc<Node>, session: SessionId, joined_seen: &mut bool, e: &Event)
             }
             node.reset_epochs()?;
             node.set_cluster_copies(cfg.copies);
+            sheep_rpc::transport::set_cluster_secure(cfg.policy.secure);
             node.kick_recovery();
         }
         EventKind::VdiCreated(vdi) => node.vdi_created(vdi),

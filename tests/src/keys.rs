@@ -29,7 +29,7 @@ pub fn keyring() -> &'static Path {
             let _ = std::fs::remove_file(&tmp);
         }
         let keyring = keyfile::load(&path).expect("the test keyring");
-        transport::set_identity(Identity::Client { keyring, secure: false }).expect("the test process's identity");
+        transport::set_identity(Identity::Client { keyring }).expect("the test process's identity");
         path
     })
 }

@@ -7,9 +7,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use sheep_core::auth::handshake::{self, Hello, Status, ANSWER_BODY, NONCE_LEN};
+use sheep_core::auth::handshake::{self, Answer, Hello, Status, ANSWER_BODY, NONCE_LEN};
 use sheep_core::auth::keyring::Keyring;
 use sheep_core::auth::{Key, ADMIN, DAEMON};
+use sheep_core::group::ClusterStatus;
 use sheep_tests::keys::{command, keyring};
 use sheep_tests::{Cluster, Daemon};
 
@@ -59,7 +60,8 @@ fn handshake_by_hand(addr: &str, entity: &str, key: &Key, nonce: [u8; NONCE_LEN]
     assert_eq!(status[0], Status::Ok as u8, "{entity} is known to {addr}");
     let mut body = [0u8; ANSWER_BODY];
     s.read_exact(&mut body).unwrap();
-    let t = handshake::transcript(&hello, body[..NONCE_LEN].try_into().unwrap());
+    let answer = Answer::decode(&body);
+    let t = handshake::transcript(&hello, answer.flags, &answer.nonce);
     let proof = handshake::client_proof(key, &t);
     s.write_all(&proof).unwrap();
     let verdict = match s.read(&mut status) {
@@ -67,6 +69,42 @@ fn handshake_by_hand(addr: &str, entity: &str, key: &Key, nonce: [u8; NONCE_LEN]
         _ => None,
     };
     (hello.encode(), proof, verdict)
+}
+
+/// The flags a server answers a hello of the admin with (is the session to be encrypted?).
+fn answer_flags(addr: &str) -> u8 {
+    let mut s = connect(addr);
+    s.write_all(&Hello { flags: 0, entity: ADMIN.into(), nonce: [6; NONCE_LEN] }.encode()).unwrap();
+    let mut answer = [0u8; 1 + ANSWER_BODY];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], Status::Ok as u8);
+    Answer::decode(answer[1..].try_into().unwrap()).flags
+}
+
+#[test]
+fn a_secure_cluster_encrypts_every_session() {
+    let mut c = Cluster::formatted(2, 2, &["--secure"]);
+    // Every daemon answers a client that did not ask for it: this session is encrypted.
+    for addr in c.groupd_addrs.iter().chain(&c.storaged_addrs) {
+        assert_eq!(answer_flags(addr), handshake::flags::SECURE, "{addr} would not encrypt");
+    }
+    assert!(c.ctl_ok(&["cluster", "info"]).contains("encrypted (--secure)"));
+    c.ctl_ok(&["vdi", "create", "enc", "8M"]);
+    let out = c.ctl_stdin(&["vdi", "write", "enc", "4096"], b"sealed on the wire");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.ctl_ok(&["vdi", "read", "enc", "4096", "18"]), "sealed on the wire");
+    // A node that joins gets its copies from the others over encrypted sessions too, and
+    // serves them.
+    c.add_storaged();
+    c.wait_epoch_nodes(0, 3, ClusterStatus::Running);
+    c.wait_recovered();
+    for r in ["0", "1"] {
+        let img = c.path(&format!("enc{r}.img"));
+        c.ctl_ok(&["vdi", "export", "enc", img.to_str().unwrap(), "--replica", r]);
+        let data = std::fs::read(&img).unwrap();
+        assert_eq!(&data[4096..4096 + 18], b"sealed on the wire", "replica {r}");
+    }
+    assert_eq!(answer_flags(&c.storaged_addrs[2]), handshake::flags::SECURE);
 }
 
 #[test]
@@ -83,6 +121,8 @@ fn no_handshake_no_data_and_wrong_or_replayed_proofs_are_refused() {
         assert!(read_to_close(&mut s).is_empty(), "{addr} answered a client without keys");
         assert!(started.elapsed() < T);
 
+        // Not formatted --secure: integrity-checked sessions unless the client asks.
+        assert_eq!(answer_flags(addr), 0);
         // The right key: accepted, as the admin and as a daemon.
         assert_eq!(handshake_by_hand(addr, ADMIN, &k.key, [1; NONCE_LEN]).2, Some(Status::Ok as u8));
         let (hello, proof, verdict) = handshake_by_hand(addr, DAEMON, &secret, [2; NONCE_LEN]);

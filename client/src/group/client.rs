@@ -312,6 +312,7 @@ impl GroupClient {
             p.set_min_copies(policy.min_copies);
             p.set_hold_ms(policy.hold_ms);
             p.set_allow_fewer_zones(policy.allow_fewer_zones);
+            p.set_secure(policy.secure);
             codec::write_request(req.get().init_request(), &id);
             let resp = req.send().promise.await?;
             codec::read_config(resp.get()?.get_config()?)

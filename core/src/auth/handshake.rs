@@ -3,16 +3,20 @@
 //!
 //! ```text
 //! client → server  hello:   "SHEEPAU1" | flags u8 | entity length u8 | entity | client nonce (32)
-//! server → client  answer:  status u8 | (if ok) server nonce (32) | server proof (32)
+//! server → client  answer:  status u8 | (if ok) server flags u8 | server nonce (32) | server proof (32)
 //! client → server  proof:   client proof (32)
 //! server → client  verdict: status u8
 //! ```
 //!
 //! Both proofs are HMAC-SHA-256, under the key the entity holds, of the transcript (the
-//! hello and the server's nonce): the server proves it knows that key (so the client knows
+//! hello, the server's flags and its nonce): the server proves it knows that key (so the client knows
 //! it talks to a member of its own cluster), then the client proves it holds it. Fresh nonces
 //! on both sides: a recorded handshake replayed gets another server nonce, and its proof no
 //! longer matches. The session's frame keys come from the same transcript.
+//!
+//! Encryption: the session's frames are encrypted when the client asks ([`flags::SECURE`] in
+//! its hello) or the server's cluster was formatted `--secure`; the server's flags say which,
+//! and are in the transcript, so a man in the middle cannot turn it off unseen.
 
 use sha2::{Digest, Sha256};
 
@@ -23,11 +27,12 @@ pub const MAGIC: &[u8; 8] = b"SHEEPAU1";
 pub const HELLO_HEAD: usize = MAGIC.len() + 2;
 pub const NONCE_LEN: usize = 32;
 /// Bytes of a successful answer after its status byte.
-pub const ANSWER_BODY: usize = NONCE_LEN + KEY_LEN;
+pub const ANSWER_BODY: usize = 1 + NONCE_LEN + KEY_LEN;
 
-/// The flags of a hello.
+/// The flags of a hello and of an answer.
 pub mod flags {
-    /// The client wants its frames encrypted (not only integrity-checked).
+    /// In a hello: the client wants its frames encrypted (not only integrity-checked). In an
+    /// answer: the session's frames are encrypted.
     pub const SECURE: u8 = 1;
 }
 
@@ -98,10 +103,42 @@ impl Hello {
     }
 }
 
-/// What both proofs and the frame keys are computed over.
-pub fn transcript(hello: &Hello, server_nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
+/// The body of a successful answer (what follows its status byte).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub flags: u8,
+    pub nonce: [u8; NONCE_LEN],
+    pub proof: Key,
+}
+
+impl Answer {
+    pub fn encode(&self) -> [u8; ANSWER_BODY] {
+        let mut out = [0u8; ANSWER_BODY];
+        out[0] = self.flags;
+        out[1..1 + NONCE_LEN].copy_from_slice(&self.nonce);
+        out[1 + NONCE_LEN..].copy_from_slice(&self.proof);
+        out
+    }
+
+    pub fn decode(body: &[u8; ANSWER_BODY]) -> Answer {
+        Answer {
+            flags: body[0],
+            nonce: body[1..1 + NONCE_LEN].try_into().expect("nonce length"),
+            proof: body[1 + NONCE_LEN..].try_into().expect("proof length"),
+        }
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.flags & flags::SECURE != 0
+    }
+}
+
+/// What both proofs and the frame keys are computed over: the hello, and the server's flags
+/// and nonce.
+pub fn transcript(hello: &Hello, server_flags: u8, server_nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(hello.encode());
+    h.update([server_flags]);
     h.update(server_nonce);
     h.finalize().into()
 }
@@ -154,20 +191,32 @@ mod tests {
     #[test]
     fn proofs_bind_the_key_and_both_nonces() {
         let key = [1u8; KEY_LEN];
-        let t = transcript(&hello(), &[2u8; NONCE_LEN]);
+        let t = transcript(&hello(), 0, &[2u8; NONCE_LEN]);
         assert!(server_proof_matches(&key, &t, &server_proof(&key, &t)));
         assert!(client_proof_matches(&key, &t, &client_proof(&key, &t)));
         // The server's proof is no client proof (no reflection).
         assert!(!client_proof_matches(&key, &t, &server_proof(&key, &t)));
         // Another server nonce (a replay), another client nonce, another key: no match.
-        let replayed = transcript(&hello(), &[3u8; NONCE_LEN]);
+        let replayed = transcript(&hello(), 0, &[3u8; NONCE_LEN]);
         assert!(!client_proof_matches(&key, &replayed, &client_proof(&key, &t)));
         let other = Hello { nonce: [8u8; NONCE_LEN], ..hello() };
-        assert!(!client_proof_matches(&key, &transcript(&other, &[2u8; NONCE_LEN]), &client_proof(&key, &t)));
+        assert!(!client_proof_matches(&key, &transcript(&other, 0, &[2u8; NONCE_LEN]), &client_proof(&key, &t)));
         assert!(!client_proof_matches(&[5u8; KEY_LEN], &t, &client_proof(&key, &t)));
+        // The server's flags are bound too: an answer whose "encrypted" flag was cleared on
+        // the way no longer matches its proof.
+        let secure = transcript(&hello(), flags::SECURE, &[2u8; NONCE_LEN]);
+        assert!(!server_proof_matches(&key, &t, &server_proof(&key, &secure)));
         let (c2s, s2c) = frame_keys(&key, &t);
         assert_ne!(c2s, s2c);
         assert_ne!(frame_keys(&key, &replayed).0, c2s);
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let a = Answer { flags: flags::SECURE, nonce: [4u8; NONCE_LEN], proof: [5u8; KEY_LEN] };
+        assert_eq!(Answer::decode(&a.encode()), a);
+        assert!(a.is_secure());
+        assert!(!Answer { flags: 0, ..a }.is_secure());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The cluster's replication policy (set at format): how few copies a write may land on,
-//! how long writes are held below that, and whether fewer zones than copies are accepted.
+//! The cluster's policy (set at format): how few copies a write may land on, how long
+//! writes are held below that, whether fewer zones than copies are accepted, and whether
+//! every session is encrypted.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,10 @@ pub struct Policy {
     /// VDIs may keep more copies than there are zones (then some copies share a zone, or
     /// are missing: the VDI is under-replicated).
     pub allow_fewer_zones: bool,
+    /// Every connection of the cluster's daemons is encrypted (`cluster format --secure`),
+    /// not only integrity-checked.
+    #[serde(default)]
+    pub secure: bool,
 }
 
 impl Policy {
