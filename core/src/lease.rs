@@ -1,7 +1,9 @@
 //! Session leases, as the master keeps them: a session whose keepalives stop for the lease
 //! time is expired. Kept in memory only (time is not part of the replicated state); a new
 //! master starts every session with a fresh lease, a grace period of one lease, so that a
-//! failover never expires anyone by itself.
+//! failover never expires anyone by itself. Time the master itself did not run (stopped,
+//! or starved of CPU) does not count against anyone: it could not hear their keepalives
+//! ([`LeaseTable::held_up`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,6 +52,15 @@ impl LeaseTable {
     /// Sessions whose lease ran out at `now`.
     pub fn expired(&self, now: u64) -> Vec<SessionId> {
         self.last_seen.iter().filter(|(_, &t)| now.saturating_sub(t) >= self.lease_ms).map(|(&id, _)| id).collect()
+    }
+
+    /// The master did not run for `ms` (its checks came that much later than due): every
+    /// lease is extended by it, so that keepalives it could not read meanwhile expire nobody.
+    /// A session silent before the stall still expires, only that much later.
+    pub fn held_up(&mut self, ms: u64, now: u64) {
+        for t in self.last_seen.values_mut() {
+            *t = t.saturating_add(ms).min(now);
+        }
     }
 
     /// Forgets everything: called when this groupd stops being master, so that if it
@@ -101,6 +112,22 @@ mod tests {
         t.sync([1], 500);
         t.touch(1, 400);
         assert!(t.expired(599).is_empty());
+    }
+
+    #[test]
+    fn time_the_master_did_not_run_counts_against_nobody() {
+        let mut t = LeaseTable::new(Duration::from_millis(5000));
+        t.sync([1, 2], 0);
+        t.touch(1, 4000);
+        // The master stalled from 4500 to 12000: 7500 ms it could not hear anyone.
+        t.held_up(7500, 12_000);
+        assert!(t.expired(12_000).is_empty(), "nobody expires for the master's own stall");
+        // Session 2, silent since 0, had 500 ms of its lease left at the stall: it gets them.
+        assert_eq!(t.expired(12_500), vec![2]);
+        assert_eq!(t.expired(16_500), vec![1, 2]);
+        // Never later than now.
+        t.held_up(1_000_000, 13_000);
+        assert_eq!(t.expired(18_000), vec![1, 2]);
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub struct NbdExportArgs {
     /// NBD requests in flight per connection (1..=1024)
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub queue_depth: u16,
+
+    /// Serve on an address other than loopback although NBD goes in the clear (no TLS yet):
+    /// anyone who reaches it can read and write the VDI
+    #[arg(long)]
+    pub insecure_listen: bool,
 }
 
 /// The `ublk-dev` binary next to this executable.
@@ -53,6 +58,9 @@ pub fn run(groupd: &str, a: &NbdExportArgs) -> Result<()> {
         .arg(a.listen.to_string())
         .arg("--queue-depth")
         .arg(a.queue_depth.to_string());
+    if a.insecure_listen {
+        cmd.arg("--insecure-listen");
+    }
     let err = cmd.exec();
     bail!("cannot run {}: {err}", bin.display())
 }

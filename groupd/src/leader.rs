@@ -18,6 +18,12 @@ use crate::types::{now_mono_ms, ClientWriteError, NodeId, RaftError};
 
 /// How often the master checks leases.
 const LEASE_TICK: Duration = Duration::from_millis(200);
+/// A check this much later than due means the master itself was held up (stopped, starved
+/// of CPU): the time past it counts against no lease.
+const HELD_UP: Duration = Duration::from_millis(1000);
+/// Before it expires anyone, the master lets the requests waiting on its sockets in this
+/// long: a keepalive that arrived while it was busy is no missed keepalive.
+const EXPIRY_GRACE: Duration = Duration::from_millis(300);
 /// How often the master looks for learners to promote.
 const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 /// A learner this close to the leader's last log index counts as caught up.
@@ -124,11 +130,15 @@ pub async fn run(node: Rc<Node>) {
     let mut had_quorum = false;
     let mut known_master = None;
     let mut next_promote = Instant::now();
+    let mut last_check = now_mono_ms();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LEASE_TICK) => {}
             _ = node.promote_now.notified() => { next_promote = Instant::now(); }
         }
+        let now = now_mono_ms();
+        let late = now.saturating_sub(last_check).saturating_sub(LEASE_TICK.as_millis() as u64);
+        last_check = now;
         let master = node.raft.metrics().borrow().current_leader;
         if master != known_master {
             match node.members().into_iter().find(|m| Some(m.raft_id) == master) {
@@ -159,8 +169,14 @@ pub async fn run(node: Rc<Node>) {
             node.leases.borrow_mut().clear();
         }
         had_quorum = quorum;
+        if late >= HELD_UP.as_millis() as u64 {
+            tracing::warn!(late_ms = late, "the master was held up (stopped or starved of CPU): leases extended by it");
+            node.leases.borrow_mut().held_up(late, now);
+        }
         if quorum {
             expire_sessions(&node).await;
+            // The grace and the closing take time of their own, which counts as no stall.
+            last_check = now_mono_ms();
         }
         if Instant::now() >= next_promote {
             next_promote = Instant::now() + PROMOTE_EVERY;
@@ -169,15 +185,25 @@ pub async fn run(node: Rc<Node>) {
     }
 }
 
-async fn expire_sessions(node: &Node) {
+/// Sessions whose lease ran out by now.
+fn out_of_lease(node: &Node) -> Vec<u64> {
     let now = now_mono_ms();
-    let expired = {
-        let live: Vec<u64> = node.sm.state().sessions.keys().copied().collect();
-        let mut leases = node.leases.borrow_mut();
-        leases.sync(live, now);
-        leases.expired(now)
-    };
-    for session in expired {
+    let live: Vec<u64> = node.sm.state().sessions.keys().copied().collect();
+    let mut leases = node.leases.borrow_mut();
+    leases.sync(live, now);
+    leases.expired(now)
+}
+
+async fn expire_sessions(node: &Node) {
+    if out_of_lease(node).is_empty() {
+        return;
+    }
+    // Let in what waits on the sockets (keepalives among it) before judging.
+    tokio::time::sleep(EXPIRY_GRACE).await;
+    if !node.is_leader() {
+        return;
+    }
+    for session in out_of_lease(node) {
         tracing::info!(session, lease_ms = node.lease_ms, "session expired: no keepalive within its lease");
         match node.write_as_master(Op::CloseSession { session, expired: true }).await {
             Ok(_) => {}

@@ -148,6 +148,10 @@ fn a_second_export_is_refused_naming_the_holder_until_the_first_stops() {
     let mut unknown = start_export(&c, "nosuch", &listen_addr(&c), "unknown.log");
     let log = url_or_exit(&mut unknown).expect_err("an export of an unknown VDI started");
     assert!(log.contains("no VDI named \"nosuch\""), "{log}");
+    // Not on an address beyond loopback: NBD goes in the clear (refused before it listens).
+    let mut open = start_export(&c, "disk0", "0.0.0.0:0", "open.log");
+    let log = url_or_exit(&mut open).expect_err("an export on a non-loopback address started");
+    assert!(log.contains("not loopback") && log.contains("--insecure-listen"), "{log}");
 
     // The first one stops cleanly and releases the lock; now the second can start.
     first.signal(Signal::SIGTERM);

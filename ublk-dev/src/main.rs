@@ -49,6 +49,11 @@ struct NbdArgs {
     /// Requests in flight per connection (1..=1024)
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
     queue_depth: u16,
+
+    /// Serve on an address other than loopback although NBD goes in the clear (no TLS yet):
+    /// anyone who reaches it can read and write the VDI
+    #[arg(long)]
+    insecure_listen: bool,
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +117,7 @@ fn serve_nbd(a: NbdArgs, groupd: Vec<String>) -> Result<()> {
         bail!("--groupd needs at least one address");
     }
     sheep_core::object::validate_vdi_name(&a.vdi)?;
+    server::check_listen(a.listen, a.insecure_listen)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     let limits = Limits { queue_depth: usize::from(a.queue_depth), ..Limits::default() };

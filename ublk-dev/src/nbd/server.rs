@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,6 +25,24 @@ pub struct ExportConfig {
     pub listen: SocketAddr,
     pub groupd: Vec<String>,
     pub limits: Limits,
+}
+
+/// Whether the export may listen on `addr`: NBD carries the VDI's data and takes writes with
+/// no authentication and no encryption (TLS is not spoken yet), so only loopback, unless the
+/// operator says `--insecure-listen` (then with a warning).
+pub fn check_listen(addr: SocketAddr, insecure_listen: bool) -> Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure_listen {
+        bail!(
+            "an NBD export on {addr} (not loopback) would serve the VDI in the clear, unauthenticated, to anyone who \
+             reaches it, and NBD over TLS is not supported yet: listen on 127.0.0.1 (the default) and reach it \
+             through an SSH tunnel, or pass --insecure-listen to accept that"
+        );
+    }
+    tracing::warn!("serving NBD on {addr} in the clear (--insecure-listen): anyone who reaches it can read and write");
+    Ok(())
 }
 
 /// A client has this long to finish the handshake.
@@ -197,5 +215,18 @@ mod tests {
         assert_eq!(nbd_url(a, "my disk/é"), "nbd://127.0.0.1:10809/my%20disk%2F%C3%A9");
         let v6: SocketAddr = "[::1]:7".parse().unwrap();
         assert_eq!(nbd_url(v6, "d"), "nbd://[::1]:7/d");
+    }
+
+    #[test]
+    fn only_loopback_unless_told() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for ok in ["127.0.0.1:10809", "127.5.6.7:1", "[::1]:0"] {
+            assert!(check_listen(addr(ok), false).is_ok(), "{ok}");
+        }
+        for open in ["0.0.0.0:10809", "192.168.1.5:10809", "[::]:10809"] {
+            let e = check_listen(addr(open), false).unwrap_err().to_string();
+            assert!(e.contains("--insecure-listen") && e.contains("in the clear"), "{open}: {e}");
+            assert!(check_listen(addr(open), true).is_ok(), "{open} with --insecure-listen");
+        }
     }
 }
