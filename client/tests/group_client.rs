@@ -195,7 +195,8 @@ impl Server {
         let conns = tasks.clone();
         let accept = tokio::task::spawn_local(async move {
             while let Ok((stream, peer)) = listener.accept().await {
-                let t = tokio::task::spawn_local(sheep_client::rpc::serve(stream, peer, client.clone().client));
+                let bootstrap = client.clone().client;
+                let t = tokio::task::spawn_local(sheep_client::rpc::serve(stream, peer, move |_| bootstrap));
                 conns.borrow_mut().push(t);
             }
         });

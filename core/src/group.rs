@@ -35,6 +35,12 @@ pub struct GroupState {
     /// The answers of recent client calls, so that a retried call applies once.
     #[serde(default)]
     requests: RequestTable,
+    /// The clients other than `client.admin`, by name.
+    #[serde(default)]
+    pub clients: BTreeMap<String, crate::auth::clients::ClientEntry>,
+    /// The generation the last added client got.
+    #[serde(default)]
+    next_client_generation: u64,
 }
 
 impl Default for GroupState {
@@ -52,6 +58,8 @@ impl Default for GroupState {
             next_seq: 1,
             events: VecDeque::new(),
             requests: RequestTable::default(),
+            clients: BTreeMap::new(),
+            next_client_generation: 0,
         }
     }
 }
@@ -170,6 +178,9 @@ impl GroupState {
             }
             Op::RecoveryDone { session, epoch } => self.recovery_done(t, *session, *epoch),
             Op::NodeFailed { session, reason } => self.node_failed(t, *session, reason),
+            Op::AuthAdd { name, caps } => self.auth_add(name, caps),
+            Op::AuthCaps { name, caps } => self.auth_caps(name, caps),
+            Op::AuthRm { name } => self.auth_rm(name),
         }
     }
 
@@ -550,7 +561,9 @@ impl GroupState {
     }
 }
 
+pub mod clients;
 pub mod dedupe;
+pub mod holder;
 mod info;
 pub mod policy;
 mod types;

@@ -212,6 +212,43 @@ pub enum AuthCmd {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
+    /// Add a client with capabilities, e.g. `auth add client.host1 --caps 'vdi=vm-*:rw,
+    /// vdi=golden:r'`, and print its keyring (or write it to --out); give that to the host
+    Add {
+        /// The client's name: `client.NAME`
+        #[arg(value_name = "ENTITY")]
+        entity: String,
+        /// What it may touch: `vdi=PATTERN:r` or `vdi=PATTERN:rw`, comma-separated (`*` any
+        /// run of characters, `?` one); a VDI's snapshots go by its name
+        #[arg(long, value_name = "CAPS")]
+        caps: String,
+        /// Write the keyring to this new file (mode 0600) instead of printing it
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Print a client's keyring again (or write it to --out)
+    Get {
+        #[arg(value_name = "ENTITY")]
+        entity: String,
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Change a client's capabilities (groupd applies them at once; storage nodes when the
+    /// client's ticket is renewed, within groupd's --ticket-secs)
+    Caps {
+        #[arg(value_name = "ENTITY")]
+        entity: String,
+        #[arg(long, value_name = "CAPS")]
+        caps: String,
+    },
+    /// Revoke a client: groupd refuses it at once, storage nodes once its ticket expires
+    /// (groupd's --ticket-secs, 300 s by default); its key never works again
+    Rm {
+        #[arg(value_name = "ENTITY")]
+        entity: String,
+    },
+    /// The clients and their capabilities (client.admin, not listed, may do everything)
+    List,
 }
 
 #[derive(Subcommand, Debug)]

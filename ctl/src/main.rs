@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     match &cli.cmd {
-        Cmd::Auth(_) | Cmd::Up(_) | Cmd::Down(_) => {}
+        Cmd::Auth(cli::AuthCmd::Init { .. }) | Cmd::Up(_) | Cmd::Down(_) => {}
         // Local device management works without a keyring where it can.
         Cmd::List | Cmd::Del(_) => {
             let _ = keys::use_keys(&cli.keys);
@@ -63,7 +63,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     local.block_on(&rt, async move {
         match &cli.cmd {
-            Cmd::Auth(a) => auth::run(a, cli.json),
+            Cmd::Auth(a) => auth::run(&cli.groupd, a, cli.json).await,
             Cmd::Cluster(c) => cluster::run(&client(&cli.groupd)?, c, cli.json).await,
             Cmd::Node(n) => node::run(&cli.groupd, n, cli.json).await,
             Cmd::Vdi(v) => vdi::run(&cli.groupd, v, cli.json).await,

@@ -225,7 +225,34 @@ pub async fn forward(client: &groupd::Client, op: &Op, request: Option<&RequestI
             req.send().promise.await?;
             Ok(Outcome::done())
         }
+        Op::AuthAdd { name, caps } => {
+            let mut req = client.auth_add_request();
+            req.get().set_name(name.as_str());
+            req.get().set_caps(caps.render().as_str());
+            set_request!(req.get(), request);
+            let resp = req.send().promise.await?;
+            client_outcome(codec::read_auth_client(resp.get()?.get_client()?)?)
+        }
+        Op::AuthCaps { name, caps } => {
+            let mut req = client.auth_caps_request();
+            req.get().set_name(name.as_str());
+            req.get().set_caps(caps.render().as_str());
+            set_request!(req.get(), request);
+            let resp = req.send().promise.await?;
+            client_outcome(codec::read_auth_client(resp.get()?.get_client()?)?)
+        }
+        Op::AuthRm { name } => {
+            let mut req = client.auth_rm_request();
+            req.get().set_name(name.as_str());
+            set_request!(req.get(), request);
+            let resp = req.send().promise.await?;
+            client_outcome(codec::read_auth_client(resp.get()?.get_client()?)?)
+        }
     }
+}
+
+fn client_outcome(c: sheep_core::auth::clients::ClientEntry) -> Result<Outcome, capnp::Error> {
+    Ok(Outcome { reply: Reply::Client(c), lease_ms: 0, holder: String::new() })
 }
 
 fn vdi_outcome(vdi: sheep_core::namespace::VdiEntry) -> Result<Outcome, capnp::Error> {

@@ -9,6 +9,7 @@ mod leader;
 mod log_store;
 mod network;
 mod node;
+mod rights;
 mod server;
 mod state_machine;
 mod types;
@@ -24,7 +25,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use sheep_core::lease::LeaseTable;
-use sheep_rpc::groupd_capnp::groupd;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
@@ -73,6 +73,11 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(100..=3_600_000))]
     lease_ms: u32,
+
+    /// How long a client's ticket is valid, in seconds: storage nodes go on taking a removed
+    /// client (`sheepctl auth rm`) or its old capabilities for at most this long.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u32).range(2..=86_400))]
+    ticket_secs: u32,
 
     /// Lower bound of the Raft election timeout in milliseconds (the upper bound is twice
     /// it): how long followers wait without hearing from the master before electing a new
@@ -184,14 +189,14 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
         sm: sm.clone(),
         peers,
         lease_ms: cli.lease_ms,
+        ticket_ms: cli.ticket_secs * 1000,
         quorum_ms: cli.election_timeout_ms,
         leases: RefCell::new(LeaseTable::new(Duration::from_millis(cli.lease_ms as u64))),
         join_order: RefCell::new(Vec::new()),
         promote_now: Notify::new(),
         membership_changes: tokio::sync::Mutex::new(()),
     });
-    let client: groupd::Client = capnp_rpc::new_client(server::GroupdServer { node: node.clone() });
-    tokio::task::spawn_local(server::serve(listener, client));
+    tokio::task::spawn_local(server::serve(listener, node.clone()));
     tracing::info!(%addr, raft_id, data = %cli.data.display(), "groupd listening");
 
     let mut shutdown = sm.subscribe_shutdown();

@@ -37,6 +37,9 @@ pub struct Node {
     pub sm: StateMachine,
     pub peers: Rc<Peers>,
     pub lease_ms: u32,
+    /// How long the tickets this groupd gives clients are valid: the bound on a revocation
+    /// at storage nodes.
+    pub ticket_ms: u32,
     /// A leader whose last acknowledgement by a quorum is older than this (ms) is not trusted
     /// as master.
     pub quorum_ms: u64,

@@ -14,9 +14,13 @@ use sheep_rpc::groupd_capnp::groupd::{self, RaftKind};
 use sheep_rpc::groupd_capnp::SessionKind as WireKind;
 use tokio::net::TcpListener;
 
-use crate::forward::{expect_seq, expect_session};
+use sheep_core::auth::caps::Access;
+use sheep_rpc::transport::Peer;
+
+use crate::forward::{expect_seq, expect_session, Outcome};
 use crate::network::rpc_system;
 use crate::node::Node;
+use crate::rights;
 use crate::types::TypeConfig;
 
 /// The longest a watch call waits for a first event.
@@ -28,8 +32,10 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 /// The longest name, VDI name, address or cluster id accepted.
 pub const MAX_TEXT: usize = 4096;
 
+/// The API as one connection's peer sees it (its rights: `rights`).
 pub struct GroupdServer {
     pub node: Rc<Node>,
+    pub peer: Peer,
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> capnp::Error {
@@ -67,6 +73,66 @@ async fn raft_call(node: &Node, kind: RaftKind, body: &[u8]) -> Result<Vec<u8>, 
 }
 
 impl GroupdServer {
+    /// Submits a state change the peer has the rights for.
+    async fn submit(&self, op: Op, request: Option<RequestId>) -> Result<Outcome, capnp::Error> {
+        self.check(&op)?;
+        self.node.submit(op, request).await
+    }
+
+    /// The rights `op` needs.
+    fn check(&self, op: &Op) -> Result<(), capnp::Error> {
+        let (node, peer) = (&self.node, &self.peer);
+        if peer.is_privileged() {
+            return Ok(());
+        }
+        match op {
+            Op::OpenSession { kind: SessionKind::Client { .. }, .. } | Op::CloseSession { .. } => {
+                rights::live(node, peer)
+            }
+            Op::Lock { vdi: name, .. }
+            | Op::Unlock { vdi: name, .. }
+            | Op::VdiCreate { name, .. }
+            | Op::VdiDelete { name, .. }
+            | Op::VdiSnapshot { name, .. }
+            | Op::VdiRollback { name, .. }
+            | Op::VdiResize { name, .. }
+            | Op::VdiSetAttr { name, .. } => rights::allow(node, peer, name, Access::ReadWrite),
+            // A client may ask the holder of a VDI it may write for a snapshot (and the
+            // holder answer): nothing else is its to broadcast.
+            Op::Broadcast { payload, .. } => match sheep_core::group::holder::HolderRequest::decode(payload) {
+                Some(r) => rights::allow(node, peer, r.vdi(), Access::ReadWrite),
+                None => rights::privileged(peer, "broadcasting other than a holder request"),
+            },
+            Op::VdiClone { name, new_name, .. } => {
+                rights::allow(node, peer, name, Access::Read)?;
+                rights::allow(node, peer, new_name, Access::ReadWrite)
+            }
+            Op::Format { .. } => rights::privileged(peer, "cluster format"),
+            Op::Shutdown => rights::privileged(peer, "cluster shutdown"),
+            Op::RecoverForce => rights::privileged(peer, "cluster recover force"),
+            Op::AuthAdd { .. } | Op::AuthCaps { .. } | Op::AuthRm { .. } => {
+                rights::privileged(peer, "changing clients")
+            }
+            _ => rights::privileged(peer, "a daemon's command"),
+        }
+    }
+
+    /// Submits a change of the clients, answered with the client's entry.
+    async fn auth_reply(
+        &self,
+        op: Op,
+        request: Option<RequestId>,
+        out: sheep_rpc::groupd_capnp::auth_client::Builder<'_>,
+    ) -> Result<(), capnp::Error> {
+        match self.submit(op, request).await?.reply {
+            Reply::Client(c) => {
+                codec::write_auth_client(out, &c);
+                Ok(())
+            }
+            _ => Err(bad_request("unexpected answer to an auth call")),
+        }
+    }
+
     /// Submits a namespace change whose answer is one VDI entry.
     async fn submit_vdi(
         &self,
@@ -74,7 +140,7 @@ impl GroupdServer {
         request: Option<RequestId>,
         what: &str,
     ) -> Result<sheep_core::namespace::VdiEntry, capnp::Error> {
-        match self.node.submit(op, request).await?.reply {
+        match self.submit(op, request).await?.reply {
             Reply::Vdi(v) => Ok(v),
             _ => Err(bad_request(format!("unexpected answer to {what}"))),
         }
@@ -101,7 +167,7 @@ impl groupd::Server for GroupdServer {
             };
             Op::OpenSession { kind, store_cluster: text(p.get_cluster_id())? }
         };
-        let out = self.node.submit(op, request).await?;
+        let out = self.submit(op, request).await?;
         let mut r = results.get();
         r.set_session(expect_session(&out)?);
         r.set_lease_ms(out.lease_ms);
@@ -113,6 +179,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::KeepaliveParams,
         _: groupd::KeepaliveResults,
     ) -> Result<(), capnp::Error> {
+        rights::live(&self.node, &self.peer)?;
         let session = params.get()?.get_session();
         self.node.keepalive(session).await
     }
@@ -124,7 +191,7 @@ impl groupd::Server for GroupdServer {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let (session, request) = (p.get_session(), codec::read_request(p.get_request()?));
-        self.node.submit(Op::CloseSession { session, expired: false }, request).await?;
+        self.submit(Op::CloseSession { session, expired: false }, request).await?;
         Ok(())
     }
 
@@ -142,7 +209,7 @@ impl groupd::Server for GroupdServer {
             }
             Op::Broadcast { session: p.get_session(), payload: payload.to_vec() }
         };
-        let out = self.node.submit(op, request).await?;
+        let out = self.submit(op, request).await?;
         results.get().set_seq(expect_seq(&out)?);
         Ok(())
     }
@@ -152,6 +219,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::WatchParams,
         mut results: groupd::WatchResults,
     ) -> Result<(), capnp::Error> {
+        rights::live(&self.node, &self.peer)?;
         let (from, max, wait_ms) = {
             let p = params.get()?;
             let max = match p.get_max_entries() {
@@ -179,6 +247,7 @@ impl groupd::Server for GroupdServer {
     }
 
     async fn info(self: Rc<Self>, _: groupd::InfoParams, mut results: groupd::InfoResults) -> Result<(), capnp::Error> {
+        rights::live(&self.node, &self.peer)?;
         let info = self.node.info();
         codec::write_cluster_info(results.get().init_info(), &info);
         Ok(())
@@ -207,7 +276,7 @@ impl groupd::Server for GroupdServer {
                 },
             }
         };
-        let out = self.node.submit(op, request).await?;
+        let out = self.submit(op, request).await?;
         let Reply::Formatted(config) = out.reply else {
             return Err(bad_request("unexpected answer to format"));
         };
@@ -221,7 +290,7 @@ impl groupd::Server for GroupdServer {
         _: groupd::ShutdownResults,
     ) -> Result<(), capnp::Error> {
         let request = codec::read_request(params.get()?.get_request()?);
-        self.node.submit(Op::Shutdown, request).await?;
+        self.submit(Op::Shutdown, request).await?;
         Ok(())
     }
 
@@ -231,7 +300,7 @@ impl groupd::Server for GroupdServer {
         _: groupd::RecoverForceResults,
     ) -> Result<(), capnp::Error> {
         let request = codec::read_request(params.get()?.get_request()?);
-        self.node.submit(Op::RecoverForce, request).await?;
+        self.submit(Op::RecoverForce, request).await?;
         Ok(())
     }
 
@@ -245,7 +314,7 @@ impl groupd::Server for GroupdServer {
             let p = params.get()?;
             Op::Lock { session: p.get_session(), vdi: text(p.get_vdi())? }
         };
-        let out = self.node.submit(op, request).await?;
+        let out = self.submit(op, request).await?;
         let Reply::Locked(lock) = &out.reply else {
             return Err(bad_request("unexpected answer to lock"));
         };
@@ -263,7 +332,7 @@ impl groupd::Server for GroupdServer {
             let p = params.get()?;
             Op::Unlock { session: p.get_session(), vdi: text(p.get_vdi())?, force: p.get_force() }
         };
-        self.node.submit(op, request).await?;
+        self.submit(op, request).await?;
         Ok(())
     }
 
@@ -272,6 +341,7 @@ impl groupd::Server for GroupdServer {
         params: groupd::RaftParams,
         mut results: groupd::RaftResults,
     ) -> Result<(), capnp::Error> {
+        rights::privileged(&self.peer, "raft")?;
         let (kind, body) = {
             let p = params.get()?;
             (p.get_kind().map_err(|_| bad_request("unknown raft RPC kind"))?, p.get_body()?.to_vec())
@@ -296,7 +366,7 @@ impl groupd::Server for GroupdServer {
                 allow_fewer_zones: p.get_allow_fewer_zones(),
             }
         };
-        let out = self.node.submit(op, request).await?;
+        let out = self.submit(op, request).await?;
         let Reply::Vdi(vdi) = &out.reply else {
             return Err(bad_request("unexpected answer to vdiCreate"));
         };
@@ -341,7 +411,7 @@ impl groupd::Server for GroupdServer {
             let p = params.get()?;
             Op::VdiSnapshot { session: p.get_session(), name: text(p.get_name())?, tag: text(p.get_tag())? }
         };
-        let out = self.node.submit(op, request).await?;
+        let out = self.submit(op, request).await?;
         let Reply::Snapshot { snapshot, working } = &out.reply else {
             return Err(bad_request("unexpected answer to vdiSnapshot"));
         };
@@ -407,7 +477,7 @@ impl groupd::Server for GroupdServer {
             let value = if p.get_delete() { None } else { Some(p.get_value()?.to_vec()) };
             Op::VdiSetAttr { name: text(p.get_name())?, key: text(p.get_key())?, value, exclusive: p.get_exclusive() }
         };
-        self.node.submit(op, request).await?;
+        self.submit(op, request).await?;
         Ok(())
     }
 
@@ -420,6 +490,7 @@ impl groupd::Server for GroupdServer {
             let p = params.get()?;
             (text(p.get_name())?, text(p.get_key())?)
         };
+        rights::allow(&self.node, &self.peer, &name, Access::Read)?;
         let value = {
             let state = self.node.sm.state();
             state.vdis.get_attr(&name, &key).map(<[u8]>::to_vec)
@@ -434,8 +505,11 @@ impl groupd::Server for GroupdServer {
         _: groupd::VdiListParams,
         mut results: groupd::VdiListResults,
     ) -> Result<(), capnp::Error> {
+        rights::live(&self.node, &self.peer)?;
         let (vdis, deleted, retired) = {
             let state = self.node.sm.state();
+            // Every client sees every name (as `vdi list` shows them); what it may read or
+            // write of them is checked where it asks, and refused naming the capability.
             let vdis: Vec<_> = state.vdis.list().cloned().collect();
             let deleted: Vec<u32> = state.vdis.deleted().map(|v| v.get()).collect();
             let retired: Vec<_> = state.vdis.retired().cloned().collect();
@@ -467,7 +541,7 @@ impl groupd::Server for GroupdServer {
             let p = params.get()?;
             Op::RecoveryDone { session: p.get_session(), epoch: p.get_epoch() }
         };
-        self.node.submit(op, request).await?;
+        self.submit(op, request).await?;
         Ok(())
     }
 
@@ -481,7 +555,7 @@ impl groupd::Server for GroupdServer {
             let p = params.get()?;
             Op::NodeFailed { session: p.get_session(), reason: text(p.get_reason())? }
         };
-        self.node.submit(op, request).await?;
+        self.submit(op, request).await?;
         Ok(())
     }
 
@@ -490,25 +564,90 @@ impl groupd::Server for GroupdServer {
         params: groupd::AddMemberParams,
         _: groupd::AddMemberResults,
     ) -> Result<(), capnp::Error> {
+        rights::privileged(&self.peer, "adding a groupd")?;
         let (id, addr) = {
             let p = params.get()?;
             (p.get_raft_id(), text(p.get_addr())?)
         };
         self.node.add_member(id, &addr).await
     }
+
+    async fn auth_add(
+        self: Rc<Self>,
+        params: groupd::AuthAddParams,
+        mut results: groupd::AuthAddResults,
+    ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
+        let op = {
+            let p = params.get()?;
+            Op::AuthAdd { name: text(p.get_name())?, caps: codec::read_caps(p.get_caps())? }
+        };
+        self.auth_reply(op, request, results.get().init_client()).await
+    }
+
+    async fn auth_caps(
+        self: Rc<Self>,
+        params: groupd::AuthCapsParams,
+        mut results: groupd::AuthCapsResults,
+    ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
+        let op = {
+            let p = params.get()?;
+            Op::AuthCaps { name: text(p.get_name())?, caps: codec::read_caps(p.get_caps())? }
+        };
+        self.auth_reply(op, request, results.get().init_client()).await
+    }
+
+    async fn auth_rm(
+        self: Rc<Self>,
+        params: groupd::AuthRmParams,
+        mut results: groupd::AuthRmResults,
+    ) -> Result<(), capnp::Error> {
+        let request = codec::read_request(params.get()?.get_request()?);
+        let op = Op::AuthRm { name: text(params.get()?.get_name())? };
+        self.auth_reply(op, request, results.get().init_client()).await
+    }
+
+    async fn auth_list(
+        self: Rc<Self>,
+        _: groupd::AuthListParams,
+        mut results: groupd::AuthListResults,
+    ) -> Result<(), capnp::Error> {
+        rights::privileged(&self.peer, "auth list")?;
+        let clients: Vec<_> = self.node.sm.state().clients.values().cloned().collect();
+        let mut list = results.get().init_clients(clients.len() as u32);
+        for (i, c) in clients.iter().enumerate() {
+            codec::write_auth_client(list.reborrow().get(i as u32), c);
+        }
+        Ok(())
+    }
+
+    async fn ticket(
+        self: Rc<Self>,
+        _: groupd::TicketParams,
+        mut results: groupd::TicketResults,
+    ) -> Result<(), capnp::Error> {
+        let ticket = rights::ticket(&self.node, &self.peer, self.node.ticket_ms)?;
+        let mut r = results.get();
+        r.set_ticket(&ticket);
+        r.set_lifetime_ms(self.node.ticket_ms);
+        Ok(())
+    }
 }
 
-/// Accepts connections forever, each served by its own RPC system on this thread.
-pub async fn serve(listener: TcpListener, client: groupd::Client) {
+/// Accepts connections forever, each served by its own RPC system on this thread, with a
+/// server of its own that knows who the peer proved to be.
+pub async fn serve(listener: TcpListener, node: Rc<Node>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 tracing::debug!(%peer, "connection accepted");
-                let bootstrap = client.clone().client;
+                let node = node.clone();
                 tokio::task::spawn_local(async move {
                     // Only a peer that authenticates gets to send a request.
-                    let Ok(stream) = sheep_rpc::transport::accept(stream, peer).await else { return };
-                    let rpc = rpc_system(stream, Side::Server, Some(bootstrap));
+                    let Ok((stream, who)) = sheep_rpc::transport::accept(stream, peer).await else { return };
+                    let client: groupd::Client = capnp_rpc::new_client(GroupdServer { node, peer: who });
+                    let rpc = rpc_system(stream, Side::Server, Some(client.client));
                     if let Err(e) = rpc.await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }

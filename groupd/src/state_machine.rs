@@ -142,6 +142,8 @@ impl StateMachine {
         let d = self.inner.data.borrow();
         // Sessions accepted and opened from now on are encrypted if the cluster says so.
         sheep_rpc::transport::set_cluster_secure(d.state.config.as_ref().is_some_and(|c| c.policy.secure));
+        // The clients' keys this groupd takes (an `auth rm` refuses the next handshake).
+        sheep_rpc::transport::set_known_clients(d.state.clients.values().map(|c| (c.name.clone(), c.generation)));
         let seq = d.state.next_seq();
         let applied = d.last_applied.map_or(0, |l| l.index);
         drop(d);

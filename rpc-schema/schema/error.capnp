@@ -42,4 +42,9 @@ enum ErrorCode {
   # --- storaged ---
   diskFailed @21;       # the node's disk failed: it left (or is leaving) the data membership;
                         # wait for the next epoch and retry on the others
+
+  # --- both ---
+  denied @22;           # the client's capabilities do not cover the VDI (or the command is
+                        # the administrator's): final, never retried
+  ticketExpired @23;    # storaged: the session's ticket expired: get a new one and reconnect
 }

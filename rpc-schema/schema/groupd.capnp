@@ -242,4 +242,23 @@ interface Groupd {
   nodeFailed @24 (session :UInt64, reason :Text, request :RequestId) -> ();
   # A storage node (by its session) whose disk failed leaves the data membership: a new
   # epoch without it; its session lives on, shown with the reason.
+
+  # --- clients and their capabilities (the administrator's and the daemons' only) ---
+  authAdd @25 (name :Text, caps :Text, request :RequestId) -> (client :AuthClient);
+  # A new client `client.NAME` with caps `vdi=PATTERN:r|rw, ...`; its key is derived from
+  # the cluster's secret, its name and the generation answered.
+  authCaps @26 (name :Text, caps :Text, request :RequestId) -> (client :AuthClient);
+  authRm @27 (name :Text, request :RequestId) -> (client :AuthClient);
+  # The client's key is refused by groupd at once, by storage nodes when its ticket expires.
+  authList @28 () -> (clients :List(AuthClient));
+
+  ticket @29 () -> (ticket :Data, lifetimeMs :UInt32);
+  # For a client other than the admin: its capabilities resolved to the VDI ids they cover
+  # now, sealed for storage nodes (see sheep_core::auth::ticket). Denied for anyone else.
+}
+
+struct AuthClient {
+  name @0 :Text;
+  generation @1 :UInt64;
+  caps @2 :Text;            # as `auth add --caps` takes them
 }

@@ -6,6 +6,8 @@
 pub mod storaged;
 
 use capnp::text;
+use sheep_core::auth::caps::Caps;
+use sheep_core::auth::clients::ClientEntry;
 use sheep_core::epoch::{EpochRecord, NodeInfo};
 use sheep_core::group::{
     ClusterConfig, ClusterInfo, ClusterStatus, Event, EventKind, GroupMember, Lock, LockInfo, MemberRole, Policy,
@@ -16,8 +18,8 @@ use sheep_core::object::VdiId;
 
 use crate::error::{refusal, ErrorCode};
 use crate::groupd_capnp::{
-    cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, request_id, session, vdi_info,
-    ClusterStatus as WireStatus, SessionKind as WireKind,
+    auth_client, cluster_config, cluster_info, epoch_record, event, group_member, lock, node_info, request_id, session,
+    vdi_info, ClusterStatus as WireStatus, SessionKind as WireKind,
 };
 
 pub(crate) fn text(r: capnp::Result<text::Reader<'_>>) -> capnp::Result<String> {
@@ -161,6 +163,21 @@ pub fn read_vdi(r: vdi_info::Reader<'_>) -> capnp::Result<VdiEntry> {
         },
         snapshot: if r.get_is_snapshot() { Some(text(r.get_tag())?) } else { None },
     })
+}
+
+pub fn write_auth_client(mut b: auth_client::Builder<'_>, c: &ClientEntry) {
+    b.set_name(c.name.as_str());
+    b.set_generation(c.generation);
+    b.set_caps(c.caps.render().as_str());
+}
+
+pub fn read_auth_client(r: auth_client::Reader<'_>) -> capnp::Result<ClientEntry> {
+    Ok(ClientEntry { name: text(r.get_name())?, generation: r.get_generation(), caps: read_caps(r.get_caps())? })
+}
+
+/// Capabilities as `auth add --caps` spells them; a malformed text is a bad request.
+pub fn read_caps(r: capnp::Result<text::Reader<'_>>) -> capnp::Result<Caps> {
+    Caps::parse(&text(r)?).map_err(|e| refusal(ErrorCode::BadRequest, e))
 }
 
 pub fn write_lock(mut b: lock::Builder<'_>, l: &Lock, holder: &str) {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use sheep_core::auth::handshake::{self, Answer, Hello, Status, ANSWER_BODY, HELLO_HEAD, NONCE_LEN};
 use sheep_core::auth::keyring::Keyring;
 use sheep_core::auth::seal::{Opener, Sealer, HEADER_LEN, MAX_FRAME, TAG_LEN};
-use sheep_core::auth::{key_of, Key, DAEMON, KEY_LEN};
+use sheep_core::auth::ticket::Ticket;
+use sheep_core::auth::{client_key, key_of, Key, ADMIN, DAEMON, KEY_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -35,7 +36,55 @@ pub enum Identity {
     Client { keyring: Keyring },
 }
 
+/// Who the peer of an accepted connection proved to be.
+#[derive(Clone, Debug)]
+pub enum Peer {
+    /// This process runs without keys: anyone.
+    Insecure,
+    /// Another daemon of the cluster.
+    Daemon,
+    /// `client.admin`.
+    Admin,
+    /// Any other client: its rights are its entry's in groupd (`generation` says which
+    /// entry), and at a storage node its `ticket`'s.
+    Client { entity: String, generation: u64, ticket: Option<Box<Ticket>> },
+}
+
+impl Peer {
+    /// Daemons, the administrator, and anyone when there are no keys: every right.
+    pub fn is_privileged(&self) -> bool {
+        !matches!(self, Peer::Client { .. })
+    }
+
+    /// For messages: who the peer is.
+    pub fn name(&self) -> &str {
+        match self {
+            Peer::Insecure => "an unauthenticated peer",
+            Peer::Daemon => DAEMON,
+            Peer::Admin => ADMIN,
+            Peer::Client { entity, .. } => entity,
+        }
+    }
+}
+
 static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
+/// The clients this daemon knows by their entry (groupd: every client of its state), with
+/// the generation of each one's key. Storage nodes know none: clients show them tickets.
+static KNOWN_CLIENTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+/// Tells the transport the clients (name, generation) whose keys it takes without a ticket
+/// (groupd calls it whenever its state's clients change).
+pub fn set_known_clients(clients: impl IntoIterator<Item = (String, u64)>) {
+    *KNOWN_CLIENTS.lock().unwrap_or_else(|p| p.into_inner()) = Some(clients.into_iter().collect());
+}
+
+fn known_generation(entity: &str) -> Option<u64> {
+    KNOWN_CLIENTS.lock().unwrap_or_else(|p| p.into_inner()).as_ref()?.get(entity).copied()
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 static IDENTITY: OnceLock<Identity> = OnceLock::new();
 /// The cluster this daemon serves was formatted `--secure`: every session it accepts or
 /// opens from now on is encrypted.
@@ -87,16 +136,29 @@ pub fn is_insecure() -> bool {
 /// A TCP connection to `addr` from [`set_source_ip`]'s address, authenticated as this
 /// process's [`identity`]. The caller bounds it with its own timeout.
 pub async fn connect(addr: &str) -> io::Result<Stream> {
+    connect_presenting(addr, &[]).await
+}
+
+/// [`connect`], showing the peer `ticket` (a client's, to a storage node; empty: none).
+pub async fn connect_presenting(addr: &str, ticket: &[u8]) -> io::Result<Stream> {
     let tcp = tcp_connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     match identity() {
         Identity::Insecure => Ok(Stream::Plain(tcp)),
         Identity::Daemon { keyring } => {
             let secret = keyring.secret.expect("set_identity checked it");
-            client_handshake(tcp, DAEMON, &secret, cluster_secure()).await
+            client_handshake(tcp, DAEMON, &secret, cluster_secure(), &[]).await
         }
-        Identity::Client { keyring } => client_handshake(tcp, &keyring.entity, &keyring.key, false).await,
+        Identity::Client { keyring } => client_handshake(tcp, &keyring.entity, &keyring.key, false, ticket).await,
     }
+}
+
+/// A connection to `addr` authenticated as the client of `keyring` rather than as this
+/// process (tools that act for several clients, and tests), showing `ticket` (or none).
+pub async fn connect_as(addr: &str, keyring: &Keyring, ticket: &[u8]) -> io::Result<Stream> {
+    let tcp = tcp_connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    client_handshake(tcp, &keyring.entity, &keyring.key, false, ticket).await
 }
 
 async fn tcp_connect(addr: &str) -> io::Result<TcpStream> {
@@ -119,10 +181,10 @@ async fn tcp_connect(addr: &str) -> io::Result<TcpStream> {
 /// Authenticates an accepted connection (within [`HANDSHAKE_TIMEOUT`]); a daemon with keys
 /// takes only peers that prove a key of its cluster. A refusal is logged (rate-limited) and
 /// the connection closed: Err.
-pub async fn accept(tcp: TcpStream, peer: SocketAddr) -> io::Result<Stream> {
+pub async fn accept(tcp: TcpStream, peer: SocketAddr) -> io::Result<(Stream, Peer)> {
     let _ = tcp.set_nodelay(true);
     let secret = match identity() {
-        Identity::Insecure => return Ok(Stream::Plain(tcp)),
+        Identity::Insecure => return Ok((Stream::Plain(tcp), Peer::Insecure)),
         Identity::Daemon { keyring } => keyring.secret.expect("set_identity checked it"),
         Identity::Client { .. } => return Err(io::Error::other("a client process serves no connections")),
     };
@@ -177,11 +239,18 @@ async fn read_all(tcp: &mut TcpStream, buf: &mut [u8], closed: &str) -> io::Resu
 const CLOSED_IN_HANDSHAKE: &str = "the peer closed the connection during authentication (does it run with \
                                    --insecure, or is it no Sheepdog daemon?)";
 
-async fn client_handshake(mut tcp: TcpStream, entity: &str, key: &Key, secure: bool) -> io::Result<Stream> {
+async fn client_handshake(
+    mut tcp: TcpStream,
+    entity: &str,
+    key: &Key,
+    secure: bool,
+    ticket: &[u8],
+) -> io::Result<Stream> {
     let hello = Hello {
         flags: if secure { handshake::flags::SECURE } else { 0 },
         entity: entity.into(),
         nonce: random::<NONCE_LEN>()?,
+        ticket: ticket.to_vec(),
     };
     tcp.write_all(&hello.encode()).await?;
     let mut status = [0u8; 1];
@@ -216,20 +285,57 @@ async fn client_handshake(mut tcp: TcpStream, entity: &str, key: &Key, secure: b
     Ok(Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&c2s, secure), Opener::new(&s2c, secure)))))
 }
 
-async fn server_handshake(mut tcp: TcpStream, secret: &Key) -> io::Result<Stream> {
+/// Who `hello` claims to be and the key it must prove it holds: daemons and the admin by
+/// the secret alone, other clients by their ticket or (groupd) by the clients it knows.
+fn resolve(secret: &Key, hello: &Hello) -> Result<(Key, Peer), (Status, String)> {
+    if let Some(key) = key_of(secret, &hello.entity) {
+        return Ok((key, if hello.entity == DAEMON { Peer::Daemon } else { Peer::Admin }));
+    }
+    let entity = hello.entity.clone();
+    if !hello.ticket.is_empty() {
+        let ticket = Ticket::open(&hello.ticket, secret, now_unix_ms())
+            .map_err(|e| (Status::BadTicket, format!("{entity}: {e}")))?;
+        if ticket.entity != entity {
+            return Err((Status::BadTicket, format!("{entity} showed the ticket of {}", ticket.entity)));
+        }
+        let key = client_key(secret, &entity, ticket.generation);
+        return Ok((key, Peer::Client { entity, generation: ticket.generation, ticket: Some(Box::new(ticket)) }));
+    }
+    match known_generation(&entity) {
+        Some(generation) => {
+            Ok((client_key(secret, &entity, generation), Peer::Client { entity, generation, ticket: None }))
+        }
+        None => Err((Status::UnknownEntity, format!("unknown entity {entity} (removed, or no ticket shown)"))),
+    }
+}
+
+async fn server_handshake(mut tcp: TcpStream, secret: &Key) -> io::Result<(Stream, Peer)> {
     let mut head = [0u8; HELLO_HEAD];
     read_all(&mut tcp, &mut head, "closed before its handshake").await?;
     // Not a hello (e.g. a request of a client without keys): closed without a word.
     let rest_len = Hello::rest_len(&head).ok_or_else(|| refused("no handshake (a client without keys?)"))?;
     let mut rest = vec![0u8; rest_len];
     read_all(&mut tcp, &mut rest, "closed in its handshake").await?;
-    let Some(hello) = Hello::decode(&head, &rest) else {
+    let Some(mut hello) = Hello::decode(&head, &rest) else {
         tcp.write_all(&[Status::BadHello as u8]).await?;
         return Err(refused("a malformed handshake"));
     };
-    let Some(key) = key_of(secret, &hello.entity) else {
-        tcp.write_all(&[Status::UnknownEntity as u8]).await?;
-        return Err(refused(format!("unknown entity {}", hello.entity)));
+    if Hello::has_ticket(&head) {
+        let mut len = [0u8; 2];
+        read_all(&mut tcp, &mut len, "closed in its handshake").await?;
+        let Some(n) = Hello::ticket_len(len) else {
+            tcp.write_all(&[Status::BadHello as u8]).await?;
+            return Err(refused("a ticket beyond the bound"));
+        };
+        hello.ticket = vec![0u8; n];
+        read_all(&mut tcp, &mut hello.ticket, "closed in its handshake").await?;
+    }
+    let (key, who) = match resolve(secret, &hello) {
+        Ok(k) => k,
+        Err((status, why)) => {
+            tcp.write_all(&[status as u8]).await?;
+            return Err(refused(why));
+        }
     };
     // Encrypted if the client asks or this cluster says so.
     let secure = hello.flags & handshake::flags::SECURE != 0 || cluster_secure();
@@ -250,7 +356,7 @@ async fn server_handshake(mut tcp: TcpStream, secret: &Key) -> io::Result<Stream
     tcp.write_all(&[Status::Ok as u8]).await?;
     let (c2s, s2c) = handshake::frame_keys(&key, &t);
     tracing::debug!(entity = hello.entity, secure, "authenticated");
-    Ok(Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&s2c, secure), Opener::new(&c2s, secure)))))
+    Ok((Stream::Sealed(Box::new(Sealed::new(tcp, Sealer::new(&s2c, secure), Opener::new(&c2s, secure)))), who))
 }
 
 /// A connection, as the RPC layer reads and writes it.

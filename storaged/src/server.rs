@@ -4,18 +4,61 @@
 use std::rc::Rc;
 
 use capnp::capability::Rc as CapRc;
+use sheep_core::auth::caps::Access;
+use sheep_core::object::ObjectId;
 use sheep_core::store::{RecoveryStatus, StoreStatus};
 use sheep_rpc::codec;
 use sheep_rpc::codec::storaged::{self as wire, read_oid};
+use sheep_rpc::error::{refusal, ErrorCode};
 use sheep_rpc::storaged_capnp::storaged;
+use sheep_rpc::transport::Peer;
 use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::node::Node;
 use crate::ops::{self, bad_request};
 
+/// The API as one connection's peer sees it: its rights are checked on every object request.
 struct StoragedImpl {
     node: Rc<Node>,
+    peer: Peer,
+}
+
+impl StoragedImpl {
+    /// Whether the peer may touch `oid` so (its ticket names the object's VDI with that access).
+    fn allow(&self, oid: ObjectId, wanted: Access) -> Result<(), capnp::Error> {
+        let Peer::Client { entity, ticket, .. } = &self.peer else { return Ok(()) };
+        let Some(ticket) = ticket else {
+            return Err(refusal(ErrorCode::Denied, format!("{entity} showed no ticket: it may touch no object")));
+        };
+        if ticket.expires_ms <= now_unix_ms() {
+            return Err(refusal(ErrorCode::TicketExpired, format!("the ticket of {entity} expired")));
+        }
+        let vid = oid.vid().get();
+        match ticket.access(vid) {
+            Some(access) if access.allows(wanted) => Ok(()),
+            got => Err(refusal(
+                ErrorCode::Denied,
+                format!(
+                    "{entity} has no capability `{}` on VDI {vid:06x} (object {oid}): its ticket grants {}",
+                    wanted.as_str(),
+                    got.map_or("nothing on that VDI", |a| if a == Access::Read { "only `r`" } else { "`rw`" })
+                ),
+            )),
+        }
+    }
+
+    /// Node-wide requests (every object's listing): daemons' and the administrator's only.
+    fn privileged(&self, what: &str) -> Result<(), capnp::Error> {
+        if self.peer.is_privileged() {
+            return Ok(());
+        }
+        Err(refusal(ErrorCode::Denied, format!("{what} is the administrator's; {} may not", self.peer.name())))
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl storaged::Server for StoragedImpl {
@@ -56,6 +99,7 @@ impl storaged::Server for StoragedImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let oid = read_oid(p.get_oid())?;
+        self.allow(oid, Access::Read)?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
         let data = ops::read(&self.node, p.get_epoch(), oid, offset, len).await?;
         results.get().set_data(&data);
@@ -69,6 +113,7 @@ impl storaged::Server for StoragedImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let oid = read_oid(p.get_oid())?;
+        self.allow(oid, Access::ReadWrite)?;
         ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua(), p.get_fence())
             .await
     }
@@ -80,6 +125,7 @@ impl storaged::Server for StoragedImpl {
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
         let oid = read_oid(p.get_oid())?;
+        self.allow(oid, Access::ReadWrite)?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
         ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await
     }
@@ -97,6 +143,11 @@ impl storaged::Server for StoragedImpl {
         };
         if base == Some(oid) {
             return Err(bad_request(format!("object {oid} cannot be its own base")));
+        }
+        self.allow(oid, Access::ReadWrite)?;
+        if let Some(base) = base {
+            // The node copies the base itself: the client must be allowed to read it.
+            self.allow(base, Access::Read)?;
         }
         let data = p.get_data()?.to_vec();
         let offset = u64::from(p.get_offset());
@@ -121,7 +172,9 @@ impl storaged::Server for StoragedImpl {
         _: storaged::RemoveResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        ops::remove(&self.node, p.get_epoch(), read_oid(p.get_oid())?).await
+        let oid = read_oid(p.get_oid())?;
+        self.allow(oid, Access::ReadWrite)?;
+        ops::remove(&self.node, p.get_epoch(), oid).await
     }
 
     async fn list(
@@ -129,6 +182,7 @@ impl storaged::Server for StoragedImpl {
         params: storaged::ListParams,
         mut results: storaged::ListResults,
     ) -> Result<(), capnp::Error> {
+        self.privileged("listing every object of a node")?;
         let listing = ops::list(&self.node, params.get()?.get_epoch()).await?;
         wire::write_listing(results.get(), &listing)
     }
@@ -139,7 +193,9 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::FetchResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get()?;
-        let whole = ops::fetch(&self.node, p.get_epoch(), read_oid(p.get_oid())?, !p.get_inspect()).await?;
+        let oid = read_oid(p.get_oid())?;
+        self.allow(oid, Access::Read)?;
+        let whole = ops::fetch(&self.node, p.get_epoch(), oid, !p.get_inspect()).await?;
         wire::write_whole(results.get(), &whole);
         Ok(())
     }
@@ -185,14 +241,18 @@ impl storaged::Server for StoragedImpl {
     }
 }
 
-/// Serves the node's API on every connection accepted by `listener`, forever.
+/// Serves the node's API on every connection accepted by `listener`, forever: each
+/// connection its own server, which knows who its peer proved to be.
 pub async fn serve(listener: TcpListener, node: Rc<Node>) {
-    let client: storaged::Client = capnp_rpc::new_client(StoragedImpl { node });
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                debug!("connection from {peer}");
-                tokio::task::spawn_local(sheep_client::rpc::serve(stream, peer, client.clone().client));
+            Ok((stream, addr)) => {
+                debug!("connection from {addr}");
+                let node = node.clone();
+                tokio::task::spawn_local(sheep_client::rpc::serve(stream, addr, move |peer| {
+                    let client: storaged::Client = capnp_rpc::new_client(StoragedImpl { node, peer });
+                    client.client
+                }));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.

@@ -19,6 +19,8 @@ pub struct Cluster {
     /// This cluster's addresses.
     pub net: Loopback,
     pub lease_ms: u64,
+    /// More flags for every groupd started from now on.
+    pub groupd_extra: Vec<String>,
     pub groupds: Vec<Daemon>,
     pub groupd_addrs: Vec<String>,
     pub storageds: Vec<Daemon>,
@@ -44,6 +46,7 @@ impl Cluster {
             dir,
             net: Loopback::new(),
             lease_ms: 3000,
+            groupd_extra: Vec::new(),
             groupds: Vec::new(),
             groupd_addrs: Vec::new(),
             storageds: Vec::new(),
@@ -54,7 +57,13 @@ impl Cluster {
     /// One groupd and `nodes` storaged, formatted with `copies` (and `extra` format flags,
     /// e.g. `["--object-size", "1M"]`), running with every node in the epoch.
     pub fn formatted(nodes: usize, copies: u8, extra: &[&str]) -> Cluster {
-        let mut c = Cluster::new();
+        Cluster::new().format_with(nodes, copies, extra)
+    }
+
+    /// [`Cluster::formatted`] from this cluster (not started yet: its settings, e.g.
+    /// `groupd_extra`, chosen).
+    pub fn format_with(self, nodes: usize, copies: u8, extra: &[&str]) -> Cluster {
+        let mut c = self;
         c.add_groupd();
         c.wait_group(0, 1, 1);
         let copies_arg = copies.to_string();
@@ -90,6 +99,7 @@ impl Cluster {
             "--lease-ms".into(),
             self.lease_ms.to_string(),
         ];
+        args.extend(self.groupd_extra.iter().cloned());
         if let Some(first) = self.groupd_addrs.first() {
             args.push("--join".into());
             args.push(first.clone());

@@ -53,7 +53,7 @@ fn bootstrap_request() -> Vec<u8> {
 /// server's verdict (None if it closed instead).
 fn handshake_by_hand(addr: &str, entity: &str, key: &Key, nonce: [u8; NONCE_LEN]) -> (Vec<u8>, [u8; 32], Option<u8>) {
     let mut s = connect(addr);
-    let hello = Hello { flags: 0, entity: entity.into(), nonce };
+    let hello = Hello { flags: 0, entity: entity.into(), nonce, ticket: Vec::new() };
     s.write_all(&hello.encode()).unwrap();
     let mut status = [0u8; 1];
     s.read_exact(&mut status).unwrap();
@@ -74,7 +74,7 @@ fn handshake_by_hand(addr: &str, entity: &str, key: &Key, nonce: [u8; NONCE_LEN]
 /// The flags a server answers a hello of the admin with (is the session to be encrypted?).
 fn answer_flags(addr: &str) -> u8 {
     let mut s = connect(addr);
-    s.write_all(&Hello { flags: 0, entity: ADMIN.into(), nonce: [6; NONCE_LEN] }.encode()).unwrap();
+    s.write_all(&Hello { flags: 0, entity: ADMIN.into(), nonce: [6; NONCE_LEN], ticket: Vec::new() }.encode()).unwrap();
     let mut answer = [0u8; 1 + ANSWER_BODY];
     s.read_exact(&mut answer).unwrap();
     assert_eq!(answer[0], Status::Ok as u8);
@@ -147,7 +147,10 @@ fn no_handshake_no_data_and_wrong_or_replayed_proofs_are_refused() {
 
         // An entity it does not know.
         let mut s = connect(addr);
-        s.write_all(&Hello { flags: 0, entity: "client.nobody".into(), nonce: [5; NONCE_LEN] }.encode()).unwrap();
+        s.write_all(
+            &Hello { flags: 0, entity: "client.nobody".into(), nonce: [5; NONCE_LEN], ticket: Vec::new() }.encode(),
+        )
+        .unwrap();
         let mut status = [0u8; 1];
         s.read_exact(&mut status).unwrap();
         assert_eq!(status[0], Status::UnknownEntity as u8);

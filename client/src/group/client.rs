@@ -171,7 +171,7 @@ impl GroupClient {
 
     /// Runs `f` on a connection, with the retry rules above. `extra` is added to the time
     /// limits (a watch's long-poll wait).
-    async fn call<T, F, Fut>(&self, what: &str, extra: Duration, f: F) -> Result<T, Error>
+    pub(super) async fn call<T, F, Fut>(&self, what: &str, extra: Duration, f: F) -> Result<T, Error>
     where
         F: Fn(groupd::Client) -> Fut,
         Fut: Future<Output = capnp::Result<T>>,
@@ -235,7 +235,7 @@ impl GroupClient {
 
     /// [`Self::call`] for a call that changes state: one request id, given to `f` on every
     /// try, so that the group applies the call once however often it is tried.
-    async fn change<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
+    pub(super) async fn change<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
     where
         F: Fn(groupd::Client, RequestId) -> Fut,
         Fut: Future<Output = capnp::Result<T>>,

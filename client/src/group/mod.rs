@@ -6,6 +6,7 @@
 //! reconnections, with no gap and no duplicate.
 
 pub mod attach_lock;
+mod auth;
 mod client;
 mod conn;
 mod error;

@@ -5,6 +5,7 @@
 //! [`Connection`] stops it and closes the socket.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::time::Duration;
@@ -76,7 +77,40 @@ pub async fn connect<C>(addr: &str, timeout: Duration) -> Result<Connection<C>, 
 where
     C: capnp::capability::FromClientHook,
 {
-    let stream = match tokio::time::timeout(timeout, transport::connect(addr)).await {
+    connect_presenting(addr, timeout, &[]).await
+}
+
+/// [`connect`], showing the peer `ticket` in the handshake (empty: none).
+pub async fn connect_presenting<C>(addr: &str, timeout: Duration, ticket: &[u8]) -> Result<Connection<C>, String>
+where
+    C: capnp::capability::FromClientHook,
+{
+    start(addr, timeout, transport::connect_presenting(addr, ticket)).await
+}
+
+/// [`connect`] as the client of `keyring` instead of this process (see
+/// `sheep_rpc::transport::connect_as`), showing `ticket`.
+pub async fn connect_as<C>(
+    addr: &str,
+    timeout: Duration,
+    keyring: &sheep_core::auth::keyring::Keyring,
+    ticket: &[u8],
+) -> Result<Connection<C>, String>
+where
+    C: capnp::capability::FromClientHook,
+{
+    start(addr, timeout, transport::connect_as(addr, keyring, ticket)).await
+}
+
+async fn start<C>(
+    addr: &str,
+    timeout: Duration,
+    connecting: impl Future<Output = io::Result<Stream>>,
+) -> Result<Connection<C>, String>
+where
+    C: capnp::capability::FromClientHook,
+{
+    let stream = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(format!("timed out after {}", secs(timeout))),
         Ok(Err(e)) => return Err(io_reason(&e)),
         Ok(Ok(s)) => s,
@@ -106,11 +140,16 @@ where
     Ok(Connection { addr: addr.to_string(), client, alive, closed, task })
 }
 
-/// Serves `bootstrap` on one accepted socket until the peer goes away, once it has
-/// authenticated (see `sheep_rpc::transport::accept`). Must be called from inside a `LocalSet`.
-pub async fn serve(tcp: TcpStream, peer: std::net::SocketAddr, bootstrap: capnp::capability::Client) {
-    let Ok(stream) = transport::accept(tcp, peer).await else { return };
-    serve_stream(stream, bootstrap).await
+/// Serves the capability `bootstrap` makes for the authenticated peer on one accepted socket
+/// until the peer goes away (see `sheep_rpc::transport::accept`). Must be called from inside
+/// a `LocalSet`.
+pub async fn serve(
+    tcp: TcpStream,
+    addr: std::net::SocketAddr,
+    bootstrap: impl FnOnce(transport::Peer) -> capnp::capability::Client,
+) {
+    let Ok((stream, peer)) = transport::accept(tcp, addr).await else { return };
+    serve_stream(stream, bootstrap(peer)).await
 }
 
 /// Serves `bootstrap` on an authenticated connection until the peer goes away.

@@ -72,7 +72,9 @@ impl Cluster {
         let shared =
             Rc::new(Shared { view: RefCell::new(view), policy, deleted: RefCell::new(HashSet::new()), epoch_tx });
         let follower = tokio::task::spawn_local(follow(group.clone(), shared.clone(), info.applied_seq + 1));
-        Ok(Rc::new(Cluster { group, pool: StorePool::new(limits), shared, follower }))
+        let pool = StorePool::new(limits);
+        pool.set_ticket_source(super::tickets::source_for(&group));
+        Ok(Rc::new(Cluster { group, pool, shared, follower }))
     }
 
     /// A cluster fixed at one epoch of `nodes`, not following any watch (tests, tools).
@@ -88,7 +90,9 @@ impl Cluster {
         let shared =
             Rc::new(Shared { view: RefCell::new(view), policy, deleted: RefCell::new(HashSet::new()), epoch_tx });
         let follower = tokio::task::spawn_local(async {});
-        Rc::new(Cluster { group, pool: StorePool::new(limits), shared, follower })
+        let pool = StorePool::new(limits);
+        pool.set_ticket_source(super::tickets::source_for(&group));
+        Rc::new(Cluster { group, pool, shared, follower })
     }
 
     pub fn group(&self) -> &Rc<GroupClient> {

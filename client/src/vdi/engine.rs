@@ -544,6 +544,8 @@ impl Vdi {
                 match got {
                     Ok(table) => return Ok(Some(layout::decode_table(&table))),
                     Err(e) if e.is_code(ErrorCode::NoObject) => absent += 1,
+                    // Not this client's to read: no other replica says otherwise.
+                    Err(e) if e.is_code(ErrorCode::Denied) => return Err(VdiError::Node(e)),
                     Err(e) => {
                         tracing::debug!("inode of {}: {e}", self.entry.name);
                         last = Some(e.to_string());

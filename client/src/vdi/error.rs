@@ -72,7 +72,10 @@ impl NodeError {
     /// Retrying cannot help: the request itself is wrong, the node is out of space, or the
     /// writer's VDI lock moved to another holder (`fenced`: retrying must never succeed).
     pub fn is_final(&self) -> bool {
-        self.is_code(ErrorCode::BadRequest) || self.is_code(ErrorCode::NoSpace) || self.is_fenced()
+        self.is_code(ErrorCode::BadRequest)
+            || self.is_code(ErrorCode::NoSpace)
+            || self.is_code(ErrorCode::Denied)
+            || self.is_fenced()
     }
 
     /// The node refused a write because its lock token is stale (see storaged.capnp).

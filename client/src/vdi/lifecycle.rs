@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sheep_core::group::SessionId;
 use sheep_core::namespace::VdiEntry;
 use sheep_core::object::VdiId;
@@ -25,31 +24,7 @@ use crate::ErrorCode;
 const SETTLE_FOR: Duration = Duration::from_secs(60);
 const ASK_AGAIN: Duration = Duration::from_secs(1);
 
-/// The prefix of a broadcast payload addressed to the holder of a VDI.
-const REQUEST_PREFIX: &[u8] = b"sheep-holder-request:";
-
-/// What the holder of a VDI is asked to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum HolderRequest {
-    /// Take snapshot `tag` of `vdi` between two writes.
-    Snapshot { vdi: String, tag: String },
-    /// The holder could not (sent back by the holder, so the asker need not time out).
-    SnapshotFailed { vdi: String, tag: String, error: String },
-}
-
-impl HolderRequest {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = REQUEST_PREFIX.to_vec();
-        out.extend(serde_json::to_vec(self).expect("a request always encodes"));
-        out
-    }
-
-    /// `None` for broadcasts that are not holder requests.
-    pub fn decode(payload: &[u8]) -> Option<HolderRequest> {
-        serde_json::from_slice(payload.strip_prefix(REQUEST_PREFIX)?).ok()
-    }
-}
+pub use sheep_core::group::holder::HolderRequest;
 
 /// Takes snapshot `tag` of the open working VDI `vdi`, whose writes the caller has stopped
 /// (and whose lock `session` holds, if it is locked). Returns (the snapshot, the new working

@@ -22,6 +22,7 @@ pub mod reclaim;
 mod replicate;
 pub mod sparse;
 mod store;
+pub mod tickets;
 
 pub use cluster::{Cluster, View};
 pub use engine::{Vdi, VdiOptions};

@@ -148,7 +148,9 @@ pub(crate) async fn read_one(
         for addr in read_order(cluster, &nodes, first) {
             match cluster.pool().read(addr, view.epoch, oid.raw(), offset, buf).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_code(ErrorCode::BadRequest) => return Err(VdiError::Node(e)),
+                Err(e) if e.is_code(ErrorCode::BadRequest) || e.is_code(ErrorCode::Denied) => {
+                    return Err(VdiError::Node(e));
+                }
                 Err(e) => {
                     tracing::debug!("read {oid} at epoch {}: {e}", view.epoch);
                     wants_epoch |= e.wants_new_epoch();

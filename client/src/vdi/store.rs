@@ -15,7 +15,9 @@ use sheep_rpc::codec::storaged as wire;
 use sheep_rpc::storaged_capnp::storaged;
 
 use super::error::NodeError;
+use super::tickets::{TicketSource, Tickets};
 use crate::rpc::{self, Connection};
+use sheep_rpc::error::ErrorCode;
 
 /// Time limits of storage calls.
 #[derive(Clone, Copy, Debug)]
@@ -39,11 +41,19 @@ impl Default for CallLimits {
 /// Resolves when a connection ends.
 type Closed = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 
+/// How many replaced connections per node are kept for their calls to finish.
+const RETIRING_KEPT: usize = 2;
+
 /// How long a node that timed out or could not be reached is tried last by reads.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 struct Slot {
     conn: RefCell<Option<Connection<storaged::Client>>>,
+    /// The serial of the ticket `conn` showed (0: none).
+    serial: std::cell::Cell<u64>,
+    /// Connections replaced because a newer ticket came, kept a little so that the calls
+    /// on them finish (at most [`RETIRING_KEPT`]).
+    retiring: RefCell<Vec<Connection<storaged::Client>>>,
     /// Until when reads try this node last (it timed out or was unreachable).
     suspect_until: std::cell::Cell<Option<tokio::time::Instant>>,
     /// Held while connecting, so that concurrent calls share one new connection.
@@ -54,11 +64,18 @@ struct Slot {
 pub struct StorePool {
     slots: RefCell<HashMap<String, Rc<Slot>>>,
     limits: CallLimits,
+    tickets: Tickets,
 }
 
 impl StorePool {
     pub fn new(limits: CallLimits) -> StorePool {
-        StorePool { slots: RefCell::new(HashMap::new()), limits }
+        StorePool { slots: RefCell::new(HashMap::new()), limits, tickets: Tickets::default() }
+    }
+
+    /// Where this pool gets the ticket it shows (a client other than the admin; see
+    /// [`super::tickets::source_for`]).
+    pub fn set_ticket_source(&self, source: Option<TicketSource>) {
+        self.tickets.set_source(source);
     }
 
     pub fn limits(&self) -> CallLimits {
@@ -71,6 +88,8 @@ impl StorePool {
         }
         let slot = Rc::new(Slot {
             conn: RefCell::new(None),
+            serial: std::cell::Cell::new(0),
+            retiring: RefCell::new(Vec::new()),
             suspect_until: std::cell::Cell::new(None),
             connecting: tokio::sync::Mutex::new(()),
         });
@@ -78,29 +97,42 @@ impl StorePool {
         slot
     }
 
-    fn live(slot: &Slot) -> Option<(storaged::Client, Closed)> {
+    fn live(slot: &Slot, serial: u64) -> Option<(storaged::Client, Closed)> {
         let c = slot.conn.borrow();
         let c = c.as_ref()?;
-        c.is_alive().then(|| (c.client(), Box::pin(c.closed()) as Closed))
+        (c.is_alive() && slot.serial.get() == serial).then(|| (c.client(), Box::pin(c.closed()) as Closed))
     }
 
-    /// The live connection to `addr`, or a new one.
-    async fn get(&self, addr: &str) -> Result<(storaged::Client, Closed), NodeError> {
+    /// The live connection to `addr` that shows the current ticket, or a new one; and the
+    /// ticket's serial. `vid`: the VDI whose objects the call is for.
+    async fn get(&self, addr: &str, vid: Option<u32>) -> Result<(storaged::Client, Closed, u64), NodeError> {
+        let shown =
+            self.tickets.for_call(vid).await.map_err(|reason| NodeError::Unreachable { addr: addr.into(), reason })?;
+        let serial = shown.as_ref().map_or(0, |s| s.serial);
         let slot = self.slot(addr);
-        if let Some(c) = Self::live(&slot) {
-            return Ok(c);
+        if let Some((c, closed)) = Self::live(&slot, serial) {
+            return Ok((c, closed, serial));
         }
         let _guard = slot.connecting.lock().await;
-        if let Some(c) = Self::live(&slot) {
-            return Ok(c);
+        if let Some((c, closed)) = Self::live(&slot, serial) {
+            return Ok((c, closed, serial));
         }
         let stale = slot.conn.borrow_mut().take();
-        drop(stale);
-        let conn = rpc::connect::<storaged::Client>(addr, self.limits.connect)
+        if let Some(stale) = stale.filter(|c| c.is_alive()) {
+            // Replaced for a newer ticket: its calls in flight finish on it.
+            let mut retiring = slot.retiring.borrow_mut();
+            retiring.retain(|c| c.is_alive());
+            retiring.push(stale);
+            let excess = retiring.len().saturating_sub(RETIRING_KEPT);
+            retiring.drain(..excess);
+        }
+        let ticket = shown.as_ref().map_or(&[][..], |s| s.bytes.as_slice());
+        let conn = rpc::connect_presenting::<storaged::Client>(addr, self.limits.connect, ticket)
             .await
             .map_err(|reason| NodeError::Unreachable { addr: addr.into(), reason })?;
-        let out = (conn.client(), Box::pin(conn.closed()) as Closed);
+        let out = (conn.client(), Box::pin(conn.closed()) as Closed, serial);
         *slot.conn.borrow_mut() = Some(conn);
+        slot.serial.set(serial);
         Ok(out)
     }
 
@@ -136,7 +168,25 @@ impl StorePool {
         F: FnOnce(storaged::Client) -> Fut,
         Fut: Future<Output = capnp::Result<T>>,
     {
-        let (client, closed) = match self.get(addr).await {
+        self.call_for(addr, None, f).await
+    }
+
+    /// [`Self::call`] for a call on object `oid`'s VDI (the ticket shown must name it).
+    async fn call_on<T, F, Fut>(&self, addr: &str, oid: u64, f: F) -> Result<T, NodeError>
+    where
+        F: FnOnce(storaged::Client) -> Fut,
+        Fut: Future<Output = capnp::Result<T>>,
+    {
+        let vid = sheep_core::object::ObjectId::from_raw(oid).ok().map(|o| o.vid().get());
+        self.call_for(addr, vid, f).await
+    }
+
+    async fn call_for<T, F, Fut>(&self, addr: &str, vid: Option<u32>, f: F) -> Result<T, NodeError>
+    where
+        F: FnOnce(storaged::Client) -> Fut,
+        Fut: Future<Output = capnp::Result<T>>,
+    {
+        let (client, closed, serial) = match self.get(addr, vid).await {
             Ok(c) => c,
             Err(e) => {
                 self.failed(addr);
@@ -155,6 +205,10 @@ impl StorePool {
                     if matches!(err, NodeError::Rpc { .. }) {
                         self.failed(addr);
                     }
+                    if err.is_code(ErrorCode::TicketExpired) {
+                        // The next call fetches a new ticket, and reconnects with it.
+                        self.tickets.expired(serial);
+                    }
                     Err(err)
                 }
                 Err(_) => {
@@ -172,7 +226,7 @@ impl StorePool {
     pub async fn read(&self, addr: &str, epoch: u32, oid: u64, offset: u32, buf: &mut [u8]) -> Result<(), NodeError> {
         let want = buf.len();
         let len = u32::try_from(want).map_err(|_| NodeError::bad_request(addr, "read too large"))?;
-        self.call(addr, |c| async move {
+        self.call_on(addr, oid, |c| async move {
             let mut req = c.read_request();
             let mut p = req.get();
             p.set_epoch(epoch);
@@ -203,7 +257,7 @@ impl StorePool {
         fua: bool,
         fence: u64,
     ) -> Result<(), NodeError> {
-        self.call(addr, |c| async move {
+        self.call_on(addr, oid, |c| async move {
             let mut req = c.write_request();
             let mut p = req.get();
             p.set_epoch(epoch);
@@ -230,7 +284,7 @@ impl StorePool {
         fua: bool,
         fence: u64,
     ) -> Result<(), NodeError> {
-        self.call(addr, |c| async move {
+        self.call_on(addr, oid, |c| async move {
             let mut req = c.zero_request();
             let mut p = req.get();
             p.set_epoch(epoch);
@@ -258,7 +312,7 @@ impl StorePool {
         fua: bool,
         fence: u64,
     ) -> Result<(), NodeError> {
-        self.call(addr, |c| async move {
+        self.call_on(addr, oid, |c| async move {
             let mut req = c.create_and_write_request();
             let mut p = req.get();
             p.set_epoch(epoch);
@@ -288,7 +342,7 @@ impl StorePool {
     }
 
     async fn fetch_whole(&self, addr: &str, epoch: u32, oid: u64, inspect: bool) -> Result<WholeObject, NodeError> {
-        self.call(addr, |c| async move {
+        self.call_on(addr, oid, |c| async move {
             let mut req = c.fetch_request();
             req.get().set_epoch(epoch);
             req.get().set_oid(oid);
@@ -312,7 +366,7 @@ impl StorePool {
 
     /// Removes `oid` from `addr` (its live and stale copies).
     pub async fn remove(&self, addr: &str, epoch: u32, oid: u64) -> Result<(), NodeError> {
-        self.call(addr, |c| async move {
+        self.call_on(addr, oid, |c| async move {
             let mut req = c.remove_request();
             req.get().set_epoch(epoch);
             req.get().set_oid(oid);

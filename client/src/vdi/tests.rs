@@ -151,7 +151,7 @@ async fn fakes(n: u32) -> (Vec<Rc<Fake>>, Vec<NodeInfo>) {
         tokio::task::spawn_local(async move {
             while let Ok((stream, peer)) = listener.accept().await {
                 let client: storaged::Client = capnp_rpc::new_client(Server(f.clone()));
-                tokio::task::spawn_local(crate::rpc::serve(stream, peer, client.client));
+                tokio::task::spawn_local(crate::rpc::serve(stream, peer, move |_| client.client));
             }
         });
         nodes.push(NodeInfo { id: addr.clone(), addr, zone, weight: 1 });

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! client → server  hello:   "SHEEPAU1" | flags u8 | entity length u8 | entity | client nonce (32)
+//!                           | (if flags has TICKET) ticket length u16 | ticket
 //! server → client  answer:  status u8 | (if ok) server flags u8 | server nonce (32) | server proof (32)
 //! client → server  proof:   client proof (32)
 //! server → client  verdict: status u8
@@ -13,6 +14,9 @@
 //! it talks to a member of its own cluster), then the client proves it holds it. Fresh nonces
 //! on both sides: a recorded handshake replayed gets another server nonce, and its proof no
 //! longer matches. The session's frame keys come from the same transcript.
+//!
+//! A client other than the admin shows storage nodes its ticket (`super::ticket`) in its hello:
+//! it tells them the generation of the client's key, so the proofs are made with that key.
 //!
 //! Encryption: the session's frames are encrypted when the client asks ([`flags::SECURE`] in
 //! its hello) or the server's cluster was formatted `--secure`; the server's flags say which,
@@ -34,6 +38,8 @@ pub mod flags {
     /// In a hello: the client wants its frames encrypted (not only integrity-checked). In an
     /// answer: the session's frames are encrypted.
     pub const SECURE: u8 = 1;
+    /// In a hello: a ticket follows the nonce.
+    pub const TICKET: u8 = 2;
 }
 
 /// What the server answers (the answer's and the verdict's status byte).
@@ -46,11 +52,15 @@ pub enum Status {
     UnknownEntity = 2,
     /// The client's proof did not match: it does not hold the entity's key.
     WrongProof = 3,
+    /// The ticket shown is expired, forged, or another client's.
+    BadTicket = 4,
 }
 
 impl Status {
     pub fn from_byte(b: u8) -> Option<Status> {
-        [Status::Ok, Status::BadHello, Status::UnknownEntity, Status::WrongProof].into_iter().find(|s| *s as u8 == b)
+        [Status::Ok, Status::BadHello, Status::UnknownEntity, Status::WrongProof, Status::BadTicket]
+            .into_iter()
+            .find(|s| *s as u8 == b)
     }
 
     /// Why a connection was refused, for people.
@@ -58,7 +68,8 @@ impl Status {
         match self {
             Status::Ok => "accepted",
             Status::BadHello => "the handshake was malformed",
-            Status::UnknownEntity => "the peer knows no such entity",
+            Status::UnknownEntity => "the peer knows no such entity (removed? or a storage node asked for a ticket)",
+            Status::BadTicket => "the ticket is expired, forged or another client's (get a new one from groupd)",
             Status::WrongProof => "wrong key: the proof does not match (a keyring of another cluster?)",
         }
     }
@@ -67,21 +78,41 @@ impl Status {
 /// The client's first message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// [`flags::SECURE`]; [`flags::TICKET`] is set by `encode` when there is a ticket.
     pub flags: u8,
     pub entity: String,
     pub nonce: [u8; NONCE_LEN],
+    /// The client's sealed ticket, or empty.
+    pub ticket: Vec<u8>,
 }
 
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
         debug_assert!(self.entity.len() <= super::MAX_ENTITY_LEN);
-        let mut out = Vec::with_capacity(HELLO_HEAD + self.entity.len() + NONCE_LEN);
+        debug_assert!(self.ticket.len() <= super::ticket::MAX_TICKET);
+        let mut out = Vec::with_capacity(HELLO_HEAD + self.entity.len() + NONCE_LEN + 2 + self.ticket.len());
         out.extend_from_slice(MAGIC);
-        out.push(self.flags);
+        let ticket = if self.ticket.is_empty() { 0 } else { flags::TICKET };
+        out.push((self.flags & !flags::TICKET) | ticket);
         out.push(self.entity.len() as u8);
         out.extend_from_slice(self.entity.as_bytes());
         out.extend_from_slice(&self.nonce);
+        if !self.ticket.is_empty() {
+            out.extend_from_slice(&(self.ticket.len() as u16).to_be_bytes());
+            out.extend_from_slice(&self.ticket);
+        }
         out
+    }
+
+    /// Whether a ticket (its u16 length, then it) follows the part `rest_len` counts.
+    pub fn has_ticket(head: &[u8; HELLO_HEAD]) -> bool {
+        head[MAGIC.len()] & flags::TICKET != 0
+    }
+
+    /// The length of the ticket from its two length bytes; None beyond the bound.
+    pub fn ticket_len(len: [u8; 2]) -> Option<usize> {
+        let n = usize::from(u16::from_be_bytes(len));
+        (n > 0 && n <= super::ticket::MAX_TICKET).then_some(n)
     }
 
     /// From the first [`HELLO_HEAD`] bytes: how many bytes follow (the entity and the nonce);
@@ -99,7 +130,7 @@ impl Hello {
         let (name, nonce) = rest.split_at(n - NONCE_LEN);
         let entity = std::str::from_utf8(name).ok()?.to_string();
         validate_entity(&entity).ok()?;
-        Some(Hello { flags: head[MAGIC.len()], entity, nonce: nonce.try_into().ok()? })
+        Some(Hello { flags: head[MAGIC.len()], entity, nonce: nonce.try_into().ok()?, ticket: Vec::new() })
     }
 }
 
@@ -169,7 +200,7 @@ mod tests {
     use super::*;
 
     fn hello() -> Hello {
-        Hello { flags: flags::SECURE, entity: "client.admin".into(), nonce: [9u8; NONCE_LEN] }
+        Hello { flags: flags::SECURE, entity: "client.admin".into(), nonce: [9u8; NONCE_LEN], ticket: Vec::new() }
     }
 
     #[test]
@@ -186,6 +217,25 @@ mod tests {
         let mut bad = bytes.clone();
         bad[HELLO_HEAD] = b' ';
         assert_eq!(Hello::decode(&head, &bad[HELLO_HEAD..]), None, "an invalid entity name");
+        assert!(!Hello::has_ticket(&head));
+    }
+
+    #[test]
+    fn a_ticket_follows_the_nonce_and_is_in_the_transcript() {
+        let with = Hello { ticket: vec![7u8; 40], ..hello() };
+        let bytes = with.encode();
+        let head: [u8; HELLO_HEAD] = bytes[..HELLO_HEAD].try_into().unwrap();
+        assert!(Hello::has_ticket(&head));
+        let n = Hello::rest_len(&head).unwrap();
+        let mut got = Hello::decode(&head, &bytes[HELLO_HEAD..HELLO_HEAD + n]).unwrap();
+        let len = Hello::ticket_len(bytes[HELLO_HEAD + n..HELLO_HEAD + n + 2].try_into().unwrap()).unwrap();
+        got.ticket = bytes[HELLO_HEAD + n + 2..].to_vec();
+        assert_eq!(len, 40);
+        assert_eq!(got.encode(), bytes);
+        assert_eq!(Hello::ticket_len([0, 0]), None);
+        // Another ticket, another transcript: a ticket cannot be swapped under a proof.
+        let other = Hello { ticket: vec![8u8; 40], ..hello() };
+        assert_ne!(transcript(&with, 0, &[1u8; NONCE_LEN]), transcript(&other, 0, &[1u8; NONCE_LEN]));
     }
 
     #[test]
@@ -221,7 +271,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip() {
-        for s in [Status::Ok, Status::BadHello, Status::UnknownEntity, Status::WrongProof] {
+        for s in [Status::Ok, Status::BadHello, Status::UnknownEntity, Status::WrongProof, Status::BadTicket] {
             assert_eq!(Status::from_byte(s as u8), Some(s));
         }
         assert_eq!(Status::from_byte(200), None);

@@ -31,13 +31,13 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// The keyring of a new cluster: its `secret` and the administrator's key.
     pub fn new_cluster(secret: Key) -> Keyring {
-        Keyring { entity: ADMIN.into(), key: client_key(&secret, ADMIN), secret: Some(secret) }
+        Keyring { entity: ADMIN.into(), key: client_key(&secret, ADMIN, 0), secret: Some(secret) }
     }
 
-    /// The keyring of client `name` of the cluster of `secret`.
-    pub fn for_client(secret: &Key, name: &str) -> Result<Keyring, String> {
+    /// The keyring of client `name` of the cluster of `secret`, whose entry is of `generation`.
+    pub fn for_client(secret: &Key, name: &str, generation: u64) -> Result<Keyring, String> {
         validate_entity(name)?;
-        Ok(Keyring { entity: name.into(), key: client_key(secret, name), secret: None })
+        Ok(Keyring { entity: name.into(), key: client_key(secret, name, generation), secret: None })
     }
 
     /// The file's text.
@@ -73,7 +73,7 @@ impl Keyring {
         validate_entity(&entity)?;
         let key = key.ok_or("no `key = ...` line")?;
         if let Some(s) = &secret {
-            if client_key(s, &entity) != key && *s != key {
+            if client_key(s, &entity, 0) != key && *s != key {
                 return Err(format!("its key is not {entity}'s key in the cluster of its secret"));
             }
         }
@@ -95,10 +95,10 @@ mod tests {
         let k = Keyring::new_cluster([3u8; KEY_LEN]);
         assert_eq!(Keyring::parse(&k.render()).unwrap(), k);
         assert!(!format!("{k:?}").contains("0303"), "no key in Debug");
-        let c = Keyring::for_client(&[3u8; KEY_LEN], "client.vm").unwrap();
+        let c = Keyring::for_client(&[3u8; KEY_LEN], "client.vm", 1).unwrap();
         assert_eq!(Keyring::parse(&c.render()).unwrap(), c);
         assert!(c.secret.is_none());
-        assert!(Keyring::for_client(&[3u8; KEY_LEN], "vm").is_err());
+        assert!(Keyring::for_client(&[3u8; KEY_LEN], "vm", 1).is_err());
         let text = k.render();
         assert!(Keyring::parse(&text.replace("entity = client.admin", "entity = client.bob")).is_err());
         let bad_key: String = text

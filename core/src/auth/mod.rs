@@ -3,13 +3,19 @@
 //!
 //! Every daemon holds the cluster's secret. Daemons prove to each other that they hold it
 //! (entity [`DAEMON`]); a client proves it holds its own key, which is derived from the
-//! secret and the client's name ([`client_key`]), so any daemon can check it without a table
-//! of keys. The proofs are HMAC-SHA-256 over a transcript with a fresh nonce of each side:
+//! secret, the client's name and the generation of its entry ([`client_key`]), so any daemon
+//! that knows the generation can check it without a table of keys: groupd keeps the clients
+//! and their capabilities in its replicated state, and gives each a [`ticket`] that tells
+//! storage nodes the generation and the VDIs the client may touch. The proofs are
+//! HMAC-SHA-256 over a transcript with a fresh nonce of each side:
 //! no key ever crosses the wire, and a recorded handshake cannot be replayed.
 
+pub mod caps;
+pub mod clients;
 pub mod handshake;
 pub mod keyring;
 pub mod seal;
+pub mod ticket;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -49,18 +55,22 @@ pub fn mac_matches(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
     m.verify_slice(tag).is_ok()
 }
 
-/// The key of client `name` (e.g. `client.admin`) in the cluster of `secret`.
-pub fn client_key(secret: &Key, name: &str) -> Key {
-    mac(secret, &[b"sheep client key\0", name.as_bytes()])
+/// The key of client `name` in the cluster of `secret`, for the `generation` of its entry
+/// (`client.admin`'s key has no generation: it is given as 0 and it is never revoked).
+pub fn client_key(secret: &Key, name: &str, generation: u64) -> Key {
+    if name == ADMIN {
+        return mac(secret, &[b"sheep client key\0", name.as_bytes()]);
+    }
+    mac(secret, &[b"sheep client key\0", name.as_bytes(), b"\0", &generation.to_be_bytes()])
 }
 
-/// The key `entity` proves it holds, as a daemon of the cluster of `secret` knows it; None
-/// for an entity it does not know.
+/// The key `entity` proves it holds, as a daemon of the cluster of `secret` knows it without
+/// asking groupd (the daemons' and the admin's); None for any other.
 pub fn key_of(secret: &Key, entity: &str) -> Option<Key> {
     if entity == DAEMON {
         Some(*secret)
     } else if entity == ADMIN {
-        Some(client_key(secret, entity))
+        Some(client_key(secret, entity, 0))
     } else {
         None
     }
@@ -93,8 +103,12 @@ mod tests {
         assert_eq!(key_of(&secret, DAEMON), Some(secret));
         let admin = key_of(&secret, ADMIN).unwrap();
         assert_ne!(admin, secret);
-        assert_eq!(admin, client_key(&secret, ADMIN));
-        assert_ne!(client_key(&[8u8; KEY_LEN], ADMIN), admin, "another cluster, another key");
+        assert_eq!(admin, client_key(&secret, ADMIN, 0));
+        assert_eq!(admin, client_key(&secret, ADMIN, 7), "the admin's key has no generation");
+        assert_ne!(client_key(&[8u8; KEY_LEN], ADMIN, 0), admin, "another cluster, another key");
+        let bob = client_key(&secret, "client.bob", 1);
+        assert_ne!(bob, client_key(&secret, "client.bob", 2), "removed and added again: another key");
+        assert_ne!(bob, client_key(&secret, "client.bobb", 1));
         assert_eq!(key_of(&secret, "client.bob"), None);
         let tag = mac(&admin, &[b"a", b"bc"]);
         assert!(mac_matches(&admin, &[b"ab", b"c"], &tag));

@@ -209,6 +209,20 @@ pub enum Op {
         session: SessionId,
         reason: String,
     },
+    /// A new client (`sheepctl auth add`).
+    AuthAdd {
+        name: String,
+        caps: crate::auth::caps::Caps,
+    },
+    /// New capabilities for a client.
+    AuthCaps {
+        name: String,
+        caps: crate::auth::caps::Caps,
+    },
+    /// Revokes a client.
+    AuthRm {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +290,7 @@ pub enum Reply {
     Locked(Lock),
     Vdi(VdiEntry),
     Snapshot { snapshot: VdiEntry, working: VdiEntry },
+    Client(crate::auth::clients::ClientEntry),
 }
 
 /// A refused command. Refusals are part of the total order too: every groupd refuses the
