@@ -22,10 +22,19 @@ pub struct NbdExportArgs {
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub queue_depth: u16,
 
-    /// Serve on an address other than loopback although NBD goes in the clear (no TLS yet):
+    /// Serve on an address other than loopback without TLS: NBD then goes in the clear, and
     /// anyone who reaches it can read and write the VDI
     #[arg(long)]
     pub insecure_listen: bool,
+
+    /// Require TLS of every client with this PEM certificate (chain), as QEMU's
+    /// `tls-creds-x509` checks it; any address may then be listened on
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The `ublk-dev` binary next to this executable.
@@ -60,6 +69,9 @@ pub fn run(groupd: &str, a: &NbdExportArgs) -> Result<()> {
         .arg(a.queue_depth.to_string());
     if a.insecure_listen {
         cmd.arg("--insecure-listen");
+    }
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
     }
     let err = cmd.exec();
     bail!("cannot run {}: {err}", bin.display())

@@ -50,10 +50,19 @@ struct NbdArgs {
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=1024))]
     queue_depth: u16,
 
-    /// Serve on an address other than loopback although NBD goes in the clear (no TLS yet):
+    /// Serve on an address other than loopback without TLS: NBD then goes in the clear, and
     /// anyone who reaches it can read and write the VDI
     #[arg(long)]
     insecure_listen: bool,
+
+    /// Require TLS of every client with this PEM certificate (chain): what QEMU's
+    /// `tls-creds-x509` checks against its CA; any address may then be listened on
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -117,11 +126,15 @@ fn serve_nbd(a: NbdArgs, groupd: Vec<String>) -> Result<()> {
         bail!("--groupd needs at least one address");
     }
     sheep_core::object::validate_vdi_name(&a.vdi)?;
-    server::check_listen(a.listen, a.insecure_listen)?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(ublk_dev::nbd::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    server::check_listen(a.listen, a.insecure_listen, tls.is_some())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     let limits = Limits { queue_depth: usize::from(a.queue_depth), ..Limits::default() };
-    local.block_on(&rt, server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits }))?;
+    local.block_on(&rt, server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits, tls }))?;
     // Tasks left on the runtime (the engine's watch) are not waited for.
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())

@@ -12,6 +12,20 @@ pub enum Outcome {
     Transmission,
     /// The client sent NBD_OPT_ABORT.
     Aborted,
+    /// The client asked for TLS and it was acknowledged: the TLS handshake comes next, then
+    /// the options go on over it ([`options`] with [`Tls::Established`]).
+    StartTls,
+}
+
+/// TLS in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// Not offered: NBD_OPT_STARTTLS is refused.
+    Off,
+    /// Required and not started yet: only NBD_OPT_STARTTLS and NBD_OPT_ABORT are answered.
+    Required,
+    /// The session is encrypted.
+    Established,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +42,8 @@ pub enum HandshakeError {
     UnknownExport(String),
     #[error("more than {0} options: the client does not settle")]
     TooManyOptions(usize),
+    #[error("the client chose the export without TLS, which this server requires")]
+    TlsRequired,
 }
 
 /// Options a client may send before it must pick the export.
@@ -36,8 +52,18 @@ const MAX_OPTIONS: usize = 256;
 /// (NBD_REP_ERR_TOO_BIG); beyond it the connection is closed.
 const MAX_SKIP: u32 = 1 << 20;
 
-/// Runs the handshake for the one export `export` on `s`.
+/// Runs the handshake for the one export `export` on `s`, without TLS.
 pub async fn negotiate<S>(s: &mut S, export: &ExportInfo) -> Result<Outcome, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let no_zeroes = greet(s).await?;
+    options(s, export, Tls::Off, no_zeroes).await
+}
+
+/// The server's greeting and the client's flags: whether it wants no zeroes after
+/// NBD_OPT_EXPORT_NAME's reply.
+pub async fn greet<S>(s: &mut S) -> Result<bool, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -47,7 +73,14 @@ where
     if client_flags & CLIENT_FIXED_NEWSTYLE == 0 || client_flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
         return Err(HandshakeError::ClientFlags(client_flags));
     }
-    let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+    Ok(client_flags & CLIENT_NO_ZEROES != 0)
+}
+
+/// The options, until the client picks the export, gives up, or starts TLS.
+pub async fn options<S>(s: &mut S, export: &ExportInfo, tls: Tls, no_zeroes: bool) -> Result<Outcome, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     for _ in 0..MAX_OPTIONS {
         let mut h = [0u8; OPTION_HEADER_LEN];
         s.read_exact(&mut h).await?;
@@ -63,6 +96,15 @@ where
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data).await?;
         tracing::debug!("NBD option {option} ({len} bytes)");
+        if tls == Tls::Required && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
+            if option == OPT_EXPORT_NAME {
+                // No reply is possible but the export's: close.
+                return Err(HandshakeError::TlsRequired);
+            }
+            send(s, option_reply(option, REP_ERR_TLS_REQD, b"this server requires TLS: NBD_OPT_STARTTLS first"))
+                .await?;
+            continue;
+        }
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8_lossy(&data).into_owned();
@@ -94,7 +136,17 @@ where
                     return Ok(Outcome::Transmission);
                 }
             }
-            OPT_STARTTLS => send(s, option_reply(option, REP_ERR_POLICY, b"TLS is not offered")).await?,
+            OPT_STARTTLS => match tls {
+                Tls::Off => send(s, option_reply(option, REP_ERR_POLICY, b"TLS is not offered")).await?,
+                Tls::Established => send(s, option_reply(option, REP_ERR_INVALID, b"TLS is on already")).await?,
+                Tls::Required if !data.is_empty() => {
+                    send(s, option_reply(option, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")).await?
+                }
+                Tls::Required => {
+                    send(s, option_reply(option, REP_ACK, &[])).await?;
+                    return Ok(Outcome::StartTls);
+                }
+            },
             _ => send(s, option_reply(option, REP_ERR_UNSUP, b"option not supported")).await?,
         }
     }
@@ -184,6 +236,52 @@ mod tests {
             d.extend_from_slice(&i.to_be_bytes());
         }
         d
+    }
+
+    #[tokio::test]
+    async fn with_tls_required_only_starttls_is_answered_then_options_go_on_over_it() {
+        let (mut a, mut c) = tokio::io::duplex(1 << 16);
+        let server = async move {
+            let no_zeroes = super::greet(&mut a).await?;
+            let first = options(&mut a, &export(), Tls::Required, no_zeroes).await?;
+            // Here the TLS handshake would run; the options go on over the encrypted stream.
+            let then = options(&mut a, &export(), Tls::Established, no_zeroes).await?;
+            Ok::<_, HandshakeError>((first, then))
+        };
+        let client = async move {
+            greet(&mut c, CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES).await;
+            for opt in [OPT_LIST, OPT_GO, OPT_INFO] {
+                option(&mut c, opt, &info_data("disk0", &[])).await;
+                assert_eq!(reply(&mut c).await.1, REP_ERR_TLS_REQD, "option {opt} before TLS");
+            }
+            option(&mut c, OPT_STARTTLS, b"x").await;
+            assert_eq!(reply(&mut c).await.1, REP_ERR_INVALID);
+            option(&mut c, OPT_STARTTLS, &[]).await;
+            assert_eq!(reply(&mut c).await, (OPT_STARTTLS, REP_ACK, vec![]));
+            option(&mut c, OPT_STARTTLS, &[]).await;
+            assert_eq!(reply(&mut c).await.1, REP_ERR_INVALID, "a second STARTTLS");
+            option(&mut c, OPT_GO, &info_data("disk0", &[])).await;
+            assert_eq!(reply(&mut c).await, (OPT_GO, REP_INFO, info_export(&export())));
+            assert_eq!(reply(&mut c).await, (OPT_GO, REP_INFO, info_block_size()));
+            assert_eq!(reply(&mut c).await, (OPT_GO, REP_ACK, vec![]));
+        };
+        let (r, ()) = tokio::join!(server, client);
+        assert_eq!(r.unwrap(), (Outcome::StartTls, Outcome::Transmission));
+    }
+
+    #[tokio::test]
+    async fn with_tls_required_export_name_in_the_clear_is_closed() {
+        let (mut a, mut c) = tokio::io::duplex(1 << 16);
+        let server = async move {
+            let no_zeroes = super::greet(&mut a).await?;
+            options(&mut a, &export(), Tls::Required, no_zeroes).await
+        };
+        let client = async move {
+            greet(&mut c, CLIENT_FIXED_NEWSTYLE).await;
+            option(&mut c, OPT_EXPORT_NAME, b"disk0").await;
+        };
+        let (r, ()) = tokio::join!(server, client);
+        assert!(matches!(r, Err(HandshakeError::TlsRequired)), "{r:?}");
     }
 
     #[tokio::test]

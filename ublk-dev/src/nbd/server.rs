@@ -3,16 +3,17 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::handshake::{self, Outcome};
+use super::handshake::{self, Outcome, Tls};
 use super::proto::*;
 use super::transmission::{self, End, Limits};
 use crate::attach_lock::AttachLock;
@@ -25,20 +26,23 @@ pub struct ExportConfig {
     pub listen: SocketAddr,
     pub groupd: Vec<String>,
     pub limits: Limits,
+    /// TLS required of every client (`--tls-cert`/`--tls-key`), or none.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
-/// Whether the export may listen on `addr`: NBD carries the VDI's data and takes writes with
-/// no authentication and no encryption (TLS is not spoken yet), so only loopback, unless the
-/// operator says `--insecure-listen` (then with a warning).
-pub fn check_listen(addr: SocketAddr, insecure_listen: bool) -> Result<()> {
-    if addr.ip().is_loopback() {
+/// Whether the export may listen on `addr`: NBD without TLS carries the VDI's data and takes
+/// writes with no authentication and no encryption, so only loopback, unless the export
+/// requires TLS or the operator says `--insecure-listen` (then with a warning).
+pub fn check_listen(addr: SocketAddr, insecure_listen: bool, tls: bool) -> Result<()> {
+    if addr.ip().is_loopback() || tls {
         return Ok(());
     }
     if !insecure_listen {
         bail!(
-            "an NBD export on {addr} (not loopback) would serve the VDI in the clear, unauthenticated, to anyone who \
-             reaches it, and NBD over TLS is not supported yet: listen on 127.0.0.1 (the default) and reach it \
-             through an SSH tunnel, or pass --insecure-listen to accept that"
+            "an NBD export on {addr} (not loopback) without TLS would serve the VDI in the clear, unauthenticated, to \
+             anyone who reaches it: give it --tls-cert and --tls-key (clients then need QEMU's tls-creds-x509), \
+             listen on 127.0.0.1 (the default) and reach it through an SSH tunnel, or pass --insecure-listen to \
+             accept that"
         );
     }
     tracing::warn!("serving NBD on {addr} in the clear (--insecure-listen): anyone who reaches it can read and write");
@@ -87,8 +91,12 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
         println!("{url}");
         // The line above is what a caller waits for.
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        if cfg.tls.is_some() {
+            tracing::info!("every client must start TLS (NBD_OPT_STARTTLS) before anything else");
+        }
+        let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let stopped =
-            accept_loop(&listener, &backend, &info, &mut attached.lock, &mut term, &mut int, cfg.limits).await;
+            accept_loop(&listener, &backend, &info, &mut attached.lock, &mut term, &mut int, cfg.limits, tls).await;
         follower.abort();
         drop(listener);
         match backend.flush().await {
@@ -104,6 +112,7 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
 
 /// Accepts connections until a signal or the loss of the lock; then stops every connection
 /// (requests in flight are answered) and returns.
+#[allow(clippy::too_many_arguments, reason = "the export's parts, each used once")]
 async fn accept_loop(
     listener: &TcpListener,
     backend: &Rc<VdiBackend>,
@@ -112,6 +121,7 @@ async fn accept_loop(
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -121,7 +131,8 @@ async fn accept_loop(
                 Ok((sock, peer)) => {
                     // The size as of now: a connection made after a resize sees the new one.
                     let info = ExportInfo { size: backend.size(), ..info.clone() };
-                    conns.spawn_local(connection(backend.clone(), sock, peer, info, stop_rx.clone(), limits));
+                    let c = connection(backend.clone(), sock, peer, info, stop_rx.clone(), limits, tls.clone());
+                    conns.spawn_local(c);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning.
@@ -149,46 +160,108 @@ async fn accept_loop(
     outcome.map(drop)
 }
 
+/// A connection once negotiated: in the clear, or over TLS.
+enum Negotiated {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The handshake on `sock`: with TLS required, STARTTLS, the TLS handshake, then the options
+/// over TLS. None when the client gave up (said why in the log).
+async fn negotiate(
+    mut sock: TcpStream,
+    info: &ExportInfo,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    peer: SocketAddr,
+) -> Option<Negotiated> {
+    let result = async {
+        let no_zeroes = handshake::greet(&mut sock).await?;
+        let Some(acceptor) = tls else {
+            return Ok(handshake::options(&mut sock, info, Tls::Off, no_zeroes).await?.chosen(Negotiated::Plain(sock)));
+        };
+        match handshake::options(&mut sock, info, Tls::Required, no_zeroes).await? {
+            Outcome::StartTls => {}
+            _ => return Ok(None),
+        }
+        let mut s = acceptor.accept(sock).await?;
+        Ok(handshake::options(&mut s, info, Tls::Established, no_zeroes).await?.chosen(Negotiated::Tls(Box::new(s))))
+    };
+    match result.await {
+        Ok(Some(n)) => Some(n),
+        Ok(None) => {
+            tracing::info!("{peer}: aborted the handshake");
+            None
+        }
+        Err(e) => {
+            let e: handshake::HandshakeError = e;
+            tracing::info!("{peer}: handshake failed: {e}");
+            None
+        }
+    }
+}
+
+impl Outcome {
+    /// `conn` if the client chose the export.
+    fn chosen(self, conn: Negotiated) -> Option<Negotiated> {
+        (self == Outcome::Transmission).then_some(conn)
+    }
+}
+
 /// One client connection: handshake, then transmission.
 async fn connection(
     backend: Rc<VdiBackend>,
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
     info: ExportInfo,
     mut stop: watch::Receiver<bool>,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     if let Err(e) = sock.set_nodelay(true) {
         tracing::warn!("{peer}: cannot set TCP_NODELAY: {e}");
     }
     tracing::info!("{peer}: connected");
     let negotiated = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut sock, &info)) => r,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(sock, &info, tls, peer)) => r,
         () = transmission::stopped(&mut stop) => return,
     };
-    match negotiated {
-        Ok(Ok(Outcome::Transmission)) => {}
-        Ok(Ok(Outcome::Aborted)) => {
-            tracing::info!("{peer}: aborted the handshake");
-            return;
+    let ended = match negotiated {
+        Ok(Some(Negotiated::Plain(sock))) => {
+            let (rd, wr) = sock.into_split();
+            transmit(backend, rd, wr, stop, limits, peer).await
         }
-        Ok(Err(e)) => {
-            tracing::info!("{peer}: handshake failed: {e}");
-            return;
+        Ok(Some(Negotiated::Tls(s))) => {
+            let (rd, wr) = tokio::io::split(*s);
+            transmit(backend, rd, wr, stop, limits, peer).await
         }
+        Ok(None) => return,
         Err(_) => {
             tracing::info!("{peer}: no handshake within {HANDSHAKE_TIMEOUT:?}; closed");
             return;
         }
-    }
-    let (rd, wr) = sock.into_split();
-    let reader = BufReader::with_capacity(256 << 10, rd);
-    match transmission::serve(backend, reader, wr, stop, limits, &peer.to_string()).await {
+    };
+    match ended {
         Ok(End::Disconnected) => tracing::info!("{peer}: disconnected"),
         Ok(End::Vanished) => tracing::info!("{peer}: closed the connection without NBD_CMD_DISC"),
         Ok(End::Shutdown) => tracing::info!("{peer}: closed, the server is stopping"),
         Err(e) => tracing::warn!("{peer}: connection ended: {e}"),
     }
+}
+
+async fn transmit<R, W>(
+    backend: Rc<VdiBackend>,
+    rd: R,
+    wr: W,
+    stop: watch::Receiver<bool>,
+    limits: Limits,
+    peer: SocketAddr,
+) -> Result<End, transmission::TransmissionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
+    let reader = BufReader::with_capacity(256 << 10, rd);
+    transmission::serve(backend, reader, wr, stop, limits, &peer.to_string()).await
 }
 
 /// `nbd://127.0.0.1:10809/disk0`, the name percent-encoded where a URL needs it.
@@ -221,12 +294,14 @@ mod tests {
     fn only_loopback_unless_told() {
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         for ok in ["127.0.0.1:10809", "127.5.6.7:1", "[::1]:0"] {
-            assert!(check_listen(addr(ok), false).is_ok(), "{ok}");
+            assert!(check_listen(addr(ok), false, false).is_ok(), "{ok}");
         }
         for open in ["0.0.0.0:10809", "192.168.1.5:10809", "[::]:10809"] {
-            let e = check_listen(addr(open), false).unwrap_err().to_string();
+            let e = check_listen(addr(open), false, false).unwrap_err().to_string();
             assert!(e.contains("--insecure-listen") && e.contains("in the clear"), "{open}: {e}");
-            assert!(check_listen(addr(open), true).is_ok(), "{open} with --insecure-listen");
+            assert!(e.contains("--tls-cert"), "{open}: {e}");
+            assert!(check_listen(addr(open), true, false).is_ok(), "{open} with --insecure-listen");
+            assert!(check_listen(addr(open), false, true).is_ok(), "{open} with TLS");
         }
     }
 }
