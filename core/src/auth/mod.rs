@@ -35,7 +35,7 @@ pub const ADMIN: &str = "client.admin";
 /// The longest entity name accepted.
 pub const MAX_ENTITY_LEN: usize = 128;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// HMAC-SHA-256 of the concatenation of `parts` under `key`.
 pub fn mac(key: &[u8], parts: &[&[u8]]) -> Key {
