@@ -277,8 +277,14 @@ impl Cluster {
 
     /// Runs sheepctl with `input` on stdin; returns its output.
     pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        self.ctl_as(crate::keys::keyring(), args, input)
+    }
+
+    /// sheepctl as the client of `keyring` (e.g. one `auth add` made), `input` on its stdin.
+    pub fn ctl_as(&self, keyring: &std::path::Path, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
         let mut child = crate::keys::command("sheepctl")
+            .env("SHEEP_KEYRING", keyring)
             .arg("--groupd")
             .arg(self.groupd_addrs.join(","))
             .args(args)

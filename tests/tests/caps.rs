@@ -6,7 +6,7 @@
 //! lifetime; a client removed and added again gets a new key, and the old one stays dead.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use sheep_core::auth::caps::Access;
@@ -16,7 +16,6 @@ use sheep_core::object::{ObjectId, VdiId};
 use sheep_rpc::error::{self, ErrorCode};
 use sheep_rpc::groupd_capnp::groupd;
 use sheep_rpc::storaged_capnp::storaged;
-use sheep_tests::keys::command;
 use sheep_tests::nbd::{listen_addr, qemu_io_ok, url_or_exit};
 use sheep_tests::{wait_until, Cluster, Daemon};
 
@@ -25,21 +24,7 @@ const TICKET_SECS: u64 = 4;
 
 /// sheepctl as the client of `keyring`, with `input` on its stdin.
 fn as_client(c: &Cluster, keyring: &Path, args: &[&str], input: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = command("sheepctl")
-        .env("SHEEP_KEYRING", keyring)
-        .arg("--groupd")
-        .arg(c.groupd_addrs.join(","))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sheepctl");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    child.wait_with_output().expect("sheepctl output")
+    c.ctl_as(keyring, args, input)
 }
 
 fn refused(out: &Output, says: &str) -> String {

@@ -135,15 +135,26 @@ pub fn engine_writer(groupds: Vec<String>, name: String, sh: Shared, seed: u64) 
                 Ok(l) => l,
                 Err(e) => return sh.violation(format!("engine writer: cannot lock {name}: {e}")),
             };
-            let opened = match Cluster::connect(group, CallLimits::default()).await {
-                Ok(cluster) => {
-                    Vdi::open(cluster, &name, VdiOptions { fence: lock.token(), ..VdiOptions::default() }).await
+            // An open that fails with a clear error (e.g. its inode waits for nodes that are
+            // down and may hold a newer copy) is what the contract allows: try again until
+            // the run ends. Only what is read back can violate it.
+            while !sh.stopped() {
+                let opened = match Cluster::connect(group.clone(), CallLimits::default()).await {
+                    Ok(cluster) => {
+                        Vdi::open(cluster, &name, VdiOptions { fence: lock.token(), ..VdiOptions::default() }).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok(vdi) => {
+                        run_ops(&mut Engine(Rc::new(vdi)), &sh, seed).await;
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("chaos: engine writer: cannot open {name} yet ({e}); trying again");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
                 }
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok(vdi) => run_ops(&mut Engine(Rc::new(vdi)), &sh, seed).await,
-                Err(e) => sh.violation(format!("engine writer: cannot open {name}: {e}")),
             }
             lock.release().await;
         })
