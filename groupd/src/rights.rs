@@ -6,6 +6,7 @@
 use sheep_core::auth::caps::Access;
 use sheep_core::auth::clients::grants;
 use sheep_core::auth::ticket::Ticket;
+use sheep_core::group::SessionKind;
 use sheep_rpc::error::{refusal, ErrorCode};
 use sheep_rpc::transport::{self, Identity, Peer};
 
@@ -47,6 +48,30 @@ pub fn allow(node: &Node, peer: &Peer, name: &str, wanted: Access) -> Result<(),
             entry.caps.render()
         ))),
     }
+}
+
+/// The name a session opened by `peer` gets: a client other than the admin's begins with
+/// its entity, which is what says the session is its own ([`owns`]).
+pub fn session_name(peer: &Peer, asked: String) -> String {
+    match peer {
+        Peer::Client { entity, .. } => format!("{entity}: {asked}"),
+        _ => asked,
+    }
+}
+
+/// A client other than the admin may use only the sessions it opened.
+pub fn owns(node: &Node, peer: &Peer, session: u64) -> Result<(), capnp::Error> {
+    let Peer::Client { entity, .. } = peer else { return Ok(()) };
+    let state = node.sm.state();
+    let mine = state.sessions.get(&session).is_some_and(|s| match &s.kind {
+        SessionKind::Client { name } => name.strip_prefix(entity.as_str()).is_some_and(|r| r.starts_with(": ")),
+        SessionKind::Storage(_) => false,
+    });
+    if mine || !state.sessions.contains_key(&session) {
+        // A session that does not exist is refused as such by the command itself.
+        return Ok(());
+    }
+    Err(denied(format!("session {session} is not one {entity} opened")))
 }
 
 /// A client's ticket: its capabilities resolved to VDI ids now, sealed, valid for

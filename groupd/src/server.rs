@@ -85,6 +85,16 @@ impl GroupdServer {
         if peer.is_privileged() {
             return Ok(());
         }
+        // A client acts only through sessions it opened itself (another client's session
+        // closed or kept alive would release or keep its locks).
+        match op {
+            Op::CloseSession { session, .. }
+            | Op::Lock { session, .. }
+            | Op::Unlock { session, force: false, .. }
+            | Op::VdiSnapshot { session, .. }
+            | Op::Broadcast { session, .. } => rights::owns(node, peer, *session)?,
+            _ => {}
+        }
         match op {
             Op::OpenSession { kind: SessionKind::Client { .. }, .. } | Op::CloseSession { .. } => {
                 rights::live(node, peer)
@@ -163,7 +173,7 @@ impl groupd::Server for GroupdServer {
                     }
                     SessionKind::Storage(codec::read_node(p.get_node()?)?)
                 }
-                WireKind::Client => SessionKind::Client { name: text(p.get_name())? },
+                WireKind::Client => SessionKind::Client { name: rights::session_name(&self.peer, text(p.get_name())?) },
             };
             Op::OpenSession { kind, store_cluster: text(p.get_cluster_id())? }
         };
@@ -181,6 +191,7 @@ impl groupd::Server for GroupdServer {
     ) -> Result<(), capnp::Error> {
         rights::live(&self.node, &self.peer)?;
         let session = params.get()?.get_session();
+        rights::owns(&self.node, &self.peer, session)?;
         self.node.keepalive(session).await
     }
 

@@ -114,6 +114,29 @@ fn ticket_of(groupd_addr: &str, keyring: &Keyring) -> Result<Vec<u8>, String> {
     })
 }
 
+/// A groupd's answer to keepalive (`close`: closeSession) of `session`, called as the client
+/// of `keyring`: the refusal's code and message (None, "": accepted).
+fn session_call(addr: &str, keyring: &Keyring, session: u64, close: bool) -> (Option<ErrorCode>, String) {
+    run_local(async {
+        let conn = sheep_client::rpc::connect_as::<groupd::Client>(addr, Duration::from_secs(5), keyring, &[])
+            .await
+            .expect("connect to groupd");
+        let sent = if close {
+            let mut req = conn.client().close_session_request();
+            req.get().set_session(session);
+            req.send().promise.await.map(drop)
+        } else {
+            let mut req = conn.client().keepalive_request();
+            req.get().set_session(session);
+            req.send().promise.await.map(drop)
+        };
+        match sent {
+            Ok(()) => (None, String::new()),
+            Err(e) => (error::code_of(&e), error::message_of(&e).to_string()),
+        }
+    })
+}
+
 fn run_local<T>(f: impl std::future::Future<Output = T>) -> T {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     tokio::task::LocalSet::new().block_on(&rt, f)
@@ -237,6 +260,20 @@ fn a_client_touches_only_what_its_capabilities_name() {
     assert!(log.contains("no capability `rw` on VDI \"vm-b\""), "{log}");
     let mut d = export("vm-a", "export-a.log");
     let url = url_or_exit(&mut d).unwrap_or_else(|log| panic!("the export as client.host stopped: {log}"));
+
+    // A client uses only the sessions it opened: its own are named after it; a storage node's
+    // session (closing it would take the node out) is refused to it.
+    let info = c.info();
+    let own = info.sessions.iter().find(|s| s.name().starts_with("client.host: ")).expect("the export's session");
+    let again_keys = sheep_rpc::keyfile::load(&again).unwrap();
+    assert_eq!(session_call(&c.groupd_addrs[0], &again_keys, own.id, false), (None, String::new()));
+    let node = info.sessions.iter().find(|s| s.node().is_some()).expect("a storage node's session");
+    for close in [false, true] {
+        let (code, msg) = session_call(&c.groupd_addrs[0], &again_keys, node.id, close);
+        assert_eq!(code, Some(ErrorCode::Denied), "{msg}");
+        assert!(msg.contains("is not one client.host opened"), "{msg}");
+    }
+    assert!(c.info().sessions.iter().any(|s| s.id == node.id), "the node's session was closed");
     qemu_io_ok(&url, &["write -P 0x5a 0 65536", "read -P 0x5a 0 65536"]);
     let tag = ["vdi", "snapshot", "vm-a", "--tag", "s1"];
     ok(&as_client(&c, &again, &tag, b""));
