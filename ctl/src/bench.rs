@@ -1,5 +1,6 @@
 //! `sheepctl bench`: random 4 KiB and sequential 1 MiB jobs through the VDI engine, the
-//! same shapes as `ci/bench` gives fio.
+//! same shapes as `ci/bench` gives fio, with the CPU time per operation of this process and
+//! of any others named (the cluster's daemons on this host).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -13,6 +14,7 @@ use sheep_core::size::format_size;
 use tokio::time::Instant;
 
 use crate::cli::BenchArgs;
+use crate::cpu::{self, ProcessCpu};
 use crate::output::{print_json, table};
 
 /// One job: what fio would call rw, bs and iodepth.
@@ -62,6 +64,9 @@ pub struct JobResult {
     pub iops: f64,
     pub mb_per_s: f64,
     pub lat_avg_us: f64,
+    /// CPU time per operation of every process measured (sheepctl first), and their sum.
+    pub cpu: Vec<ProcessCpu>,
+    pub cpu_us_per_op: f64,
 }
 
 /// xorshift64*: a fast, good enough generator of offsets.
@@ -135,6 +140,8 @@ pub async fn run_job(vdi: &Rc<Vdi>, job: Job, region: u64, runtime: Duration) ->
         iops: n as f64 / seconds,
         mb_per_s: (n as f64 * job.bs as f64) / seconds / 1e6,
         lat_avg_us: if n == 0 { 0.0 } else { lat.get().as_secs_f64() * 1e6 / n as f64 },
+        cpu: Vec::new(),
+        cpu_us_per_op: 0.0,
     })
 }
 
@@ -170,6 +177,8 @@ async fn prefill(vdi: &Rc<Vdi>, region: u64) -> Result<()> {
 
 pub async fn run(groupd: &str, args: &BenchArgs, json: bool) -> Result<()> {
     let jobs = parse_jobs(&args.jobs)?;
+    // Every process to measure must be there before anything is created.
+    cpu::sample_all(&args.cpu_of)?;
     let group = crate::client(groupd)?;
     let (vdis, _) = group.vdi_list().await?;
     let created = if vdis.iter().any(|v| v.name == args.name) {
@@ -202,9 +211,15 @@ async fn bench(groupd: &str, args: &BenchArgs, jobs: &[Job], json: bool) -> Resu
     prefill(&vdi, region).await?;
     let mut results = Vec::new();
     for job in jobs {
-        let r = run_job(&vdi, *job, region, Duration::from_secs(args.runtime)).await?;
+        let before = cpu::sample_all(&args.cpu_of)?;
+        let mut r = run_job(&vdi, *job, region, Duration::from_secs(args.runtime)).await?;
+        r.cpu = cpu::per_op(&before, &cpu::sample_all(&args.cpu_of)?, r.ops);
+        r.cpu_us_per_op = r.cpu.iter().map(|c| c.us_per_op).sum();
         if !json {
-            eprintln!("{:<12} {:>10.0} IOPS {:>9.1} MB/s", r.job, r.iops, r.mb_per_s);
+            eprintln!(
+                "{:<12} {:>10.0} IOPS {:>9.1} MB/s {:>8.0} us CPU/op",
+                r.job, r.iops, r.mb_per_s, r.cpu_us_per_op
+            );
         }
         results.push(r);
     }
@@ -221,10 +236,11 @@ async fn bench(groupd: &str, args: &BenchArgs, jobs: &[Job], json: bool) -> Resu
                 format!("{:.0}", r.iops),
                 format!("{:.1}", r.mb_per_s),
                 format!("{:.0}", r.lat_avg_us),
+                format!("{:.0}", r.cpu_us_per_op),
             ]
         })
         .collect();
-    print!("{}", table("", &["JOB", "BS", "QD", "IOPS", "MB/S", "LAT(us)"], &rows));
+    print!("{}", table("", &["JOB", "BS", "QD", "IOPS", "MB/S", "LAT(us)", "CPU/OP(us)"], &rows));
     Ok(())
 }
 

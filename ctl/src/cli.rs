@@ -330,6 +330,10 @@ pub struct BenchArgs {
         default_value = "seqwrite,randwrite1,randwrite32,randread1,randread32,seqread"
     )]
     pub jobs: String,
+    /// Also report the CPU time these processes (e.g. the cluster's daemons on this host)
+    /// spend per operation of each job, beside sheepctl's own
+    #[arg(long, value_name = "PID[,PID...]", value_delimiter = ',')]
+    pub cpu_of: Vec<u32>,
 }
 
 #[derive(Args, Debug)]

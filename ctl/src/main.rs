@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod cluster;
 mod connect;
+mod cpu;
 mod export;
 mod keys;
 mod local;

@@ -73,6 +73,12 @@ struct Args {
     /// seconds; then the node gives up with an error
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     join_timeout: u64,
+
+    /// How many MiB of data the node's handlers work on at once, over all its connections
+    /// (writes' data, the data reads answer); past it requests wait. With each connection's
+    /// own limits it bounds the node's memory: see the README's "Memory"
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(4..=4096))]
+    inflight_mib: u64,
 }
 
 /// `--version`; a build with failpoints says so (the tests that inject faults check it).
@@ -172,7 +178,7 @@ fn run(args: Args) -> Result<()> {
             args.data.display(),
             if node.cluster_id().is_empty() { "(none yet)".to_string() } else { node.cluster_id() }
         );
-        tokio::task::spawn_local(server::serve(listener, node.clone()));
+        tokio::task::spawn_local(server::serve(listener, node.clone(), (args.inflight_mib as usize) << 20));
 
         let opts = Options {
             connect_timeout: Duration::from_secs(1),

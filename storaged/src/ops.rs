@@ -141,6 +141,10 @@ pub async fn write(
     } else {
         None
     };
+    if matches!(first, Some(Ok(()))) {
+        return Ok(());
+    }
+    // The disk thread needs its own copy of the data.
     let objects = node.objects.clone();
     let data = std::sync::Arc::new(data.to_vec());
     let r = with_recovery(node, oid, first, move || objects.write(oid, offset, &data, fua, epoch)).await;

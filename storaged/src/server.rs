@@ -15,6 +15,8 @@ use sheep_rpc::transport::Peer;
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use sheep_client::rpc::{Admission, Admitted, ConnectionBounds, Reserved};
+
 use crate::node::Node;
 use crate::ops::{self, bad_request};
 
@@ -22,9 +24,48 @@ use crate::ops::{self, bad_request};
 struct StoragedImpl {
     node: Rc<Node>,
     peer: Peer,
+    /// The node's bound on the bytes its handlers work on (see `sheep_client::rpc::admission`).
+    admission: Rc<Admission>,
+    /// This connection's bounds: its requests not finished, its replies not sent.
+    connection: ConnectionBounds,
+}
+
+/// A connection reads no more requests while its handlers hold this many bytes.
+const CONNECTION_REQUESTS: usize = 16 << 20;
+/// A request's reply is made only while fewer bytes than this wait to be sent to its peer.
+const REPLY_BACKLOG: usize = 8 << 20;
+
+/// What a request holds while it is served.
+struct Held {
+    _connection: Admitted,
+    _reply: Reserved,
+    _node: Option<Admitted>,
 }
 
 impl StoragedImpl {
+    /// Holds a request of `request` bytes whose reply will carry `reply` bytes: the request
+    /// on its connection at once, the reply in its connection's backlog once the peer took in
+    /// what it was sent before, then both on the node. A peer that does not read its replies
+    /// waits in the backlog without holding any of the node's room.
+    async fn hold(&self, request: usize, reply: usize) -> Held {
+        let (connection, reserved) = self.hold_on_connection(request, reply).await;
+        let node = self.admission.admit(request + reply).await;
+        Held { _connection: connection, _reply: reserved, _node: Some(node) }
+    }
+
+    /// [`Self::hold`] for a request other nodes make while they serve one of their own (a
+    /// copy-on-write's base): it does not wait for the node's room, which could be full of
+    /// requests waiting for them. The callers' own bounds bound these.
+    async fn hold_for_a_node(&self, request: usize, reply: usize) -> Held {
+        let (connection, reserved) = self.hold_on_connection(request, reply).await;
+        Held { _connection: connection, _reply: reserved, _node: None }
+    }
+
+    async fn hold_on_connection(&self, request: usize, reply: usize) -> (Admitted, Reserved) {
+        let connection = self.connection.requests.admit_now(request + reply);
+        (connection, self.connection.replies.reserve(REPLY_BACKLOG, reply).await)
+    }
+
     /// Whether the peer may touch `oid` so (its ticket names the object's VDI with that access).
     fn allow(&self, oid: ObjectId, wanted: Access) -> Result<(), capnp::Error> {
         let Peer::Client { entity, ticket, .. } = &self.peer else { return Ok(()) };
@@ -101,6 +142,7 @@ impl storaged::Server for StoragedImpl {
         let oid = read_oid(p.get_oid())?;
         self.allow(oid, Access::Read)?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
+        let _held = self.hold(0, len as usize).await;
         let data = ops::read(&self.node, p.get_epoch(), oid, offset, len).await?;
         results.get().set_data(&data);
         Ok(())
@@ -114,6 +156,7 @@ impl storaged::Server for StoragedImpl {
         let p = params.get()?;
         let oid = read_oid(p.get_oid())?;
         self.allow(oid, Access::ReadWrite)?;
+        let _held = self.hold(p.get_data()?.len(), 0).await;
         ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua(), p.get_fence())
             .await
     }
@@ -127,6 +170,7 @@ impl storaged::Server for StoragedImpl {
         let oid = read_oid(p.get_oid())?;
         self.allow(oid, Access::ReadWrite)?;
         let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
+        let _held = self.hold(0, 0).await;
         ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await
     }
 
@@ -149,6 +193,9 @@ impl storaged::Server for StoragedImpl {
             // The node copies the base itself: the client must be allowed to read it.
             self.allow(base, Access::Read)?;
         }
+        // A base is copied whole into memory first.
+        let base_bytes = if base.is_some() { p.get_object_size() as usize } else { 0 };
+        let _held = self.hold(p.get_data()?.len() + base_bytes, 0).await;
         let data = p.get_data()?.to_vec();
         let offset = u64::from(p.get_offset());
         let fence = p.get_fence();
@@ -183,6 +230,7 @@ impl storaged::Server for StoragedImpl {
         mut results: storaged::ListResults,
     ) -> Result<(), capnp::Error> {
         self.privileged("listing every object of a node")?;
+        let _held = self.hold(0, 0).await;
         let listing = ops::list(&self.node, params.get()?.get_epoch()).await?;
         wire::write_listing(results.get(), &listing)
     }
@@ -195,6 +243,8 @@ impl storaged::Server for StoragedImpl {
         let p = params.get()?;
         let oid = read_oid(p.get_oid())?;
         self.allow(oid, Access::Read)?;
+        // Counted at the usual object size (the object's own is known once it is read).
+        let _held = self.hold_for_a_node(0, 1 << sheep_core::inode::DEFAULT_OBJECT_SIZE_SHIFT).await;
         let whole = ops::fetch(&self.node, p.get_epoch(), oid, !p.get_inspect()).await?;
         wire::write_whole(results.get(), &whole);
         Ok(())
@@ -242,17 +292,27 @@ impl storaged::Server for StoragedImpl {
 }
 
 /// Serves the node's API on every connection accepted by `listener`, forever: each
-/// connection its own server, which knows who its peer proved to be.
-pub async fn serve(listener: TcpListener, node: Rc<Node>) {
+/// connection its own server, which knows who its peer proved to be. Handlers work on at
+/// most about `inflight` bytes at once, node-wide.
+pub async fn serve(listener: TcpListener, node: Rc<Node>, inflight: usize) {
+    let admission = Admission::new(inflight);
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 debug!("connection from {addr}");
                 let node = node.clone();
-                tokio::task::spawn_local(sheep_client::rpc::serve(stream, addr, move |peer| {
-                    let client: storaged::Client = capnp_rpc::new_client(StoragedImpl { node, peer });
-                    client.client
-                }));
+                let admission = admission.clone();
+                tokio::task::spawn_local(sheep_client::rpc::serve_admitted(
+                    stream,
+                    addr,
+                    CONNECTION_REQUESTS,
+                    REPLY_BACKLOG,
+                    move |peer, connection| {
+                        let client: storaged::Client =
+                            capnp_rpc::new_client(StoragedImpl { node, peer, admission, connection });
+                        client.client
+                    },
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.

@@ -111,6 +111,11 @@ impl NbdClient {
         Ok(NbdClient { s, size, flags, handle: 0 })
     }
 
+    /// The connection, for requests sent by hand (e.g. many without reading the replies).
+    pub fn into_stream(self) -> TcpStream {
+        self.s
+    }
+
     fn reply(&mut self, handle: u64, data: &mut [u8]) -> Result<(), NbdError> {
         let mut r = [0u8; 16];
         self.s.read_exact(&mut r)?;

@@ -33,6 +33,7 @@ fn fio_passes(uri: String, stop: Arc<AtomicBool>) -> usize {
                 "--size=32M",
                 "--verify=crc32c",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
                 "--do_verify=1",
                 "--eta=never",
             ])

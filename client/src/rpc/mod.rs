@@ -15,7 +15,11 @@ use futures::FutureExt;
 use tokio::net::TcpStream;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+pub mod admission;
 mod batch;
+
+pub use admission::{Admission, Admitted, ConnectionBounds};
+pub use batch::{Backlog, Reserved};
 
 /// A live connection and the remote's bootstrap capability.
 pub struct Connection<C> {
@@ -116,9 +120,9 @@ where
         Ok(Ok(s)) => s,
     };
     let (reader, writer) = stream.into_split();
-    let (writer, flusher) = batch::batched(writer.compat_write());
+    let (writer, _, flusher) = batch::batched(writer.compat_write());
     let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::with_capacity(256 << 10, reader.compat()),
+        futures::io::BufReader::with_capacity(READ_BUFFER, reader.compat()),
         writer,
         rpc_twoparty_capnp::Side::Client,
         Default::default(),
@@ -149,19 +153,46 @@ pub async fn serve(
     bootstrap: impl FnOnce(transport::Peer) -> capnp::capability::Client,
 ) {
     let Ok((stream, peer)) = transport::accept(tcp, addr).await else { return };
-    serve_stream(stream, bootstrap(peer)).await
+    let (reader, writer) = stream.into_split();
+    let (writer, _, flusher) = batch::batched(writer.compat_write());
+    let reader = futures::io::BufReader::with_capacity(READ_BUFFER, reader.compat());
+    run_server(reader, writer, flusher, bootstrap(peer)).await
 }
 
-/// Serves `bootstrap` on an authenticated connection until the peer goes away.
-pub async fn serve_stream(stream: Stream, bootstrap: capnp::capability::Client) {
+/// [`serve`] for a server that bounds what it holds (see [`admission`]): the connection
+/// reads no more while its handlers hold `requests` bytes ([`Admission::admit_now`]) or
+/// while `replies` bytes of replies wait to be sent to its peer; `bootstrap` gets those
+/// bounds. Past a limit the connection may still hold one read buffer (`READ_BUFFER`).
+pub async fn serve_admitted(
+    tcp: TcpStream,
+    addr: std::net::SocketAddr,
+    requests: usize,
+    replies: usize,
+    bootstrap: impl FnOnce(transport::Peer, ConnectionBounds) -> capnp::capability::Client,
+) {
+    let Ok((stream, peer)) = transport::accept(tcp, addr).await else { return };
     let (reader, writer) = stream.into_split();
-    let (writer, flusher) = batch::batched(writer.compat_write());
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::with_capacity(256 << 10, reader.compat()),
-        writer,
-        rpc_twoparty_capnp::Side::Server,
-        Default::default(),
-    );
+    let (writer, backlog, flusher) = batch::batched(writer.compat_write());
+    let bounds = ConnectionBounds { requests: Admission::new(requests), replies: backlog };
+    let reader = admission::GatedReader {
+        inner: reader.compat(),
+        admission: bounds.requests.clone(),
+        backlog: bounds.replies.clone(),
+        backlog_limit: replies,
+    };
+    let reader = futures::io::BufReader::with_capacity(READ_BUFFER, reader);
+    run_server(reader, writer, flusher, bootstrap(peer, bounds)).await
+}
+
+/// Each connection's read buffer: capnp-rpc reads a message in small pieces.
+pub const READ_BUFFER: usize = 256 << 10;
+
+async fn run_server<R, W>(reader: R, writer: W, flusher: impl Future<Output = ()>, bootstrap: capnp::capability::Client)
+where
+    R: futures::io::AsyncRead + Unpin + 'static,
+    W: futures::io::AsyncWrite + Unpin + 'static,
+{
+    let network = twoparty::VatNetwork::new(reader, writer, rpc_twoparty_capnp::Side::Server, Default::default());
     let system = RpcSystem::new(Box::new(network), Some(bootstrap));
     let ended = futures::future::select(system.boxed_local(), flusher.boxed_local()).await;
     if let futures::future::Either::Left((Err(e), _)) = ended {

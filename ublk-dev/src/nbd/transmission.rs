@@ -26,7 +26,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { queue_depth: 128, buffered: 128 << 20, drain: Duration::from_secs(40) }
+        Limits { queue_depth: 128, buffered: 32 << 20, drain: Duration::from_secs(40) }
     }
 }
 
