@@ -482,6 +482,24 @@ impl AsyncWrite for Sealed {
         let me = self.get_mut();
         ready!(me.poll_drain(cx))?;
         let n = data.len().min(MAX_FRAME);
+        if let Some((header, tag)) = me.sealer.seal_unencrypted(&data[..n]) {
+            // The payload goes to the socket from where it is; only what the socket does not
+            // take at once is copied (the frame is sealed: it must leave whole).
+            let parts = [&header[..], &data[..n], &tag[..]];
+            let slices = parts.map(io::IoSlice::new);
+            let sent = match Pin::new(&mut me.tcp).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(sent)) => sent,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => 0,
+            };
+            let mut skip = sent;
+            for part in parts {
+                let taken = skip.min(part.len());
+                me.out.extend_from_slice(&part[taken..]);
+                skip -= taken;
+            }
+            return Poll::Ready(Ok(n));
+        }
         me.sealer.seal(&data[..n], &mut me.out);
         // Start sending at once; the rest goes on the next write or flush.
         if let Poll::Ready(Err(e)) = me.poll_drain(cx) {
@@ -554,6 +572,14 @@ impl Stream {
 pub enum ReadHalf {
     Plain(tokio::net::tcp::OwnedReadHalf),
     Sealed(tokio::io::ReadHalf<Box<Sealed>>),
+}
+
+impl ReadHalf {
+    /// Whether reads are served from a buffer of its own (a sealed stream opens whole
+    /// frames), so that a reader in small pieces needs no buffer on top.
+    pub fn buffers_itself(&self) -> bool {
+        matches!(self, ReadHalf::Sealed(_))
+    }
 }
 
 pub enum WriteHalf {

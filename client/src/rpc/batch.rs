@@ -4,6 +4,10 @@
 //! Here the writer only appends to a buffer, and a flusher task sends what accumulated once
 //! the other ready tasks had their turn: messages issued together leave in one `send`.
 //!
+//! A large piece (a segment of a message with bulk data) goes to the socket at once,
+//! after what was buffered, when the flusher is not in the middle of a send: batching gains
+//! nothing there, and the copy into the buffer would be the largest cost of the write.
+//!
 //! The writer never refuses bytes (capnp-rpc would only queue the message elsewhere); what
 //! is not yet sent is the connection's [`Backlog`], which a server waits on before it makes
 //! more replies for a peer that does not read them.
@@ -27,6 +31,43 @@ struct Shared<W> {
     waiting: Option<Waker>,
     /// The first write error; every later write fails with it.
     error: Option<(io::ErrorKind, String)>,
+    /// The flusher holds bytes taken from `buf` that are not all sent yet.
+    sending: bool,
+    /// The writer wrote to `inner` itself: the flusher must flush it.
+    needs_flush: bool,
+}
+
+/// Pieces at least this large are written to the socket directly when they can be.
+const DIRECT_MIN: usize = 64 << 10;
+
+impl<W: AsyncWrite + Unpin> Shared<W> {
+    /// Writes what is buffered and then `data` to `inner` while it takes them without
+    /// waiting: how much of `data` it took (None: none, or only part of what was buffered).
+    fn write_through(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<Option<usize>> {
+        debug_assert!(!self.sending, "bytes in the flusher's hands go first");
+        while !self.buf.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(0)) | Poll::Pending => return Ok(None),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.drain(..n);
+                    self.backlog.sent(n);
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+            }
+        }
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(0)) | Poll::Pending => Ok(None),
+            Poll::Ready(Ok(n)) => Ok(Some(n)),
+            Poll::Ready(Err(e)) => Err(e),
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        tracing::debug!("rpc connection write: {e}");
+        self.error = Some((e.kind(), e.to_string()));
+        // Nothing more will be sent: whoever waits for the backlog goes on (and fails).
+        self.backlog.broken();
+    }
 }
 
 /// The `AsyncWrite` given to capnp-rpc.
@@ -47,11 +88,27 @@ impl<W> BatchWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for BatchWriter<W> {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if let Some(e) = self.failed() {
             return Poll::Ready(Err(e));
         }
         let mut s = self.shared.borrow_mut();
+        if data.len() >= DIRECT_MIN && !s.sending {
+            match s.write_through(cx, data) {
+                Err(e) => {
+                    s.fail(&e);
+                    return Poll::Ready(Err(e));
+                }
+                Ok(Some(n)) => {
+                    s.needs_flush = true;
+                    if let Some(w) = s.waiting.take() {
+                        w.wake();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Ok(None) => {}
+            }
+        }
         s.buf.extend_from_slice(data);
         s.backlog.add(data.len());
         Poll::Ready(Ok(data.len()))
@@ -89,7 +146,7 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
     loop {
         poll_fn(|cx| {
             let mut s = shared.borrow_mut();
-            if s.buf.is_empty() {
+            if s.buf.is_empty() && !s.needs_flush {
                 s.waiting = Some(cx.waker().clone());
                 Poll::Pending
             } else {
@@ -98,7 +155,12 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
         })
         .await;
         tokio::task::yield_now().await;
-        let out = std::mem::take(&mut shared.borrow_mut().buf);
+        let out = {
+            let mut s = shared.borrow_mut();
+            s.sending = true;
+            s.needs_flush = false;
+            std::mem::take(&mut s.buf)
+        };
         let mut pos = 0;
         let result = poll_fn(|cx| {
             let mut s = shared.borrow_mut();
@@ -116,16 +178,13 @@ async fn flusher<W: AsyncWrite + Unpin>(shared: Rc<RefCell<Shared<W>>>) {
             Pin::new(&mut s.inner).poll_flush(cx)
         })
         .await;
+        let mut s = shared.borrow_mut();
+        s.sending = false;
         if let Err(e) = result {
-            tracing::debug!("rpc connection write: {e}");
-            let mut s = shared.borrow_mut();
-            s.error = Some((e.kind(), e.to_string()));
-            // Nothing more will be sent: whoever waits for the backlog goes on (and fails).
-            s.backlog.broken();
+            s.fail(&e);
             return;
         }
         // Reuse the allocation when nothing arrived meanwhile.
-        let mut s = shared.borrow_mut();
         if s.buf.is_empty() {
             let mut out = out;
             out.clear();
@@ -227,6 +286,8 @@ pub(crate) fn batched<W: AsyncWrite + Unpin>(
         backlog: backlog.0.clone(),
         waiting: None,
         error: None,
+        sending: false,
+        needs_flush: false,
     }));
     (BatchWriter { shared: shared.clone() }, backlog, flusher(shared))
 }
@@ -305,6 +366,38 @@ mod tests {
             backlog.below(1).await;
             assert_eq!(backlog.unsent(), 0);
             assert_eq!(w.shared.borrow().inner.got.len(), 1000);
+            flush_task.abort();
+        });
+    }
+
+    #[test]
+    fn large_pieces_go_straight_to_the_socket_after_what_was_buffered() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let open = Rc::new(Cell::new(true));
+            let waker = Rc::new(RefCell::new(None::<Waker>));
+            let peer = Stalled { open: open.clone(), got: Vec::new(), waker: waker.clone() };
+            let (mut w, backlog, flush) = batched(peer);
+            w.write_all(b"head").await.unwrap();
+            assert!(w.shared.borrow().inner.got.is_empty(), "small pieces wait for the flusher");
+            let big = vec![1u8; DIRECT_MIN];
+            w.write_all(&big).await.unwrap();
+            assert_eq!(w.shared.borrow().inner.got, [&b"head"[..], &big].concat(), "in order, at once");
+            assert_eq!(backlog.unsent(), 0);
+            // A socket that takes nothing: the piece is buffered, and sent by the flusher.
+            open.set(false);
+            w.write_all(&big).await.unwrap();
+            assert_eq!(backlog.unsent(), DIRECT_MIN);
+            let flush_task = tokio::task::spawn_local(flush);
+            w.flush().await.unwrap();
+            tokio::task::yield_now().await;
+            open.set(true);
+            if let Some(wk) = waker.borrow_mut().take() {
+                wk.wake();
+            }
+            backlog.below(1).await;
+            assert_eq!(w.shared.borrow().inner.got.len(), 4 + 2 * DIRECT_MIN);
             flush_task.abort();
         });
     }

@@ -121,8 +121,9 @@ where
     };
     let (reader, writer) = stream.into_split();
     let (writer, _, flusher) = batch::batched(writer.compat_write());
+    let buffered = reader.buffers_itself();
     let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::with_capacity(READ_BUFFER, reader.compat()),
+        read_buffer(reader.compat(), buffered),
         writer,
         rpc_twoparty_capnp::Side::Client,
         Default::default(),
@@ -155,14 +156,14 @@ pub async fn serve(
     let Ok((stream, peer)) = transport::accept(tcp, addr).await else { return };
     let (reader, writer) = stream.into_split();
     let (writer, _, flusher) = batch::batched(writer.compat_write());
-    let reader = futures::io::BufReader::with_capacity(READ_BUFFER, reader.compat());
-    run_server(reader, writer, flusher, bootstrap(peer)).await
+    let buffered = reader.buffers_itself();
+    run_server(read_buffer(reader.compat(), buffered), writer, flusher, bootstrap(peer)).await
 }
 
 /// [`serve`] for a server that bounds what it holds (see [`admission`]): the connection
 /// reads no more while its handlers hold `requests` bytes ([`Admission::admit_now`]) or
 /// while `replies` bytes of replies wait to be sent to its peer; `bootstrap` gets those
-/// bounds. Past a limit the connection may still hold one read buffer (`READ_BUFFER`).
+/// bounds. Past a limit the connection may still hold one read buffer of requests.
 pub async fn serve_admitted(
     tcp: TcpStream,
     addr: std::net::SocketAddr,
@@ -174,18 +175,31 @@ pub async fn serve_admitted(
     let (reader, writer) = stream.into_split();
     let (writer, backlog, flusher) = batch::batched(writer.compat_write());
     let bounds = ConnectionBounds { requests: Admission::new(requests), replies: backlog };
+    let buffered = reader.buffers_itself();
     let reader = admission::GatedReader {
         inner: reader.compat(),
         admission: bounds.requests.clone(),
         backlog: bounds.replies.clone(),
         backlog_limit: replies,
     };
-    let reader = futures::io::BufReader::with_capacity(READ_BUFFER, reader);
-    run_server(reader, writer, flusher, bootstrap(peer, bounds)).await
+    run_server(read_buffer(reader, buffered), writer, flusher, bootstrap(peer, bounds)).await
 }
 
 /// Each connection's read buffer: capnp-rpc reads a message in small pieces.
-pub const READ_BUFFER: usize = 256 << 10;
+const READ_BUFFER: usize = 256 << 10;
+
+/// `reader` with a [`READ_BUFFER`] on top unless it `buffered` itself already (a sealed
+/// stream: one more copy of every byte received would buy nothing).
+fn read_buffer<R: futures::io::AsyncRead + Unpin + 'static>(
+    reader: R,
+    buffered: bool,
+) -> Box<dyn futures::io::AsyncRead + Unpin> {
+    if buffered {
+        Box::new(reader)
+    } else {
+        Box::new(futures::io::BufReader::with_capacity(READ_BUFFER, reader))
+    }
+}
 
 async fn run_server<R, W>(reader: R, writer: W, flusher: impl Future<Output = ()>, bootstrap: capnp::capability::Client)
 where

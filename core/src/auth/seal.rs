@@ -1,7 +1,7 @@
 //! The frames of an authenticated connection: each carries at most [`MAX_FRAME`] bytes of
 //! the stream and a 16-byte tag under a key of its direction and a counter (never reused:
 //! one key per direction and session, the counter only grows). Integrity only (the
-//! default): the payload travels as it is, and the tag is HMAC-SHA-256 of the counter, the
+//! default): the payload travels as it is, and the tag is keyed BLAKE3 of the counter, the
 //! header and the payload, cut to 16 bytes. Secure: AES-256-GCM with the counter as its
 //! nonce, the header as associated data. A frame that was changed, dropped, replayed or
 //! reordered fails its tag, and the connection ends.
@@ -11,11 +11,11 @@
 //! ```
 //!
 //! Why two algorithms: every byte of every session is tagged twice (seal and open), so the
-//! tag's speed is what a session's integrity costs. On this project's machines ring's
-//! AES-GCM encrypts and tags at 2 GB/s and more, but tags data it does not encrypt (GMAC)
-//! at half the speed of HMAC-SHA-256 (SHA extensions).
+//! tag's speed is what a session's integrity costs. On this project's machines (256 KiB
+//! frames, one core) keyed BLAKE3 tags at 6.5 GB/s, HMAC-SHA-256 (SHA extensions) at 1.7,
+//! ring's GMAC (AES-GCM over data it does not encrypt) at 2.5; AES-GCM encrypts and tags
+//! at 9.5 GB/s, so `--secure` costs nothing more.
 
-use hmac::Mac;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use super::Key;
@@ -56,17 +56,27 @@ fn cipher(key: &Key) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes a 256-bit key"))
 }
 
-/// The tag of an integrity-only frame (`frame`: its header and payload).
-fn frame_mac(keyed: &super::HmacSha256, counter: u64, frame: &[u8]) -> super::HmacSha256 {
+/// The tag of an integrity-only frame (`frame`: its header and payload, in any number of
+/// pieces).
+fn frame_mac(keyed: &blake3::Hasher, counter: u64, frame: &[&[u8]]) -> [u8; TAG_LEN] {
     let mut m = keyed.clone();
     m.update(&counter.to_le_bytes());
-    m.update(frame);
-    m
+    for piece in frame {
+        m.update(piece);
+    }
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&m.finalize().as_bytes()[..TAG_LEN]);
+    tag
+}
+
+/// Whether two tags are equal, in time that does not depend on where they differ.
+fn tags_match(a: &[u8; TAG_LEN], b: &[u8]) -> bool {
+    b.len() == TAG_LEN && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 /// How a session tags its frames: one key, one use.
 enum Tagger {
-    Mac(super::HmacSha256),
+    Mac(Box<blake3::Hasher>),
     Aead(Box<LessSafeKey>),
 }
 
@@ -75,7 +85,7 @@ impl Tagger {
         if encrypt {
             Tagger::Aead(Box::new(cipher(key)))
         } else {
-            Tagger::Mac(super::HmacSha256::new_from_slice(key).expect("HMAC takes any key length"))
+            Tagger::Mac(Box::new(blake3::Hasher::new_keyed(key)))
         }
     }
 }
@@ -90,6 +100,18 @@ pub struct Sealer {
 impl Sealer {
     pub fn new(key: &Key, encrypt: bool) -> Sealer {
         Sealer { tagger: Tagger::new(key, encrypt), counter: 0, encrypt }
+    }
+
+    /// The header and tag of the frame of `payload` (at most [`MAX_FRAME`] bytes), which
+    /// travels as it is between them, for a sender that writes the three without copying
+    /// the payload; None in a session that encrypts (its payload must be [`Self::seal`]ed).
+    pub fn seal_unencrypted(&mut self, payload: &[u8]) -> Option<([u8; HEADER_LEN], [u8; TAG_LEN])> {
+        let Tagger::Mac(keyed) = &self.tagger else { return None };
+        assert!(payload.len() <= MAX_FRAME, "a frame of {} bytes", payload.len());
+        let header = (payload.len() as u32).to_le_bytes();
+        let tag = frame_mac(keyed, self.counter, &[&header, payload]);
+        self.counter += 1;
+        Some((header, tag))
     }
 
     /// Appends the frame of `payload` (at most [`MAX_FRAME`] bytes) to `out`.
@@ -110,8 +132,8 @@ impl Sealer {
                 out.extend_from_slice(tag.as_ref());
             }
             Tagger::Mac(keyed) => {
-                let tag = frame_mac(keyed, counter, &out[start..]).finalize().into_bytes();
-                out.extend_from_slice(&tag[..TAG_LEN]);
+                let tag = frame_mac(keyed, counter, &[&out[start..]]);
+                out.extend_from_slice(&tag);
             }
         }
     }
@@ -154,8 +176,7 @@ impl Opener {
             }
             Tagger::Mac(keyed) => {
                 let (frame, tag) = frame.split_at(frame.len() - TAG_LEN);
-                // In constant time.
-                frame_mac(keyed, self.counter, frame).verify_truncated_left(tag).is_ok()
+                tags_match(&frame_mac(keyed, self.counter, &[frame]), tag)
             }
         };
         if !ok {
@@ -182,6 +203,31 @@ mod tests {
             wire = &wire[HEADER_LEN + n + TAG_LEN..];
         }
         Ok(out)
+    }
+
+    #[test]
+    fn frames_sealed_in_pieces_are_the_frames_sealed_whole() {
+        let key = [5u8; 32];
+        let (mut whole, mut pieces) = (Sealer::new(&key, false), Sealer::new(&key, false));
+        for payload in [&b"one"[..], &[7u8; 1000][..], &b""[..]] {
+            let mut a = Vec::new();
+            whole.seal(payload, &mut a);
+            let (header, tag) = pieces.seal_unencrypted(payload).expect("integrity-only");
+            assert_eq!(a, [&header[..], payload, &tag[..]].concat());
+        }
+        assert!(Sealer::new(&key, true).seal_unencrypted(b"x").is_none());
+    }
+
+    #[test]
+    fn tags_match_only_when_every_byte_does() {
+        let t = [9u8; TAG_LEN];
+        assert!(tags_match(&t, &[9u8; TAG_LEN]));
+        for i in 0..TAG_LEN {
+            let mut u = t;
+            u[i] ^= 0x80;
+            assert!(!tags_match(&t, &u), "byte {i}");
+        }
+        assert!(!tags_match(&t, &[9u8; TAG_LEN - 1]));
     }
 
     #[test]
