@@ -59,10 +59,6 @@ impl Admission {
         self.held.get()
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.held.get() < self.limit {
             return Poll::Ready(());
