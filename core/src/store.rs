@@ -85,6 +85,11 @@ pub fn settled_version(v: Version, epoch: Epoch) -> Version {
     }
 }
 
+/// True if a copy at `v` took a write that completed in `epoch` or later (not cut off).
+pub fn written_in(v: Version, epoch: Epoch) -> bool {
+    is_settled(v) && v != 0 && version_epoch(v) >= epoch
+}
+
 /// The epoch in which a copy at `v` was last written.
 pub fn version_epoch(v: Version) -> Epoch {
     (v >> 32) as Epoch

@@ -33,6 +33,11 @@ pub struct Node {
     /// Recovery's progress and plan, shared with the request path (objects asked for by
     /// clients are recovered at once).
     pub recovery: RefCell<Progress>,
+    /// Bumped whenever recovery makes a plan: requests waiting for one look again.
+    plans_tx: watch::Sender<u64>,
+    /// One task at a time recovers an object: a turn per object being recovered, so that
+    /// no second pull lands over writes made after the first (see `recovery::recover_one`).
+    pub pulls: RefCell<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether the disk failed (then every object request is refused).
     pub disk: DiskHealth,
     /// The newest epoch every node of which recovered (groupd's `clean_epoch`): recovery
@@ -118,6 +123,8 @@ impl Node {
             peers: StorePool::new(CallLimits::BULK),
             started: Instant::now(),
             recovery: RefCell::new(Progress::default()),
+            plans_tx: watch::channel(0).0,
+            pulls: RefCell::default(),
             disk: DiskHealth::new(),
             clean_epoch: std::cell::Cell::new(0),
             state: RefCell::new(state),
@@ -199,6 +206,15 @@ impl Node {
     fn epoch_changed(&self) {
         let current = self.state.borrow().epochs.current();
         self.epoch_tx.send_if_modified(|e| std::mem::replace(e, current) != current);
+    }
+
+    /// Recovery made a plan (see `Progress::planned`).
+    pub fn plan_made(&self) {
+        self.plans_tx.send_modify(|n| *n += 1);
+    }
+
+    pub fn watch_plans(&self) -> watch::Receiver<u64> {
+        self.plans_tx.subscribe()
     }
 
     /// Asks the recovery loop for a new pass.

@@ -63,6 +63,18 @@ pub async fn gate(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
     }
 }
 
+/// [`gate`] for a request on an object, which also waits for recovery to plan the epoch (see
+/// `recovery::wait_for_plan`): a copy used before could be replaced by the one pulled.
+async fn object_gate(node: &Node, epoch: Epoch) -> Result<(), capnp::Error> {
+    gate(node, epoch).await?;
+    recovery::wait_for_plan(node, epoch).await.map_err(|e| node.disk.refuse(&e))?;
+    let have = node.epoch();
+    if have != epoch {
+        return Err(stale_epoch(epoch, have));
+    }
+    Ok(())
+}
+
 /// True if recovery has still to pull `oid` here: a newer copy is elsewhere, or it is
 /// missing. The local copy, if any, must not be used before.
 fn pulling(node: &Node, oid: ObjectId) -> bool {
@@ -115,7 +127,7 @@ pub async fn read(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, capnp::Error> {
-    gate(node, epoch).await?;
+    object_gate(node, epoch).await?;
     // Small reads come from the page cache in microseconds: done here, they cost no hop to
     // a disk thread and back (unless a disk task holds the object).
     let first = if len <= INLINE_MAX && !pulling(node, oid) { node.objects.try_read(oid, offset, len) } else { None };
@@ -133,7 +145,7 @@ pub async fn write(
     fua: bool,
     fence: u64,
 ) -> Result<(), capnp::Error> {
-    gate(node, epoch).await?;
+    object_gate(node, epoch).await?;
     fence_gate(node, oid, fence).await?;
     // Small writes without FUA land in the page cache: done here (see `read`).
     let first = if !fua && data.len() as u64 <= INLINE_MAX && !pulling(node, oid) {
@@ -162,7 +174,7 @@ pub async fn zero(
     fua: bool,
     fence: u64,
 ) -> Result<(), capnp::Error> {
-    gate(node, epoch).await?;
+    object_gate(node, epoch).await?;
     fence_gate(node, oid, fence).await?;
     // Small zeroings without FUA are a page-cache write or a small punch: done here (see
     // `read`).
@@ -188,7 +200,7 @@ pub async fn create_and_write(
     fua: bool,
     fence: u64,
 ) -> Result<(), capnp::Error> {
-    gate(node, epoch).await?;
+    object_gate(node, epoch).await?;
     fence_gate(node, oid, fence).await?;
     // An object this node should hold already may be on its way: pull it first, so that
     // the write lands on its data and not on zeros.

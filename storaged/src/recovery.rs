@@ -6,6 +6,11 @@
 //!
 //! Which copy is pulled: the newest version listed, live or stale, once a newer one cannot
 //! be on a node that is down (see `recovery_plan`); until then the object waits.
+//!
+//! No copy is read or written in a new epoch before that epoch's plan is made
+//! ([`wait_for_plan`]), and one object is pulled by one task at a time: else a write of the
+//! new epoch could land here first and then be replaced by a pulled copy that its source
+//! took before that write reached it (an acknowledged write lost on this replica).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -32,6 +37,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a node that left the previous epoch is given to list its objects.
 const LEAVER_WAIT: Duration = Duration::from_secs(2);
+/// How long a request on an object waits for recovery to plan a new epoch before it is
+/// refused (the client tries again).
+const PLAN_WAIT: Duration = Duration::from_secs(10);
 
 /// Whether this node holds `oid` in the epoch of `ring`.
 fn owns(node: &Node, ring: &EpochRing, oid: ObjectId) -> bool {
@@ -154,7 +162,7 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
             continue;
         }
         total += 1;
-        match plan(&me, &hs, &answered, &history(node, &rings, oid), clean) {
+        match plan(&me, &hs, &answered, &history(node, &rings, oid), clean, epoch) {
             Plan::Settled | Plan::Absent => {}
             p => {
                 pending.insert(oid, p);
@@ -173,7 +181,9 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         p.rings = rings;
         p.clean = clean;
         p.hidden_on = hidden.clone();
+        p.planned = true;
     }
+    node.plan_made();
     if !todo.is_empty() {
         let own = |p: &Plan| matches!(p, Plan::Pull(h) if h.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0));
         let restore = node.recovery.borrow().pending.values().filter(|p| own(p)).count();
@@ -361,13 +371,73 @@ async fn purge_stale(node: &Node) {
     }
 }
 
+/// True if a request on an object of `epoch` must wait for recovery to plan that epoch:
+/// this node is joined, a member of it, and has not planned it yet.
+fn plan_missing(node: &Node, epoch: Epoch) -> bool {
+    node.session() != 0
+        && node.disk.failure().is_none()
+        && node.recovery.borrow().unplanned(epoch)
+        && node.ring(epoch).is_some_and(|r| r.record.nodes.iter().any(|n| n.id == node.info.id))
+}
+
+/// Waits (bounded) until recovery planned `epoch`, or the node moved on from it. Until the
+/// plan says which copies are pulled, no copy here may be used: a write landing now could
+/// be replaced by the pull.
+pub async fn wait_for_plan(node: &Node, epoch: Epoch) -> Result<(), StoreError> {
+    if !plan_missing(node, epoch) {
+        return Ok(());
+    }
+    let mut plans = node.watch_plans();
+    let mut epochs = node.watch_epoch();
+    let waited = tokio::time::timeout(PLAN_WAIT, async {
+        while node.epoch() == epoch && plan_missing(node, epoch) {
+            // A pass that cannot plan (groupd away) or a lost session does not say so: look
+            // again now and then.
+            tokio::select! {
+                _ = plans.changed() => {}
+                _ = epochs.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(()) => Ok(()),
+        Err(_) => Err(StoreError::NotYet(format!("recovery to epoch {epoch} has not planned yet; try again"))),
+    }
+}
+
+/// The turn of one task to recover an object (see [`Node::pulls`]); gives the object's
+/// entry up when no other task waits for it.
+struct PullTurn<'a> {
+    node: &'a Node,
+    oid: ObjectId,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for PullTurn<'_> {
+    fn drop(&mut self) {
+        // The map's reference and this one: nobody else holds or waits for the turn.
+        if std::sync::Arc::strong_count(&self.lock) == 2 {
+            self.node.pulls.borrow_mut().remove(&self.oid);
+        }
+    }
+}
+
 /// Pulls `oid` now if this node should hold it and a recovery is under way. `Ok(true)`:
 /// the object is here now; `Ok(false)`: no node has it (a new object). `NotYet`: a newer
 /// copy may be on a node that is down, or some node did not answer: try again. An I/O
 /// error of this node's store fails its disk (recovery would never get past it).
 pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
     let epoch = node.epoch();
-    let r = recover_one_here(node, epoch, oid).await;
+    wait_for_plan(node, epoch).await?;
+    let lock = node.pulls.borrow_mut().entry(oid).or_default().clone();
+    let turn = PullTurn { node, oid, lock };
+    let r = {
+        let _one_at_a_time = turn.lock.lock().await;
+        recover_one_here(node, epoch, oid).await
+    };
+    drop(turn);
     if let Err(StoreError::Io(why)) = &r {
         node.disk.fail(why);
     }
@@ -391,6 +461,9 @@ async fn recover_one_here(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<bo
         if !p.unsettled(epoch) {
             return Ok(false);
         }
+        if p.epoch == epoch && p.planned && !p.pending.contains_key(&oid) && node.objects.contains(oid) {
+            return Ok(true); // pulled by the task whose turn came first, or never missing
+        }
         if p.epoch != epoch {
             Todo::Unplanned // the plan is of an older epoch
         } else {
@@ -402,7 +475,7 @@ async fn recover_one_here(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<bo
                 // Listed by nobody: new, unless a node that is down may hold it.
                 None if p.listed => {
                     let me = &node.info.id;
-                    return match plan(me, &[], &p.answered, &history(node, &p.rings, oid), p.clean) {
+                    return match plan(me, &[], &p.answered, &history(node, &p.rings, oid), p.clean, epoch) {
                         Plan::Wait(nodes) => Err(waits(oid, &nodes)),
                         _ => Ok(false),
                     };
@@ -425,7 +498,7 @@ async fn recover_one_here(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<bo
         Found::Data(w) => {
             // An unsettled copy is taken as it is and settled, as its holder settles it.
             let version = settled_version(w.version, epoch);
-            blocking(move || objects.install(oid, &w.data, version)).await?;
+            blocking(move || objects.install(oid, &w.data, version, epoch)).await?;
         }
         Found::OwnStale(version) => {
             let restored = blocking(move || {
@@ -545,7 +618,7 @@ async fn pull_unplanned(node: &Node, epoch: Epoch, oid: ObjectId) -> Found {
     }
     let clean = node.clean_epoch().max(1);
     let rings = rings_since(node, clean, epoch);
-    match plan(&me, &holders, &answered, &history(node, &rings, oid), clean) {
+    match plan(&me, &holders, &answered, &history(node, &rings, oid), clean, epoch) {
         Plan::Pull(from) if from.first().is_some_and(|h| h.addr == me && h.stale_epoch > 0) => {
             Found::OwnStale(from[0].version)
         }

@@ -9,11 +9,17 @@
 //! The current epoch needs none either: this node is one of the object's replicas in it and
 //! does not hold it yet, so no write of this epoch was acknowledged. If some `j` in between
 //! has no witness, the newest copy may be on a node that is down: the object waits.
+//!
+//! A live copy here last written in the current epoch was settled by an earlier plan of
+//! this epoch (no object is used before its epoch is planned): it holds every write the
+//! epoch acknowledged, and stays. Counts of writes within one epoch do not compare across
+//! nodes (a pulled copy carries its source's count; a retried write counts twice), so a
+//! peer's higher count of this epoch is no reason to pull over it.
 
 use std::collections::BTreeSet;
 
 use sheep_core::epoch::Epoch;
-use sheep_core::store::{is_settled, version_epoch, Version};
+use sheep_core::store::{is_settled, version_epoch, written_in, Version};
 
 /// Where a copy of an object is: a node's address; 0 for a live copy or the last epoch in
 /// which a stale copy was live; and the copy's version.
@@ -50,14 +56,18 @@ pub struct EpochReplicas {
 
 /// Plans the recovery of one object here (`me`) from the copies `holders` answered with.
 /// `answered`: the nodes whose listing came in; `history`: the object's replicas in every
-/// epoch from the clean one up to (not including) the current one.
+/// epoch from the clean one up to (not including) the current one, `epoch`.
 pub fn plan(
     me: &str,
     holders: &[Holder],
     answered: &BTreeSet<String>,
     history: &[EpochReplicas],
     clean: Epoch,
+    epoch: Epoch,
 ) -> Plan {
+    if holders.iter().any(|h| h.addr == me && h.stale_epoch == 0 && written_in(h.version, epoch)) {
+        return Plan::Settled;
+    }
     let newest = holders.iter().map(|h| h.version).max();
     let from = newest.map_or(0, |v| version_epoch(v).saturating_add(1)).max(clean);
     let mut waits: Vec<String> = Vec::new();
@@ -129,6 +139,9 @@ pub fn hidden_on(epochs: &[Vec<(String, u32)>], answered: &BTreeSet<String>, cop
 mod tests {
     use super::*;
 
+    /// The current epoch of every plan below.
+    const NOW: Epoch = 7;
+
     /// A settled copy: the `n`th write of `epoch`.
     fn h(addr: &str, stale_epoch: u32, epoch: u32, n: u64) -> Holder {
         Holder { addr: addr.into(), stale_epoch, version: (u64::from(epoch) << 32) | (2 * n) }
@@ -151,12 +164,12 @@ mod tests {
     fn the_newest_version_wins_live_or_stale() {
         let holders = [h("a", 0, 4, 2), h("b", 5, 4, 7), h("me", 5, 3, 9)];
         let history = [epoch(4, &["a", "b", "me"])];
-        let p = plan("me", &holders, &answered(&["a", "b", "me"]), &history, 1);
+        let p = plan("me", &holders, &answered(&["a", "b", "me"]), &history, 1, NOW);
         assert_eq!(p, Plan::Pull(vec![h("b", 5, 4, 7)]), "a stale copy newer than a live one");
         let holders = [h("me", 0, 4, 7), h("b", 0, 4, 7)];
-        assert_eq!(plan("me", &holders, &answered(&["b", "me"]), &history, 1), Plan::Settled);
+        assert_eq!(plan("me", &holders, &answered(&["b", "me"]), &history, 1, NOW), Plan::Settled);
         let holders = [h("me", 3, 4, 7), h("b", 0, 4, 7)];
-        let p = plan("me", &holders, &answered(&["b", "me"]), &history, 1);
+        let p = plan("me", &holders, &answered(&["b", "me"]), &history, 1, NOW);
         assert_eq!(p, Plan::Pull(vec![h("me", 3, 4, 7), h("b", 0, 4, 7)]), "the own copy first: no copying");
     }
 
@@ -166,20 +179,20 @@ mod tests {
         let all = answered(&["a", "b", "me"]);
         // Cut off on every replica: all take a's (the lowest id), which a settles in place.
         let holders = [cut("me", 0, 4, 3), cut("b", 0, 4, 3), cut("a", 0, 4, 3)];
-        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Pull(vec![cut("a", 0, 4, 3)]));
-        assert_eq!(plan("b", &holders, &all, &history, 1), Plan::Pull(vec![cut("a", 0, 4, 3)]));
-        assert_eq!(plan("a", &holders, &all, &history, 1), Plan::Settle);
+        assert_eq!(plan("me", &holders, &all, &history, 1, NOW), Plan::Pull(vec![cut("a", 0, 4, 3)]));
+        assert_eq!(plan("b", &holders, &all, &history, 1, NOW), Plan::Pull(vec![cut("a", 0, 4, 3)]));
+        assert_eq!(plan("a", &holders, &all, &history, 1, NOW), Plan::Settle);
         // A live copy before a stale one, even of a lower id.
         let holders = [cut("a", 5, 4, 3), cut("me", 0, 4, 3)];
-        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Settle);
+        assert_eq!(plan("me", &holders, &all, &history, 1, NOW), Plan::Settle);
         // Where the write completed somewhere, that copy is newer: the cut-off ones take it.
         let holders = [cut("me", 0, 4, 3), h("b", 0, 4, 3), cut("a", 0, 4, 3)];
-        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Pull(vec![h("b", 0, 4, 3)]));
-        assert_eq!(plan("b", &holders, &all, &history, 1), Plan::Settled);
+        assert_eq!(plan("me", &holders, &all, &history, 1, NOW), Plan::Pull(vec![h("b", 0, 4, 3)]));
+        assert_eq!(plan("b", &holders, &all, &history, 1, NOW), Plan::Settled);
         // A cut-off write on one replica only, never completed: the newest all the same.
         let holders = [cut("me", 0, 4, 4), h("b", 0, 4, 3), h("a", 0, 4, 3)];
-        assert_eq!(plan("me", &holders, &all, &history, 1), Plan::Settle);
-        assert_eq!(plan("a", &holders, &all, &history, 1), Plan::Pull(vec![cut("me", 0, 4, 4)]));
+        assert_eq!(plan("me", &holders, &all, &history, 1, NOW), Plan::Settle);
+        assert_eq!(plan("a", &holders, &all, &history, 1, NOW), Plan::Pull(vec![cut("me", 0, 4, 4)]));
     }
 
     #[test]
@@ -189,13 +202,13 @@ mod tests {
         let holders = [h("me", 3, 4, 2), h("b", 3, 4, 2)];
         let history = [epoch(4, &["me", "b", "x"]), epoch(5, &["b", "x", "y"]), epoch(6, &["x", "y", "z"])];
         let up = answered(&["me", "b"]);
-        assert_eq!(plan("me", &holders, &up, &history, 1), Plan::Wait(vec!["x".into(), "y".into(), "z".into()]));
+        assert_eq!(plan("me", &holders, &up, &history, 1, NOW), Plan::Wait(vec!["x".into(), "y".into(), "z".into()]));
         // One of them answers (holding nothing newer): no write of epoch 6 exists.
         let up = answered(&["me", "b", "y"]);
-        assert_eq!(plan("me", &holders, &up, &history, 1), Plan::Pull(vec![h("me", 3, 4, 2), h("b", 3, 4, 2)]));
+        assert_eq!(plan("me", &holders, &up, &history, 1, NOW), Plan::Pull(vec![h("me", 3, 4, 2), h("b", 3, 4, 2)]));
         // Epochs before the clean one need no witness.
         let history = [epoch(4, &["me", "b", "x"]), epoch(5, &["x", "y", "z"]), epoch(6, &["b", "me", "q"])];
-        assert!(matches!(plan("me", &holders, &answered(&["me", "b"]), &history, 6), Plan::Pull(_)));
+        assert!(matches!(plan("me", &holders, &answered(&["me", "b"]), &history, 6, NOW), Plan::Pull(_)));
     }
 
     #[test]
@@ -218,8 +231,30 @@ mod tests {
     #[test]
     fn nobody_holding_an_object_is_absent_only_with_a_witness_for_every_epoch() {
         let history = [epoch(2, &["a", "b"]), epoch(3, &["c", "d"])];
-        assert_eq!(plan("me", &[], &answered(&["a", "c", "me"]), &history, 1), Plan::Absent);
-        assert_eq!(plan("me", &[], &answered(&["a", "me"]), &history, 1), Plan::Wait(vec!["c".into(), "d".into()]));
-        assert_eq!(plan("me", &[], &answered(&["me"]), &[], 1), Plan::Absent, "a new cluster");
+        assert_eq!(plan("me", &[], &answered(&["a", "c", "me"]), &history, 1, NOW), Plan::Absent);
+        assert_eq!(
+            plan("me", &[], &answered(&["a", "me"]), &history, 1, NOW),
+            Plan::Wait(vec!["c".into(), "d".into()])
+        );
+        assert_eq!(plan("me", &[], &answered(&["me"]), &[], 1, NOW), Plan::Absent, "a new cluster");
+    }
+
+    #[test]
+    fn a_copy_written_in_the_current_epoch_stays() {
+        let history = [epoch(4, &["me", "b", "x"])];
+        let up = answered(&["me", "b"]);
+        // b counts more writes of epoch 5 (it pulled early, or took a write twice): no
+        // reason to pull over this copy, which took the epoch's writes as well.
+        let p = plan("me", &[h("me", 0, 5, 1), h("b", 0, 5, 5)], &up, &history, 1, 5);
+        assert_eq!(p, Plan::Settled);
+        // The same counts of an earlier epoch: b's copy is the newer one.
+        let p = plan("me", &[h("me", 0, 4, 1), h("b", 0, 4, 5)], &up, &history, 1, 5);
+        assert_eq!(p, Plan::Pull(vec![h("b", 0, 4, 5)]));
+        // A write of this epoch cut off here did not complete: the usual rule.
+        let p = plan("me", &[cut("me", 0, 5, 2), h("b", 0, 5, 5)], &up, &history, 1, 5);
+        assert_eq!(p, Plan::Pull(vec![h("b", 0, 5, 5)]));
+        let v = |h: Holder| h.version;
+        assert!(written_in(v(h("me", 0, 5, 1)), 5) && !written_in(v(cut("me", 0, 5, 1)), 5));
+        assert!(!written_in(v(h("me", 0, 4, 1)), 5) && !written_in(0, 5));
     }
 }

@@ -20,6 +20,9 @@ pub struct Progress {
     pub total: u64,
     pub complete: bool,
     pub listed: bool,
+    /// A pass of this epoch has made its plan (`pending` below). Before, no object may be
+    /// used: a copy written now could be replaced by the one the plan pulls.
+    pub(crate) planned: bool,
     /// Objects still to pull (who may give them, best first), or waiting for a node that
     /// may hold a newer copy: only `Plan::Pull` and `Plan::Wait`.
     pub(crate) pending: HashMap<ObjectId, Plan>,
@@ -61,6 +64,12 @@ impl Progress {
     pub fn is_pending(&self, epoch: Epoch, oid: ObjectId) -> bool {
         self.epoch == epoch && !self.complete && self.pending.contains_key(&oid)
     }
+
+    /// True while recovery to `epoch` has not planned yet: until it has, no copy here may be
+    /// read or written (see [`Progress::planned`]).
+    pub fn unplanned(&self, epoch: Epoch) -> bool {
+        self.unsettled(epoch) && !(self.epoch == epoch && self.planned)
+    }
 }
 
 #[cfg(test)]
@@ -76,5 +85,17 @@ mod tests {
         p.complete = true;
         assert!(!p.unsettled(1));
         assert!(p.unsettled(2));
+    }
+
+    #[test]
+    fn objects_wait_until_the_epoch_is_planned() {
+        let mut p = Progress { epoch: 2, ..Progress::default() };
+        assert!(p.unplanned(2), "a pass of epoch 2 started, but has not planned");
+        p.planned = true;
+        assert!(!p.unplanned(2));
+        assert!(p.unplanned(3), "a plan of an older epoch does not count");
+        p.complete = true;
+        p.planned = false;
+        assert!(!p.unplanned(2), "complete: nothing left to plan");
     }
 }

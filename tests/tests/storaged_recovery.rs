@@ -423,3 +423,67 @@ fn a_cluster_shutdown_and_restart_keeps_every_object() {
         }
     });
 }
+
+/// A write of a new epoch that reaches a node before its recovery has planned that epoch
+/// must not be lost to the copy recovery then pulls: it waits for the pull, and lands on
+/// the pulled data. The window is made long by a node that hangs (SIGSTOP): the others
+/// give it `LEAVER_WAIT` to list its objects before they plan.
+#[test]
+fn a_write_before_the_recovery_plan_survives_the_pull() {
+    let mut c = Nodes::new();
+    block_on(async {
+        c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
+        for _ in 0..3 {
+            c.add_node();
+        }
+        let e1 = c.wait_epoch(&[0, 1, 2]).await;
+        c.wait_recovered(&[0, 1, 2], e1.epoch).await;
+        let vdi = c.group.vdi_create("disk", 64 << 20, 0).await.unwrap();
+        // An object on nodes 0 and 1, so that node 2 hangs without holding it.
+        let o = (0..64)
+            .map(|idx| oid(vdi.vid.get(), idx))
+            .find(|&o| {
+                let mut own = owners(&e1, c.addrs(), o);
+                own.sort();
+                own == [0, 1]
+            })
+            .expect("an object on nodes 0 and 1");
+        let mut want = pattern(OBJ as usize, 3);
+        for i in 0..2 {
+            c.node(i).create(e1.epoch, o, OBJ, 0, 0, &want).await.unwrap();
+        }
+        // A write that reached node 0 only (never acknowledged): node 1's copy is older, so
+        // in the next epoch node 1 pulls node 0's.
+        c.node(0).write(e1.epoch, o, 0, b"reached node 0 only", false).await.unwrap();
+        want[..19].copy_from_slice(b"reached node 0 only");
+
+        c.cluster.storageds[2].signal(nix::sys::signal::Signal::SIGSTOP);
+        let e2 = c.wait_epoch(&[0, 1]).await;
+        let (n0, n1) = (c.node(0), c.node(1));
+        wait_until_async(TIMEOUT, "node 1 to apply the new epoch", || async {
+            match n1.status().await {
+                Ok(s) if s.epoch == e2.epoch => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        // Writes of the new epoch, at once: several to node 0 (its version passes node 1's),
+        // then one to node 1 that reaches node 0 only after node 1 recovered.
+        for round in 0..3u8 {
+            n0.write(e2.epoch, o, 8192, &[round; 4096], false).await.unwrap();
+        }
+        want[8192..12288].fill(2);
+        n1.write(e2.epoch, o, 8192, &[2; 4096], false).await.unwrap();
+        n1.write(e2.epoch, o, 65536, b"the write node 1 took first", false).await.unwrap();
+        c.wait_recovered(&[1], e2.epoch).await;
+        n0.write(e2.epoch, o, 65536, b"the write node 1 took first", false).await.unwrap();
+        want[65536..65563].copy_from_slice(b"the write node 1 took first");
+        c.wait_recovered(&[0], e2.epoch).await;
+        for (i, n) in [(0, &n0), (1, &n1)] {
+            let got = n.read(e2.epoch, o, 0, OBJ).await.unwrap();
+            let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert!(first_bad.is_none(), "node {i} differs from the acknowledged writes at byte {first_bad:?}");
+        }
+        c.cluster.storageds[2].signal(nix::sys::signal::Signal::SIGCONT);
+    });
+}

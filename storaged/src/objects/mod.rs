@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::errno::Errno;
 use sheep_core::epoch::Epoch;
 use sheep_core::object::ObjectId;
-use sheep_core::store::{is_settled, settled_version, write_done, write_started, Version};
+use sheep_core::store::{is_settled, settled_version, write_done, write_started, written_in, Version};
 pub use sheep_core::store::{Listing, StoreStat, WholeObject};
 use sheep_rpc::error::ErrorCode;
 
@@ -419,13 +419,14 @@ impl ObjectStore {
         sync_dir(&self.obj)
     }
 
-    /// Puts a whole object (pulled from a peer by recovery) at `version` in place, unless
-    /// the node holds a live copy of that version or newer already. Returns true if it was
-    /// installed.
-    pub fn install(&self, oid: ObjectId, data: &[u8], version: Version) -> Result<bool, StoreError> {
+    /// Puts a whole object (pulled from a peer by recovery of `epoch`) at `version` in
+    /// place, unless the node holds a live copy of that version or newer already, or one
+    /// written in `epoch` (which took the epoch's writes: the pulled copy may lack one that
+    /// had not reached its source yet). Returns true if it was installed.
+    pub fn install(&self, oid: ObjectId, data: &[u8], version: Version, epoch: Epoch) -> Result<bool, StoreError> {
         let layout = layout_of(oid, data)?;
         let _g = self.locks.lock(oid);
-        if self.live_version(oid).is_some_and(|v| v >= version) {
+        if self.live_version(oid).is_some_and(|v| v >= version || written_in(v, epoch)) {
             return Ok(false);
         }
         self.create_locked(oid, layout, |f| {

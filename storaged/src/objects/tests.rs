@@ -173,8 +173,8 @@ fn list_stale_quarantine_purge_remove() {
     assert!(matches!(s.read(objs[0], 0, 1), Err(StoreError::NoObject(_))), "stale is never read");
     assert_eq!(&s.fetch_any(objs[0]).map(|w| w.data).unwrap()[..1], b"x", "but fetched by peers");
     // A live copy next to a stale one counts as live.
-    assert!(s.install(objs[0], &s.fetch_any(objs[0]).map(|w| w.data).unwrap(), 1 << 40).unwrap());
-    assert!(!s.install(objs[0], &s.fetch_any(objs[0]).map(|w| w.data).unwrap(), 1 << 40).unwrap());
+    assert!(s.install(objs[0], &s.fetch_any(objs[0]).map(|w| w.data).unwrap(), 1 << 40, 1).unwrap());
+    assert!(!s.install(objs[0], &s.fetch_any(objs[0]).map(|w| w.data).unwrap(), 1 << 40, 1).unwrap());
     assert!(s.list().unwrap().stale_only.is_empty());
     assert!(!s.stale_path(objs[0]).exists(), "a live copy replaces the stale one");
     assert_eq!(s.quarantine_all(0).unwrap(), 5);
@@ -183,7 +183,7 @@ fn list_stale_quarantine_purge_remove() {
     assert_eq!(l.stale_only.len(), 5);
     assert!(l.stale_only.iter().all(|&(_, e)| e == 1), "a stale copy names an epoch >= 1");
     // A re-installed copy is live again, its header clean.
-    s.install(objs[2], &s.fetch_any(objs[2]).map(|w| w.data).unwrap(), 1 << 40).unwrap();
+    s.install(objs[2], &s.fetch_any(objs[2]).map(|w| w.data).unwrap(), 1 << 40, 1).unwrap();
     assert_eq!(s.fetch_any(objs[2]).unwrap().stale_epoch, 0);
     s.move_to_stale(objs[2], 3).unwrap();
     let gone: HashSet<VdiId> = [VdiId::new(11).unwrap()].into();
@@ -403,10 +403,14 @@ fn every_write_advances_the_version_which_moves_with_the_copy() {
     assert_eq!((w.stale_epoch, w.version), (6, (6 << 32) | 4));
     assert_eq!(s.list().unwrap().versions.get(&o), Some(&((6 << 32) | 4)));
     // Installed copies keep the version they came with; an older one never replaces a newer.
-    assert!(s.install(o, &w.data, w.version).unwrap());
-    assert!(!s.install(o, &vec![9; 8192], (5 << 32) | 8).unwrap());
+    assert!(s.install(o, &w.data, w.version, 7).unwrap());
+    assert!(!s.install(o, &vec![9; 8192], (5 << 32) | 8, 7).unwrap());
     assert_eq!(s.read(o, 0, 1).unwrap(), b"d");
-    assert!(s.install(o, &vec![9; 8192], (7 << 32) | 2).unwrap());
+    assert!(s.install(o, &vec![9; 8192], (7 << 32) | 2, 7).unwrap());
+    assert_eq!(s.read(o, 0, 1).unwrap(), [9]);
+    // A copy written in the epoch of the recovery stays, whatever count the pulled one has:
+    // counts of one epoch do not compare across nodes.
+    assert!(!s.install(o, &vec![5; 8192], (7 << 32) | 10, 7).unwrap());
     assert_eq!(s.read(o, 0, 1).unwrap(), [9]);
 }
 
