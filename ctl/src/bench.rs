@@ -64,9 +64,17 @@ pub struct JobResult {
     pub iops: f64,
     pub mb_per_s: f64,
     pub lat_avg_us: f64,
-    /// CPU time per operation of every process measured (sheepctl first), and their sum.
-    pub cpu: Vec<ProcessCpu>,
-    pub cpu_us_per_op: f64,
+    /// CPU time per operation of every process measured (sheepctl first), and their sum:
+    /// set together by [`JobResult::set_cpu`].
+    cpu: Vec<ProcessCpu>,
+    cpu_us_per_op: f64,
+}
+
+impl JobResult {
+    fn set_cpu(&mut self, cpu: Vec<ProcessCpu>) {
+        self.cpu_us_per_op = cpu.iter().map(|c| c.us_per_op).sum();
+        self.cpu = cpu;
+    }
 }
 
 /// xorshift64*: a fast, good enough generator of offsets.
@@ -213,8 +221,7 @@ async fn bench(groupd: &str, args: &BenchArgs, jobs: &[Job], json: bool) -> Resu
     for job in jobs {
         let before = cpu::sample_all(&args.cpu_of)?;
         let mut r = run_job(&vdi, *job, region, Duration::from_secs(args.runtime)).await?;
-        r.cpu = cpu::per_op(&before, &cpu::sample_all(&args.cpu_of)?, r.ops);
-        r.cpu_us_per_op = r.cpu.iter().map(|c| c.us_per_op).sum();
+        r.set_cpu(cpu::per_op(&before, &cpu::sample_all(&args.cpu_of)?, r.ops));
         if !json {
             eprintln!(
                 "{:<12} {:>10.0} IOPS {:>9.1} MB/s {:>8.0} us CPU/op",

@@ -121,9 +121,8 @@ where
     };
     let (reader, writer) = stream.into_split();
     let (writer, _, flusher) = batch::batched(writer.compat_write());
-    let buffered = reader.buffers_itself();
     let network = twoparty::VatNetwork::new(
-        read_buffer(reader.compat(), buffered),
+        rpc_reader(reader, |r| r),
         writer,
         rpc_twoparty_capnp::Side::Client,
         Default::default(),
@@ -156,8 +155,7 @@ pub async fn serve(
     let Ok((stream, peer)) = transport::accept(tcp, addr).await else { return };
     let (reader, writer) = stream.into_split();
     let (writer, _, flusher) = batch::batched(writer.compat_write());
-    let buffered = reader.buffers_itself();
-    run_server(read_buffer(reader.compat(), buffered), writer, flusher, bootstrap(peer)).await
+    run_server(rpc_reader(reader, |r| r), writer, flusher, bootstrap(peer)).await
 }
 
 /// [`serve`] for a server that bounds what it holds (see [`admission`]): the connection
@@ -175,25 +173,28 @@ pub async fn serve_admitted(
     let (reader, writer) = stream.into_split();
     let (writer, backlog, flusher) = batch::batched(writer.compat_write());
     let bounds = ConnectionBounds { requests: Admission::new(requests), replies: backlog };
-    let buffered = reader.buffers_itself();
-    let reader = admission::GatedReader {
-        inner: reader.compat(),
+    let gated = |inner| admission::GatedReader {
+        inner,
         admission: bounds.requests.clone(),
         backlog: bounds.replies.clone(),
         backlog_limit: replies,
     };
-    run_server(read_buffer(reader, buffered), writer, flusher, bootstrap(peer, bounds)).await
+    let reader = rpc_reader(reader, gated);
+    run_server(reader, writer, flusher, bootstrap(peer, bounds)).await
 }
 
 /// Each connection's read buffer: capnp-rpc reads a message in small pieces.
 const READ_BUFFER: usize = 256 << 10;
 
-/// `reader` with a [`READ_BUFFER`] on top unless it `buffered` itself already (a sealed
-/// stream: one more copy of every byte received would buy nothing).
-fn read_buffer<R: futures::io::AsyncRead + Unpin + 'static>(
-    reader: R,
-    buffered: bool,
+/// A connection's read half as capnp-rpc reads it: through `wrap`, with a [`READ_BUFFER`]
+/// on top unless the stream buffers itself already (a sealed stream: one more copy of every
+/// byte received would buy nothing).
+fn rpc_reader<R: futures::io::AsyncRead + Unpin + 'static>(
+    half: transport::ReadHalf,
+    wrap: impl FnOnce(tokio_util::compat::Compat<transport::ReadHalf>) -> R,
 ) -> Box<dyn futures::io::AsyncRead + Unpin> {
+    let buffered = half.buffers_itself();
+    let reader = wrap(half.compat());
     if buffered {
         Box::new(reader)
     } else {
