@@ -13,6 +13,10 @@ use crate::node::Node;
 
 /// How often the disk is probed: a failure is noticed within this, well inside a lease.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may take: a disk that does not answer within it (a hung device, an
+/// unreachable network disk) has failed, as one that answers with an error has. Every
+/// request on it would wait as long, and its node would hold its replicas' writes up.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between two tries of the report.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
 
@@ -21,8 +25,11 @@ pub async fn probe(node: Rc<Node>) {
     while node.disk.failure().is_none() {
         tokio::time::sleep(PROBE_EVERY).await;
         let objects = node.objects.clone();
-        if let Err(e) = blocking(move || objects.probe()).await {
-            node.disk.fail(&e.to_string());
+        match tokio::time::timeout(PROBE_DEADLINE, blocking(move || objects.probe())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => node.disk.fail(&e.to_string()),
+            // The probe's thread stays stuck with the disk; nothing else is asked of it.
+            Err(_) => node.disk.fail(&format!("the disk did not answer a probe within {PROBE_DEADLINE:?}")),
         }
     }
 }

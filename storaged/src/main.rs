@@ -148,7 +148,11 @@ fn run(args: Args) -> Result<()> {
     let id = args.listen.to_string();
     // Peers see this node's connections come from its own address.
     sheep_client::rpc::set_source_ip(args.listen.ip());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(blocking::DISK_THREADS)
+        .build()
+        .context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         // Listen first: a node that cannot serve claims nothing in its store.

@@ -85,7 +85,7 @@ fn pulling(node: &Node, oid: ObjectId) -> bool {
 /// is missing while a recovery is under way, pulls it first and runs `op` again. An object
 /// recovery has still to pull is pulled before `op` runs (`first` is `None` then).
 async fn with_recovery<T: Send + 'static>(
-    node: &Node,
+    node: &Rc<Node>,
     oid: ObjectId,
     first: Option<Result<T, StoreError>>,
     op: impl Fn() -> Result<T, StoreError> + Send + Sync + Clone + 'static,
@@ -128,8 +128,9 @@ pub async fn read(
     len: u64,
 ) -> Result<Vec<u8>, capnp::Error> {
     object_gate(node, epoch).await?;
-    // Small reads come from the page cache in microseconds: done here, they cost no hop to
-    // a disk thread and back (unless a disk task holds the object).
+    // Small reads the page cache holds take microseconds: done here, they cost no hop to a
+    // disk thread and back. One that would wait (for the disk, or for a disk task holding
+    // the object) goes to the disk threads (`ObjectStore::try_read`).
     let first = if len <= INLINE_MAX && !pulling(node, oid) { node.objects.try_read(oid, offset, len) } else { None };
     let objects = node.objects.clone();
     let r = with_recovery(node, oid, first, move || objects.read(oid, offset, len)).await;

@@ -428,7 +428,21 @@ impl Drop for PullTurn<'_> {
 /// the object is here now; `Ok(false)`: no node has it (a new object). `NotYet`: a newer
 /// copy may be on a node that is down, or some node did not answer: try again. An I/O
 /// error of this node's store fails its disk (recovery would never get past it).
-pub async fn recover_one(node: &Node, oid: ObjectId) -> Result<bool, StoreError> {
+///
+/// The work is a task of its own, which runs to its end even if the caller goes away (a
+/// request given up, a pass dropped for a new epoch): cut off between its install, which
+/// the disk thread finishes anyway, and the look at who owns the object now, a copy pulled
+/// for an old epoch would stay live on a node that no longer owns it, taking no writes.
+pub async fn recover_one(node: &Rc<Node>, oid: ObjectId) -> Result<bool, StoreError> {
+    match tokio::task::spawn_local(recover_to_the_end(node.clone(), oid)).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::NotYet(format!("the recovery of object {oid} was cut off: {e}"))),
+    }
+}
+
+async fn recover_to_the_end(node: Rc<Node>, oid: ObjectId) -> Result<bool, StoreError> {
+    let node = &*node;
     let epoch = node.epoch();
     wait_for_plan(node, epoch).await?;
     let lock = node.pulls.borrow_mut().entry(oid).or_default().clone();

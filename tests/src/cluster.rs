@@ -122,6 +122,11 @@ impl Cluster {
     /// address is `.100 + number` of the block: apart from every groupd's (a test cuts the
     /// links of one daemon by its address).
     pub fn add_storaged(&mut self) -> usize {
+        self.add_storaged_failing(None)
+    }
+
+    /// [`Cluster::add_storaged`] with `FAILPOINTS` from its first start.
+    pub fn add_storaged_failing(&mut self, failpoints: Option<&str>) -> usize {
         let n = self.storageds.len() + 1;
         let addr = self.net.free_addr(100 + n);
         let args = vec![
@@ -135,7 +140,7 @@ impl Cluster {
             n.to_string(),
         ];
         let log = self.path(&format!("storaged{n}.log"));
-        self.storageds.push(Daemon::start("storaged", args, log));
+        self.storageds.push(Daemon::start_failing("storaged", args, log, failpoints.map(String::from)));
         self.storaged_addrs.push(addr);
         n - 1
     }

@@ -43,7 +43,12 @@ pub fn require_failpoints(test: &str) -> bool {
 impl Daemon {
     /// Starts `program args…`, stdout and stderr appended to `log`.
     pub fn start(program: &str, args: Vec<String>, log: PathBuf) -> Daemon {
-        let mut d = Daemon { name: program.to_string(), args, log, failpoints: None, child: None };
+        Daemon::start_failing(program, args, log, None)
+    }
+
+    /// [`Daemon::start`] with `FAILPOINTS` set from its first start (see [`failpoints_built`]).
+    pub fn start_failing(program: &str, args: Vec<String>, log: PathBuf, failpoints: Option<String>) -> Daemon {
+        let mut d = Daemon { name: program.to_string(), args, log, failpoints, child: None };
         d.restart();
         d
     }

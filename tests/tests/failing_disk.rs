@@ -119,3 +119,39 @@ fn an_object_whose_every_replica_is_down_waits_for_one_of_them() {
     let back = c.ctl(&["vdi", "read", "t", "0", "1048576"]);
     assert!(back.status.success() && back.stdout == data, "{}", String::from_utf8_lossy(&back.stderr));
 }
+
+/// A disk that stops answering (a hung device: the probe's I/O never returns) has failed
+/// like one that answers with errors: past the probe's deadline the node leaves the data
+/// membership, listed as failed with why, and writes go on at the others.
+#[test]
+fn a_node_whose_disk_hangs_leaves_after_the_probe_deadline() {
+    if !sheep_tests::daemon::require_failpoints("a_node_whose_disk_hangs_leaves_after_the_probe_deadline") {
+        return;
+    }
+    let mut c = Cluster::formatted(4, 3, &["--object-size", "1M"]);
+    c.ctl_ok(&["vdi", "create", "t", "4M"]);
+    // Node 1 restarted with a disk that hangs from its third probe on.
+    c.storageds[1].kill();
+    c.wait_epoch_nodes(0, 3, ClusterStatus::Running);
+    c.storageds[1].failpoints = Some("object-probe=2*off->sleep(120000)".into());
+    c.storageds[1].restart();
+    c.wait_epoch_nodes(0, 4, ClusterStatus::Running);
+    let bound = Duration::from_secs(10 + 3) + Duration::from_millis(c.lease_ms) + Duration::from_secs(10);
+    wait_until(bound, "the node with the hung disk to be listed failed", || {
+        let list: serde_json::Value =
+            serde_json::from_str(&c.ctl_ok(&["--json", "node", "list"])).map_err(|e| e.to_string())?;
+        let row = list["nodes"].as_array().into_iter().flatten().find(|n| n["addr"] == c.storaged_addrs[1].as_str());
+        match row {
+            Some(r) if r["state"] == "failed" && r["reason"].as_str().unwrap_or("").contains("did not answer") => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
+    c.wait_epoch_nodes(0, 3, ClusterStatus::Running);
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 249) as u8).collect();
+    let out = c.ctl_stdin(&["vdi", "write", "t", "0"], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = c.ctl(&["vdi", "read", "t", "0", "1048576"]);
+    assert!(back.status.success() && back.stdout == data, "{}", String::from_utf8_lossy(&back.stderr));
+}

@@ -487,3 +487,67 @@ fn a_write_before_the_recovery_plan_survives_the_pull() {
         c.cluster.storageds[2].signal(nix::sys::signal::Signal::SIGCONT);
     });
 }
+
+/// A pull for an epoch that ended while its install was on the disk thread: the node that
+/// made it no longer owns the object, and the new epoch's pass listed its objects before the
+/// copy landed. The copy must not stay live there (it would take no writes and go out of
+/// date: replicas that differ, as the snapshot test saw once). Node 4 pulls, slowly, the
+/// objects node 5 held; node 5 comes back before the pulls end, and owns them again.
+#[test]
+fn a_pull_cut_off_by_a_new_epoch_leaves_no_copy_on_a_node_that_lost_the_object() {
+    if !sheep_tests::daemon::require_failpoints(
+        "a_pull_cut_off_by_a_new_epoch_leaves_no_copy_on_a_node_that_lost_the_object",
+    ) {
+        return;
+    }
+    let mut c = Nodes::new();
+    block_on(async {
+        c.group.format(COPIES as u8, 20, 1, false).await.unwrap();
+        for _ in 0..4 {
+            c.add_node();
+        }
+        c.cluster.add_storaged_failing(Some("object-install=sleep(1500)"));
+        c.add_node();
+        let all = [0, 1, 2, 3, 4, 5];
+        let e1 = c.wait_epoch(&all).await;
+        c.wait_recovered(&all, e1.epoch).await;
+        // The epoch without node 5, as it will be: the objects node 4 takes over from it.
+        let mut without_5 = e1.clone();
+        without_5.nodes.retain(|n| n.id != c.addrs()[5]);
+        let vdi = c.group.vdi_create("disk", 1 << 30, 0).await.unwrap();
+        let taken_over =
+            |o: u64| owners(&e1, c.addrs(), o).contains(&5) && owners(&without_5, c.addrs(), o).contains(&4);
+        let chosen: Vec<u64> =
+            (0..1024).map(|idx| oid(vdi.vid.get(), idx)).filter(|&o| taken_over(o)).take(6).collect();
+        assert_eq!(chosen.len(), 6, "objects node 4 takes over from node 5");
+        let mut model = BTreeMap::new();
+        for (i, &o) in chosen.iter().chain(&[oid(vdi.vid.get(), 1000), oid(vdi.vid.get(), 1001)]).enumerate() {
+            let head = pattern(4096, i as u8);
+            for n in owners(&e1, c.addrs(), o) {
+                c.node(n).create(e1.epoch, o, OBJ, 0, 0, &head).await.unwrap();
+            }
+            let mut whole = head;
+            whole.resize(OBJ as usize, 0);
+            model.insert(o, whole);
+        }
+
+        c.cluster.storageds[5].kill();
+        let e2 = c.wait_epoch(&all[..5]).await;
+        let n4 = c.node(4);
+        wait_until_async(TIMEOUT, "node 4 to plan epoch 2's pulls", || async {
+            match n4.recovery().await {
+                Ok(st) if st.epoch == e2.epoch && st.listed => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        // Its installs sleep 1.5 s each: node 5 is back while they are on the disk thread.
+        std::thread::sleep(Duration::from_millis(300));
+        c.cluster.storageds[5].restart();
+        let e3 = c.wait_epoch(&all).await;
+        c.wait_recovered(&all, e3.epoch).await;
+        // The cut-off installs land within 4 × 1.5 s; the placement must hold after them.
+        std::thread::sleep(Duration::from_secs(3));
+        check_placement(&c, &e3, &all, &model).await;
+    });
+}

@@ -33,6 +33,8 @@ use std::sync::OnceLock;
 
 use sheep_core::store::Version;
 
+use super::nowait;
+
 /// Checksum granularity: one crc32 per 4 KiB, the size of a device's I/O.
 pub const BLOCK: usize = 4096;
 const MAGIC: &[u8; 8] = b"SHEEPOB2";
@@ -46,6 +48,15 @@ const CRC_TABLE_AT: u64 = 64;
 const ENTRY: usize = 8;
 /// The largest object this format takes (the wire's object size is a u32).
 pub const MAX_OBJECT_SIZE: u32 = 1 << 31;
+
+/// Where a read may take its bytes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The page cache, or else the disk (the caller may wait).
+    Any,
+    /// The page cache only (see `nowait`).
+    Cache,
+}
 
 /// Why an object file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -215,9 +226,9 @@ impl ObjFile {
     }
 
     /// The crc table entries of blocks `first..first + count`: (crc, crc before the last write).
-    fn read_entries(&self, first: usize, count: usize) -> Result<Vec<[u32; 2]>, FileError> {
+    fn read_entries(&self, first: usize, count: usize, from: Source) -> Result<Vec<[u32; 2]>, FileError> {
         let mut raw = vec![0u8; ENTRY * count];
-        self.file.read_exact_at(&mut raw, CRC_TABLE_AT + (ENTRY * first) as u64)?;
+        self.read_into(&mut raw, CRC_TABLE_AT + (ENTRY * first) as u64, from)?;
         let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         Ok(raw.chunks_exact(ENTRY).map(|c| [word(&c[..4]), word(&c[4..])]).collect())
     }
@@ -235,15 +246,15 @@ impl ObjFile {
     /// keeps the crc the block's content has now (the entry's first crc: a settled copy's
     /// content matches it) as the one before.
     fn entries_for(&self, first: usize, crcs: &[u32]) -> Result<Vec<[u32; 2]>, FileError> {
-        let old = self.read_entries(first, crcs.len())?;
+        let old = self.read_entries(first, crcs.len(), Source::Any)?;
         Ok(crcs.iter().zip(old).map(|(&new, [now, _])| [new, now]).collect())
     }
 
     /// Reads whole blocks `first..first + count`; each must match one of its two crcs.
-    fn read_blocks(&self, first: usize, count: usize) -> Result<Vec<u8>, FileError> {
+    fn read_blocks(&self, first: usize, count: usize, from: Source) -> Result<Vec<u8>, FileError> {
         let mut buf = vec![0u8; count * BLOCK];
-        self.file.read_exact_at(&mut buf, self.layout.data_off() + (first * BLOCK) as u64)?;
-        let entries = self.read_entries(first, count)?;
+        self.read_into(&mut buf, self.layout.data_off() + (first * BLOCK) as u64, from)?;
+        let entries = self.read_entries(first, count, from)?;
         for (i, (block, want)) in buf.chunks_exact(BLOCK).zip(entries).enumerate() {
             if !want.contains(&crc32fast::hash(block)) {
                 return Err(FileError::Corrupt(format!("block {} fails its checksum", first + i)));
@@ -252,15 +263,23 @@ impl ObjFile {
         Ok(buf)
     }
 
-    /// `len` bytes at `offset`, every block they touch verified.
-    pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, FileError> {
+    fn read_into(&self, buf: &mut [u8], at: u64, from: Source) -> io::Result<()> {
+        match from {
+            Source::Any => self.file.read_exact_at(buf, at),
+            Source::Cache => nowait::read_exact_cached(&self.file, buf, at),
+        }
+    }
+
+    /// `len` bytes at `offset`, every block they touch verified; with [`Source::Cache`] an
+    /// `Io` error of kind `WouldBlock` if some are not in the page cache.
+    pub fn read(&self, offset: u64, len: u64, from: Source) -> Result<Vec<u8>, FileError> {
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
         let first = (offset / BLOCK as u64) as usize;
         let end = (offset + len).div_ceil(BLOCK as u64) as usize;
-        let mut buf = self.read_blocks(first, end - first)?;
+        let mut buf = self.read_blocks(first, end - first, from)?;
         let skip = (offset - (first * BLOCK) as u64) as usize;
         buf.drain(..skip);
         buf.truncate(len as usize);
@@ -269,7 +288,7 @@ impl ObjFile {
 
     /// The whole object, verified.
     pub fn read_all(&self) -> Result<Vec<u8>, FileError> {
-        self.read(0, u64::from(self.layout.object_size))
+        self.read(0, u64::from(self.layout.object_size), Source::Any)
     }
 
     /// Writes `data` at `offset`, the copy's version set to `started` (unsettled) before
@@ -295,12 +314,12 @@ impl ObjFile {
         }
         let mut buf = vec![0u8; (end - first) * BLOCK];
         if head != 0 {
-            buf[..BLOCK].copy_from_slice(&self.read_blocks(first, 1)?);
+            buf[..BLOCK].copy_from_slice(&self.read_blocks(first, 1, Source::Any)?);
         }
         let tail_block = end - 1;
         if !(head + data.len()).is_multiple_of(BLOCK) && (tail_block != first || head == 0) {
             let at = (tail_block - first) * BLOCK;
-            buf[at..at + BLOCK].copy_from_slice(&self.read_blocks(tail_block, 1)?);
+            buf[at..at + BLOCK].copy_from_slice(&self.read_blocks(tail_block, 1, Source::Any)?);
         }
         buf[head..head + data.len()].copy_from_slice(data);
         Ok((first, std::borrow::Cow::Owned(buf)))
@@ -329,9 +348,9 @@ impl ObjFile {
         let mut first = 0;
         while first < blocks {
             let count = CHUNK.min(blocks - first);
-            let data = self.read_blocks(first, count)?;
+            let data = self.read_blocks(first, count, Source::Any)?;
             let entries: Vec<[u32; 2]> = data.chunks_exact(BLOCK).map(crc32fast::hash).map(|c| [c, c]).collect();
-            if entries != self.read_entries(first, count)? {
+            if entries != self.read_entries(first, count, Source::Any)? {
                 self.write_entries(first, &entries)?;
             }
             first += count;

@@ -3,13 +3,15 @@
 //! `DIR/tmp/` for objects being created (then renamed into place: atomic).
 //!
 //! Every method here blocks on disk I/O: call them from `spawn_blocking` — except
-//! `try_read`/`try_write`, meant for small I/O that the page cache serves in microseconds,
-//! which never wait for a lock. Requests on one object are serialised by a per-object lock;
+//! `try_read`/`try_write`/`try_zero`, meant for small I/O that the page cache serves in
+//! microseconds, which never wait for a lock (and `try_read` never for the disk: see
+//! [`nowait`]). Requests on one object are serialised by a per-object lock;
 //! different objects go in parallel.
 
 mod dirs;
 mod file;
 mod lock;
+mod nowait;
 mod probe;
 mod space;
 #[cfg(test)]
@@ -19,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
@@ -30,8 +32,9 @@ pub use sheep_core::store::{Listing, StoreStat, WholeObject};
 use sheep_rpc::error::ErrorCode;
 
 pub use file::Layout;
-use file::{FileError, ObjFile, BLOCK};
+use file::{FileError, ObjFile, Source, BLOCK};
 use lock::LockTable;
+use nowait::InlineReads;
 
 /// Open object files kept at most.
 const OPEN_FILES: usize = 256;
@@ -108,6 +111,9 @@ pub struct ObjectStore {
     open_files: Mutex<HashMap<ObjectId, Arc<ObjFile>>>,
     /// Test hook: every write fails as if the disk were full.
     no_space: AtomicBool,
+    /// How `try_read` may read (an [`InlineReads`]): set from the file system at open,
+    /// `Never` once it refused `RWF_NOWAIT`.
+    inline_reads: AtomicU8,
     /// (device, inode) of `obj/`, `.stale/` and `tmp/` when opened: the probe notices a
     /// directory removed or replaced under the running node.
     dir_ids: [DirId; 3],
@@ -131,8 +137,11 @@ impl ObjectStore {
             tmp_seq: AtomicU64::new(0),
             open_files: Mutex::default(),
             no_space: AtomicBool::new(false),
+            inline_reads: AtomicU8::new(InlineReads::Never.to_u8()),
             dir_ids: [(0, 0); 3],
         };
+        let inline = InlineReads::of(root).map_err(|e| StoreError::io("statfs", &e))?;
+        store.inline_reads.store(inline.to_u8(), Ordering::Relaxed);
         for (i, dir) in [store.obj.clone(), store.stale.clone(), store.tmp.clone()].iter().enumerate() {
             fs::create_dir_all(dir).map_err(|e| StoreError::io(&format!("create {}", dir.display()), &e))?;
             store.dir_ids[i] = dir_id(dir)?;
@@ -210,14 +219,35 @@ impl ObjectStore {
     pub fn read(&self, oid: ObjectId, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let _g = self.locks.lock(oid);
         let f = self.live_file(oid)?;
-        f.read(offset, len).map_err(|e| StoreError::from_file(oid, "read", e))
+        f.read(offset, len, Source::Any).map_err(|e| StoreError::from_file(oid, "read", e))
     }
 
-    /// Like [`Self::read`], but `None` at once if the object is locked (a disk task is on
-    /// it): for small reads on the RPC thread, which must not wait.
+    /// Like [`Self::read`], but `None` at once where it would wait: the object is locked (a
+    /// disk task is on it), or its bytes are not in the page cache, or its file is not open
+    /// (an open reads the disk). For small reads on the RPC thread, which must not wait.
     pub fn try_read(&self, oid: ObjectId, offset: u64, len: u64) -> Option<Result<Vec<u8>, StoreError>> {
+        let how = InlineReads::from_u8(self.inline_reads.load(Ordering::Relaxed));
+        if how == InlineReads::Never {
+            return None;
+        }
         let _g = self.locks.try_lock(oid)?;
-        Some(self.live_file(oid).and_then(|f| f.read(offset, len).map_err(|e| StoreError::from_file(oid, "read", e))))
+        let (f, from) = match how {
+            InlineReads::Memory => match self.live_file(oid) {
+                Ok(f) => (f, Source::Any),
+                Err(e) => return Some(Err(e)),
+            },
+            _ => (locked(&self.open_files).get(&oid).cloned()?, Source::Cache),
+        };
+        match f.read(offset, len, from) {
+            Ok(data) => Some(Ok(data)),
+            Err(FileError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(FileError::Io(e)) if e.kind() == io::ErrorKind::Unsupported => {
+                tracing::warn!("the store's file system refuses RWF_NOWAIT ({e}): every read goes to the disk threads");
+                self.inline_reads.store(InlineReads::Never.to_u8(), Ordering::Relaxed);
+                None
+            }
+            Err(e) => Some(Err(StoreError::from_file(oid, "read", e))),
+        }
     }
 
     /// Like [`Self::write`] without FUA, but `None` at once if the object is locked: for
@@ -425,6 +455,8 @@ impl ObjectStore {
     /// had not reached its source yet). Returns true if it was installed.
     pub fn install(&self, oid: ObjectId, data: &[u8], version: Version, epoch: Epoch) -> Result<bool, StoreError> {
         let layout = layout_of(oid, data)?;
+        // Tests slow installs down (`sleep(MS)`) to have an epoch change while one runs.
+        fail::fail_point!("object-install");
         let _g = self.locks.lock(oid);
         if self.live_version(oid).is_some_and(|v| v >= version || written_in(v, epoch)) {
             return Ok(false);

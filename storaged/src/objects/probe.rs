@@ -12,6 +12,8 @@ const PROBE_DATA: &[u8] = b"sheepdog storaged disk probe\n";
 impl ObjectStore {
     /// Checks the disk under the store (see the module's doc). `Err` only for a failed disk.
     pub fn probe(&self) -> Result<(), StoreError> {
+        // Tests hang the disk here (`sleep(MS)`): a probe past its deadline fails the disk.
+        fail::fail_point!("object-probe");
         for (dir, opened) in [&self.obj, &self.stale, &self.tmp].into_iter().zip(self.dir_ids) {
             let now = dir_id(dir)?;
             if now != opened {

@@ -1,5 +1,6 @@
 use std::os::unix::fs::FileExt;
 
+use super::nowait::test_dirs::{disk_dir, drop_from_cache, memory_dir};
 use super::*;
 use sheep_core::object::VdiId;
 
@@ -284,7 +285,38 @@ fn try_read_and_try_write_never_wait() {
     }
     // The lock came back whole: blocking calls still work.
     assert_eq!(s.read(o, 0, 4096).unwrap(), pattern(4096, 1));
-    assert!(matches!(s.try_read(oid(6, 1), 0, 4096), Some(Err(StoreError::NoObject(_)))));
+}
+
+#[test]
+fn on_a_disk_try_read_answers_only_from_the_page_cache() {
+    let tmp = disk_dir();
+    let s = ObjectStore::open(tmp.path()).unwrap();
+    assert_eq!(InlineReads::from_u8(s.inline_reads.load(Ordering::Relaxed)), InlineReads::CachedOnly);
+    let o = oid(7, 0);
+    let data = pattern(8192, 3);
+    s.create_and_write(o, MIB4, None, 4096, &data, false, 1).unwrap();
+    s.try_write(o, 4096, &data[..4096], 1).unwrap().unwrap();
+    assert_eq!(s.try_read(o, 4096, 8192).unwrap().unwrap(), data, "cached: served at once");
+
+    drop_from_cache(&s.obj_path(o));
+    assert!(s.try_read(o, 4096, 8192).is_none(), "not cached: for the disk threads");
+    assert_eq!(s.read(o, 4096, 8192).unwrap(), data);
+    assert_eq!(s.try_read(o, 4096, 8192).unwrap().unwrap(), data, "cached again by that read");
+    // A file not open yet is opened by the disk threads, which also say it is missing.
+    assert!(s.try_read(oid(7, 1), 0, 4096).is_none());
+    assert!(matches!(s.read(oid(7, 1), 0, 4096), Err(StoreError::NoObject(_))));
+}
+
+#[test]
+fn on_a_memory_file_system_try_read_reads_plainly() {
+    let tmp = memory_dir();
+    let s = ObjectStore::open(tmp.path()).unwrap();
+    assert_eq!(InlineReads::from_u8(s.inline_reads.load(Ordering::Relaxed)), InlineReads::Memory);
+    let o = oid(8, 0);
+    s.create_and_write(o, MIB4, None, 0, &pattern(4096, 4), false, 1).unwrap();
+    locked(&s.open_files).clear();
+    assert_eq!(s.try_read(o, 0, 4096).unwrap().unwrap(), pattern(4096, 4), "opened and read inline");
+    assert!(matches!(s.try_read(oid(8, 1), 0, 4096), Some(Err(StoreError::NoObject(_)))));
 }
 
 /// Whether the file system under `dir` frees blocks on a hole punch (tmpfs, ext4, xfs do;
