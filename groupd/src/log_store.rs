@@ -2,11 +2,13 @@
 //!
 //! Files:
 //! - `raft-log`: append-only records `[len u32 LE][crc32 u32 LE][JSON of one entry]`. An append
-//!   is fsynced before it is acknowledged. A torn record at the end (crash during a write) is
-//!   cut off when the log is opened. Truncation cuts the file; a purge rewrites it without the
-//!   purged prefix (tmp file + rename).
+//!   is fsynced before it is acknowledged, by the writer's thread (`log_writer`: off the event
+//!   loop); the entries are in memory, readable, at once. A torn record at the end (crash
+//!   during a write) is cut off when the log is opened. Truncation cuts the file; a purge
+//!   rewrites it without the purged prefix (tmp file + rename).
 //! - `raft-meta.json`: the vote and the last purged log id; replaced atomically (tmp file,
-//!   fsync, rename, fsync of the directory) before a vote is acknowledged.
+//!   fsync, rename, fsync of the directory) before a vote is acknowledged, once every append
+//!   before it is durable (so are truncations and purges: openraft's writes stay in order).
 //! - `raft-committed.json`: the last committed log id, a hint only (not fsynced): losing it
 //!   just means fewer entries are re-applied at start, until the leader says more.
 
@@ -19,11 +21,13 @@ use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
 
+use crate::log_writer::{LogWriter, Records};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const LOG_FILE: &str = "raft-log";
@@ -43,8 +47,9 @@ struct Meta {
 /// snapshots, so this stays small).
 pub struct LogFiles {
     dir: PathBuf,
-    file: File,
-    /// Length of the valid part of `raft-log`.
+    /// Shared with the writer's thread, which writes the records staged in it.
+    file: Arc<File>,
+    /// Length of the valid part of `raft-log` (once the staged records are written).
     end: u64,
     /// index → (offset of its record in `raft-log`, entry).
     entries: BTreeMap<u64, (u64, Entry)>,
@@ -137,7 +142,7 @@ impl LogFiles {
             file.set_len(off as u64)?;
             file.sync_all()?;
         }
-        Ok(LogFiles { dir: dir.to_path_buf(), file, end: off as u64, entries, meta, committed })
+        Ok(LogFiles { dir: dir.to_path_buf(), file: Arc::new(file), end: off as u64, entries, meta, committed })
     }
 
     pub fn vote(&self) -> Option<Vote> {
@@ -181,29 +186,9 @@ impl LogFiles {
         self.entries.range(range).map(|(_, (_, e))| e.clone()).collect()
     }
 
-    /// What the `raft-log-append` failpoint's `return(ARG)` does (test builds with the
-    /// `failpoints` feature): `torn` writes half of the records and ends the process, as a
-    /// power loss in the middle of the write would; `crash` ends it before writing; anything
-    /// else fails the write with an I/O error (EIO).
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-    fn injected(&self, arg: Option<String>, buf: &[u8]) -> io::Error {
-        match arg.as_deref() {
-            Some("torn") => {
-                let _ = self.file.write_all_at(&buf[..buf.len() / 2], self.end);
-                let _ = self.file.sync_data();
-                eprintln!("failpoint: raft log write torn");
-                std::process::abort()
-            }
-            Some("crash") => {
-                eprintln!("failpoint: crash");
-                std::process::abort()
-            }
-            _ => io::Error::from_raw_os_error(5), // EIO
-        }
-    }
-
-    /// Appends entries and fsyncs them.
-    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
+    /// Takes entries into the log: in memory at once, and the records that put them on disk,
+    /// for the writer (`None`: nothing to write).
+    pub fn stage(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Option<Records>> {
         let mut buf = Vec::new();
         let mut added = Vec::new();
         let mut expect = self.entries.keys().next_back().map(|i| i + 1);
@@ -220,20 +205,23 @@ impl LogFiles {
             added.push((index, off, e));
         }
         if buf.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        fail::fail_point!("raft-log-append", |arg| Err(self.injected(arg, &buf)));
-        let res = self.file.write_all_at(&buf, self.end).and_then(|_| self.file.sync_data());
-        if let Err(e) = res {
-            // Leave no half-written record behind that a later open could read.
-            let _ = self.file.set_len(self.end);
-            return Err(e);
-        }
+        let at = self.end;
         self.end += buf.len() as u64;
         for (index, off, e) in added {
             self.entries.insert(index, (off, e));
         }
-        Ok(())
+        Ok(Some(Records { file: self.file.clone(), at, buf }))
+    }
+
+    /// Stages entries and writes them at once (what the writer's thread does otherwise).
+    #[cfg(test)]
+    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
+        match self.stage(entries)? {
+            Some(r) => crate::log_writer::write_batch(&[&r]),
+            None => Ok(()),
+        }
     }
 
     /// Removes the entries at `since` and after.
@@ -274,7 +262,7 @@ impl LogFiles {
         let mut rest = vec![0u8; (self.end - first_off) as usize];
         self.file.read_exact_at(&mut rest, first_off)?;
         write_durably(&self.dir, LOG_FILE, &rest)?;
-        self.file = OpenOptions::new().read(true).write(true).open(self.dir.join(LOG_FILE))?;
+        self.file = Arc::new(OpenOptions::new().read(true).write(true).open(self.dir.join(LOG_FILE))?);
         self.end -= first_off;
         for (off, _) in self.entries.values_mut() {
             *off -= first_off;
@@ -287,15 +275,17 @@ impl LogFiles {
     }
 }
 
-/// The openraft log storage: a shared handle on [`LogFiles`] (also its own log reader).
+/// The openraft log storage: a shared handle on [`LogFiles`] (also its own log reader) and
+/// on the thread that writes it.
 #[derive(Clone)]
 pub struct LogStore {
     files: Rc<RefCell<LogFiles>>,
+    writer: Rc<LogWriter>,
 }
 
 impl LogStore {
-    pub fn new(files: LogFiles) -> Self {
-        LogStore { files: Rc::new(RefCell::new(files)) }
+    pub fn new(files: LogFiles) -> io::Result<Self> {
+        Ok(LogStore { files: Rc::new(RefCell::new(files)), writer: Rc::new(LogWriter::start()?) })
     }
 }
 
@@ -325,7 +315,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.files.borrow_mut().save_vote(*vote).map_err(|e| StorageIOError::write_vote(&e).into())
+        let saved = match self.writer.barrier().await {
+            Ok(()) => self.files.borrow_mut().save_vote(*vote),
+            Err(e) => Err(e),
+        };
+        saved.map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -348,9 +342,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry>,
     {
-        let res = self.files.borrow_mut().append(entries);
-        match res {
-            Ok(()) => {
+        let staged = self.files.borrow_mut().stage(entries);
+        match staged {
+            Ok(Some(records)) => {
+                self.writer.append(records, Box::new(move |r| callback.log_io_completed(r)));
+                Ok(())
+            }
+            Ok(None) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -363,10 +361,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.writer.barrier().await.map_err(write_err)?;
         self.files.borrow_mut().truncate(log_id.index).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.writer.barrier().await.map_err(write_err)?;
         self.files.borrow_mut().purge(log_id).map_err(write_err)
     }
 }

@@ -7,6 +7,7 @@ mod bootstrap;
 mod forward;
 mod leader;
 mod log_store;
+mod log_writer;
 mod network;
 mod node;
 mod rights;
@@ -174,7 +175,7 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
         LogFiles::open(&cli.data).with_context(|| format!("cannot open the raft log in {}", cli.data.display()))?;
     let fresh = files.is_empty();
     let replay_upto = files.last_log_id().map_or(0, |l| l.index);
-    let log = LogStore::new(files);
+    let log = LogStore::new(files).context("cannot start the raft log's writer")?;
     let sm = StateMachine::open(&cli.data, replay_upto)?;
     let peers = Rc::new(Peers::default());
     let config = Arc::new(raft_config(cli.election_timeout_ms, cli.snapshot_every)?);
