@@ -65,19 +65,20 @@ impl Default for GroupState {
 }
 
 impl GroupState {
-    /// Applies one command at log position `log_index` (used for fencing tokens). A refused
-    /// command changes nothing: every refusal is decided before the first change.
+    /// Applies one command at `position` in the total order ([`Proposal::position`]: used for
+    /// fencing tokens and by the request table). A refused command changes nothing: every
+    /// refusal is decided before the first change.
     ///
     /// A command naming a client call that was applied already is not applied again: it
     /// answers what the call answered then, refusal included (see [`dedupe`]).
-    pub fn apply(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
+    pub fn apply(&mut self, position: u64, cmd: &Command) -> Result<Reply, GroupError> {
         self.check_event_numbering()?;
-        let Some(request) = &cmd.request else { return self.apply_op(log_index, cmd) };
-        if let Some(answer) = self.requests.check(log_index, request)? {
+        let Some(request) = &cmd.request else { return self.apply_op(position, cmd) };
+        if let Some(answer) = self.requests.check(position, request)? {
             return answer;
         }
-        let answer = self.apply_op(log_index, cmd);
-        self.requests.record(log_index, request, &answer);
+        let answer = self.apply_op(position, cmd);
+        self.requests.record(position, request, &answer);
         answer
     }
 
@@ -99,7 +100,7 @@ impl GroupState {
         }
     }
 
-    fn apply_op(&mut self, log_index: u64, cmd: &Command) -> Result<Reply, GroupError> {
+    fn apply_op(&mut self, position: u64, cmd: &Command) -> Result<Reply, GroupError> {
         let t = cmd.time_ms;
         match &cmd.op {
             Op::Format { cluster_id, copies, object_size_shift, voters, force, policy } => {
@@ -115,7 +116,7 @@ impl GroupState {
                 let seq = self.emit(t, EventKind::Broadcast { session: *session, payload: payload.clone() });
                 Ok(Reply::Seq(seq))
             }
-            Op::Lock { session, vdi } => self.lock(t, log_index, *session, vdi),
+            Op::Lock { session, vdi } => self.lock(t, position, *session, vdi),
             Op::Unlock { session, vdi, force } => self.unlock(t, *session, vdi, *force),
             Op::Shutdown => self.shutdown(t),
             Op::RecoverForce => self.recover_force(t),
@@ -419,7 +420,7 @@ impl GroupState {
         }
     }
 
-    fn lock(&mut self, t: u64, log_index: u64, session: SessionId, vdi: &str) -> Result<Reply, GroupError> {
+    fn lock(&mut self, t: u64, position: u64, session: SessionId, vdi: &str) -> Result<Reply, GroupError> {
         self.running()?;
         self.session(session)?;
         if vdi.is_empty() {
@@ -431,7 +432,7 @@ impl GroupState {
             }
             return Err(self.lock_held(l));
         }
-        let lock = Lock { vdi: vdi.into(), session, token: log_index };
+        let lock = Lock { vdi: vdi.into(), session, token: position };
         self.locks.insert(vdi.into(), lock.clone());
         self.emit(t, EventKind::Locked(lock.clone()));
         Ok(Reply::Locked(lock))

@@ -13,7 +13,8 @@ use sheep_rpc::error::{refusal, ErrorCode};
 use tokio::time::Instant;
 
 use crate::forward;
-use crate::node::{left, no_master, Node, Route, COMMIT_TIMEOUT, SUBMIT_DEADLINE};
+use crate::node::{left, no_master, Node, Route, SUBMIT_DEADLINE};
+use crate::propose::COMMIT_TIMEOUT;
 use crate::types::{now_mono_ms, ClientWriteError, NodeId, RaftError};
 
 /// How often the master checks leases.

@@ -3,14 +3,17 @@ use std::io::Write;
 
 use openraft::testing::log_id;
 use openraft::EntryPayload;
-use sheep_core::group::{Command, Op};
+use sheep_core::group::{Command, Op, Proposal};
 
 use super::*;
 
 fn entry(term: u64, index: u64) -> Entry {
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Command::new(index, Op::Broadcast { session: 1, payload: vec![index as u8; 3] })),
+        payload: EntryPayload::Normal(Proposal::One(Command::new(
+            index,
+            Op::Broadcast { session: 1, payload: vec![index as u8; 3] },
+        ))),
     }
 }
 

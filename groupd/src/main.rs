@@ -10,6 +10,7 @@ mod log_store;
 mod log_writer;
 mod network;
 mod node;
+mod propose;
 mod rights;
 mod server;
 mod state_machine;
@@ -187,6 +188,7 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
         id: raft_id,
         addr: addr.clone(),
         raft: raft.clone(),
+        proposer: propose::Proposer::new(raft.clone()),
         sm: sm.clone(),
         peers,
         lease_ms: cli.lease_ms,

@@ -17,15 +17,14 @@ use tokio::time::Instant;
 
 use crate::forward::{self, Outcome};
 use crate::network::Peers;
+use crate::propose::{Failure, Proposer, COMMIT_TIMEOUT};
 use crate::state_machine::StateMachine;
-use crate::types::{new_cluster_id, now_mono_ms, now_unix_ms, ClientWriteError, NodeId, Raft, RaftError};
+use crate::types::{new_cluster_id, now_mono_ms, now_unix_ms, NodeId, Raft};
 
 /// The longest a state-changing call may take here, forwarding and waiting for an election
 /// included (below the 5 s call timeout of the project's groupd client, so that it gets a
 /// `noMaster` answer and retries rather than a timeout).
 pub const SUBMIT_DEADLINE: Duration = Duration::from_millis(4500);
-/// The longest the master waits for one of its writes to be committed.
-pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
 /// After a forwarded write, how long we wait to have applied it here too.
 const CATCH_UP: Duration = Duration::from_secs(1);
 
@@ -34,6 +33,8 @@ pub struct Node {
     /// This groupd's API address, as others reach it.
     pub addr: String,
     pub raft: Raft,
+    /// The master's writes, batched into log entries.
+    pub proposer: Proposer,
     pub sm: StateMachine,
     pub peers: Rc<Peers>,
     pub lease_ms: u32,
@@ -180,19 +181,18 @@ impl Node {
         }
         let is_open = matches!(op, Op::OpenSession { .. });
         let cmd = sheep_core::group::Command { time_ms: now_unix_ms(), op, request };
-        let res = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd)).await;
-        let resp = match res {
-            Err(_) => {
+        let reply = match self.proposer.propose(cmd).await {
+            Ok(answer) => answer.map_err(|e| WriteFail::Error(error::group_error(&e)))?,
+            Err(Failure::NotLeader) => return Err(WriteFail::NotLeader),
+            Err(Failure::Timeout) => {
                 return Err(WriteFail::Error(no_master(format!(
                     "the write was not committed within {} s (no quorum of voters?)",
                     COMMIT_TIMEOUT.as_secs()
                 ))))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => return Err(WriteFail::NotLeader),
-            Ok(Err(e)) => return Err(WriteFail::Error(no_master(format!("raft: {e}")))),
-            Ok(Ok(r)) => r,
+            Err(Failure::Busy) => return Err(WriteFail::Error(no_master("the master has too many writes waiting"))),
+            Err(Failure::Raft(e)) => return Err(WriteFail::Error(no_master(format!("raft: {e}")))),
         };
-        let reply = resp.data.map_err(|e| WriteFail::Error(error::group_error(&e)))?;
         let mut out = Outcome { reply, lease_ms: self.lease_ms, holder: String::new() };
         if let Reply::Locked(l) = &out.reply {
             out.holder = self.sm.state().sessions.get(&l.session).map(|s| s.name()).unwrap_or_default();

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::log_store::write_durably;
 use crate::types::{
-    now_unix_ms, random_u64, Answer, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    now_unix_ms, random_u64, Answer, Answers, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -151,40 +151,50 @@ impl StateMachine {
         self.inner.applied_tx.send_if_modified(|a| std::mem::replace(a, applied) != applied);
     }
 
-    fn apply_one(&self, entry: Entry) -> Answer {
+    fn apply_one(&self, entry: Entry) -> Answers {
         let mut d = self.inner.data.borrow_mut();
         d.last_applied = Some(entry.log_id);
         match entry.payload {
-            EntryPayload::Blank => Ok(Reply::Done),
+            EntryPayload::Blank => vec![Ok(Reply::Done)],
             EntryPayload::Membership(m) => {
                 d.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                Ok(Reply::Done)
+                vec![Ok(Reply::Done)]
             }
-            EntryPayload::Normal(cmd) => {
+            EntryPayload::Normal(proposal) => {
                 let index = entry.log_id.index;
-                // A retried shutdown is answered from the record: the shutdown it names was
-                // applied (and acted on) when it first came.
-                let retry = d.state.is_retry(&cmd);
-                let answer = d.state.apply(index, &cmd);
-                if let Err(e) = &answer {
-                    if e.is_invariant() {
-                        // Refused alike by every groupd, with nothing changed: the cluster
-                        // goes on, but the state needs a look.
-                        tracing::error!(index, command = %command_for_log(&cmd), "command refused: {e}");
-                    }
+                let cmds = proposal.commands();
+                let mut answers = Vec::with_capacity(cmds.len());
+                for (i, cmd) in cmds.iter().enumerate() {
+                    answers.push(self.apply_command(&mut d.state, index, proposal.position(index, i), cmd));
                 }
-                if matches!(cmd.op, Op::Shutdown) && answer.is_ok() && !retry {
-                    let age = now_unix_ms().saturating_sub(cmd.time_ms);
-                    if index > self.inner.replay_upto && age < SHUTDOWN_FRESH_MS {
-                        tracing::info!(index, "cluster shutdown applied");
-                        self.inner.shutdown_tx.send_replace(Some(index));
-                    } else {
-                        tracing::info!(index, age_ms = age, "an old cluster shutdown entry replayed; staying up");
-                    }
-                }
-                answer
+                answers
             }
         }
+    }
+
+    /// One command of the entry at `index`, at `position` in the total order.
+    fn apply_command(&self, state: &mut GroupState, index: u64, position: u64, cmd: &Command) -> Answer {
+        // A retried shutdown is answered from the record: the shutdown it names was applied
+        // (and acted on) when it first came.
+        let retry = state.is_retry(cmd);
+        let answer = state.apply(position, cmd);
+        if let Err(e) = &answer {
+            if e.is_invariant() {
+                // Refused alike by every groupd, with nothing changed: the cluster goes on,
+                // but the state needs a look.
+                tracing::error!(index, position, command = %command_for_log(cmd), "command refused: {e}");
+            }
+        }
+        if matches!(cmd.op, Op::Shutdown) && answer.is_ok() && !retry {
+            let age = now_unix_ms().saturating_sub(cmd.time_ms);
+            if index > self.inner.replay_upto && age < SHUTDOWN_FRESH_MS {
+                tracing::info!(index, "cluster shutdown applied");
+                self.inner.shutdown_tx.send_replace(Some(index));
+            } else {
+                tracing::info!(index, age_ms = age, "an old cluster shutdown entry replayed; staying up");
+            }
+        }
+        answer
     }
 }
 
@@ -230,11 +240,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((d.last_applied, d.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Answer>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Answers>, StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
-        let answers: Vec<Answer> = entries.into_iter().map(|e| self.apply_one(e)).collect();
+        let answers: Vec<Answers> = entries.into_iter().map(|e| self.apply_one(e)).collect();
         self.publish();
         Ok(answers)
     }
@@ -280,12 +290,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::testing::log_id;
-    use sheep_core::group::{ClusterStatus, GroupError};
+    use sheep_core::group::{ClusterStatus, GroupError, Proposal};
 
     use super::*;
 
+    fn batch(cmd: Command) -> Proposal {
+        Proposal::Batch { batch: vec![cmd] }
+    }
+
     fn normal(index: u64, op: Op) -> Entry {
-        Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(Command::new(now_unix_ms(), op)) }
+        Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(batch(Command::new(now_unix_ms(), op))) }
     }
 
     fn format_op() -> Op {
@@ -303,7 +317,7 @@ mod tests {
     async fn snapshot_round_trips_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path(), 0).unwrap();
-        let answers = sm.apply(vec![normal(1, format_op())]).await.unwrap();
+        let answers = sm.apply(vec![normal(1, format_op())]).await.unwrap().concat();
         assert!(matches!(answers[0], Ok(Reply::Formatted(_))));
         assert_eq!(*sm.subscribe_applied().borrow(), 1);
         sm.build_snapshot().await.unwrap();
@@ -327,6 +341,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_is_applied_in_order_with_one_answer_and_one_position_per_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), 0).unwrap();
+        let open = Op::OpenSession {
+            kind: sheep_core::group::SessionKind::Client { name: "a".into() },
+            store_cluster: String::new(),
+        };
+        let answers = sm.apply(vec![normal(1, format_op()), normal(2, open)]).await.unwrap().concat();
+        let Ok(Reply::Session(s)) = answers[1] else { panic!("{answers:?}") };
+        let lock = || Command::new(now_unix_ms(), Op::Lock { session: s, vdi: "v".into() });
+        let unlock = Command::new(now_unix_ms(), Op::Unlock { session: s, vdi: "v".into(), force: false });
+        // An entry of a log written before batching: its lock's token is its index.
+        let old = Entry { log_id: log_id(1, 1, 3), payload: EntryPayload::Normal(Proposal::One(lock())) };
+        let batched = Entry {
+            log_id: log_id(1, 1, 4),
+            payload: EntryPayload::Normal(Proposal::Batch { batch: vec![unlock.clone(), lock(), unlock, lock()] }),
+        };
+        let answers = sm.apply(vec![old, batched]).await.unwrap();
+        assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [1, 4], "{answers:?}");
+        let token = |a: &Answer| match a {
+            Ok(Reply::Locked(l)) => l.token,
+            other => panic!("not a lock: {other:?}"),
+        };
+        let tokens = [token(&answers[0][0]), token(&answers[1][1]), token(&answers[1][3])];
+        assert_eq!(tokens[0], 3);
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "two grants in one entry get distinct, newer tokens: {tokens:?}"
+        );
+        assert!(matches!(answers[1][0], Ok(Reply::Done)) && matches!(answers[1][2], Ok(Reply::Done)));
+        assert_eq!(*sm.subscribe_applied().borrow(), 4);
+    }
+
+    #[tokio::test]
     async fn a_command_refused_for_a_broken_invariant_is_answered_and_applied_past() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path(), 0).unwrap();
@@ -342,7 +390,7 @@ mod tests {
             serde_json::from_value::<GroupState>(v).unwrap()
         };
         sm.inner.data.borrow_mut().state = damaged;
-        let answers = sm.apply(vec![normal(3, client("b")), normal(4, Op::Shutdown)]).await.unwrap();
+        let answers = sm.apply(vec![normal(3, client("b")), normal(4, Op::Shutdown)]).await.unwrap().concat();
         assert!(matches!(&answers[0], Err(GroupError::Invariant { .. })), "{answers:?}");
         assert!(matches!(answers[1], Ok(Reply::Done)), "the next entry applies: {answers:?}");
         assert_eq!(*sm.subscribe_applied().borrow(), 4);
@@ -353,7 +401,7 @@ mod tests {
         let request = Some(sheep_core::group::RequestId { client: 5, seq, first_pending: seq });
         Entry {
             log_id: log_id(1, 1, index),
-            payload: EntryPayload::Normal(Command { time_ms: now_unix_ms(), op, request }),
+            payload: EntryPayload::Normal(batch(Command { time_ms: now_unix_ms(), op, request })),
         }
     }
 
@@ -362,21 +410,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path(), 0).unwrap();
         let create = Op::VdiCreate { name: "v".into(), size: 1 << 20, copies: 0, allow_fewer_zones: false };
-        let first = sm.apply(vec![normal(1, format_op()), call(2, create.clone(), 1)]).await.unwrap();
+        let first = sm.apply(vec![normal(1, format_op()), call(2, create.clone(), 1)]).await.unwrap().concat();
         assert!(matches!(first[1], Ok(Reply::Vdi(_))), "{first:?}");
         sm.build_snapshot().await.unwrap();
         // Restarted from the snapshot, the retry (at a later log position) answers the same.
         let mut sm = StateMachine::open(dir.path(), 2).unwrap();
-        let retry = sm.apply(vec![call(3, create, 1)]).await.unwrap();
+        let retry = sm.apply(vec![call(3, create, 1)]).await.unwrap().concat();
         assert_eq!(retry[0], first[1]);
         assert_eq!(sm.state().vdis.list().count(), 1);
-        let shutdown = sm.apply(vec![call(4, Op::Shutdown, 2)]).await.unwrap();
+        let shutdown = sm.apply(vec![call(4, Op::Shutdown, 2)]).await.unwrap().concat();
         assert!(matches!(shutdown[0], Ok(Reply::Done)));
         assert_eq!(*sm.subscribe_shutdown().borrow(), Some(4));
         sm.build_snapshot().await.unwrap();
         let mut sm = StateMachine::open(dir.path(), 4).unwrap();
         let rx = sm.subscribe_shutdown();
-        let retry = sm.apply(vec![call(5, Op::Shutdown, 2)]).await.unwrap();
+        let retry = sm.apply(vec![call(5, Op::Shutdown, 2)]).await.unwrap().concat();
         assert!(matches!(retry[0], Ok(Reply::Done)), "answered as the first try: {retry:?}");
         assert_eq!(*rx.borrow(), None, "the shutdown was acted on when it first came");
     }

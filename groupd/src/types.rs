@@ -5,16 +5,20 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What a committed entry answers to its proposer.
 pub use sheep_core::group::Answer;
-use sheep_core::group::Command;
+use sheep_core::group::Proposal;
+
+/// What a committed entry answers to its proposer: one answer per command of its batch (one
+/// for an entry without commands).
+pub type Answers = Vec<Answer>;
 
 openraft::declare_raft_types!(
-    /// The group's Raft: log entries are [`Command`]s, answers are [`Answer`]s, node ids are
-    /// random u64s and a node's info carries its groupd listen address.
+    /// The group's Raft: log entries are [`Proposal`]s (a batch of commands), answered with
+    /// [`Answers`]; node ids are random u64s and a node's info carries its groupd listen
+    /// address.
     pub TypeConfig:
-        D = Command,
-        R = Answer,
+        D = Proposal,
+        R = Answers,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -84,12 +84,14 @@ impl Session {
 pub struct Lock {
     pub vdi: String,
     pub session: SessionId,
-    /// Fencing token: the log position of the command that granted the lock. Strictly
-    /// increasing across grants, so a storage node can refuse an older holder's writes.
+    /// Fencing token: the position in the total order of the command that granted the lock
+    /// ([`Proposal::position`]). Strictly increasing across grants, so a storage node can
+    /// refuse an older holder's writes.
     pub token: u64,
 }
 
-/// A command: one entry of the Raft log. `time_ms` is stamped by the master.
+/// A command: one change of the group state, ordered by the Raft log (several may share an
+/// entry: [`Proposal`]). `time_ms` is stamped by the master.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub time_ms: u64,
@@ -104,6 +106,47 @@ impl Command {
     /// A command that no client call names.
     pub fn new(time_ms: u64, op: Op) -> Command {
         Command { time_ms, op, request: None }
+    }
+}
+
+/// What one Raft log entry carries: the commands the master had waiting when the entry was
+/// proposed, applied in their order (group commit: one append, one fsync and one round to the
+/// voters for all of them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Proposal {
+    Batch {
+        batch: Vec<Command>,
+    },
+    /// An entry of a log written before commands were batched: one command.
+    One(Command),
+}
+
+/// Commands per log entry, at most.
+pub const MAX_BATCH: usize = 256;
+/// Positions per log entry: a batch's commands are numbered within its entry.
+const POSITIONS_PER_ENTRY: u64 = 1 << 16;
+const _: () = assert!(MAX_BATCH as u64 <= POSITIONS_PER_ENTRY);
+
+impl Proposal {
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            Proposal::Batch { batch } => batch,
+            Proposal::One(cmd) => std::slice::from_ref(cmd),
+        }
+    }
+
+    /// The position in the total order of command `i` of this entry at `log_index`: unique and
+    /// increasing along the log (what fencing tokens and the request table are made of). An
+    /// old single-command entry keeps the position it had when it was first applied (its
+    /// index), so a replayed log gives the same state; a batch's are `index << 16 | i`, above
+    /// every index, and no single-command entry is written any more.
+    pub fn position(&self, log_index: u64, i: usize) -> u64 {
+        debug_assert!(i < self.commands().len());
+        match self {
+            Proposal::One(_) => log_index,
+            Proposal::Batch { .. } => log_index.saturating_mul(POSITIONS_PER_ENTRY) | i as u64,
+        }
     }
 }
 
@@ -357,4 +400,38 @@ pub enum MemberRole {
     Submaster,
     /// Non-voting: follows the log, serves reads, forwards writes.
     Member,
+}
+
+#[cfg(test)]
+mod proposal_tests {
+    use super::*;
+
+    fn cmd(t: u64) -> Command {
+        Command::new(t, Op::Shutdown)
+    }
+
+    #[test]
+    fn an_entry_written_before_batching_reads_as_one_command() {
+        let old = serde_json::to_vec(&cmd(7)).unwrap();
+        let p: Proposal = serde_json::from_slice(&old).unwrap();
+        assert_eq!(p, Proposal::One(cmd(7)));
+        assert_eq!(p.position(41, 0), 41, "replayed as it was first applied");
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_its_positions_follow_the_log() {
+        let p = Proposal::Batch { batch: vec![cmd(1), cmd(2), cmd(3)] };
+        let back: Proposal = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.commands().len(), 3);
+        // Unique and increasing along the log, past every old single-command position.
+        let full = Proposal::Batch { batch: (0..MAX_BATCH as u64).map(cmd).collect() };
+        let mut seen = vec![Proposal::One(cmd(0)).position(1_000, 0)];
+        for index in [1_001u64, 1_002, 5_000] {
+            for i in 0..MAX_BATCH {
+                seen.push(full.position(index, i));
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "positions increase");
+    }
 }
