@@ -5,7 +5,8 @@
 # of the ublk daemon under a mounted filesystem and `add --recover`; a power loss inside a
 # write on every storaged at once; a crash-consistent snapshot of the busy filesystem; fio
 # randwrite with crc32c verify on a raw device while it is snapshotted and a storaged is
-# killed -9. Prints "ublk-vm: OK" at the end.
+# killed -9. Then, node 3 back, tests/vm/ublk_vs_loop.sh: fio figures of /dev/ublkbN against a
+# loop device on tmpfs (a ratio; no timed assertion). Prints "ublk-vm: OK" at the end.
 set -euo pipefail
 
 # The repository: given by the Rust test (which copies this script into the VM's share),
@@ -265,6 +266,16 @@ fio --name=reverify --filename="$raw" --rw=randread --bs=4k --size=64M --direct=
 step "fio randwrite 64M with crc32c verify passed across a snapshot and a storaged kill -9"
 
 sheepctl del "$raw"
+
+# Figures, once every check above has passed: the same fio jobs on /dev/ublkbN (a VDI of its
+# own, nothing later reads it) and on a loop device over tmpfs, with node 3 back and its
+# recovery complete, so that the cluster is whole and idle.
+sheepctl up --dir "$C" --no-disk --timeout 120 >/dev/null
+wait_recovered
+step "storaged of node 3 back, recovery complete"
+bash "$ROOT/tests/vm/ublk_vs_loop.sh" --cluster "$C" || fail "tests/vm/ublk_vs_loop.sh"
+step "ublk against loop on tmpfs measured"
+
 sheepctl down --dir "$C"
 [ ! -e /dev/ublkb0 ] || fail "down left /dev/ublkb0"
 step "OK"
