@@ -88,7 +88,7 @@ pub fn ticket(node: &Node, peer: &Peer, lifetime_ms: u32) -> Result<Vec<u8>, cap
     let Some(entry) = state.client(entity, *generation) else {
         return Err(denied(format!("{entity} was removed (or added anew with another key): no ticket")));
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = crate::types::now_unix_ms();
     let t = Ticket::new(entity, *generation, now + u64::from(lifetime_ms), grants(&state.vdis, &entry.caps));
     Ok(t.seal(&secret))
 }

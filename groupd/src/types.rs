@@ -61,9 +61,7 @@ pub fn raft_config(election_ms: u64, snapshot_every: u64) -> anyhow::Result<open
 }
 
 /// Wall-clock time in unix milliseconds (what the master stamps into commands).
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
-}
+pub use sheep_rpc::clock::now_unix_ms;
 
 /// Monotonic milliseconds since the first call (what leases are measured with).
 pub fn now_mono_ms() -> u64 {

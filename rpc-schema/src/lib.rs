@@ -16,6 +16,7 @@ pub mod storaged_capnp {
     include!("generated/storaged_capnp.rs");
 }
 
+pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod keyfile;

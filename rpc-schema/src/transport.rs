@@ -20,6 +20,8 @@ use sheep_core::auth::{client_key, key_of, Key, ADMIN, DAEMON, KEY_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::clock::now_unix_ms;
+
 /// How long an accepted connection may take to authenticate.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a refused peer address is logged.
@@ -82,9 +84,6 @@ fn known_generation(entity: &str) -> Option<u64> {
     KNOWN_CLIENTS.lock().unwrap_or_else(|p| p.into_inner()).as_ref()?.get(entity).copied()
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 static IDENTITY: OnceLock<Identity> = OnceLock::new();
 /// The cluster this daemon serves was formatted `--secure`: every session it accepts or
 /// opens from now on is encrypted.

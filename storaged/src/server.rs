@@ -7,6 +7,7 @@ use capnp::capability::Rc as CapRc;
 use sheep_core::auth::caps::Access;
 use sheep_core::object::ObjectId;
 use sheep_core::store::{RecoveryStatus, StoreStatus};
+use sheep_rpc::clock::now_unix_ms;
 use sheep_rpc::codec;
 use sheep_rpc::codec::storaged::{self as wire, read_oid};
 use sheep_rpc::error::{refusal, ErrorCode};
@@ -96,10 +97,6 @@ impl StoragedImpl {
         }
         Err(refusal(ErrorCode::Denied, format!("{what} is the administrator's; {} may not", self.peer.name())))
     }
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl storaged::Server for StoragedImpl {
