@@ -146,6 +146,7 @@ impl Node {
                     }
                 },
                 Route::Forward { addr, client } => {
+                    let before = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                     let res =
                         tokio::time::timeout(left(deadline), forward::forward(&client, &op, request.as_ref())).await;
                     return match res {
@@ -155,7 +156,7 @@ impl Node {
                             Err(forward::relay(e))
                         }
                         Ok(Ok(o)) => {
-                            self.catch_up().await;
+                            self.catch_up(before).await;
                             Ok(o)
                         }
                     };
@@ -164,12 +165,27 @@ impl Node {
         }
     }
 
-    /// Waits (briefly) until this groupd has applied what it has in its log, so that a read
-    /// here right after a forwarded write sees it.
-    async fn catch_up(&self) {
-        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    /// Waits (briefly) until this groupd has applied a write it forwarded, so that a read here
+    /// right after it sees it. The master answered once a quorum had the entry, which need
+    /// not include this groupd: first its log grows past `before` (its last entry when the
+    /// write left; the entries the master sends next run up to the write's at least, but for
+    /// one already on its way), then what the log holds is applied.
+    async fn catch_up(&self, before: u64) {
+        let mut metrics = self.raft.metrics();
         let mut applied = self.sm.subscribe_applied();
-        let _ = tokio::time::timeout(CATCH_UP, applied.wait_for(|&a| a >= target)).await;
+        let caught_up = async {
+            let target = loop {
+                let last = metrics.borrow_and_update().last_log_index.unwrap_or(0);
+                if last > before {
+                    break last;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            };
+            let _ = applied.wait_for(|&a| a >= target).await;
+        };
+        let _ = tokio::time::timeout(CATCH_UP, caught_up).await;
     }
 
     /// Commits `op` as the leader.
