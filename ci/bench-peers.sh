@@ -158,39 +158,17 @@ start_ceph() {
 }
 
 # peer_job SYSTEM NAME RW BS QD: one fio job against nbdkit or ceph, as JSON with CPU per op
-# of fio and of every process of that system.
+# of fio and of every process of that system (ci/bench's fio_job).
 peer_job() {
-    local sys=$1 name=$2 watched names engine before=() after=() spent=() i pid
+    local sys=$1
+    shift
     if [ "$sys" = nbdkit ]; then
-        watched=("${NBDKIT[@]}"); names=(nbdkit)
-        engine=(--ioengine=nbd --uri="nbd://127.0.0.1:$NBDKIT_PORT")
+        local names=(nbdkit)
+        fio_job "$sys" "$@" NBDKIT names --ioengine=nbd --uri="nbd://127.0.0.1:$NBDKIT_PORT"
     else
-        watched=("${CEPH_DAEMONS[@]}"); names=("${CEPH_NAMES[@]}")
-        engine=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench)
+        CEPH_CONF=$CEPH_CONF fio_job "$sys" "$@" CEPH_DAEMONS CEPH_NAMES \
+            --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench
     fi
-    for i in "${!watched[@]}"; do
-        kill -0 "${watched[i]}" 2>/dev/null ||
-            { echo "ci/bench: $sys: ${names[i]} (pid ${watched[i]}) has died; logs in $DIR/$sys" >&2; return 1; }
-    done
-    for pid in "${watched[@]}"; do before+=("$(ticks "$pid")"); done
-    CEPH_CONF=$CEPH_CONF fio --name="$name" "${engine[@]}" --size="$SIZE" --rw="$3" --bs="$4" \
-        --iodepth="$5" --time_based --runtime="$RUNTIME" --randrepeat=0 --norandommap \
-        --output-format=json 2>"$DIR/$sys-$name.err" >"$DIR/$sys-$name.out" ||
-        { cat "$DIR/$sys-$name.err" >&2; return 1; }
-    for pid in "${watched[@]}"; do after+=("$(ticks "$pid")"); done
-    sed -n '/^{/,$p' "$DIR/$sys-$name.out" >"$DIR/$sys-$name.json"
-    for i in "${!watched[@]}"; do spent+=("$(( after[i] - before[i] ))"); done
-    jq -c --arg job "$name" --argjson hz "$HZ" --argjson spent "[$(IFS=,; echo "${spent[*]}")]" \
-        --argjson names "$(printf '%s\n' "${names[@]}" | jq -R . | jq -s -c .)" '.jobs[0] |
-        (.read.total_ios + .write.total_ios) as $ops |
-        ((.usr_cpu + .sys_cpu) / 100 * .job_runtime / 1000) as $fio |
-        {job: $job, ops: $ops, iops: (.read.iops + .write.iops),
-         mb_per_s: ((.read.bw_bytes + .write.bw_bytes) / 1e6),
-         lat_avg_us: ((.read.lat_ns.mean + .write.lat_ns.mean) / 1000),
-         cpu: ([{name: "fio", us: ($fio * 1e6 / $ops)}] +
-               [range(0; $spent | length) as $i |
-                {name: $names[$i], us: ($spent[$i] / $hz * 1e6 / $ops)}])} |
-        .cpu_us_per_op = (.cpu | map(.us) | add)' "$DIR/$sys-$name.json"
 }
 
 # Writes the whole image once (4 MiB sequential, not timed), as the engine's bench prefills.

@@ -227,8 +227,7 @@ impl ObjFile {
 
     /// The crc table entries of blocks `first..first + count`: (crc, crc before the last write).
     fn read_entries(&self, first: usize, count: usize, from: Source) -> Result<Vec<[u32; 2]>, FileError> {
-        let mut raw = vec![0u8; ENTRY * count];
-        self.read_into(&mut raw, CRC_TABLE_AT + (ENTRY * first) as u64, from)?;
+        let raw = self.read_new(ENTRY * count, CRC_TABLE_AT + (ENTRY * first) as u64, from)?;
         let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         Ok(raw.chunks_exact(ENTRY).map(|c| [word(&c[..4]), word(&c[4..])]).collect())
     }
@@ -252,8 +251,7 @@ impl ObjFile {
 
     /// Reads whole blocks `first..first + count`; each must match one of its two crcs.
     fn read_blocks(&self, first: usize, count: usize, from: Source) -> Result<Vec<u8>, FileError> {
-        let mut buf = vec![0u8; count * BLOCK];
-        self.read_into(&mut buf, self.layout.data_off() + (first * BLOCK) as u64, from)?;
+        let buf = self.read_new(count * BLOCK, self.layout.data_off() + (first * BLOCK) as u64, from)?;
         let entries = self.read_entries(first, count, from)?;
         for (i, (block, want)) in buf.chunks_exact(BLOCK).zip(entries).enumerate() {
             if !want.contains(&crc32fast::hash(block)) {
@@ -263,11 +261,8 @@ impl ObjFile {
         Ok(buf)
     }
 
-    fn read_into(&self, buf: &mut [u8], at: u64, from: Source) -> io::Result<()> {
-        match from {
-            Source::Any => self.file.read_exact_at(buf, at),
-            Source::Cache => nowait::read_exact_cached(&self.file, buf, at),
-        }
+    fn read_new(&self, len: usize, at: u64, from: Source) -> io::Result<Vec<u8>> {
+        nowait::read_new(&self.file, len, at, from == Source::Cache)
     }
 
     /// `len` bytes at `offset`, every block they touch verified; with [`Source::Cache`] an

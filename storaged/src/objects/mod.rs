@@ -38,8 +38,7 @@ use nowait::InlineReads;
 
 /// Open object files kept at most.
 const OPEN_FILES: usize = 256;
-/// Bytes a write must leave free on the store's file system (see `check_space`).
-const RESERVE: u64 = 8 << 20;
+use space::{FreeSpace, RESERVE};
 
 /// A failed object operation; `code()` is what the node refuses the call with.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +110,8 @@ pub struct ObjectStore {
     open_files: Mutex<HashMap<ObjectId, Arc<ObjFile>>>,
     /// Test hook: every write fails as if the disk were full.
     no_space: AtomicBool,
+    /// The free space as last read, less what was written since (see `check_space`).
+    free_space: Mutex<FreeSpace>,
     /// How `try_read` may read (an [`InlineReads`]): set from the file system at open,
     /// `Never` once it refused `RWF_NOWAIT`.
     inline_reads: AtomicU8,
@@ -137,6 +138,7 @@ impl ObjectStore {
             tmp_seq: AtomicU64::new(0),
             open_files: Mutex::default(),
             no_space: AtomicBool::new(false),
+            free_space: Mutex::default(),
             inline_reads: AtomicU8::new(InlineReads::Never.to_u8()),
             dir_ids: [(0, 0); 3],
         };
@@ -158,14 +160,17 @@ impl ObjectStore {
     }
 
     /// Refuses a write of `len` bytes that would leave less than [`RESERVE`] free, before
-    /// it changes anything: a full disk fails a write cleanly, never half-way.
+    /// it changes anything: a full disk fails a write cleanly, never half-way. The free
+    /// space is read at most once per `space::RECHECK` while far from the reserve, and for
+    /// every write near it ([`FreeSpace`]): a `statvfs` per write walks the store's path.
     fn check_space(&self, len: u64) -> Result<(), StoreError> {
         if self.no_space.load(Ordering::SeqCst) {
             return Err(StoreError::NoSpace("injected".into()));
         }
         fail::fail_point!("object-no-space", |_| Err(StoreError::NoSpace("injected by a failpoint".into())));
-        let (_, free) = space::statvfs(&self.obj).map_err(|e| StoreError::io("statvfs", &e))?;
-        if free < len.saturating_add(RESERVE) {
+        let read_free = || space::statvfs(&self.obj).map(|(_, free)| free);
+        let admitted = locked(&self.free_space).admit(std::time::Instant::now(), len, read_free);
+        if let Err(free) = admitted.map_err(|e| StoreError::io("statvfs", &e))? {
             return Err(StoreError::NoSpace(format!(
                 "{free} bytes free; a write keeps at least {} MiB free",
                 RESERVE >> 20

@@ -10,15 +10,18 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// How the store's small reads may run on the RPC thread, decided by the file system.
+/// Kept in an `AtomicU8` (the store may turn it to `Never` while serving): hence the
+/// explicit discriminants, which `from_u8` reads back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum InlineReads {
     /// Only what the page cache holds (`RWF_NOWAIT`); the rest goes to the blocking pool.
-    CachedOnly,
+    CachedOnly = 0,
     /// Plain reads: the file system lives in memory (tmpfs) and never waits for a disk —
     /// and does not take `RWF_NOWAIT`.
-    Memory,
+    Memory = 1,
     /// None: the file system refused `RWF_NOWAIT`, and a plain read could wait.
-    Never,
+    Never = 2,
 }
 
 impl InlineReads {
@@ -35,29 +38,41 @@ impl InlineReads {
 
     pub fn from_u8(v: u8) -> InlineReads {
         match v {
-            0 => InlineReads::CachedOnly,
-            1 => InlineReads::Memory,
+            v if v == InlineReads::CachedOnly as u8 => InlineReads::CachedOnly,
+            v if v == InlineReads::Memory as u8 => InlineReads::Memory,
             _ => InlineReads::Never,
         }
     }
 }
 
-/// Fills `buf` from `file` at `at` out of the page cache only: `WouldBlock` if some of it is
-/// not cached (the part before it may be filled), `Unsupported` if the file system does not
-/// take `RWF_NOWAIT`, `UnexpectedEof` past the end of the file.
-pub fn read_exact_cached(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+/// Appends `len` bytes of `file` at `at` to `buf`, read straight into its spare capacity:
+/// a buffer read into is never zeroed first (for a whole object, that would write every
+/// byte twice). `cached_only`: out of the page cache only (`RWF_NOWAIT`) — `WouldBlock` if
+/// some of it is not cached, `Unsupported` if the file system does not take it. On an
+/// error, `buf` may hold part of the bytes; `UnexpectedEof` past the end of the file.
+pub fn read_append(file: &File, buf: &mut Vec<u8>, len: usize, at: u64, cached_only: bool) -> io::Result<()> {
+    let flags = if cached_only { libc::RWF_NOWAIT } else { 0 };
+    let end = buf.len() + len;
+    buf.reserve(len);
     let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let iov = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
+    while done < len {
+        let spare = buf.spare_capacity_mut();
+        debug_assert!(spare.len() >= len - done, "reserved {len} bytes, {} spare", spare.len());
+        let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: len - done };
         let offset = libc::off_t::try_from(at + done as u64)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read offset past off_t"))?;
-        // SAFETY: `iov` describes `rest`, memory this function borrows mutably for the call;
-        // the descriptor is `file`'s, open while `file` is borrowed.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        // SAFETY: `iov` describes the first `len - done` bytes of `buf`'s spare capacity,
+        // memory `buf` owns and nothing else refers to while `buf` is borrowed here; the
+        // descriptor is `file`'s, open while `file` is borrowed.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
         match n {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => done += n as usize,
+            n if n > 0 => {
+                done += n as usize;
+                // SAFETY: the kernel wrote the `n` bytes after `buf`'s length, which were
+                // spare capacity (see above), so they are initialised now.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+            }
             _ => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -66,7 +81,15 @@ pub fn read_exact_cached(file: &File, buf: &mut [u8], at: u64) -> io::Result<()>
             }
         }
     }
+    debug_assert_eq!(buf.len(), end);
     Ok(())
+}
+
+/// `len` bytes of `file` at `at`, in a new buffer (see [`read_append`]).
+pub fn read_new(file: &File, len: usize, at: u64, cached_only: bool) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    read_append(file, &mut buf, len, at, cached_only)?;
+    Ok(buf)
 }
 
 /// Directories on a disk and in memory for tests, and a way to empty the page cache.
@@ -87,10 +110,42 @@ pub mod test_dirs {
     }
 
     /// Written back and dropped from the page cache: the next read must go to the disk.
+    /// `DONTNEED` skips pages the kernel still holds in a per-CPU batch, so this asks again
+    /// until `mincore` shows none of the file's pages resident (bounded: 2 s).
     pub fn drop_from_cache(path: &Path) {
+        use std::os::fd::AsRawFd;
         let file = std::fs::File::open(path).unwrap();
         file.sync_all().unwrap();
-        nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        for _ in 0..200 {
+            nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+            if resident_pages(file.as_raw_fd(), len) == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} stays in the page cache", path.display());
+    }
+
+    /// How many pages of the first `len` bytes of the file `fd` the page cache holds.
+    fn resident_pages(fd: std::os::fd::RawFd, len: usize) -> usize {
+        if len == 0 {
+            return 0;
+        }
+        let page = 4096;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: a fresh read-only shared mapping of `len` bytes of an open file, which
+        // nothing reads (mincore looks at its pages' residency only) and which is unmapped
+        // before returning; `vec` has one byte per page of it, as mincore writes.
+        unsafe {
+            let at = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+            assert_ne!(at, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            let r = libc::mincore(at, len, vec.as_mut_ptr());
+            let e = std::io::Error::last_os_error();
+            libc::munmap(at, len);
+            assert_eq!(r, 0, "mincore: {e}");
+        }
+        vec.iter().filter(|&&b| b & 1 == 1).count()
     }
 }
 
@@ -109,22 +164,34 @@ mod tests {
         let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = File::open(&path).unwrap();
-        let mut buf = vec![0u8; 8192];
-        read_exact_cached(&file, &mut buf, 4096).unwrap();
-        assert_eq!(buf, data[4096..12288]);
+        assert_eq!(read_new(&file, 8192, 4096, true).unwrap(), data[4096..12288]);
 
         drop_from_cache(&path);
-        let err = read_exact_cached(&file, &mut buf, 65536).unwrap_err();
+        let err = read_new(&file, 8192, 65536, true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
         // A read that may wait brings it into the cache; then it is served at once.
-        file.read_exact_at(&mut buf, 65536).unwrap();
-        read_exact_cached(&file, &mut buf, 65536).unwrap();
-        assert_eq!(buf, data[65536..65536 + 8192]);
+        assert_eq!(read_new(&file, 8192, 65536, false).unwrap(), data[65536..65536 + 8192]);
+        assert_eq!(read_new(&file, 8192, 65536, true).unwrap(), data[65536..65536 + 8192]);
 
-        let mut past = [0u8; 16];
-        file.read_exact_at(&mut past[..8], (1 << 20) - 8).unwrap(); // the last page, cached
-        let err = read_exact_cached(&file, &mut past, (1 << 20) - 8).unwrap_err();
+        let mut past = [0u8; 8];
+        file.read_exact_at(&mut past, (1 << 20) - 8).unwrap(); // the last page, cached
+        let err = read_new(&file, 16, (1 << 20) - 8, true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(read_new(&file, 16, (1 << 20) - 8, false).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn an_append_keeps_what_the_buffer_held_and_reads_past_a_short_read() {
+        let dir = memory_dir();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut buf = b"kept".to_vec();
+        read_append(&file, &mut buf, 3 << 20, 0, false).unwrap();
+        assert_eq!(&buf[..4], b"kept");
+        assert!(buf[4..] == data[..], "the whole file follows what was there");
+        assert!(read_new(&file, 0, 0, true).unwrap().is_empty());
     }
 
     #[test]
