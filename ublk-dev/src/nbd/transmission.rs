@@ -64,6 +64,19 @@ struct Reply {
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
+/// The `len` bytes of a write's payload, read into a buffer that is never zeroed first
+/// (`read_buf` fills its spare capacity).
+async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        let want = len - data.len();
+        if (&mut *reader).take(want as u64).read_buf(&mut data).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(data)
+}
+
 /// Serves requests from `reader` with replies on `writer` until the client disconnects,
 /// `shutdown` turns true, or an error. Requests in flight are finished (within
 /// `limits.drain`) and answered before it returns; after NBD_CMD_DISC the backend is flushed.
@@ -183,8 +196,7 @@ where
             }
             CMD_WRITE => {
                 let bytes = budget.clone().acquire_many_owned(units).await.expect("never closed");
-                let mut data = vec![0u8; req.len as usize];
-                reader.read_exact(&mut data).await?;
+                let data = read_payload(reader, req.len as usize).await?;
                 if !in_range(req.offset, req.len, size) {
                     let _ = tx.send(reply(EINVAL, (slot, None)));
                     continue;
