@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::channel::oneshot;
+use libublk::helpers::IoBuf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -22,12 +23,18 @@ use super::notify::Notifier;
 use super::request::BlockOp;
 use crate::backend::{Backend, IoFailure, VdiBackend};
 
-/// A request's outcome: the data read (empty for the others) or a negative errno.
-pub type Reply = Result<Vec<u8>, i32>;
+/// A request's outcome (a negative errno on failure), with the queue's buffer it was lent:
+/// a read's data is in it, a write's payload came from it. Lending the buffer itself (the
+/// kernel touches it only while the tag's next command is in flight, which waits for this
+/// reply) moves no payload between the threads.
+pub struct Reply {
+    pub result: Result<(), i32>,
+    pub buf: IoBuf<u8>,
+}
 
 struct Job {
     op: BlockOp,
-    data: Vec<u8>,
+    buf: IoBuf<u8>,
     reply: oneshot::Sender<Reply>,
     wake: Arc<Notifier>,
 }
@@ -40,14 +47,18 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Sends a request; `data` is the payload of a write. After the reply is sent, `wake`
-    /// is notified. The channel is unbounded but never holds more than queues × depth
-    /// requests: each queue tag has at most one outstanding.
-    pub fn submit(&self, op: BlockOp, data: Vec<u8>, wake: &Arc<Notifier>) -> oneshot::Receiver<Reply> {
+    /// Sends a request with the tag's buffer (a write's payload at its start; a read's
+    /// data goes there). After the reply is sent, `wake` is notified. The channel is
+    /// unbounded but never holds more than queues × depth requests: each queue tag has at
+    /// most one outstanding. The reply is dropped (and the buffer with it) only if the
+    /// engine thread ends without answering.
+    pub fn submit(&self, op: BlockOp, buf: IoBuf<u8>, wake: &Arc<Notifier>) -> oneshot::Receiver<Reply> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { op, data, reply, wake: wake.clone() };
-        // A send fails only once the engine is gone; the dropped sender then reads as EIO.
-        let _ = self.tx.send(job);
+        let job = Job { op, buf, reply, wake: wake.clone() };
+        // A send fails only once the engine is gone: the buffer comes back with EIO.
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            let _ = job.reply.send(Reply { result: Err(-(nix::errno::Errno::EIO as i32)), buf: job.buf });
+        }
         rx
     }
 }
@@ -176,26 +187,29 @@ async fn serve(
 }
 
 async fn run(backend: Rc<VdiBackend>, job: Job) {
-    let done = match job.op {
+    let Job { op, mut buf, reply, wake } = job;
+    let done = match op {
         BlockOp::Read { offset, len } => {
-            let mut buf = vec![0u8; len as usize];
-            backend.read(offset, &mut buf).await.map(|()| buf)
+            // A read that succeeds writes every byte (never-written objects as zeros), so
+            // what the buffer held before never reaches the kernel.
+            let len = len as usize;
+            debug_assert!(len <= buf.len(), "a read of {len} bytes into a buffer of {}", buf.len());
+            backend.read(offset, &mut buf[..len]).await
         }
         BlockOp::Write { offset, len, fua } => {
-            debug_assert_eq!(job.data.len(), len as usize);
-            backend.write(offset, &job.data, fua).await.map(|()| Vec::new())
+            let len = len as usize;
+            debug_assert!(len <= buf.len(), "a write of {len} bytes from a buffer of {}", buf.len());
+            backend.write(offset, &buf[..len], fua).await
         }
-        BlockOp::Flush => backend.flush().await.map(|()| Vec::new()),
-        BlockOp::Discard { offset, len } => backend.write_zeroes(offset, len, true, false).await.map(|()| Vec::new()),
-        BlockOp::WriteZeroes { offset, len, may_unmap, fua } => {
-            backend.write_zeroes(offset, len, may_unmap, fua).await.map(|()| Vec::new())
-        }
+        BlockOp::Flush => backend.flush().await,
+        BlockOp::Discard { offset, len } => backend.write_zeroes(offset, len, true, false).await,
+        BlockOp::WriteZeroes { offset, len, may_unmap, fua } => backend.write_zeroes(offset, len, may_unmap, fua).await,
     };
-    let reply = done.map_err(|f: IoFailure| {
-        tracing::warn!("{:?} failed: {}", job.op, f.message);
+    let result = done.map_err(|f: IoFailure| {
+        tracing::warn!("{op:?} failed: {}", f.message);
         -(f.errno as i32)
     });
     // The queue may have stopped waiting (its thread is gone): nothing to do then.
-    let _ = job.reply.send(reply);
-    job.wake.notify();
+    let _ = reply.send(Reply { result, buf });
+    wake.notify();
 }

@@ -85,21 +85,20 @@ async fn io_task(
                 -errno
             }
             Ok(op) => {
-                let data = match op {
-                    request::BlockOp::Write { len, .. } => buf.as_slice()[..len as usize].to_vec(),
-                    _ => Vec::new(),
-                };
-                match engine.submit(op, data, wake).await {
-                    Ok(Ok(read)) => {
-                        if let request::BlockOp::Read { len, .. } = op {
-                            debug_assert_eq!(read.len(), len as usize);
-                            buf.as_mut_slice()[..read.len()].copy_from_slice(&read);
+                // The buffer goes to the engine and comes back with the reply.
+                match engine.submit(op, buf, wake).await {
+                    Ok(reply) => {
+                        buf = reply.buf;
+                        match reply.result {
+                            Ok(()) => op.success(),
+                            Err(errno) => errno,
                         }
-                        op.success()
                     }
-                    Ok(Err(errno)) => errno,
-                    // The reply was dropped: the engine is gone.
-                    Err(_) => -(Errno::EIO as i32),
+                    // The reply was dropped, and the buffer with it: the engine is gone.
+                    Err(_) => {
+                        buf = IoBuf::<u8>::new(max_io as usize);
+                        -(Errno::EIO as i32)
+                    }
                 }
             }
         };
