@@ -1,6 +1,6 @@
 use std::os::unix::fs::FileExt;
 
-use super::nowait::test_dirs::{disk_dir, drop_from_cache, memory_dir};
+use super::nowait::test_dirs::{disk_dir, drop_until_reads_wait, memory_dir};
 use super::*;
 use sheep_core::object::VdiId;
 
@@ -298,8 +298,8 @@ fn on_a_disk_try_read_answers_only_from_the_page_cache() {
     s.try_write(o, 4096, &data[..4096], 1).unwrap().unwrap();
     assert_eq!(s.try_read(o, 4096, 8192).unwrap().unwrap(), data, "cached: served at once");
 
-    drop_from_cache(&s.obj_path(o));
-    assert!(s.try_read(o, 4096, 8192).is_none(), "not cached: for the disk threads");
+    // Not cached: for the disk threads.
+    drop_until_reads_wait(&s.obj_path(o), || s.try_read(o, 4096, 8192).is_none());
     assert_eq!(s.read(o, 4096, 8192).unwrap(), data);
     assert_eq!(s.try_read(o, 4096, 8192).unwrap().unwrap(), data, "cached again by that read");
     // A file not open yet is opened by the disk threads, which also say it is missing.
