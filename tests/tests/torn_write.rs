@@ -111,7 +111,11 @@ fn a_write_cut_off_on_every_replica_reads_old_or_new_and_the_replicas_become_one
     let settled: usize = (1..=3)
         .filter(|n| std::fs::read_to_string(c.path(&format!("storaged{n}.log"))).unwrap().contains("settled object"))
         .count();
-    assert_eq!(settled, 1, "one node settles its copy, the others take it\n{}", c.logs());
+    // One node settles its own copy and the others take it; or, when every node plans
+    // while all copies still wait in `.stale/`, every one takes the same chosen copy and
+    // installs it settled at the same version (`recovery_plan`: live before stale, then the
+    // lowest address), and none settles in place. The checks above hold either way.
+    assert!(settled <= 1, "at most one node settles its copy in place, the others take one copy\n{}", c.logs());
     c.assert_check_clean();
     // And the VDI takes writes again (once the killed writer's lock went with its lease).
     wait_until(Duration::from_secs(30), "a write after the crash", || {
