@@ -41,6 +41,10 @@ pub struct AddArgs {
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
 
+    /// The daemon serves Prometheus metrics of the device's requests at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// How long to wait for the device to become live, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 90)]
     pub timeout: u64,
@@ -111,6 +115,9 @@ pub fn attach(groupd: &str, a: &AddArgs) -> Result<Device> {
     };
     let mut args = vec!["--groupd".to_string(), groupd.to_string()];
     args.extend(crate::keys::child_flags());
+    if let Some(addr) = a.metrics {
+        args.extend(["--metrics".into(), addr.to_string()]);
+    }
     args.push("ublk".into());
     match recover {
         Some(id) => args.extend(["--recover".into(), id.to_string(), "--vdi".into(), vdi.clone()]),

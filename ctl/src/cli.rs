@@ -388,9 +388,9 @@ pub struct UpArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
     pub dir: PathBuf,
 
-    /// groupd port of every node (storaged listens on PORT+1) [default: 7000]; on an
-    /// existing DIR, the port it was created with
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65534))]
+    /// groupd port of every node (storaged listens on PORT+1, their metrics on PORT+2 and
+    /// PORT+3) [default: 7000]; on an existing DIR, the port it was created with
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65532))]
     pub port_base: Option<u16>,
 
     /// Session lease of the groupd instances, in ms: how long a node or a VDI holder may go

@@ -35,6 +35,10 @@ pub struct NbdExportArgs {
     /// The PEM private key of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Serve Prometheus metrics of the export's requests at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `ublk-dev` binary next to this executable.
@@ -57,10 +61,11 @@ pub fn run(groupd: &str, a: &NbdExportArgs) -> Result<()> {
     sheep_core::object::validate_vdi_name(&a.name)?;
     let bin = server_binary()?;
     let mut cmd = std::process::Command::new(&bin);
-    cmd.arg("--groupd")
-        .arg(groupd)
-        .args(crate::keys::child_flags())
-        .arg("nbd")
+    cmd.arg("--groupd").arg(groupd).args(crate::keys::child_flags());
+    if let Some(addr) = a.metrics {
+        cmd.arg("--metrics").arg(addr.to_string());
+    }
+    cmd.arg("nbd")
         .arg("--vdi")
         .arg(&a.name)
         .arg("--listen")

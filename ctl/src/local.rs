@@ -52,6 +52,14 @@ impl Layout {
     pub fn storaged_addr(&self, n: u8) -> String {
         format!("127.0.0.{n}:{}", self.port_base + 1)
     }
+    /// Where node `n`'s groupd serves its Prometheus metrics.
+    pub fn groupd_metrics(&self, n: u8) -> String {
+        format!("127.0.0.{n}:{}", self.port_base + 2)
+    }
+    /// Where node `n`'s storaged serves its Prometheus metrics.
+    pub fn storaged_metrics(&self, n: u8) -> String {
+        format!("127.0.0.{n}:{}", self.port_base + 3)
+    }
     pub fn groupd_addrs(&self) -> Vec<String> {
         (1..=self.nodes).map(|n| self.groupd_addr(n)).collect()
     }
@@ -136,7 +144,14 @@ impl Daemon {
         let n = self.node;
         match self.name {
             "groupd" => {
-                let mut a = vec!["--listen".into(), layout.groupd_addr(n), "--data".into(), data];
+                let mut a = vec![
+                    "--listen".into(),
+                    layout.groupd_addr(n),
+                    "--data".into(),
+                    data,
+                    "--metrics".into(),
+                    layout.groupd_metrics(n),
+                ];
                 if n > 1 {
                     a.extend(["--join".into(), layout.groupd_addr(1)]);
                 }
@@ -150,6 +165,8 @@ impl Daemon {
                 layout.storaged_addr(n),
                 "--data".into(),
                 data,
+                "--metrics".into(),
+                layout.storaged_metrics(n),
                 "--groupd".into(),
                 layout.groupd_addrs().join(","),
                 // One zone per node, so that a local cluster keeps its copies on distinct nodes.
@@ -406,6 +423,8 @@ impl UpSummary<'_> {
                 "formatted": formatted,
                 "groupd": layout.groupd_addrs(),
                 "storaged": layout.storaged_addrs(),
+                "groupd_metrics": (1..=layout.nodes).map(|n| layout.groupd_metrics(n)).collect::<Vec<_>>(),
+                "storaged_metrics": (1..=layout.nodes).map(|n| layout.storaged_metrics(n)).collect::<Vec<_>>(),
                 "started": started,
                 "already_running": already,
                 "sheep_groupd": export,
@@ -429,6 +448,11 @@ impl UpSummary<'_> {
         for n in 1..=layout.nodes {
             println!("  node {n}: groupd {}  storaged {}", layout.groupd_addr(n), layout.storaged_addr(n));
         }
+        println!(
+            "metrics (Prometheus): http://127.0.0.N:{}/metrics (groupd), http://127.0.0.N:{}/metrics (storaged)",
+            layout.port_base + 2,
+            layout.port_base + 3
+        );
         println!("logs and pid files: {}/node<N>/{{groupd,storaged}}.{{log,pid}}", dir.display());
         if let Some(d) = disk {
             println!("{}", d.describe());
@@ -683,16 +707,23 @@ mod tests {
     fn daemon_command_lines() {
         let l = Layout { nodes: 3, port_base: 7000, lease_ms: None };
         let dir = Path::new("/c");
-        assert_eq!(Daemon::new(dir, 1, "groupd").args(&l), ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd"]);
+        let first = ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd", "--metrics", "127.0.0.1:7002"];
+        assert_eq!(Daemon::new(dir, 1, "groupd").args(&l), first);
         assert_eq!(
             Daemon::new(dir, 2, "groupd").args(&l),
-            ["--listen", "127.0.0.2:7000", "--data", "/c/node2/groupd", "--join", "127.0.0.1:7000"]
+            [
+                "--listen",
+                "127.0.0.2:7000",
+                "--data",
+                "/c/node2/groupd",
+                "--metrics",
+                "127.0.0.2:7002",
+                "--join",
+                "127.0.0.1:7000"
+            ]
         );
         let slow = Layout { lease_ms: Some(15000), ..l };
-        assert_eq!(
-            Daemon::new(dir, 1, "groupd").args(&slow),
-            ["--listen", "127.0.0.1:7000", "--data", "/c/node1/groupd", "--lease-ms", "15000"]
-        );
+        assert_eq!(Daemon::new(dir, 1, "groupd").args(&slow), [&first[..], &["--lease-ms", "15000"]].concat());
         let s = Daemon::new(dir, 3, "storaged");
         assert_eq!(
             s.args(&l),
@@ -701,6 +732,8 @@ mod tests {
                 "127.0.0.3:7001",
                 "--data",
                 "/c/node3/storaged",
+                "--metrics",
+                "127.0.0.3:7003",
                 "--groupd",
                 "127.0.0.1:7000,127.0.0.2:7000,127.0.0.3:7000",
                 "--zone",

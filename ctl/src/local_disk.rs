@@ -76,6 +76,7 @@ pub async fn attach(dir: &Path, client: &GroupClient, groupd: &[String], size: u
                 recover: false,
                 log: Some(dir.join(format!("ublk-{DISK}.log"))),
                 timeout: 90,
+                metrics: None,
             };
             let d = attach::attach(&groupd_arg, &args)?;
             Ok(Attached::Ublk { vdi: d.vdi, size: d.size, device: d.device, pid: d.pid })

@@ -8,6 +8,7 @@ mod forward;
 mod leader;
 mod log_store;
 mod log_writer;
+mod metrics;
 mod network;
 mod node;
 mod propose;
@@ -18,6 +19,7 @@ mod types;
 
 use std::cell::RefCell;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -32,6 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::log_store::{LogFiles, LogStore};
+use crate::metrics::GroupMetrics;
 use crate::network::{Network, Peers};
 use crate::node::Node;
 use crate::state_machine::StateMachine;
@@ -91,6 +94,10 @@ struct Cli {
     /// behind a snapshot is purged (a member too far behind gets the snapshot instead).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     snapshot_every: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 enum Stop {
@@ -171,6 +178,16 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
         // Its peers see its raft connections come from the address they know it by.
         sheep_rpc::transport::set_source_ip(local_addr.ip());
     }
+    // Bound before Raft starts, so that a bad address fails the start before anything else.
+    let group_metrics = match cli.metrics {
+        Some(at) => {
+            let mut registry = sheep_metrics::daemon_registry("groupd");
+            let gauges = GroupMetrics::register(&mut registry);
+            sheep_metrics::serve(at, registry)?;
+            Some(gauges)
+        }
+        None => None,
+    };
 
     let files =
         LogFiles::open(&cli.data).with_context(|| format!("cannot open the raft log in {}", cli.data.display()))?;
@@ -199,6 +216,9 @@ async fn serve(cli: Cli, raft_id: u64) -> anyhow::Result<()> {
         promote_now: Notify::new(),
         membership_changes: tokio::sync::Mutex::new(()),
     });
+    if let Some(gauges) = group_metrics {
+        tokio::task::spawn_local(metrics::follow(gauges, raft.clone(), sm.clone()));
+    }
     tokio::task::spawn_local(server::serve(listener, node.clone()));
     tracing::info!(%addr, raft_id, data = %cli.data.display(), "groupd listening");
 

@@ -9,6 +9,7 @@ mod disk_health;
 mod disk_watch;
 mod fence;
 mod membership;
+mod metrics;
 mod node;
 mod objects;
 mod ops;
@@ -33,6 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::membership::Outcome;
+use crate::metrics::StoreMetrics;
 use crate::node::Node;
 use crate::objects::ObjectStore;
 use crate::store_dir::StoreDir;
@@ -79,6 +81,10 @@ struct Args {
     /// own limits it bounds the node's memory: see the README's "Memory"
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(4..=4096))]
     inflight_mib: u64,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given)
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// `--version`; a build with failpoints says so (the tests that inject faults check it).
@@ -159,6 +165,11 @@ fn run(args: Args) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // Counted from the start; served only if asked for (else the registry goes).
+        let (metrics, registry) = StoreMetrics::new();
+        if let Some(addr) = args.metrics {
+            sheep_metrics::serve(addr, registry)?;
+        }
         let config = store.claim(&id)?;
         let epochs = match store.load_epochs() {
             Ok(log) => Some(log),
@@ -176,7 +187,7 @@ fn run(args: Args) -> Result<()> {
             info!("{quarantined} object(s) from before this start wait in .stale for recovery");
         }
         let info = NodeInfo { id: id.clone(), addr: id.clone(), zone: args.zone, weight: args.weight };
-        let node = Rc::new(Node::new(info, store, Arc::new(objects), config, epochs));
+        let node = Rc::new(Node::new(info, store, Arc::new(objects), config, epochs, metrics));
         info!(
             "storaged {id} serving, data dir {}, cluster {}",
             args.data.display(),
@@ -194,6 +205,8 @@ fn run(args: Args) -> Result<()> {
         node.set_group(client.clone());
         tokio::task::spawn_local(recovery::run(node.clone(), client.clone()));
         tokio::task::spawn_local(disk_watch::probe(node.clone()));
+        let refreshed = node.clone();
+        tokio::task::spawn_local(async move { refreshed.metrics.refresh(&refreshed.objects, &refreshed.disk).await });
         let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
         let join_for = Duration::from_secs(args.join_timeout);
@@ -245,6 +258,13 @@ mod tests {
         let a = parse(&["--listen", "127.0.0.1:7001", "--data", "/tmp/x", "--groupd", "127.0.0.1:7000"]).unwrap();
         assert_eq!(a.listen.to_string(), "127.0.0.1:7001");
         assert_eq!((a.zone, a.weight, a.join_timeout), (0, 1, 60));
+        assert_eq!(a.metrics, None, "no metrics endpoint unless asked for");
+        let a =
+            parse(&["--listen", "127.0.0.1:7001", "--data", "/x", "--groupd", "a:1", "--metrics", "127.0.0.1:9101"])
+                .unwrap();
+        assert_eq!(a.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+        let e = parse(&["--listen", "127.0.0.1:7001", "--data", "/x", "--groupd", "a:1", "--metrics", "nowhere"]);
+        assert!(one_line(&e.unwrap_err().to_string()).contains("--metrics"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::disk_health::DiskHealth;
 use crate::fence::{Fenced, Fences};
+use crate::metrics::StoreMetrics;
 use crate::objects::ObjectStore;
 use crate::recovery_progress::Progress;
 use crate::store_dir::{StoreConfig, StoreDir};
@@ -40,6 +41,8 @@ pub struct Node {
     pub pulls: RefCell<HashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether the disk failed (then every object request is refused).
     pub disk: DiskHealth,
+    /// What the node counts for Prometheus (served with `--metrics`).
+    pub metrics: StoreMetrics,
     /// The newest epoch every node of which recovered (groupd's `clean_epoch`): recovery
     /// looks for newer copies from there on.
     clean_epoch: std::cell::Cell<Epoch>,
@@ -111,10 +114,12 @@ impl Node {
         objects: Arc<ObjectStore>,
         config: StoreConfig,
         epochs: Option<EpochLog>,
+        metrics: StoreMetrics,
     ) -> Node {
         let state =
             State { config, epochs_unreadable: epochs.is_none(), epochs: epochs.unwrap_or_default(), session: 0 };
         let (epoch_tx, _) = watch::channel(state.epochs.current());
+        metrics.set_epoch(state.epochs.current());
         let (kick_tx, _) = watch::channel(0);
         Node {
             info,
@@ -126,6 +131,7 @@ impl Node {
             plans_tx: watch::channel(0).0,
             pulls: RefCell::default(),
             disk: DiskHealth::new(),
+            metrics,
             clean_epoch: std::cell::Cell::new(0),
             state: RefCell::new(state),
             epoch_tx,
@@ -206,6 +212,7 @@ impl Node {
     fn epoch_changed(&self) {
         let current = self.state.borrow().epochs.current();
         self.epoch_tx.send_if_modified(|e| std::mem::replace(e, current) != current);
+        self.metrics.set_epoch(current);
     }
 
     /// Recovery made a plan (see `Progress::planned`).
@@ -449,7 +456,7 @@ mod tests {
         let store = StoreDir::open(tmp.path()).unwrap();
         let cfg = store.claim("n1").unwrap();
         let objects = Arc::new(ObjectStore::open(tmp.path()).unwrap());
-        let node = Node::new(NodeInfo::default_for_test(), store, objects, cfg, None);
+        let node = Node::new(NodeInfo::default_for_test(), store, objects, cfg, None, StoreMetrics::new().0);
         std::fs::write(node.store.path().join("epoch/7"), "junk").unwrap();
         node.sync_epochs(&[rec(1, 1), rec(2, 2)]).unwrap();
         assert!(!node.record_epoch(&rec(4, 4)).unwrap());

@@ -114,6 +114,7 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
             let purge_for = p.purge_for;
             *p = Progress { epoch, purge_for, ..Progress::default() };
         }
+        node.metrics.recovery_changed(&p);
     }
     match client.vdi_list().await {
         Ok((vdis, deleted)) => node.set_vdis(&vdis, &deleted),
@@ -182,6 +183,7 @@ async fn pass(node: &Rc<Node>, client: &GroupClient) -> Pass {
         p.clean = clean;
         p.hidden_on = hidden.clone();
         p.planned = true;
+        node.metrics.recovery_changed(&p);
     }
     node.plan_made();
     if !todo.is_empty() {
@@ -341,6 +343,7 @@ async fn report(node: &Node, client: &GroupClient, epoch: Epoch) -> Pass {
             return Pass::Incomplete("the epoch changed".into());
         }
         p.complete = true;
+        node.metrics.recovery_changed(&p);
         p.purge_for == Some(epoch)
     };
     info!("recovery to epoch {epoch} complete ({} object(s) owned)", node.recovery.borrow().total);
@@ -539,6 +542,7 @@ async fn recover_one_here(node: &Node, epoch: Epoch, oid: ObjectId) -> Result<bo
         p.done += 1;
         // Every pending object is counted in `total` and leaves `pending` once.
         assert!(p.done <= p.total, "recovery progress {} of {}", p.done, p.total);
+        node.metrics.recovery_pulled(&p);
     }
     Ok(true)
 }

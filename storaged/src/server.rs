@@ -18,6 +18,7 @@ use tracing::debug;
 
 use sheep_client::rpc::{Admission, Admitted, ConnectionBounds, Reserved};
 
+use crate::metrics::Op;
 use crate::node::Node;
 use crate::ops::{self, bad_request};
 
@@ -135,14 +136,19 @@ impl storaged::Server for StoragedImpl {
         params: storaged::ReadParams,
         mut results: storaged::ReadResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let oid = read_oid(p.get_oid())?;
-        self.allow(oid, Access::Read)?;
-        let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
-        let _held = self.hold(0, len as usize).await;
-        let data = ops::read(&self.node, p.get_epoch(), oid, offset, len).await?;
-        results.get().set_data(&data);
-        Ok(())
+        self.node
+            .metrics
+            .count(Op::Read, async {
+                let p = params.get()?;
+                let oid = read_oid(p.get_oid())?;
+                self.allow(oid, Access::Read)?;
+                let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
+                let _held = self.hold(0, len as usize).await;
+                let data = ops::read(&self.node, p.get_epoch(), oid, offset, len).await?;
+                results.get().set_data(&data);
+                Ok(data.len() as u64)
+            })
+            .await
     }
 
     async fn write(
@@ -150,11 +156,18 @@ impl storaged::Server for StoragedImpl {
         params: storaged::WriteParams,
         _: storaged::WriteResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let oid = read_oid(p.get_oid())?;
-        self.allow(oid, Access::ReadWrite)?;
-        let _held = self.hold(p.get_data()?.len(), 0).await;
-        ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), p.get_data()?, p.get_fua(), p.get_fence())
+        self.node
+            .metrics
+            .count(Op::Write, async {
+                let p = params.get()?;
+                let oid = read_oid(p.get_oid())?;
+                self.allow(oid, Access::ReadWrite)?;
+                let data = p.get_data()?;
+                let _held = self.hold(data.len(), 0).await;
+                ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), data, p.get_fua(), p.get_fence())
+                    .await?;
+                Ok(data.len() as u64)
+            })
             .await
     }
 
@@ -163,12 +176,18 @@ impl storaged::Server for StoragedImpl {
         params: storaged::ZeroParams,
         _: storaged::ZeroResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let oid = read_oid(p.get_oid())?;
-        self.allow(oid, Access::ReadWrite)?;
-        let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
-        let _held = self.hold(0, 0).await;
-        ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await
+        self.node
+            .metrics
+            .count(Op::Zero, async {
+                let p = params.get()?;
+                let oid = read_oid(p.get_oid())?;
+                self.allow(oid, Access::ReadWrite)?;
+                let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
+                let _held = self.hold(0, 0).await;
+                ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await?;
+                Ok(0)
+            })
+            .await
     }
 
     async fn create_and_write(
@@ -176,38 +195,46 @@ impl storaged::Server for StoragedImpl {
         params: storaged::CreateAndWriteParams,
         _: storaged::CreateAndWriteResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let oid = read_oid(p.get_oid())?;
-        let base = match p.get_base_oid() {
-            0 => None,
-            raw => Some(read_oid(raw)?),
-        };
-        if base == Some(oid) {
-            return Err(bad_request(format!("object {oid} cannot be its own base")));
-        }
-        self.allow(oid, Access::ReadWrite)?;
-        if let Some(base) = base {
-            // The node copies the base itself: the client must be allowed to read it.
-            self.allow(base, Access::Read)?;
-        }
-        // A base is copied whole into memory first.
-        let base_bytes = if base.is_some() { p.get_object_size() as usize } else { 0 };
-        let _held = self.hold(p.get_data()?.len() + base_bytes, 0).await;
-        let data = p.get_data()?.to_vec();
-        let offset = u64::from(p.get_offset());
-        let fence = p.get_fence();
-        ops::create_and_write(
-            &self.node,
-            p.get_epoch(),
-            oid,
-            p.get_object_size(),
-            base,
-            offset,
-            data,
-            p.get_fua(),
-            fence,
-        )
-        .await
+        self.node
+            .metrics
+            .count(Op::CreateAndWrite, async {
+                let p = params.get()?;
+                let oid = read_oid(p.get_oid())?;
+                let base = match p.get_base_oid() {
+                    0 => None,
+                    raw => Some(read_oid(raw)?),
+                };
+                if base == Some(oid) {
+                    return Err(bad_request(format!("object {oid} cannot be its own base")));
+                }
+                self.allow(oid, Access::ReadWrite)?;
+                if let Some(base) = base {
+                    // The node copies the base itself: the client must be allowed to read it.
+                    self.allow(base, Access::Read)?;
+                }
+                // A base is copied whole into memory first.
+                let base_bytes = if base.is_some() { p.get_object_size() as usize } else { 0 };
+                let _held = self.hold(p.get_data()?.len() + base_bytes, 0).await;
+                let data = p.get_data()?.to_vec();
+                // The client's bytes only: a base copied under them is not the request's payload.
+                let written = data.len() as u64;
+                let offset = u64::from(p.get_offset());
+                let fence = p.get_fence();
+                ops::create_and_write(
+                    &self.node,
+                    p.get_epoch(),
+                    oid,
+                    p.get_object_size(),
+                    base,
+                    offset,
+                    data,
+                    p.get_fua(),
+                    fence,
+                )
+                .await?;
+                Ok(written)
+            })
+            .await
     }
 
     async fn remove(
@@ -215,10 +242,16 @@ impl storaged::Server for StoragedImpl {
         params: storaged::RemoveParams,
         _: storaged::RemoveResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let oid = read_oid(p.get_oid())?;
-        self.allow(oid, Access::ReadWrite)?;
-        ops::remove(&self.node, p.get_epoch(), oid).await
+        self.node
+            .metrics
+            .count(Op::Remove, async {
+                let p = params.get()?;
+                let oid = read_oid(p.get_oid())?;
+                self.allow(oid, Access::ReadWrite)?;
+                ops::remove(&self.node, p.get_epoch(), oid).await?;
+                Ok(0)
+            })
+            .await
     }
 
     async fn list(
@@ -226,10 +259,16 @@ impl storaged::Server for StoragedImpl {
         params: storaged::ListParams,
         mut results: storaged::ListResults,
     ) -> Result<(), capnp::Error> {
-        self.privileged("listing every object of a node")?;
-        let _held = self.hold(0, 0).await;
-        let listing = ops::list(&self.node, params.get()?.get_epoch()).await?;
-        wire::write_listing(results.get(), &listing)
+        self.node
+            .metrics
+            .count(Op::List, async {
+                self.privileged("listing every object of a node")?;
+                let _held = self.hold(0, 0).await;
+                let listing = ops::list(&self.node, params.get()?.get_epoch()).await?;
+                wire::write_listing(results.get(), &listing)?;
+                Ok(0)
+            })
+            .await
     }
 
     async fn fetch(
@@ -237,14 +276,19 @@ impl storaged::Server for StoragedImpl {
         params: storaged::FetchParams,
         mut results: storaged::FetchResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let oid = read_oid(p.get_oid())?;
-        self.allow(oid, Access::Read)?;
-        // Counted at the usual object size (the object's own is known once it is read).
-        let _held = self.hold_for_a_node(0, 1 << sheep_core::inode::DEFAULT_OBJECT_SIZE_SHIFT).await;
-        let whole = ops::fetch(&self.node, p.get_epoch(), oid, !p.get_inspect()).await?;
-        wire::write_whole(results.get(), &whole);
-        Ok(())
+        self.node
+            .metrics
+            .count(Op::Fetch, async {
+                let p = params.get()?;
+                let oid = read_oid(p.get_oid())?;
+                self.allow(oid, Access::Read)?;
+                // Counted at the usual object size (the object's own is known once it is read).
+                let _held = self.hold_for_a_node(0, 1 << sheep_core::inode::DEFAULT_OBJECT_SIZE_SHIFT).await;
+                let whole = ops::fetch(&self.node, p.get_epoch(), oid, !p.get_inspect()).await?;
+                wire::write_whole(results.get(), &whole);
+                Ok(whole.data.len() as u64)
+            })
+            .await
     }
 
     async fn flush(
@@ -252,7 +296,13 @@ impl storaged::Server for StoragedImpl {
         params: storaged::FlushParams,
         _: storaged::FlushResults,
     ) -> Result<(), capnp::Error> {
-        ops::flush(&self.node, params.get()?.get_epoch()).await
+        self.node
+            .metrics
+            .count(Op::Flush, async {
+                ops::flush(&self.node, params.get()?.get_epoch()).await?;
+                Ok(0)
+            })
+            .await
     }
 
     async fn stat(
@@ -260,9 +310,14 @@ impl storaged::Server for StoragedImpl {
         _: storaged::StatParams,
         mut results: storaged::StatResults,
     ) -> Result<(), capnp::Error> {
-        let st = ops::stat(&self.node).await?;
-        wire::write_stat(results.get().init_stat(), &st);
-        Ok(())
+        self.node
+            .metrics
+            .count(Op::Stat, async {
+                let st = ops::stat(&self.node).await?;
+                wire::write_stat(results.get().init_stat(), &st);
+                Ok(0)
+            })
+            .await
     }
 
     async fn recovery(

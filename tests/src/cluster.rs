@@ -23,8 +23,12 @@ pub struct Cluster {
     pub groupd_extra: Vec<String>,
     pub groupds: Vec<Daemon>,
     pub groupd_addrs: Vec<String>,
+    /// Where each groupd serves its metrics (`--metrics`), in the order of `groupds`.
+    pub groupd_metrics: Vec<String>,
     pub storageds: Vec<Daemon>,
     pub storaged_addrs: Vec<String>,
+    /// Where each storaged serves its metrics, in the order of `storageds`.
+    pub storaged_metrics: Vec<String>,
 }
 
 /// A failing test keeps its cluster's directory (every daemon's log is there) and says where.
@@ -49,8 +53,10 @@ impl Cluster {
             groupd_extra: Vec::new(),
             groupds: Vec::new(),
             groupd_addrs: Vec::new(),
+            groupd_metrics: Vec::new(),
             storageds: Vec::new(),
             storaged_addrs: Vec::new(),
+            storaged_metrics: Vec::new(),
         }
     }
 
@@ -90,10 +96,12 @@ impl Cluster {
     /// Starts groupd number `len + 1`; all but the first join the first one.
     pub fn add_groupd(&mut self) -> usize {
         let n = self.groupds.len() + 1;
-        let addr = self.net.free_addr(n);
+        let (addr, metrics) = self.net.free_addr_pair(n);
         let mut args = vec![
             "--listen".to_string(),
             addr.clone(),
+            "--metrics".into(),
+            metrics.clone(),
             "--data".into(),
             self.path(&format!("groupd{n}")).display().to_string(),
             "--lease-ms".into(),
@@ -107,6 +115,7 @@ impl Cluster {
         let log = self.path(&format!("groupd{n}.log"));
         self.groupds.push(Daemon::start("groupd", args, log));
         self.groupd_addrs.push(addr);
+        self.groupd_metrics.push(metrics);
         n - 1
     }
 
@@ -128,10 +137,12 @@ impl Cluster {
     /// [`Cluster::add_storaged`] with `FAILPOINTS` from its first start.
     pub fn add_storaged_failing(&mut self, failpoints: Option<&str>) -> usize {
         let n = self.storageds.len() + 1;
-        let addr = self.net.free_addr(100 + n);
+        let (addr, metrics) = self.net.free_addr_pair(100 + n);
         let args = vec![
             "--listen".to_string(),
             addr.clone(),
+            "--metrics".into(),
+            metrics.clone(),
             "--data".into(),
             self.path(&format!("storaged{n}")).display().to_string(),
             "--groupd".into(),
@@ -142,6 +153,7 @@ impl Cluster {
         let log = self.path(&format!("storaged{n}.log"));
         self.storageds.push(Daemon::start_failing("storaged", args, log, failpoints.map(String::from)));
         self.storaged_addrs.push(addr);
+        self.storaged_metrics.push(metrics);
         n - 1
     }
 

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod daemon;
 pub mod groupd_api;
+pub mod http;
 pub mod keys;
 pub mod nbd;
 pub mod nbd_client;

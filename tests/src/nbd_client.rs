@@ -9,6 +9,7 @@ pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
 pub const FLAG_FUA: u16 = 1;
 
 const REQUEST_MAGIC: u32 = 0x2560_9513;
@@ -149,6 +150,13 @@ impl NbdClient {
     pub fn flush(&mut self) -> Result<(), NbdError> {
         self.handle += 1;
         request(&mut self.s, CMD_FLUSH, 0, self.handle, 0, 0)?;
+        self.reply(self.handle, &mut [])
+    }
+
+    /// `NBD_CMD_TRIM`: the range is no longer needed.
+    pub fn trim(&mut self, offset: u64, len: u32) -> Result<(), NbdError> {
+        self.handle += 1;
+        request(&mut self.s, CMD_TRIM, 0, self.handle, offset, len)?;
         self.reply(self.handle, &mut [])
     }
 

@@ -33,6 +33,17 @@ impl Loopback {
     }
 }
 
+impl Loopback {
+    /// Two distinct free ports on address `n` (a daemon's service and its metrics): both
+    /// are held until both are picked, so they cannot be the same.
+    pub fn free_addr_pair(&self, n: usize) -> (String, String) {
+        let ip = self.ip(n);
+        let bind = || TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+        let (a, b) = (bind(), bind());
+        (a.local_addr().expect("local_addr").to_string(), b.local_addr().expect("local_addr").to_string())
+    }
+}
+
 impl Default for Loopback {
     fn default() -> Self {
         Loopback::new()

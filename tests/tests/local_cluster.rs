@@ -6,9 +6,10 @@ use std::process::{Command, Output};
 
 use sheep_core::group::{ClusterInfo, ClusterStatus, MemberRole};
 use sheep_tests::bin;
+use sheep_tests::http::scrape;
 
-/// A port P with P and P+1 free on 127.0.0.1..=3.
-fn free_port_pair() -> u16 {
+/// A port P with P..=P+3 free on 127.0.0.1..3: groupd, storaged and their metrics.
+fn free_ports() -> u16 {
     for _ in 0..50 {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         let p = probe.local_addr().unwrap().port();
@@ -16,13 +17,13 @@ fn free_port_pair() -> u16 {
         if p > 65000 {
             continue;
         }
-        let all_free = (1..=3)
-            .all(|n| [p, p + 1].iter().all(|port| TcpListener::bind((format!("127.0.0.{n}").as_str(), *port)).is_ok()));
+        let all_free =
+            (1..=3).all(|n| (p..=p + 3).all(|port| TcpListener::bind((format!("127.0.0.{n}").as_str(), port)).is_ok()));
         if all_free {
             return p;
         }
     }
-    panic!("no free port pair found");
+    panic!("no four free ports in a row found");
 }
 
 fn ctl(args: &[&str]) -> Output {
@@ -70,7 +71,8 @@ fn up_starts_and_formats_down_stops_up_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let d = dir.to_str().unwrap();
-    let port = free_port_pair().to_string();
+    let base = free_ports();
+    let port = base.to_string();
     let _down = Down(&dir);
 
     let out = ok(ctl(&["up", "--dir", d, "--nodes", "3", "--port-base", &port]));
@@ -92,6 +94,14 @@ fn up_starts_and_formats_down_stops_up_resumes() {
     let started = pids(&dir);
     assert_eq!(started.len(), 6);
     assert!(started.iter().all(|p| alive(*p)));
+    // Every daemon serves its metrics where `up` says.
+    assert!(out.contains(&format!("http://127.0.0.N:{}/metrics (groupd)", base + 2)), "{out}");
+    for n in 1..=3 {
+        let groupd_metrics = scrape(&format!("127.0.0.{n}:{}", base + 2));
+        assert!(groupd_metrics.contains("sheep_build_info{daemon=\"groupd\""), "{groupd_metrics}");
+        let storaged_metrics = scrape(&format!("127.0.0.{n}:{}", base + 3));
+        assert!(storaged_metrics.contains("sheep_build_info{daemon=\"storaged\""), "{storaged_metrics}");
+    }
 
     // disk0 is created and attached: a ublk device where the kernel has ublk_drv, else an NBD
     // export that qemu-img reads.

@@ -129,6 +129,16 @@ gone() { for p in "$@"; do ! kill -0 "$p" 2>/dev/null || return 1; done; }
 wait_gone() { for _ in $(seq 1 600); do gone "$@" && return 0; sleep 0.1; done; return 1; }
 recovered() { [ "$(sheepctl --json node recovery 2>/dev/null | grep -c '"complete": true')" = 3 ]; }
 wait_recovered() { for _ in $(seq 1 600); do recovered && return 0; sleep 0.2; done; fail "recovery did not complete"; }
+# The value of one sample (a name with its labels, exactly as printed) of the /metrics at
+# $1 (ip:port), over bash's own /dev/tcp: the guest needs no HTTP client.
+metric() {
+    local sample
+    exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || fail "cannot reach the metrics at $1"
+    printf 'GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" >&3
+    sample="$(timeout 10 cat <&3 | tr -d '\r' | awk -v s="$2" '$1 == s { print $2 }')"
+    exec 3<&-
+    echo "${sample:-none}"
+}
 old="$(storaged_pids)"
 kill -9 $old
 wait_gone $old || fail "storaged did not exit after kill -9"
@@ -246,7 +256,7 @@ umount "$M"
 
 # fio randwrite + crc32c verify on a raw device, a storaged killed -9 in the middle.
 sheepctl vdi create raw 64M >/dev/null
-raw="$(sheepctl add raw --queues 2 --depth 64)"
+raw="$(sheepctl add raw --queues 2 --depth 64 --metrics 127.0.0.1:9187)"
 (sleep 4; sheepctl vdi snapshot raw --tag during-fio >"$W/fio-snap.txt" 2>&1; echo $? >"$W/fio-snap.rc") &
 snapper=$!
 (sleep 8; kill -9 "$(cat "$C/node3/storaged.pid")"; echo "ublk-vm: killed storaged of node 3 (${SECONDS}s)") &
@@ -264,6 +274,12 @@ fio --name=reverify --filename="$raw" --rw=randread --bs=4k --size=64M --direct=
     --ioengine=libaio --iodepth=16 --verify=crc32c --verify_only=1 --verify_fatal=1 \
     --eta=never --output="$W/fio2.txt" || { cat "$W/fio2.txt"; fail "fio verify_only after the storaged kill"; }
 step "fio randwrite 64M with crc32c verify passed across a snapshot and a storaged kill -9"
+# The device's daemon counted it: every byte fio wrote, reads of them, no error.
+written="$(metric 127.0.0.1:9187 'sheep_frontend_data_bytes_total{vdi="raw",op="write"}')"
+[ "$written" -ge $((64 << 20)) ] 2>/dev/null || fail "the ublk daemon's metrics count $written bytes written, not 64 MiB"
+read_ops="$(metric 127.0.0.1:9187 'sheep_frontend_ops_total{vdi="raw",op="read"}')"
+[ "$read_ops" -gt 0 ] 2>/dev/null || fail "the ublk daemon's metrics count $read_ops reads"
+step "the ublk daemon's /metrics: $written bytes written, $read_ops reads"
 
 sheepctl del "$raw"
 

@@ -12,6 +12,7 @@ use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
 
 use crate::attach_lock::{AttachError, AttachLock};
 use crate::backend::VdiBackend;
+use crate::metrics::FrontendMetrics;
 
 pub struct Attached {
     pub group: Rc<GroupClient>,
@@ -34,7 +35,13 @@ fn group_options() -> Options {
 /// Attaches the working VDI `vdi` for `holder` (the name others see when refused). While
 /// another session holds the lock, retries until `wait_for_lock` ends (a recovering daemon
 /// waits for its dead predecessor's session to expire).
-pub async fn attach(groupd: &[String], vdi: &str, holder: &str, wait_for_lock: Duration) -> Result<Attached> {
+pub async fn attach(
+    groupd: &[String],
+    vdi: &str,
+    holder: &str,
+    wait_for_lock: Duration,
+    metrics: FrontendMetrics,
+) -> Result<Attached> {
     let group = Rc::new(GroupClient::new(groupd.to_vec(), group_options())?);
     let (vdis, _) = group.vdi_list().await.context("cannot list the VDIs")?;
     let Some(entry) = vdis.into_iter().find(|v| v.name == vdi && !v.is_snapshot()) else {
@@ -49,7 +56,7 @@ pub async fn attach(groupd: &[String], vdi: &str, holder: &str, wait_for_lock: D
         // new holder's.
         let opts = VdiOptions { fence: lock.token(), ..VdiOptions::default() };
         let opened = Vdi::open_entry(cluster, entry, opts).await.with_context(|| format!("cannot open VDI {vdi:?}"))?;
-        Ok::<_, anyhow::Error>((follow_from, Rc::new(VdiBackend::new(Rc::new(opened)))))
+        Ok::<_, anyhow::Error>((follow_from, Rc::new(VdiBackend::new(Rc::new(opened), metrics))))
     }
     .await;
     match opened {

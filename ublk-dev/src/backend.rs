@@ -2,13 +2,16 @@
 //! engine's [`Vdi`] in the daemon, a memory disk in the unit tests.
 
 use std::future::Future;
+use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 
 use sheep_client::vdi::{NodeError, Vdi, VdiError};
 use sheep_client::ErrorCode;
 
-use crate::errno::{EINVAL, EIO, ENOSPC, EPERM};
+use crate::errno::{self, EINVAL, EIO, ENOSPC, EPERM};
+use crate::metrics::FrontendMetrics;
+use sheep_metrics::OpMetrics;
 
 /// A failed operation: the NBD error value, and the message for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,11 @@ pub trait Backend {
         may_unmap: bool,
         fua: bool,
     ) -> impl Future<Output = Result<(), IoFailure>>;
+    /// `len` bytes at `offset` are no longer needed: they read as zeros afterwards and need
+    /// not stay allocated (NBD's trim, ublk's discard).
+    fn discard(&self, offset: u64, len: u64, fua: bool) -> impl Future<Output = Result<(), IoFailure>> {
+        self.write_zeroes(offset, len, true, fua)
+    }
 }
 
 /// NO_HOLE on never-written objects: zeros are written in pieces of at most this much, to
@@ -73,11 +81,21 @@ pub struct VdiBackend {
     /// swapped (after a snapshot, a resize) between requests, never under one. Fair: a
     /// waiting switch holds back new requests.
     gate: tokio::sync::RwLock<()>,
+    metrics: FrontendMetrics,
+}
+
+/// Counts the outcome of one request of `bytes` payload, begun at `started`.
+fn count<T>(op: &OpMetrics, started: Instant, bytes: u64, r: Result<T, IoFailure>) -> Result<T, IoFailure> {
+    match &r {
+        Ok(_) => op.succeeded(started, bytes),
+        Err(f) => op.failed(started, errno::name(f.errno)),
+    }
+    r
 }
 
 impl VdiBackend {
-    pub fn new(vdi: std::rc::Rc<Vdi>) -> VdiBackend {
-        VdiBackend { vdi: std::cell::RefCell::new(vdi), gate: tokio::sync::RwLock::new(()) }
+    pub fn new(vdi: std::rc::Rc<Vdi>, metrics: FrontendMetrics) -> VdiBackend {
+        VdiBackend { vdi: std::cell::RefCell::new(vdi), gate: tokio::sync::RwLock::new(()), metrics }
     }
 
     /// The VDI requests go to now.
@@ -105,22 +123,44 @@ impl Backend for VdiBackend {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoFailure> {
+        let started = Instant::now();
         let _in = self.gate.read().await;
-        Ok(self.current().read(offset, buf).await?)
+        let r = self.current().read(offset, buf).await.map_err(IoFailure::from);
+        count(&self.metrics.read, started, buf.len() as u64, r)
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), IoFailure> {
+        let started = Instant::now();
         let _in = self.gate.read().await;
-        Ok(self.current().write(offset, data, fua).await?)
+        let r = self.current().write(offset, data, fua).await.map_err(IoFailure::from);
+        count(&self.metrics.write, started, data.len() as u64, r)
     }
 
     async fn flush(&self) -> Result<(), IoFailure> {
+        let started = Instant::now();
         let _in = self.gate.read().await;
-        Ok(self.current().flush().await?)
+        let r = self.current().flush().await.map_err(IoFailure::from);
+        count(&self.metrics.flush, started, 0, r)
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> Result<(), IoFailure> {
+        let started = Instant::now();
         let _in = self.gate.read().await;
+        let r = self.zero(offset, len, may_unmap, fua).await;
+        count(&self.metrics.write_zeroes, started, len, r)
+    }
+
+    async fn discard(&self, offset: u64, len: u64, fua: bool) -> Result<(), IoFailure> {
+        let started = Instant::now();
+        let _in = self.gate.read().await;
+        let r = self.zero(offset, len, true, fua).await;
+        count(&self.metrics.discard, started, len, r)
+    }
+}
+
+impl VdiBackend {
+    /// Write-zeroes and discard, with the gate held by the caller.
+    async fn zero(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> Result<(), IoFailure> {
         let vdi = self.current();
         vdi.write_zeroes(offset, len, fua).await?;
         if may_unmap {

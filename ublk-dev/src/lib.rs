@@ -11,6 +11,7 @@ pub mod attached;
 pub mod backend;
 pub mod errno;
 pub mod follow;
+pub mod metrics;
 pub mod nbd;
 pub mod ublk;
 

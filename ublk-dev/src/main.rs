@@ -21,6 +21,10 @@ struct Cli {
     #[command(flatten)]
     keys: sheep_rpc::keyfile::KeyArgs,
 
+    /// Serve Prometheus metrics of the VDI's requests at http://ADDR/metrics (off unless given)
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -100,14 +104,22 @@ fn run(cli: Cli) -> Result<()> {
     let identity = cli.keys.identity(false).map_err(anyhow::Error::msg)?;
     sheep_rpc::transport::set_identity(identity).map_err(anyhow::Error::msg)?;
     let groupd = group::parse_addrs(&cli.groupd);
+    let mut registry = sheep_metrics::daemon_registry(match cli.cmd {
+        Cmd::Ublk(_) => "ublk",
+        Cmd::Nbd(_) => "nbd",
+    });
+    let metrics = ublk_dev::metrics::register(&mut registry);
+    if let Some(addr) = cli.metrics {
+        sheep_metrics::serve(addr, registry)?;
+    }
     match cli.cmd {
-        Cmd::Ublk(a) => serve_ublk(a, groupd),
-        Cmd::Nbd(a) => serve_nbd(a, groupd),
+        Cmd::Ublk(a) => serve_ublk(a, groupd, metrics),
+        Cmd::Nbd(a) => serve_nbd(a, groupd, metrics),
     }
 }
 
 /// The ublk target runs its own threads (queues and engine), no runtime here.
-fn serve_ublk(a: UblkArgs, groupd: Vec<String>) -> Result<()> {
+fn serve_ublk(a: UblkArgs, groupd: Vec<String>, metrics: sheep_metrics::OpFamilies) -> Result<()> {
     if let Some(v) = &a.vdi {
         sheep_core::object::validate_vdi_name(v)?;
     }
@@ -118,10 +130,11 @@ fn serve_ublk(a: UblkArgs, groupd: Vec<String>) -> Result<()> {
         queues: a.queues.unwrap_or(cpus),
         depth: a.depth,
         recover: a.recover,
+        metrics,
     })
 }
 
-fn serve_nbd(a: NbdArgs, groupd: Vec<String>) -> Result<()> {
+fn serve_nbd(a: NbdArgs, groupd: Vec<String>, metrics: sheep_metrics::OpFamilies) -> Result<()> {
     if groupd.is_empty() {
         bail!("--groupd needs at least one address");
     }
@@ -134,7 +147,7 @@ fn serve_nbd(a: NbdArgs, groupd: Vec<String>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     let limits = Limits { queue_depth: usize::from(a.queue_depth), ..Limits::default() };
-    local.block_on(&rt, server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits, tls }))?;
+    local.block_on(&rt, server::run(ExportConfig { vdi: a.vdi, listen: a.listen, groupd, limits, tls, metrics }))?;
     // Tasks left on the runtime (the engine's watch) are not waited for.
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())

@@ -28,6 +28,8 @@ pub struct ExportConfig {
     pub limits: Limits,
     /// TLS required of every client (`--tls-cert`/`--tls-key`), or none.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Where the VDI's request metrics go.
+    pub metrics: sheep_metrics::OpFamilies,
 }
 
 /// Whether the export may listen on `addr`: NBD without TLS carries the VDI's data and takes
@@ -72,7 +74,14 @@ pub async fn run(cfg: ExportConfig) -> Result<()> {
     })?;
     let local = listener.local_addr().context("local address of the listener")?;
     let holder = format!("nbd-export {local} pid {} on {}", std::process::id(), crate::hostname());
-    let mut attached = crate::attached::attach(&cfg.groupd, &cfg.vdi, &holder, Duration::ZERO).await?;
+    let mut attached = crate::attached::attach(
+        &cfg.groupd,
+        &cfg.vdi,
+        &holder,
+        Duration::ZERO,
+        crate::metrics::FrontendMetrics::new(&cfg.metrics, &cfg.vdi),
+    )
+    .await?;
     let served = async {
         let backend = attached.backend.clone();
         // Snapshots asked of this export are taken between requests; a resize applies to

@@ -231,11 +231,15 @@ where
                     let _ = tx.send(reply(EINVAL, (slot, None)));
                     continue;
                 }
-                let may_unmap = req.kind == CMD_TRIM || req.flags & CMD_FLAG_NO_HOLE == 0;
+                let may_unmap = req.flags & CMD_FLAG_NO_HOLE == 0;
                 let fua = req.flags & CMD_FLAG_FUA != 0;
                 let (b, tx) = (backend.clone(), tx.clone());
                 tasks.spawn_local(async move {
-                    let r = b.write_zeroes(req.offset, u64::from(req.len), may_unmap, fua).await;
+                    let (offset, len) = (req.offset, u64::from(req.len));
+                    let r = match req.kind {
+                        CMD_TRIM => b.discard(offset, len, fua).await,
+                        _ => b.write_zeroes(offset, len, may_unmap, fua).await,
+                    };
                     let _ = tx.send(Reply {
                         handle: req.handle,
                         errno: outcome(&r, &req),

@@ -73,6 +73,7 @@ pub struct EngineConfig {
     /// Keep trying while another session holds the lock, this long (recovery: the dead
     /// daemon's session holds it until its lease runs out).
     pub wait_for_lock: Duration,
+    pub metrics: crate::metrics::FrontendMetrics,
 }
 
 /// The engine is serving.
@@ -131,7 +132,8 @@ async fn serve(
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-    let mut attached = crate::attached::attach(&cfg.groupd, &cfg.vdi, &cfg.holder, cfg.wait_for_lock).await?;
+    let mut attached =
+        crate::attached::attach(&cfg.groupd, &cfg.vdi, &cfg.holder, cfg.wait_for_lock, cfg.metrics.clone()).await?;
     let served = async {
         let backend = attached.backend.clone();
         let r = Ready { size: backend.size(), session: attached.lock.session(), token: attached.lock.token() };
@@ -202,7 +204,7 @@ async fn run(backend: Rc<VdiBackend>, job: Job) {
             backend.write(offset, &buf[..len], fua).await
         }
         BlockOp::Flush => backend.flush().await,
-        BlockOp::Discard { offset, len } => backend.write_zeroes(offset, len, true, false).await,
+        BlockOp::Discard { offset, len } => backend.discard(offset, len, false).await,
         BlockOp::WriteZeroes { offset, len, may_unmap, fua } => backend.write_zeroes(offset, len, may_unmap, fua).await,
     };
     let result = done.map_err(|f: IoFailure| {

@@ -36,6 +36,8 @@ pub struct UblkConfig {
     pub depth: u16,
     /// Re-attach this quiesced device (its daemon died) instead of creating one.
     pub recover: Option<u32>,
+    /// Where the VDI's request metrics go.
+    pub metrics: sheep_metrics::OpFamilies,
 }
 
 /// How long a recovering daemon waits for the dead daemon's session (and lock) to expire.
@@ -58,6 +60,7 @@ pub fn run(cfg: UblkConfig) -> Result<()> {
         groupd: groupd.clone(),
         holder: format!("ublk-dev pid {} on {}", std::process::id(), crate::hostname()),
         wait_for_lock: if cfg.recover.is_some() { RECOVER_LOCK_WAIT } else { Duration::ZERO },
+        metrics: crate::metrics::FrontendMetrics::new(&cfg.metrics, &vdi),
     };
     let (engine, ready, engine_thread) = engine::start(engine_cfg, Box::new(stop))?;
     dev_size.store(ready.size, Ordering::SeqCst);
