@@ -1,5 +1,8 @@
 //! What every binary of the project does the same way at start: logs to stderr, and clap's
-//! usage errors as one line on stderr with exit code 2.
+//! usage errors as one line on stderr with exit code 2; a daemon's settings from `--config FILE`
+//! (`config`).
+
+pub mod config;
 
 /// Logs (tracing) to stderr, filtered by `RUST_LOG` or else `default_filter`; colours only
 /// on a terminal.

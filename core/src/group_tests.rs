@@ -421,6 +421,8 @@ fn snapshots_respect_the_lock_and_deletions_say_what_may_be_removed() {
     assert!(matches!(log.apply(snap(other)), Err(GroupError::LockHeld { .. })), "only the writer snapshots");
     let Reply::Snapshot { snapshot, working } = log.apply(snap(holder)).unwrap() else { panic!("not a snapshot") };
     assert_eq!((snapshot.vid, working.parent), (a.vid, Some(a.vid)));
+    assert_eq!(snapshot.created_ms, log.index * 10, "a snapshot's time is its command's stamp");
+    assert_ne!(snapshot.created_ms, a.created_ms);
     let from = log.state.next_seq() - 1;
     let last = log.state.events_from(from, 10).unwrap();
     assert!(matches!(&last[0].kind, EventKind::VdiSnapshotted { snapshot: s, .. } if s.vid == a.vid));

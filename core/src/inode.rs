@@ -404,13 +404,21 @@ pub enum InodeError {
     BadName(#[from] NameError),
     #[error("a VDI must not be empty")]
     ZeroSize,
-    #[error("size {size} is larger than the maximum {max} for this object size (2^20 objects)")]
+    #[error(
+        "size {} is larger than the maximum {} for this object size (2^20 objects)",
+        crate::size::format_limit(*.size),
+        crate::size::format_limit(*.max)
+    )]
     TooLarge { size: u64, max: u64 },
     #[error("object size 2^{0} is out of range (2^{MIN_OBJECT_SIZE_SHIFT}..=2^{MAX_OBJECT_SIZE_SHIFT})")]
     BadObjectSizeShift(u8),
     #[error("copies must be 1..={MAX_COPIES}, not {0}")]
     BadCopies(u8),
-    #[error("a VDI cannot shrink (from {from} to {to} bytes)")]
+    #[error(
+        "a VDI cannot shrink (from {} to {})",
+        crate::size::format_limit(*.from),
+        crate::size::format_limit(*.to)
+    )]
     Shrink { from: u64, to: u64 },
     #[error("the VDI is a read-only snapshot")]
     ReadOnly,

@@ -63,7 +63,7 @@ fn new_refuses_bad_specs() {
     let tiny = InodeSpec { object_size_shift: 11, ..spec.clone() };
     assert_eq!(Inode::new(tiny), Err(InodeError::BadObjectSizeShift(11)));
     let bad_name = InodeSpec { name: "a/b", ..spec.clone() };
-    assert_eq!(Inode::new(bad_name), Err(InodeError::BadName(NameError::Slash)));
+    assert_eq!(Inode::new(bad_name), Err(InodeError::BadName(NameError::Slash { what: "a VDI name" })));
 }
 
 #[test]
@@ -252,5 +252,5 @@ fn inconsistent_content_with_a_valid_checksum_is_refused() {
     let name_at = 40 + 4;
     let mut bad_name = body.clone();
     bad_name[name_at] = b'/';
-    assert_eq!(Inode::decode(&seal(bad_name)), Err(InodeError::BadName(NameError::Slash)));
+    assert_eq!(Inode::decode(&seal(bad_name)), Err(InodeError::BadName(NameError::Slash { what: "a VDI name" })));
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod epoch;
 pub mod group;
 pub mod inode;
+pub mod iostat;
 pub mod lease;
 pub mod namespace;
 pub mod object;

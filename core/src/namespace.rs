@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::inode::{max_vdi_size, MAX_COPIES, MAX_OBJECT_SIZE_SHIFT};
-use crate::object::{probe, validate_vdi_name, vdi_id_for_name, VdiId};
+use crate::object::{probe, validate_tag, validate_vdi_name, vdi_id_for_name, VdiId};
+use crate::size::format_limit;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VdiEntry {
@@ -193,16 +194,18 @@ impl Namespace {
         Ok(entry)
     }
 
-    /// Freezes the working VDI `name` as snapshot `tag`; a new working VDI goes on from it.
-    /// Returns (the snapshot, the new working VDI).
+    /// Freezes the working VDI `name` as snapshot `tag` at time `t` (the command's stamp); a
+    /// new working VDI goes on from it. Returns (the snapshot, the new working VDI). The
+    /// snapshot's `created_ms` is `t`, when it was taken (the new working VDI's too), not when
+    /// the id it freezes began; snapshots taken by an older groupd keep that older time.
     pub fn take_snapshot(&mut self, name: &str, tag: &str, t: u64) -> Result<(VdiEntry, VdiEntry), NamespaceError> {
-        validate_vdi_name(tag).map_err(|e| NamespaceError::Invalid(format!("snapshot tag: {e}")))?;
+        validate_tag(tag).map_err(|e| NamespaceError::Invalid(e.to_string()))?;
         let old = self.working(name)?.clone();
         if self.snapshot(name, tag).is_some() {
             return Err(NamespaceError::SnapshotExists { name: name.into(), tag: tag.into() });
         }
         let vid = self.new_vid(name)?;
-        let snap = VdiEntry { snapshot: Some(tag.into()), ..old.clone() };
+        let snap = VdiEntry { snapshot: Some(tag.into()), created_ms: t, ..old.clone() };
         let working = VdiEntry { vid, parent: Some(old.vid), created_ms: t, ..old };
         self.snapshots.insert(snap.vid, snap.clone());
         self.vdis.insert(name.into(), working.clone());
@@ -249,8 +252,9 @@ impl Namespace {
         check_size(size, e.object_size_shift)?;
         if size < e.size {
             return Err(NamespaceError::Invalid(format!(
-                "VDI {name:?} is {} bytes: shrinking to {size} would lose data, only growing is allowed",
-                e.size
+                "VDI {name:?} is {}: shrinking to {} would lose data, only growing is allowed",
+                format_limit(e.size),
+                format_limit(size)
             )));
         }
         e.size = size;
@@ -345,7 +349,9 @@ impl Namespace {
             Some(v) => {
                 if v.len() > MAX_ATTR_VALUE {
                     return Err(NamespaceError::Invalid(format!(
-                        "an attribute value is at most {MAX_ATTR_VALUE} bytes"
+                        "an attribute value is at most {}, not {}",
+                        format_limit(MAX_ATTR_VALUE as u64),
+                        format_limit(v.len() as u64)
                     )));
                 }
                 if exclusive && attrs.contains_key(key) {
@@ -389,10 +395,18 @@ fn check_size(size: u64, object_size_shift: u8) -> Result<(), NamespaceError> {
     }
     let max = max_vdi_size(object_size_shift);
     if size == 0 || size > max {
-        return Err(NamespaceError::Invalid(format!("size must be from 1 byte to {max} bytes, not {size}")));
+        return Err(NamespaceError::Invalid(format!(
+            "size must be from 1 byte to {} with {} objects, not {}",
+            format_limit(max),
+            crate::size::format_size(1 << object_size_shift),
+            format_limit(size)
+        )));
     }
     if !size.is_multiple_of(512) {
-        return Err(NamespaceError::Invalid(format!("size must be a multiple of 512 bytes, not {size}")));
+        return Err(NamespaceError::Invalid(format!(
+            "size must be a multiple of 512 bytes, not {}",
+            format_limit(size)
+        )));
     }
     Ok(())
 }

@@ -32,6 +32,51 @@ fn a_snapshot_freezes_the_working_vdi_and_a_new_one_goes_on() {
 }
 
 #[test]
+fn a_snapshot_lists_the_time_it_was_taken() {
+    let (mut ns, first) = ns_with("v");
+    assert_eq!(first.created_ms, 1);
+    let (s1, w1) = ns.take_snapshot("v", "s1", 500).unwrap();
+    assert_eq!((s1.created_ms, w1.created_ms), (500, 500), "taken at 500, not when id {} began", first.vid);
+    let (s2, _) = ns.take_snapshot("v", "s2", 900).unwrap();
+    assert_eq!(s2.created_ms, 900, "not 500, when the id it froze began");
+    let times: Vec<(Option<&str>, u64)> = ns.list().map(|e| (e.snapshot.as_deref(), e.created_ms)).collect();
+    assert!(times.contains(&(Some("s1"), 500)) && times.contains(&(Some("s2"), 900)), "{times:?}");
+    // A clone of it and a rollback to it keep their own times; the snapshot keeps its own.
+    ns.clone_snapshot("v", "s1", "c", 1000).unwrap();
+    ns.rollback("v", "s1", 1100).unwrap();
+    assert_eq!(ns.snapshot("v", "s1").map(|e| e.created_ms), Some(500));
+    assert_eq!(ns.get("v").map(|e| e.created_ms), Some(1100));
+}
+
+#[test]
+fn snapshot_tags_are_named_as_tags_in_refusals() {
+    let (mut ns, _) = ns_with("v");
+    for (tag, want) in [
+        ("", "a snapshot tag must not be empty"),
+        ("a/b", "a snapshot tag must not contain '/'"),
+        ("..", "\"..\" is not allowed as a snapshot tag"),
+    ] {
+        let err = ns.take_snapshot("v", tag, 5).unwrap_err();
+        assert!(matches!(&err, NamespaceError::Invalid(m) if m == want), "{tag:?}: {err}");
+    }
+}
+
+#[test]
+fn size_limits_are_given_for_people() {
+    let (mut ns, _) = ns_with("v");
+    let err = ns.create("big", 5 << 40, 3, 22, 2).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "size must be from 1 byte to 4.0 TiB (4398046511104 bytes) with 4.0 MiB objects, not 5.0 TiB \
+         (5497558138880 bytes)"
+    );
+    let err = ns.resize("v", 512 << 20).unwrap_err().to_string();
+    assert!(err.contains("is 1.0 GiB (1073741824 bytes): shrinking to 512.0 MiB (536870912 bytes)"), "{err}");
+    let err = ns.set_attr("v", "k", Some(&vec![0; MAX_ATTR_VALUE + 1]), false).unwrap_err().to_string();
+    assert_eq!(err, "an attribute value is at most 64.0 KiB (65536 bytes), not 64.0 KiB (65537 bytes)");
+}
+
+#[test]
 fn clones_and_rollbacks_start_from_a_snapshot() {
     let (mut ns, first) = ns_with("v");
     let (snap, working) = ns.take_snapshot("v", "s1", 5).unwrap();

@@ -277,34 +277,44 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Why a VDI name or snapshot tag is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("a VDI name must not be empty")]
-    Empty,
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
     #[error("{what} is {len} bytes long; at most {MAX_NAME_LEN} are allowed")]
     TooLong { what: &'static str, len: usize },
-    #[error("a VDI name must not contain '/'")]
-    Slash,
+    #[error("{what} must not contain '/'")]
+    Slash { what: &'static str },
     #[error("{what} must not contain a NUL byte")]
     Nul { what: &'static str },
     #[error("{what} must not contain control characters (found U+{code:04X})")]
     ControlChar { what: &'static str, code: u32 },
-    #[error("{0:?} is not allowed as a VDI name")]
-    Dots(String),
+    #[error("{text:?} is not allowed as {what}")]
+    Dots { what: &'static str, text: String },
 }
 
 /// A VDI name: 1..=255 bytes, no '/', NUL or control character, not "." or "..". Names
 /// become parts of paths and log lines, so anything that could confuse those is refused.
 pub fn validate_vdi_name(name: &str) -> Result<(), NameError> {
-    const WHAT: &str = "a VDI name";
-    if name.is_empty() {
-        return Err(NameError::Empty);
+    check_label("a VDI name", name)
+}
+
+/// The tag of a new snapshot in the namespace: the rules of a VDI name (1..=255 bytes, no
+/// '/', NUL or control character, not "." or ".."), with errors that say "a snapshot tag".
+/// (An inode's own tag field is checked by [`validate_snapshot_tag`], which allows more.)
+pub fn validate_tag(tag: &str) -> Result<(), NameError> {
+    check_label("a snapshot tag", tag)
+}
+
+fn check_label(what: &'static str, text: &str) -> Result<(), NameError> {
+    if text.is_empty() {
+        return Err(NameError::Empty { what });
     }
-    if name == "." || name == ".." {
-        return Err(NameError::Dots(name.into()));
+    if text == "." || text == ".." {
+        return Err(NameError::Dots { what, text: text.into() });
     }
-    if name.contains('/') {
-        return Err(NameError::Slash);
+    if text.contains('/') {
+        return Err(NameError::Slash { what });
     }
-    check_text(WHAT, name)
+    check_text(what, text)
 }
 
 /// A snapshot tag: may be empty (no tag), otherwise like a name except that '/' is allowed.

@@ -136,10 +136,11 @@ fn vdi_names() {
     for good in ["a", "vm-disk.0", "data_01", "ünïcode", "with space", "...", &"x".repeat(255)] {
         assert_eq!(validate_vdi_name(good), Ok(()), "{good:?} should be accepted");
     }
-    assert_eq!(validate_vdi_name(""), Err(NameError::Empty));
-    assert_eq!(validate_vdi_name("."), Err(NameError::Dots(".".into())));
-    assert_eq!(validate_vdi_name(".."), Err(NameError::Dots("..".into())));
-    assert_eq!(validate_vdi_name("a/b"), Err(NameError::Slash));
+    const NAME: &str = "a VDI name";
+    assert_eq!(validate_vdi_name(""), Err(NameError::Empty { what: NAME }));
+    assert_eq!(validate_vdi_name("."), Err(NameError::Dots { what: NAME, text: ".".into() }));
+    assert_eq!(validate_vdi_name(".."), Err(NameError::Dots { what: NAME, text: "..".into() }));
+    assert_eq!(validate_vdi_name("a/b"), Err(NameError::Slash { what: NAME }));
     assert!(matches!(validate_vdi_name("a\0b"), Err(NameError::Nul { .. })));
     assert!(matches!(validate_vdi_name("a\nb"), Err(NameError::ControlChar { code: 0x0a, .. })));
     assert!(matches!(validate_vdi_name("a\u{7f}"), Err(NameError::ControlChar { .. })));
@@ -156,4 +157,17 @@ fn snapshot_tags() {
     assert_eq!(validate_snapshot_tag("before/upgrade"), Ok(()));
     assert!(validate_snapshot_tag("a\rb").is_err());
     assert!(validate_snapshot_tag(&"t".repeat(256)).is_err());
+}
+
+#[test]
+fn new_snapshot_tags_are_named_as_tags_in_errors() {
+    assert_eq!(validate_tag("before-upgrade"), Ok(()));
+    let msg = |t: &str| validate_tag(t).unwrap_err().to_string();
+    assert_eq!(msg(""), "a snapshot tag must not be empty");
+    assert_eq!(msg("a/b"), "a snapshot tag must not contain '/'");
+    assert_eq!(msg(".."), "\"..\" is not allowed as a snapshot tag");
+    assert_eq!(msg("a\0b"), "a snapshot tag must not contain a NUL byte");
+    assert_eq!(msg(&"t".repeat(256)), "a snapshot tag is 256 bytes long; at most 255 are allowed");
+    assert!(msg("a\nb").starts_with("a snapshot tag must not contain control characters"));
+    assert_eq!(validate_vdi_name("").unwrap_err().to_string(), "a VDI name must not be empty");
 }

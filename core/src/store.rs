@@ -32,6 +32,9 @@ pub struct StoreStat {
     pub free: u64,
     /// Objects held, not counting stale ones.
     pub objects: u64,
+    /// Which file system holds the store: equal for nodes that share one (so their capacity
+    /// and free space are counted once), 0 when the node could not tell.
+    pub filesystem: u64,
 }
 
 /// The version of an object copy: the epoch of the last write to it (high 32 bits) and a

@@ -1,6 +1,8 @@
 //! `sheepctl add | del | list`: the ublk devices of this host. `add` starts one `ublk-dev
 //! ublk` daemon per VDI, detached, and waits until its device is live; `del` stops it;
-//! `list` reads the kernel's devices (see `ublk_dev::ublk::devices`).
+//! `list` reads the kernel's devices (see `ublk_dev::ublk::devices`). `add --from FILE` and
+//! `del --from FILE` do the same for every VDI of a list (`/etc/sheep/devices`, what
+//! `deploy/systemd/sheep-devices.service` attaches at boot and detaches at shutdown).
 
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
@@ -21,8 +23,14 @@ use crate::procs;
 #[derive(Args, Debug)]
 pub struct AddArgs {
     /// The VDI to attach; with --recover, the device (/dev/ublkbN) or the VDI it serves
-    #[arg(value_name = "NAME|DEV")]
-    pub target: String,
+    #[arg(value_name = "NAME|DEV", required_unless_present = "from")]
+    pub target: Option<String>,
+
+    /// Attach every VDI listed in FILE (one name a line; `#` starts a comment at the start of
+    /// a line or after a blank) that is not attached here yet, each reported on its own line;
+    /// one that fails is tried again every 5 s until --timeout, and makes the exit status 1
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "recover", "log", "metrics"])]
+    pub from: Option<PathBuf>,
 
     /// Hardware queues, each served by its own thread [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -53,8 +61,13 @@ pub struct AddArgs {
 #[derive(Args, Debug)]
 pub struct DelArgs {
     /// The device (/dev/ublkbN, ublkbN or N) or the VDI it serves
-    #[arg(value_name = "DEV|NAME")]
-    pub target: String,
+    #[arg(value_name = "DEV|NAME", required_unless_present = "from")]
+    pub target: Option<String>,
+
+    /// Detach every VDI listed in FILE (as `add --from`) that is attached here, each
+    /// reported on its own line; one that cannot be detached makes the exit status 1
+    #[arg(long, value_name = "FILE", conflicts_with = "target")]
+    pub from: Option<PathBuf>,
 
     /// Delete it even while it is mounted or held open (its users get I/O errors)
     #[arg(long)]
@@ -72,6 +85,9 @@ fn run_dir() -> PathBuf {
 
 /// `sheepctl add`: prints the device once it is live.
 pub fn add(groupd: &str, a: &AddArgs, json: bool) -> Result<()> {
+    if let Some(file) = &a.from {
+        return add_from(groupd, a, file, json);
+    }
     let dev = attach(groupd, a)?;
     if json {
         output::print_json(&dev)?;
@@ -84,7 +100,8 @@ pub fn add(groupd: &str, a: &AddArgs, json: bool) -> Result<()> {
 /// Starts (or recovers) the daemon of a VDI and waits for its device. Used by `add` and `up`.
 pub fn attach(groupd: &str, a: &AddArgs) -> Result<Device> {
     devices::check_driver()?;
-    let existing = devices::find(&a.target).ok();
+    let target = a.target.as_deref().context("no VDI named")?;
+    let existing = devices::find(target).ok();
     let (vdi, recover) = match (&existing, a.recover) {
         (Some(d), _) if d.state == DeviceState::Quiesced => (d.vdi.clone(), Some(d.id)),
         (Some(d), true) => bail!(
@@ -93,13 +110,13 @@ pub fn attach(groupd: &str, a: &AddArgs) -> Result<Device> {
             d.state.as_str(),
             d.pid
         ),
-        (Some(d), false) if d.vdi == a.target => {
+        (Some(d), false) if d.vdi == target => {
             bail!("VDI {} is already attached here as {} (daemon pid {})", d.vdi, d.device, d.pid)
         }
-        (None, true) => bail!("no Sheepdog ublk device matches {:?} (see `sheepctl list`)", a.target),
+        (None, true) => bail!("no Sheepdog ublk device matches {target:?} (see `sheepctl list`)"),
         _ => {
-            sheep_core::object::validate_vdi_name(&a.target)?;
-            (a.target.clone(), None)
+            sheep_core::object::validate_vdi_name(target)?;
+            (target.to_string(), None)
         }
     };
     if let (Some(d), false) = (&existing, a.recover) {
@@ -221,6 +238,9 @@ fn daemon_failure(log: &Path, status: Option<std::process::ExitStatus>) -> Strin
 
 /// `sheepctl del`.
 pub fn del(a: &DelArgs, json: bool) -> Result<()> {
+    if let Some(file) = &a.from {
+        return del_from(a, file, json);
+    }
     let dev = del_quietly(a)?;
     if json {
         output::print_json(&Deleted { device: &dev.device, vdi: &dev.vdi })?;
@@ -232,7 +252,7 @@ pub fn del(a: &DelArgs, json: bool) -> Result<()> {
 
 /// Stops a device's daemon (or deletes the device of a dead one) and waits until it is gone.
 pub fn del_quietly(a: &DelArgs) -> Result<Device> {
-    let dev = devices::find(&a.target)?;
+    let dev = devices::find(a.target.as_deref().context("no device named")?)?;
     if !a.force && devices::in_use(&dev.device) {
         bail!(
             "{} (VDI {}) is in use: mounted or held open; unmount it first, or use --force (its users then get I/O \
@@ -305,4 +325,196 @@ pub fn list(json: bool) -> Result<()> {
         .collect();
     print!("{}", output::table("", &["DEVICE", "VDI", "PID", "QUEUES", "DEPTH", "SIZE", "STATE"], &rows));
     Ok(())
+}
+
+/// How often `add --from` tries again a VDI that failed: at boot the cluster's daemons, on
+/// other hosts, may not answer yet.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// What `add --from` and `del --from` did with one VDI of the list.
+#[derive(Serialize)]
+struct Outcome {
+    vdi: String,
+    /// `attached`, `already attached`, `detached`, `not attached` or `failed`.
+    outcome: &'static str,
+    device: Option<String>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    /// Prints it on its own line at once (stdout, a failure on stderr) unless the answer is
+    /// JSON, all of them at the end.
+    fn report(self, json: bool, all: &mut Vec<Outcome>) {
+        if !json {
+            match (&self.device, &self.error) {
+                (_, Some(e)) => eprintln!("{}: {}: {e}", self.vdi, self.outcome),
+                (Some(d), None) if self.outcome == "already attached" => {
+                    println!("{}: {} as {d}", self.vdi, self.outcome)
+                }
+                (Some(d), None) => println!("{}: {} {d}", self.vdi, self.outcome),
+                (None, None) => println!("{}: {}", self.vdi, self.outcome),
+            }
+        }
+        all.push(self);
+    }
+}
+
+/// A VDI list (`/etc/sheep/devices`): one name a line, surrounding blanks trimmed; blank lines
+/// and comments skipped — a `#` at the start of a line or after a blank, to the line's end
+/// (so a name with " #" in it cannot be listed); a name listed again counts once. Returns the
+/// names in order and, for each line that holds no valid name, "line N: why".
+pub fn parse_list(text: &str) -> (Vec<String>, Vec<String>) {
+    let mut names: Vec<String> = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let name = strip_comment(line).trim();
+        if name.is_empty() {
+            continue;
+        }
+        match sheep_core::object::validate_vdi_name(name) {
+            Ok(()) if !names.iter().any(|n| n == name) => names.push(name.to_string()),
+            Ok(()) => {}
+            Err(e) => bad.push(format!("line {}: {e}", i + 1)),
+        }
+    }
+    (names, bad)
+}
+
+fn strip_comment(line: &str) -> &str {
+    let mut after_blank = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && after_blank {
+            return &line[..i];
+        }
+        after_blank = c.is_whitespace();
+    }
+    line
+}
+
+fn read_list(file: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(parse_list(&text))
+}
+
+/// `sheepctl add --from FILE`: attaches each listed VDI not attached here yet (a quiesced one
+/// is recovered), tries the failed ones again until `--timeout`, reports each.
+fn add_from(groupd: &str, a: &AddArgs, file: &Path, json: bool) -> Result<()> {
+    let (names, bad) = read_list(file)?;
+    devices::check_driver()?;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let mut all = Vec::new();
+    let attached = devices::list()?;
+    let mut pending = Vec::new();
+    for name in names {
+        match attached.iter().find(|d| d.vdi == name && d.state != DeviceState::Quiesced) {
+            Some(d) => Outcome { vdi: name, outcome: "already attached", device: Some(d.device.clone()), error: None }
+                .report(json, &mut all),
+            None => pending.push(name),
+        }
+    }
+    let mut failed = Vec::new();
+    loop {
+        for name in std::mem::take(&mut pending) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let one = AddArgs {
+                target: Some(name.clone()),
+                from: None,
+                queues: a.queues,
+                depth: a.depth,
+                recover: false,
+                log: None,
+                metrics: None,
+                timeout: left.as_secs().max(1),
+            };
+            match attach(groupd, &one) {
+                Ok(d) => Outcome { vdi: name, outcome: "attached", device: Some(d.device), error: None }
+                    .report(json, &mut all),
+                Err(e) => failed.push((name, format!("{e:#}"))),
+            }
+        }
+        if failed.is_empty() || Instant::now() + RETRY_EVERY >= deadline {
+            break;
+        }
+        for (name, e) in &failed {
+            eprintln!("{name}: not attached yet ({e}); trying again in {}s", RETRY_EVERY.as_secs());
+        }
+        std::thread::sleep(RETRY_EVERY);
+        pending = failed.drain(..).map(|(name, _)| name).collect();
+    }
+    let failures = failed.len() + bad.len();
+    for (name, e) in failed {
+        Outcome { vdi: name, outcome: "failed", device: None, error: Some(e) }.report(json, &mut all);
+    }
+    for why in &bad {
+        eprintln!("{}: {why}", file.display());
+    }
+    if json {
+        output::print_json(&all)?;
+    }
+    if failures > 0 {
+        bail!("{failures} of the entries of {} could not be attached", file.display());
+    }
+    Ok(())
+}
+
+/// `sheepctl del --from FILE`: detaches each listed VDI attached here, reports each.
+fn del_from(a: &DelArgs, file: &Path, json: bool) -> Result<()> {
+    let (names, bad) = read_list(file)?;
+    for why in &bad {
+        eprintln!("{}: {why} (skipped)", file.display());
+    }
+    let attached = match devices::list() {
+        Ok(all) => all,
+        // Without the driver nothing can be attached.
+        Err(_) if devices::check_driver().is_err() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for name in names {
+        let Some(d) = attached.iter().find(|d| d.vdi == name) else {
+            Outcome { vdi: name, outcome: "not attached", device: None, error: None }.report(json, &mut all);
+            continue;
+        };
+        let one = DelArgs { target: Some(d.device.clone()), from: None, force: a.force, timeout: a.timeout };
+        match del_quietly(&one) {
+            Ok(d) => {
+                Outcome { vdi: name, outcome: "detached", device: Some(d.device), error: None }.report(json, &mut all)
+            }
+            Err(e) => {
+                failures += 1;
+                let error = Some(format!("{e:#}"));
+                Outcome { vdi: name, outcome: "failed", device: Some(d.device.clone()), error }.report(json, &mut all)
+            }
+        }
+    }
+    if json {
+        output::print_json(&all)?;
+    }
+    if failures > 0 {
+        bail!("{failures} of the VDIs of {} could not be detached", file.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_file() {
+        let text = "# this host's disks\n\nvm-a\n  vm-b   # the database\nvm#3\nvm-a\n\tvm c \n#vm-d\n";
+        let (names, bad) = parse_list(text);
+        assert_eq!(names, ["vm-a", "vm-b", "vm#3", "vm c"]);
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_list_file_with_bad_lines() {
+        let (names, bad) = parse_list("vm-a\nvms/one\n..\nvm-b\n");
+        assert_eq!(names, ["vm-a", "vm-b"]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("line 2: ") && bad[1].starts_with("line 3: "), "{bad:?}");
+        assert_eq!(parse_list(""), (vec![], vec![]));
+    }
 }

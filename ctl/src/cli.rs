@@ -30,6 +30,9 @@ pub enum Cmd {
     /// Keys: make a cluster's keyring
     #[command(subcommand)]
     Auth(AuthCmd),
+    /// The cluster's health at a glance: healthy, degraded or halted, why, and how far
+    /// recovery is (like `ceph -s`)
+    Status,
     /// The cluster as a whole: format, info, shutdown, recover
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -95,20 +98,32 @@ pub enum NodeCmd {
     Info,
     /// Recovery progress of every storage node: its epoch, objects done of total
     Recovery,
+    /// Reads and writes per second, bytes per second and latency percentiles of every
+    /// storage node (asked of each storaged twice, an interval apart)
+    Stat(crate::io_stat::StatArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum VdiCmd {
+    /// Reads and writes per second, bytes per second and latency percentiles of each busy
+    /// VDI (or of NAME and its snapshots), from every storage node's counters, like `rbd
+    /// perf image iostat`
+    Stat {
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        #[command(flatten)]
+        args: crate::io_stat::StatArgs,
+    },
     /// Create a VDI (its space is allocated as it is written)
     Create {
         /// The VDI's name: 1..=255 bytes, no '/', no control characters
         #[arg(value_name = "NAME")]
         name: String,
-        /// Its size in bytes, with an optional K/M/G/T suffix (powers of 1024); a multiple of 512
+        /// Its size in bytes, with an optional K/M/G/T/P/E suffix (powers of 1024); a multiple of 512
         #[arg(value_name = "SIZE", value_parser = parse_size)]
         size: u64,
-        /// Copies of each object (1..=31) [default: the cluster's]
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]
+        /// Full copies of each object (1..=31; erasure coding, D:P, is not supported) [default: the cluster's]
+        #[arg(long, value_name = "N", value_parser = parse_copies)]
         copies: Option<u8>,
         /// Accept more copies than the storage nodes span zones (under-replicated)
         #[arg(long)]
@@ -176,12 +191,15 @@ pub enum VdiCmd {
         #[arg(long, conflicts_with = "exclusive")]
         delete: bool,
     },
-    /// Print attribute KEY of a VDI
+    /// Print attribute KEY of a VDI, with a newline after it unless it ends with one
     Getattr {
         #[arg(value_name = "NAME")]
         name: String,
         #[arg(value_name = "KEY")]
         key: String,
+        /// Print the value's bytes exactly as stored, adding no newline
+        #[arg(long)]
+        raw: bool,
     },
     /// Copy a VDI's bytes to stdout: all of it, or LEN bytes from OFFSET
     Read(ReadArgs),
@@ -266,10 +284,10 @@ pub struct RangeArgs {
     /// The VDI's name
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// Where to start, in bytes (K/M/G/T suffixes allowed)
+    /// Where to start, in bytes (K/M/G/T/P/E suffixes allowed)
     #[arg(value_name = "OFFSET", value_parser = parse_size, default_value = "0")]
     pub offset: u64,
-    /// How many bytes (K/M/G/T suffixes allowed) [default: read: to the end; write: all of stdin]
+    /// How many bytes (K/M/G/T/P/E suffixes allowed) [default: read: to the end; write: all of stdin]
     #[arg(value_name = "LEN", value_parser = parse_size)]
     pub len: Option<u64>,
 }
@@ -319,7 +337,7 @@ pub struct BenchArgs {
     /// Seconds per job
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub runtime: u64,
-    /// The part of the VDI the jobs use, from its start (K/M/G/T suffixes allowed)
+    /// The part of the VDI the jobs use, from its start (K/M/G/T/P/E suffixes allowed)
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
     pub size: u64,
     /// Jobs to run, comma-separated, in this order, from: seqwrite, randwrite1, randwrite32,
@@ -338,9 +356,10 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct FormatArgs {
-    /// How many copies of each object the cluster keeps (1..=31)
+    /// How many full copies of each object the cluster keeps (1..=31; erasure coding, D:P, is
+    /// not supported)
     #[arg(long, value_name = "N", default_value_t = sheep_core::group::DEFAULT_COPIES,
-          value_parser = clap::value_parser!(u8).range(1..=31))]
+          value_parser = parse_copies)]
     pub copies: u8,
 
     /// Object size: a power of two from 1M to 4G (K/M/G suffixes, powers of 1024)
@@ -400,7 +419,7 @@ pub struct UpArgs {
     pub lease_ms: Option<u32>,
 
     /// Copies of each object when `up` formats a new cluster [default: min(3, nodes)]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=31))]
+    #[arg(long, value_name = "N", value_parser = parse_copies)]
     pub copies: Option<u8>,
 
     /// How long to wait for every node to start and join, in seconds
@@ -438,6 +457,21 @@ pub fn parse_object_size(s: &str) -> Result<u8, String> {
     Ok(bytes.trailing_zeros() as u8)
 }
 
+/// `--copies N`: a whole number of full copies, 1..=31. Sheepdog's erasure coding (`D:P`, data
+/// and parity strips) is not implemented: said so rather than "invalid digit".
+pub fn parse_copies(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    if let Some((d, p)) = t.split_once(':') {
+        return Err(format!(
+            "erasure coding ({d}:{p}, data:parity) is not supported: --copies takes a number of full copies, 1 to 31"
+        ));
+    }
+    match t.parse::<u8>() {
+        Ok(n @ 1..=31) => Ok(n),
+        _ => Err(format!("--copies takes a number of full copies, 1 to 31, not {s:?}")),
+    }
+}
+
 fn parse_voters(s: &str) -> Result<u8, String> {
     match s.trim() {
         "1" => Ok(1),
@@ -447,14 +481,46 @@ fn parse_voters(s: &str) -> Result<u8, String> {
     }
 }
 
-/// The subcommands named on a command line ("sheepctl cluster format"), for help hints.
+/// The subcommands named on a command line ("sheepctl cluster format"), for help hints: up to
+/// the first word that is not one (an unknown subcommand, or an argument), so that the hint for
+/// `node md info` is `sheepctl node`, not `sheepctl node info`. A flag's value (`--groupd ADDR`)
+/// is skipped.
 pub fn command_path(args: impl IntoIterator<Item = String>) -> String {
     let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
     let mut path = vec!["sheepctl".to_string()];
-    for a in args.into_iter().skip(1) {
-        if let Some(sub) = cmd.find_subcommand(&a).cloned() {
-            path.push(a);
-            cmd = sub;
+    let mut args = args.into_iter().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--" {
+            break;
+        }
+        if let Some(flag) = a.strip_prefix('-') {
+            // `--name value` and `-n value` take the next word; `--name=value` does not.
+            let takes_value = match flag.strip_prefix('-') {
+                Some(long) if !long.contains('=') => {
+                    cmd.get_arguments().any(|arg| arg.get_long() == Some(long) && arg.get_action().takes_values())
+                }
+                Some(_) => false,
+                None => {
+                    let mut chars = flag.chars();
+                    let short = chars.next();
+                    chars.next().is_none()
+                        && cmd
+                            .get_arguments()
+                            .any(|arg| arg.get_short() == short && short.is_some() && arg.get_action().takes_values())
+                }
+            };
+            if takes_value {
+                args.next();
+            }
+            continue;
+        }
+        match cmd.find_subcommand(&a).cloned() {
+            Some(sub) => {
+                path.push(a);
+                cmd = sub;
+            }
+            None => break,
         }
     }
     path.join(" ")
@@ -531,6 +597,47 @@ mod tests {
         assert_eq!(command_path(args("sheepctl cluster format --bogus")), "sheepctl cluster format");
         assert_eq!(command_path(args("sheepctl --json node list -x")), "sheepctl node list");
         assert_eq!(command_path(args("sheepctl frob")), "sheepctl");
+        // An unknown subcommand stops the path: its group's help is the right one.
+        assert_eq!(command_path(args("sheepctl node md info")), "sheepctl node");
+        assert_eq!(command_path(args("sheepctl vdi frob list")), "sheepctl vdi");
+        // Flag values are not subcommands, wherever the flags are.
+        assert_eq!(command_path(args("sheepctl --groupd info node list -x")), "sheepctl node list");
+        assert_eq!(command_path(args("sheepctl --groupd=a:1 vdi --keyring k lock list")), "sheepctl vdi lock list");
+        assert_eq!(command_path(args("sheepctl vdi read disk0 list")), "sheepctl vdi read");
+        let e = parse(&["node", "md", "info"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn copies_say_what_they_take() {
+        assert_eq!(parse_copies("3"), Ok(3));
+        assert_eq!(parse_copies("31"), Ok(31));
+        assert_eq!(
+            parse_copies("4:2").unwrap_err(),
+            "erasure coding (4:2, data:parity) is not supported: --copies takes a number of full copies, 1 to 31"
+        );
+        for bad in ["0", "32", "x", "", "-1", "2.5"] {
+            let e = parse_copies(bad).unwrap_err();
+            assert!(e.starts_with("--copies takes a number of full copies, 1 to 31, not "), "{bad}: {e}");
+        }
+        for args in [
+            &["cluster", "format", "--copies", "4:2"][..],
+            &["vdi", "create", "v", "1G", "--copies", "4:2"],
+            &["up", "--copies", "4:2"],
+        ] {
+            let line = one_line(&parse(args).unwrap_err().to_string());
+            assert!(line.contains("erasure coding (4:2, data:parity) is not supported"), "{args:?}: {line}");
+        }
+        let cli = parse(&["vdi", "create", "v", "1G", "--copies", "2"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Vdi(VdiCmd::Create { copies: Some(2), .. })));
+    }
+
+    #[test]
+    fn getattr_raw() {
+        let cli = parse(&["vdi", "getattr", "v", "k"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Vdi(VdiCmd::Getattr { raw: false, .. })));
+        let cli = parse(&["vdi", "getattr", "v", "k", "--raw"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Vdi(VdiCmd::Getattr { raw: true, .. })));
     }
 
     #[test]

@@ -80,6 +80,10 @@ async fn format(client: &GroupClient, args: &FormatArgs, json: bool) -> Result<(
     Ok(())
 }
 
+/// `cluster info`'s status while the cluster runs with no storage node in its epoch (none has
+/// joined since the format: no epoch yet).
+pub const NO_STORAGE_NODE: &str = "running, but no storage node has joined: nothing can be stored until one does";
+
 fn status_word(s: ClusterStatus) -> &'static str {
     match s {
         ClusterStatus::Unformatted => "unformatted",
@@ -105,6 +109,7 @@ pub fn render_info(info: &ClusterInfo) -> String {
         ClusterStatus::Halted => "halted: every storage node is gone; waiting for every node of the last epoch \
                                   to come back (they hold the newest data), or `sheepctl cluster recover force`"
             .to_string(),
+        ClusterStatus::Running if info.epochs.last().is_none_or(|e| e.nodes.is_empty()) => NO_STORAGE_NODE.to_string(),
         s => status_word(s).to_string(),
     };
     let mut pairs = vec![("Status", status)];
@@ -299,6 +304,17 @@ Epoch history (newest first):
         );
         assert!(text.contains("Master:       none (election in progress)"));
         assert!(text.contains("Storage nodes:\n  (none)\n"));
+        // Formatted, running, and no storage node yet (no epoch), or none in the epoch.
+        let mut info = ClusterInfo { status: ClusterStatus::Running, ..sample() };
+        info.epochs.clear();
+        info.sessions.clear();
+        let text = render_info(&info);
+        assert!(text.starts_with(&format!("Status:       {NO_STORAGE_NODE}\nCluster id:   c0ffee\n")), "{text}");
+        assert!(NO_STORAGE_NODE.starts_with("running, but no storage node has joined: nothing can be stored"));
+        info.epochs.push(EpochRecord { epoch: 1, time_ms: 0, nodes: vec![] });
+        assert!(render_info(&info).starts_with(&format!("Status:       {NO_STORAGE_NODE}\n")));
+        let v = serde_json::to_value(&info).unwrap();
+        assert_eq!(v["status"], "Running", "the JSON status stays machine-readable");
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub async fn attach(dir: &Path, client: &GroupClient, groupd: &[String], size: u
                 }
             }
             let args = AddArgs {
-                target: DISK.into(),
+                target: Some(DISK.into()),
+                from: None,
                 queues: None,
                 depth: 128,
                 recover: false,
@@ -163,7 +164,7 @@ pub fn detach(dir: &Path, groupd: &[String]) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for d in devices::list().unwrap_or_default() {
         if d.groupd == groupd {
-            let del = DelArgs { target: d.device.clone(), force: false, timeout: 60 };
+            let del = DelArgs { target: Some(d.device.clone()), from: None, force: false, timeout: 60 };
             attach::del_quietly(&del).with_context(|| {
                 format!("cannot detach {} before stopping the cluster (`sheepctl del {}` by hand)", d.device, d.device)
             })?;

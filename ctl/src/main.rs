@@ -9,6 +9,7 @@ mod cluster;
 mod connect;
 mod cpu;
 mod export;
+mod io_stat;
 mod keys;
 mod local;
 mod local_disk;
@@ -17,6 +18,7 @@ mod node_rows;
 mod node_stat;
 mod output;
 mod procs;
+mod status;
 mod vdi;
 mod vdi_family;
 mod vdi_file;
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Auth(a) => auth::run(&cli.groupd, a, cli.json).await,
             Cmd::Cluster(c) => cluster::run(&client(&cli.groupd)?, c, cli.json).await,
             Cmd::Node(n) => node::run(&cli.groupd, n, cli.json).await,
+            Cmd::Status => status::run(&cli.groupd, cli.json).await,
             Cmd::Vdi(v) => vdi::run(&cli.groupd, v, cli.json).await,
             Cmd::Bench(b) => bench::run(&cli.groupd, b, cli.json).await,
             Cmd::Up(a) => local::up(a, &cli.keys, cli.json).await,

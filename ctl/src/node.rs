@@ -24,6 +24,7 @@ pub async fn run(groupd: &str, cmd: &NodeCmd, json: bool) -> Result<()> {
         NodeCmd::Epochs { addr } => epochs(addr, json).await,
         NodeCmd::Info => crate::node_stat::info(groupd, json).await,
         NodeCmd::Recovery => crate::node_stat::recovery(groupd, json).await,
+        NodeCmd::Stat(a) => crate::io_stat::node(groupd, a, json).await,
         NodeCmd::List => {
             let info = crate::client(groupd)?.info().await?;
             let (epoch, nodes) = rows(&info);

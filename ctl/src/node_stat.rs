@@ -7,11 +7,12 @@ use futures::future::join_all;
 use serde::Serialize;
 use sheep_client::vdi::{CallLimits, StorePool};
 use sheep_core::size::format_size;
+use sheep_core::store::StoreStat;
 
 use crate::node_rows::rows;
 use crate::output::{print_json, table};
 
-fn pool() -> StorePool {
+pub fn pool() -> StorePool {
     StorePool::new(CallLimits { connect: Duration::from_secs(1), call: Duration::from_secs(3) })
 }
 
@@ -33,12 +34,34 @@ struct Info {
     total: Totals,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Debug, PartialEq, Eq)]
 struct Totals {
     capacity: u64,
     used: u64,
     free: u64,
     objects: u64,
+    /// Nodes whose file system another node listed before counts already.
+    shared: usize,
+}
+
+impl Totals {
+    /// Used space and objects add up; capacity and free space are the file systems', so
+    /// nodes that share one (a local cluster on one disk) count it once.
+    fn of<'a>(stats: impl IntoIterator<Item = &'a StoreStat>) -> Totals {
+        let mut seen = std::collections::HashSet::new();
+        let mut t = Totals::default();
+        for s in stats {
+            t.used += s.used;
+            t.objects += s.objects;
+            if s.filesystem != 0 && !seen.insert(s.filesystem) {
+                t.shared += 1;
+                continue;
+            }
+            t.capacity += s.capacity;
+            t.free += s.free;
+        }
+        t
+    }
 }
 
 /// Per-node capacity and use, from every node of the current epoch and every joining one.
@@ -47,26 +70,20 @@ pub async fn info(groupd: &str, json: bool) -> Result<()> {
     let (epoch, nodes) = rows(&info);
     let pool = pool();
     let stats = join_all(nodes.iter().map(|n| pool.stat(&n.addr))).await;
-    let mut total = Totals::default();
+    let total = Totals::of(stats.iter().flatten());
     let rows: Vec<InfoRow> = nodes
         .iter()
         .zip(stats)
         .map(|(n, s)| match s {
-            Ok(s) => {
-                total.capacity += s.capacity;
-                total.used += s.used;
-                total.free += s.free;
-                total.objects += s.objects;
-                InfoRow {
-                    id: n.id.clone(),
-                    state: n.state,
-                    capacity: Some(s.capacity),
-                    used: Some(s.used),
-                    free: Some(s.free),
-                    objects: Some(s.objects),
-                    error: None,
-                }
-            }
+            Ok(s) => InfoRow {
+                id: n.id.clone(),
+                state: n.state,
+                capacity: Some(s.capacity),
+                used: Some(s.used),
+                free: Some(s.free),
+                objects: Some(s.objects),
+                error: None,
+            },
             Err(e) => InfoRow {
                 id: n.id.clone(),
                 state: n.state,
@@ -117,6 +134,12 @@ pub async fn info(groupd: &str, json: bool) -> Result<()> {
     ]);
     println!("storage nodes (epoch {epoch})");
     print!("{}", table("", &["ID", "STATE", "CAPACITY", "USED", "FREE", "OBJECTS", "USE", "ERROR"], &cells));
+    if total.shared > 0 {
+        println!(
+            "({} node(s) share a file system with another: its capacity and free space are counted once)",
+            total.shared
+        );
+    }
     Ok(())
 }
 
@@ -224,4 +247,20 @@ pub async fn recovery(groupd: &str, json: bool) -> Result<()> {
     println!("recovery to epoch {epoch}: {complete} of {asked} nodes complete");
     print!("{}", table("", &["ID", "EPOCH", "OBJECTS", "STATE"], &cells));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_on_one_file_system_count_its_space_once() {
+        let st = |capacity, used, free, filesystem| StoreStat { capacity, used, free, objects: 2, filesystem };
+        let stats = [st(100, 10, 50, 7), st(100, 20, 50, 7), st(80, 5, 40, 9), st(60, 1, 30, 0), st(60, 1, 30, 0)];
+        let t = Totals::of(&stats);
+        assert_eq!(
+            t,
+            Totals { capacity: 100 + 80 + 60 + 60, used: 37, free: 50 + 40 + 30 + 30, objects: 10, shared: 1 }
+        );
+    }
 }

@@ -55,6 +55,7 @@ pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
             Ok(())
         }
         VdiCmd::List => crate::vdi_family::list(groupd, json).await,
+        VdiCmd::Stat { name, args } => crate::io_stat::vdi(groupd, name.as_deref(), args, json).await,
         VdiCmd::Delete { name, snapshot: Some(tag) } => {
             crate::vdi_family::delete_snapshot(groupd, name, tag, json).await
         }
@@ -69,7 +70,7 @@ pub async fn run(groupd: &str, cmd: &VdiCmd, json: bool) -> Result<()> {
         VdiCmd::Setattr { name, key, value, exclusive, delete } => {
             crate::vdi_family::setattr(groupd, name, key, value.as_deref(), *exclusive, *delete).await
         }
-        VdiCmd::Getattr { name, key } => crate::vdi_family::getattr(groupd, name, key).await,
+        VdiCmd::Getattr { name, key, raw } => crate::vdi_family::getattr(groupd, name, key, *raw).await,
         VdiCmd::Read(r) => read(groupd, &r.range, &r.replica).await,
         VdiCmd::Write(r) => crate::vdi_lock::with_lock(groupd, &r.name, "vdi write", |vdi| write(vdi, r)).await,
         VdiCmd::Import(f) => crate::vdi_file::import(groupd, &f.name, &f.file, json).await,

@@ -15,7 +15,7 @@ use sheep_client::vdi::reclaim::{self, Reclaim};
 use sheep_client::vdi::{CallLimits, Cluster, Vdi, VdiOptions};
 use sheep_core::group::{EventKind, SessionKind};
 use sheep_core::namespace::VdiEntry;
-use sheep_core::object::validate_vdi_name;
+use sheep_core::object::{validate_tag, validate_vdi_name};
 use sheep_core::size::format_size;
 use ublk_dev::attach_lock::{AttachError, AttachLock};
 
@@ -44,7 +44,7 @@ struct SnapshotOut<'a> {
 /// VDI's lock.
 pub async fn snapshot(groupd: &str, name: &str, tag: &str, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
-    validate_vdi_name(tag).map_err(|e| anyhow::anyhow!("snapshot tag: {e}"))?;
+    validate_tag(tag)?;
     let group = Rc::new(crate::client(groupd)?);
     let (vdis, _) = group.vdi_list().await?;
     working(&vdis, name)?;
@@ -129,6 +129,7 @@ async fn ask_holder(group: &Rc<GroupClient>, name: &str, tag: &str, from: u64) -
 
 pub async fn clone(groupd: &str, name: &str, tag: &str, new_name: &str, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
+    validate_tag(tag)?;
     validate_vdi_name(new_name)?;
     let v = crate::client(groupd)?.vdi_clone(name, tag, new_name).await?;
     if json {
@@ -141,6 +142,7 @@ pub async fn clone(groupd: &str, name: &str, tag: &str, new_name: &str, json: bo
 /// `vdi rollback`: the working VDI it replaces is deleted, and with it what only it read.
 pub async fn rollback(groupd: &str, name: &str, tag: &str, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
+    validate_tag(tag)?;
     let group = Rc::new(crate::client(groupd)?);
     let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
     let replaced = |e: &VdiEntry| e.name == name && !e.is_snapshot();
@@ -158,15 +160,35 @@ pub async fn rollback(groupd: &str, name: &str, tag: &str, json: bool) -> Result
     incomplete(&r, &format!("VDI {name} is rolled back"))
 }
 
-/// `vdi resize`: an attached device follows the new size by itself.
+/// `vdi resize`: an attached device follows the new size by itself. A VDI that has the size
+/// already is left alone (nothing is proposed), and said so.
 pub async fn resize(groupd: &str, name: &str, size: u64, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
-    let v = crate::client(groupd)?.vdi_resize(name, size).await?;
+    let client = crate::client(groupd)?;
+    let (vdis, _) = client.vdi_list().await?;
+    let before = working(&vdis, name)?;
+    if before.size == size {
+        if json {
+            return print_json(before);
+        }
+        println!("{}", resized(name, before.size, size));
+        return Ok(());
+    }
+    let v = client.vdi_resize(name, size).await?;
     if json {
         return print_json(&v);
     }
-    println!("VDI {name} is now {} ({} bytes)", format_size(v.size), v.size);
+    println!("{}", resized(name, before.size, v.size));
     Ok(())
+}
+
+/// What `vdi resize` says, from the size before and after.
+pub fn resized(name: &str, before: u64, after: u64) -> String {
+    if before == after {
+        format!("VDI {name} is {} ({after} bytes) already: nothing changed", format_size(after))
+    } else {
+        format!("VDI {name} is now {} ({after} bytes; was {})", format_size(after), format_size(before))
+    }
 }
 
 /// What `vdi delete` and `vdi rollback` print with `--json`: the entry as before, and what
@@ -198,6 +220,7 @@ pub fn incomplete(r: &Reclaim, done: &str) -> Result<()> {
 /// VDI reads any more (its own, and its deleted ancestors' that it was the last to read).
 pub async fn delete_snapshot(groupd: &str, name: &str, tag: &str, json: bool) -> Result<()> {
     validate_vdi_name(name)?;
+    validate_tag(tag)?;
     let group = Rc::new(crate::client(groupd)?);
     let cluster = Cluster::connect(group.clone(), CallLimits::default()).await?;
     let this = |e: &VdiEntry| e.name == name && e.snapshot.as_deref() == Some(tag);
@@ -230,7 +253,9 @@ pub struct ListRow {
 pub async fn list(groupd: &str, json: bool) -> Result<()> {
     let group = Rc::new(crate::client(groupd)?);
     let (mut vdis, _) = group.vdi_list().await?;
-    vdis.sort_by(|a, b| (&a.name, a.created_ms, a.is_snapshot()).cmp(&(&b.name, b.created_ms, b.is_snapshot())));
+    // Per name its snapshots, oldest first, then the working VDI (which starts when the last
+    // snapshot was taken).
+    vdis.sort_by(|a, b| (&a.name, !a.is_snapshot(), a.created_ms).cmp(&(&b.name, !b.is_snapshot(), b.created_ms)));
     let cluster =
         if vdis.is_empty() { None } else { Some(Cluster::connect(group.clone(), CallLimits::default()).await?) };
     let mut rows = Vec::new();
@@ -366,10 +391,42 @@ pub async fn setattr(
     Ok(())
 }
 
-/// `vdi getattr NAME KEY`: the value, as is, on stdout.
-pub async fn getattr(groupd: &str, name: &str, key: &str) -> Result<()> {
+/// `vdi getattr NAME KEY [--raw]`: the value on stdout, with a newline after it unless it
+/// ends with one or `--raw` asks for its bytes exactly.
+pub async fn getattr(groupd: &str, name: &str, key: &str, raw: bool) -> Result<()> {
     validate_vdi_name(name)?;
     let value = crate::client(groupd)?.vdi_get_attr(name, key).await?;
-    std::io::stdout().write_all(&value)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&attr_output(value, raw))?;
+    out.flush()?;
     Ok(())
+}
+
+/// What `vdi getattr` prints of `value`: a newline added unless it ends with one or `raw`.
+pub fn attr_output(mut value: Vec<u8>, raw: bool) -> Vec<u8> {
+    if !raw && value.last() != Some(&b'\n') {
+        value.push(b'\n');
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getattr_ends_its_value_with_a_newline_unless_raw() {
+        assert_eq!(attr_output(b"alice".to_vec(), false), b"alice\n");
+        assert_eq!(attr_output(b"{\"cpus\": 2}\n".to_vec(), false), b"{\"cpus\": 2}\n", "one newline, not two");
+        assert_eq!(attr_output(Vec::new(), false), b"\n");
+        assert_eq!(attr_output(b"alice".to_vec(), true), b"alice");
+        assert_eq!(attr_output(vec![0, 1, 0xff], true), vec![0, 1, 0xff], "--raw: the bytes exactly");
+        assert!(attr_output(Vec::new(), true).is_empty());
+    }
+
+    #[test]
+    fn a_resize_to_the_same_size_says_nothing_changed() {
+        assert_eq!(resized("v", 1 << 30, 1 << 30), "VDI v is 1.0 GiB (1073741824 bytes) already: nothing changed");
+        assert_eq!(resized("v", 1 << 30, 2 << 30), "VDI v is now 2.0 GiB (2147483648 bytes; was 1.0 GiB)");
+    }
 }

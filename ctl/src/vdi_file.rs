@@ -1,6 +1,7 @@
 //! `sheepctl vdi import` and `vdi export`: a whole VDI to or from a local file, sparse-aware,
 //! with a progress bar when stderr is a terminal.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::unix::fs::FileExt;
@@ -12,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use sheep_client::vdi::sparse::{data_extents, is_zero};
+use sheep_client::vdi::sparse::data_extents;
 use sheep_client::vdi::Vdi;
 use sheep_core::size::format_size;
 
@@ -28,9 +29,54 @@ struct Summary {
     file: String,
     /// Bytes covered (the file's length on import, the VDI's size on export).
     bytes: u64,
-    /// Bytes actually sent to or written from the cluster.
+    /// The data carried: on import the bytes written to the VDI (its non-zero 4 KiB blocks,
+    /// and the whole range of an object written before, whose old data zeros must replace);
+    /// on export the non-zero 4 KiB blocks of the VDI's written objects, the only bytes
+    /// written to a regular file (the rest are holes). A fresh import and its export agree.
     data_bytes: u64,
+    /// The objects those bytes are in.
+    objects: usize,
     seconds: f64,
+}
+
+/// What an import or export carried: bytes, and the object indexes they are in.
+#[derive(Default)]
+struct Carried {
+    bytes: u64,
+    objects: BTreeSet<u32>,
+}
+
+impl Carried {
+    /// Counts `len` bytes at VDI offset `off`.
+    fn add(&mut self, off: u64, len: usize, object_shift: u8) {
+        if len == 0 {
+            return;
+        }
+        self.bytes += len as u64;
+        let (first, last) = (off >> object_shift, (off + len as u64 - 1) >> object_shift);
+        self.objects.extend((first..=last).map(|i| i as u32));
+    }
+
+    fn merge(mut self, other: Carried) -> Carried {
+        self.bytes += other.bytes;
+        self.objects.extend(other.objects);
+        self
+    }
+}
+
+/// The pieces `(start, len, object index)` of the `n` bytes at VDI offset `off`, split where
+/// objects end: a chunk may span several objects (1 MiB objects), each written or not.
+fn pieces(off: u64, n: usize, object_shift: u8) -> Vec<(usize, usize, u32)> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    while start < n {
+        let pos = off + start as u64;
+        let object_end = ((pos >> object_shift) + 1) << object_shift;
+        let len = (object_end - pos).min((n - start) as u64) as usize;
+        out.push((start, len, (pos >> object_shift) as u32));
+        start += len;
+    }
+    out
 }
 
 fn progress(total: u64, what: &str) -> ProgressBar {
@@ -63,21 +109,24 @@ async fn import_into(vdi: Rc<Vdi>, name: &str, path: &Path, json: bool) -> Resul
     let started = Instant::now();
     let bar = progress(len, "import");
     let object_shift = vdi.entry().object_size_shift;
-    let sent: u64 = stream::iter(chunks(0, len))
+    let sent: Carried = stream::iter(chunks(0, len))
         .map(|(off, n)| {
             let (vdi, file, bar) = (vdi.clone(), &file, bar.clone());
             async move {
                 let mut buf = vec![0u8; n];
                 file.read_exact_at(&mut buf, off).with_context(|| format!("reading {}", path.display()))?;
-                let idx = (off >> object_shift) as u32;
-                let mut sent = 0u64;
-                if vdi.is_written(idx) {
-                    vdi.write(off, &buf, false).await?;
-                    sent += n as u64;
-                } else {
-                    for (start, l) in data_extents(&buf, BLOCK) {
-                        vdi.write(off + start as u64, &buf[start..start + l], false).await?;
-                        sent += l as u64;
+                let mut sent = Carried::default();
+                for (p, l, idx) in pieces(off, n, object_shift) {
+                    let piece = &buf[p..p + l];
+                    if vdi.is_written(idx) {
+                        vdi.write(off + p as u64, piece, false).await?;
+                        sent.add(off + p as u64, l, object_shift);
+                    } else {
+                        for (start, l) in data_extents(piece, BLOCK) {
+                            let at = off + (p + start) as u64;
+                            vdi.write(at, &piece[start..start + l], false).await?;
+                            sent.add(at, l, object_shift);
+                        }
                     }
                 }
                 bar.inc(n as u64);
@@ -85,11 +134,11 @@ async fn import_into(vdi: Rc<Vdi>, name: &str, path: &Path, json: bool) -> Resul
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .try_fold(Carried::default(), |acc, c| async move { Ok(acc.merge(c)) })
         .await?;
     vdi.flush().await?;
     bar.finish_and_clear();
-    report(json, "imported", name, path, len, sent, started)
+    report(json, "imported", name, path, len, &sent, started)
 }
 
 /// `vdi export NAME FILE`: the whole VDI into FILE (created or truncated), never-written
@@ -105,32 +154,41 @@ pub async fn export(groupd: &str, name: &str, path: &Path, from: &crate::cli::Re
     let started = Instant::now();
     let bar = progress(size, "export");
     let object_shift = vdi.entry().object_size_shift;
-    let written: u64 = stream::iter(chunks(0, size))
+    let written: Carried = stream::iter(chunks(0, size))
         .map(|(off, n)| {
             let (vdi, file, bar) = (vdi.clone(), &file, bar.clone());
             async move {
-                let idx = (off >> object_shift) as u32;
-                let mut out = 0u64;
-                if vdi.is_written(idx) {
-                    let mut buf = vec![0u8; n];
+                let mut out = Carried::default();
+                let mut buf = vec![0u8; n];
+                if pieces(off, n, object_shift).iter().any(|&(_, _, idx)| vdi.is_written(idx)) {
+                    // Never-written objects in it read as zeros, without I/O.
                     vdi.read(off, &mut buf).await?;
-                    if !is_regular || !is_zero(&buf) {
-                        file.write_all_at(&buf, off).with_context(|| format!("writing {}", path.display()))?;
-                        out = n as u64;
+                }
+                let extents = data_extents(&buf, BLOCK);
+                for &(start, l) in &extents {
+                    out.add(off + start as u64, l, object_shift);
+                }
+                let write = |at: usize, bytes: &[u8]| {
+                    file.write_all_at(bytes, off + at as u64).with_context(|| format!("writing {}", path.display()))
+                };
+                if is_regular {
+                    // The file is all holes already: only the data goes in.
+                    for (start, l) in extents {
+                        write(start, &buf[start..start + l])?;
                     }
-                } else if !is_regular {
-                    file.write_all_at(&vec![0u8; n], off).with_context(|| format!("writing {}", path.display()))?;
+                } else {
+                    write(0, &buf)?;
                 }
                 bar.inc(n as u64);
                 anyhow::Ok(out)
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .try_fold(Carried::default(), |acc, c| async move { Ok(acc.merge(c)) })
         .await?;
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     bar.finish_and_clear();
-    report(json, "exported", name, path, size, written, started)
+    report(json, "exported", name, path, size, &written, started)
 }
 
 /// A regular file's length, or a block device's size.
@@ -143,14 +201,15 @@ fn file_len(file: &File) -> std::io::Result<u64> {
     std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
 }
 
-fn report(json: bool, verb: &str, name: &str, path: &Path, bytes: u64, data: u64, started: Instant) -> Result<()> {
+fn report(json: bool, verb: &str, name: &str, path: &Path, bytes: u64, data: &Carried, started: Instant) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     if json {
         return print_json(&Summary {
             vdi: name.into(),
             file: path.display().to_string(),
             bytes,
-            data_bytes: data,
+            data_bytes: data.bytes,
+            objects: data.objects.len(),
             seconds,
         });
     }
@@ -161,8 +220,13 @@ fn report(json: bool, verb: &str, name: &str, path: &Path, bytes: u64, data: u64
     } else {
         (name.to_string(), path.display().to_string())
     };
-    println!("{verb} {from} to {to}: {} ({} of data) in {seconds:.1} s{rate}", format_size(bytes), format_size(data));
+    println!("{verb} {from} to {to}: {}{rate}", summary_line(bytes, data.bytes, data.objects.len(), seconds));
     Ok(())
+}
+
+/// "16.0 MiB (8.0 KiB of data in 1 object(s)) in 0.2 s".
+fn summary_line(bytes: u64, data: u64, objects: usize, seconds: f64) -> String {
+    format!("{} ({} of data in {objects} object(s)) in {seconds:.1} s", format_size(bytes), format_size(data))
 }
 
 /// An error for a file that does not fit.
@@ -174,4 +238,36 @@ pub fn too_big(what: &str, len: u64, vdi: &Vdi) -> anyhow::Error {
         vdi.size(),
         format_size(vdi.size())
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_split_where_objects_end() {
+        const MIB: u64 = 1 << 20;
+        // 4 MiB objects: a 4 MiB chunk is one object.
+        assert_eq!(pieces(8 * MIB, 4 << 20, 22), vec![(0, 4 << 20, 2)]);
+        // 1 MiB objects: four.
+        let p = pieces(4 * MIB, 4 << 20, 20);
+        assert_eq!(p, vec![(0, 1 << 20, 4), (1 << 20, 1 << 20, 5), (2 << 20, 1 << 20, 6), (3 << 20, 1 << 20, 7)]);
+        // Ragged ends, and nothing.
+        assert_eq!(pieces(MIB - 10, 20, 20), vec![(0, 10, 0), (10, 10, 1)]);
+        assert!(pieces(0, 0, 22).is_empty());
+    }
+
+    #[test]
+    fn carried_counts_bytes_and_the_objects_they_are_in() {
+        let mut c = Carried::default();
+        c.add(0, 4096, 22);
+        c.add(8192, 4096, 22);
+        c.add(4 << 20, 0, 22);
+        assert_eq!((c.bytes, c.objects.len()), (8192, 1));
+        let mut d = Carried::default();
+        d.add((4 << 20) - 4096, 8192, 22);
+        let c = c.merge(d);
+        assert_eq!((c.bytes, c.objects.iter().copied().collect::<Vec<_>>()), (16384, vec![0, 1]));
+        assert_eq!(summary_line(16 << 20, 8192, 1, 0.25), "16.0 MiB (8.0 KiB of data in 1 object(s)) in 0.2 s");
+    }
 }

@@ -26,6 +26,7 @@ pub async fn open_with(groupd: &str, name: &str, from: &ReplicaArg) -> Result<Rc
     let entry = match &from.snapshot {
         None => vdis.into_iter().find(|v| v.name == name && !v.is_snapshot()),
         Some(tag) => {
+            sheep_core::object::validate_tag(tag)?;
             let found = vdis.iter().find(|v| v.name == name && v.snapshot.as_deref() == Some(tag.as_str())).cloned();
             if found.is_none() && vdis.iter().any(|v| v.name == name) {
                 bail!("VDI {name:?} has no snapshot {tag:?} (see `sheepctl vdi list`)");

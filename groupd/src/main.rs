@@ -62,6 +62,9 @@ struct Cli {
     #[command(flatten)]
     keys: sheep_rpc::keyfile::KeyArgs,
 
+    #[command(flatten)]
+    config: sheep_client::cli::config::ConfigArgs,
+
     /// Directory of this groupd's state: Raft log, vote, snapshot and Raft id. Created if
     /// missing; one groupd per directory.
     #[arg(long, value_name = "DIR")]
@@ -114,7 +117,8 @@ const VERSION: &str = if cfg!(feature = "failpoints") {
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The command line with the settings of its --config file (flags win over it).
+    let cli: Cli = sheep_client::cli::config::parse("groupd");
     if std::env::var_os("FAILPOINTS").is_some() && !cfg!(feature = "failpoints") {
         eprintln!("groupd: error: FAILPOINTS is set, but this groupd was built without the failpoints feature");
         return ExitCode::FAILURE;

@@ -26,6 +26,33 @@ struct StoreStat {
   used @1 :UInt64;          # bytes used by objects
   free @2 :UInt64;          # bytes still free on that file system
   objects @3 :UInt64;       # objects held (not counting stale ones)
+  filesystem @4 :UInt64;    # which file system that is: the same for nodes that share one
+                            # (of one host's machine id and the device), 0 if unknown
+}
+
+struct IoCounters {
+  ops @0 :UInt64;           # finished requests, failed ones too
+  bytes @1 :UInt64;         # payload bytes of those that succeeded
+  errors @2 :UInt64;
+  buckets @3 :List(UInt64); # how many took how long: bucket i up to 50 µs << i, the last one
+                            # the rest (sheep_core::iostat::BUCKETS of them)
+}
+
+struct ReadWrite {
+  read @0 :IoCounters;
+  write @1 :IoCounters;     # writes, creations with a write, zeroing
+}
+
+struct VdiIo {
+  vid @0 :UInt32;
+  io @1 :ReadWrite;
+}
+
+struct IoStats {
+  uptimeMs @0 :UInt64;
+  total @1 :ReadWrite;      # every object request of clients and peers
+  vdis @2 :List(VdiIo);     # per VDI (of the object), for a bounded number of VDIs
+  untracked @3 :UInt64;     # requests of VDIs past that bound (in `total` only)
 }
 
 struct RecoveryStatus {
@@ -90,4 +117,8 @@ interface Storaged {
   # whole blocks become holes (when the file system can punch them), partial ones are
   # rewritten. Same bounds (badRequest) and missing object (noObject) rules as write; never
   # creates the object. fua: durable before the reply (else made durable by flush).
+
+  ioStats @12 () -> (stats :IoStats);
+  # The node's request counters since it started, as a whole and per VDI: what
+  # `sheepctl node stat` and `vdi stat` turn into rates. The admin's, as node-wide listings.
 }

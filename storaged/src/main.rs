@@ -55,6 +55,9 @@ struct Args {
     #[command(flatten)]
     keys: sheep_rpc::keyfile::KeyArgs,
 
+    #[command(flatten)]
+    config: sheep_client::cli::config::ConfigArgs,
+
     /// Data directory of the store (created if missing; must be writable)
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -95,10 +98,8 @@ const VERSION: &str = if cfg!(feature = "failpoints") {
 };
 
 fn main() {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) => sheep_client::cli::exit_clap(e, "storaged"),
-    };
+    // The command line with the settings of its --config file (flags win over it).
+    let args: Args = sheep_client::cli::config::parse("storaged");
     sheep_client::cli::init_logging("info");
     if std::env::var_os("FAILPOINTS").is_some() && !cfg!(feature = "failpoints") {
         eprintln!("error: FAILPOINTS is set, but this storaged was built without the failpoints feature");

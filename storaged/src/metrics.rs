@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sheep_core::epoch::Epoch;
+use sheep_core::iostat::{Direction, IoTable, NodeIo};
+use sheep_core::object::{ObjectId, VdiId};
 use sheep_core::store::StoreStat;
 use sheep_metrics::{Gauge, OpFamilies, OpMetrics, Registry};
 use sheep_rpc::error::{code_of, ErrorCode};
@@ -38,6 +40,16 @@ pub enum Op {
 impl Op {
     const ALL: [Op; 9] =
         [Op::Read, Op::Write, Op::CreateAndWrite, Op::Zero, Op::Remove, Op::List, Op::Fetch, Op::Flush, Op::Stat];
+
+    /// Which of `sheepctl node stat`'s and `vdi stat`'s counters the request goes to: the
+    /// clients' reads and writes (a `fetch` is a peer's whole-object pull, not counted there).
+    fn direction(self) -> Option<Direction> {
+        match self {
+            Op::Read => Some(Direction::Read),
+            Op::Write | Op::CreateAndWrite | Op::Zero => Some(Direction::Write),
+            Op::Remove | Op::List | Op::Fetch | Op::Flush | Op::Stat => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -114,8 +126,30 @@ const STORE_EVERY: Duration = Duration::from_secs(1);
 /// figures takes long is read less often.
 const STORE_DUTY: u32 = 10;
 
+/// What a request that succeeded did: its payload bytes, and the VDI it was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub bytes: u64,
+    pub vdi: Option<VdiId>,
+}
+
+impl Served {
+    /// A request on object `oid` that moved `bytes`.
+    pub fn object(oid: ObjectId, bytes: u64) -> Served {
+        Served { bytes, vdi: Some(oid.vid()) }
+    }
+
+    /// A request on the node as a whole.
+    pub fn node() -> Served {
+        Served { bytes: 0, vdi: None }
+    }
+}
+
 pub struct StoreMetrics {
     ops: [OpMetrics; Op::ALL.len()],
+    /// The same requests for `ioStats` (`sheepctl node stat`, `vdi stat`): totals and per
+    /// VDI, bounded. Only the event loop touches it.
+    io: std::cell::RefCell<IoTable>,
     objects: Gauge,
     capacity: Gauge,
     free: Gauge,
@@ -158,6 +192,7 @@ impl StoreMetrics {
             RecoveryState::ALL.map(|s| states.get_or_create(&vec![("state", s.name().into())]).clone());
         let metrics = StoreMetrics {
             ops,
+            io: std::cell::RefCell::default(),
             objects,
             capacity,
             free,
@@ -173,24 +208,30 @@ impl StoreMetrics {
     }
 
     /// Runs one request and counts it: from now, when it is taken, to when its answer is
-    /// made; `request` yields the payload bytes it read or wrote.
+    /// made; `request` says what it served.
     pub async fn count(
         &self,
         op: Op,
-        request: impl Future<Output = Result<u64, capnp::Error>>,
+        request: impl Future<Output = Result<Served, capnp::Error>>,
     ) -> Result<(), capnp::Error> {
         let started = Instant::now();
         let metrics = &self.ops[op as usize];
-        match request.await {
-            Ok(bytes) => {
-                metrics.succeeded(started, bytes);
-                Ok(())
-            }
-            Err(e) => {
-                metrics.failed(started, error_code(&e));
-                Err(e)
-            }
+        let result = request.await;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(served) => metrics.succeeded(started, served.bytes),
+            Err(e) => metrics.failed(started, error_code(e)),
         }
+        if let Some(dir) = op.direction() {
+            let (vdi, bytes) = result.as_ref().map_or((None, 0), |s| (s.vdi, s.bytes));
+            self.io.borrow_mut().record(vdi, dir, micros, bytes, result.is_ok());
+        }
+        result.map(drop)
+    }
+
+    /// The counters of `ioStats`.
+    pub fn io(&self, uptime_ms: u64) -> NodeIo {
+        self.io.borrow().snapshot(uptime_ms)
     }
 
     pub fn set_epoch(&self, epoch: Epoch) {
@@ -322,8 +363,10 @@ mod tests {
     #[tokio::test]
     async fn requests_are_counted_by_op_with_their_bytes_and_failures_by_code() {
         let (metrics, registry) = StoreMetrics::new();
-        metrics.count(Op::Read, async { Ok(4096) }).await.unwrap();
-        metrics.count(Op::CreateAndWrite, async { Ok(512) }).await.unwrap();
+        let oid = ObjectId::data(VdiId::new(9).unwrap(), 0);
+        metrics.count(Op::Read, async { Ok(Served::object(oid, 4096)) }).await.unwrap();
+        metrics.count(Op::CreateAndWrite, async { Ok(Served::object(oid, 512)) }).await.unwrap();
+        metrics.count(Op::List, async { Ok(Served::node()) }).await.unwrap();
         let refused = metrics.count(Op::CreateAndWrite, async { Err(refusal(ErrorCode::Fenced, "old token")) }).await;
         assert_eq!(error_code(&refused.unwrap_err()), "fenced");
         assert!(has(&registry, "sheep_storage_ops_total{op=\"read\"} 1"));
@@ -331,6 +374,13 @@ mod tests {
         assert!(has(&registry, "sheep_storage_ops_total{op=\"createAndWrite\"} 2"));
         assert!(has(&registry, "sheep_storage_data_bytes_total{op=\"createAndWrite\"} 512"));
         assert!(has(&registry, "sheep_storage_errors_total{op=\"createAndWrite\",code=\"fenced\"} 1"));
+        // The same requests for `ioStats`: the VDI's read and write, the refused write in
+        // the totals only (it named no VDI it served), the listing nowhere.
+        let io = metrics.io(7);
+        assert_eq!((io.total.read.ops, io.total.write.ops, io.total.write.errors), (1, 2, 1));
+        assert_eq!(io.vdis.len(), 1);
+        let (vid, rw) = io.vdis[0];
+        assert_eq!((vid, rw.read.bytes, rw.write.ops, rw.write.bytes), (oid.vid(), 4096, 1, 512));
         for (i, op) in Op::ALL.into_iter().enumerate() {
             assert_eq!(op as usize, i, "{op:?} counts in its own series");
             let line = format!("sheep_storage_op_duration_seconds_count{{op=\"{}\"}}", op.name());
@@ -341,7 +391,7 @@ mod tests {
     #[test]
     fn the_store_and_epoch_show_as_gauges() {
         let (metrics, registry) = StoreMetrics::new();
-        metrics.set_store(&StoreStat { capacity: 1 << 30, used: 8192, free: 1 << 29, objects: 3 });
+        metrics.set_store(&StoreStat { capacity: 1 << 30, used: 8192, free: 1 << 29, objects: 3, filesystem: 1 });
         metrics.set_epoch(5);
         for line in [
             "sheep_storage_objects 3",

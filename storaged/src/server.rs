@@ -18,7 +18,7 @@ use tracing::debug;
 
 use sheep_client::rpc::{Admission, Admitted, ConnectionBounds, Reserved};
 
-use crate::metrics::Op;
+use crate::metrics::{Op, Served};
 use crate::node::Node;
 use crate::ops::{self, bad_request};
 
@@ -146,7 +146,7 @@ impl storaged::Server for StoragedImpl {
                 let _held = self.hold(0, len as usize).await;
                 let data = ops::read(&self.node, p.get_epoch(), oid, offset, len).await?;
                 results.get().set_data(&data);
-                Ok(data.len() as u64)
+                Ok(Served::object(oid, data.len() as u64))
             })
             .await
     }
@@ -166,7 +166,7 @@ impl storaged::Server for StoragedImpl {
                 let _held = self.hold(data.len(), 0).await;
                 ops::write(&self.node, p.get_epoch(), oid, u64::from(p.get_offset()), data, p.get_fua(), p.get_fence())
                     .await?;
-                Ok(data.len() as u64)
+                Ok(Served::object(oid, data.len() as u64))
             })
             .await
     }
@@ -185,7 +185,7 @@ impl storaged::Server for StoragedImpl {
                 let (offset, len) = (u64::from(p.get_offset()), u64::from(p.get_length()));
                 let _held = self.hold(0, 0).await;
                 ops::zero(&self.node, p.get_epoch(), oid, offset, len, p.get_fua(), p.get_fence()).await?;
-                Ok(0)
+                Ok(Served::object(oid, 0))
             })
             .await
     }
@@ -232,7 +232,7 @@ impl storaged::Server for StoragedImpl {
                     fence,
                 )
                 .await?;
-                Ok(written)
+                Ok(Served::object(oid, written))
             })
             .await
     }
@@ -249,7 +249,7 @@ impl storaged::Server for StoragedImpl {
                 let oid = read_oid(p.get_oid())?;
                 self.allow(oid, Access::ReadWrite)?;
                 ops::remove(&self.node, p.get_epoch(), oid).await?;
-                Ok(0)
+                Ok(Served::object(oid, 0))
             })
             .await
     }
@@ -266,7 +266,7 @@ impl storaged::Server for StoragedImpl {
                 let _held = self.hold(0, 0).await;
                 let listing = ops::list(&self.node, params.get()?.get_epoch()).await?;
                 wire::write_listing(results.get(), &listing)?;
-                Ok(0)
+                Ok(Served::node())
             })
             .await
     }
@@ -286,7 +286,7 @@ impl storaged::Server for StoragedImpl {
                 let _held = self.hold_for_a_node(0, 1 << sheep_core::inode::DEFAULT_OBJECT_SIZE_SHIFT).await;
                 let whole = ops::fetch(&self.node, p.get_epoch(), oid, !p.get_inspect()).await?;
                 wire::write_whole(results.get(), &whole);
-                Ok(whole.data.len() as u64)
+                Ok(Served::object(oid, whole.data.len() as u64))
             })
             .await
     }
@@ -300,7 +300,7 @@ impl storaged::Server for StoragedImpl {
             .metrics
             .count(Op::Flush, async {
                 ops::flush(&self.node, params.get()?.get_epoch()).await?;
-                Ok(0)
+                Ok(Served::node())
             })
             .await
     }
@@ -315,7 +315,7 @@ impl storaged::Server for StoragedImpl {
             .count(Op::Stat, async {
                 let st = ops::stat(&self.node).await?;
                 wire::write_stat(results.get().init_stat(), &st);
-                Ok(0)
+                Ok(Served::node())
             })
             .await
     }
@@ -340,6 +340,17 @@ impl storaged::Server for StoragedImpl {
         };
         wire::write_recovery(results.get().init_status(), &status);
         Ok(())
+    }
+
+    async fn io_stats(
+        self: CapRc<Self>,
+        _: storaged::IoStatsParams,
+        mut results: storaged::IoStatsResults,
+    ) -> Result<(), capnp::Error> {
+        // Per-VDI figures of every VDI: not for a client whose ticket names only its own.
+        self.privileged("the node's I/O counters")?;
+        let uptime_ms = u64::try_from(self.node.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        wire::write_io(results.get().init_stats(), &self.node.metrics.io(uptime_ms))
     }
 }
 

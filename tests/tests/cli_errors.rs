@@ -38,6 +38,11 @@ fn malformed_flags_and_sizes_are_refused() {
     assert_clear_failure(&out, "zero");
     let out = run("sheepctl", &["cluster", "--no-such-flag"]);
     assert_clear_failure(&out, "--no-such-flag");
+    let out = run("sheepctl", &["--groupd", "127.0.0.1:1", "cluster", "format", "--copies", "4:2"]);
+    assert_clear_failure(&out, "erasure coding (4:2, data:parity) is not supported");
+    // An unknown subcommand points to its group's help, not to a subcommand named after it.
+    let out = run("sheepctl", &["node", "md", "info"]);
+    assert_clear_failure(&out, "see 'sheepctl node --help'");
     let out = run("groupd", &["--listen", "not-an-address", "--data", "/tmp/x"]);
     assert_clear_failure(&out, "not-an-address");
     let out =
@@ -51,6 +56,9 @@ fn format_of_a_formatted_cluster_needs_force() {
     c.add_groupd();
     c.wait_group(0, 1, 1);
     c.ctl_ok(&["cluster", "format"]);
+    // Running, but with no storage node: said plainly (the JSON status stays `Running`).
+    let text = c.ctl_ok(&["cluster", "info"]);
+    assert!(text.contains("running, but no storage node has joined: nothing can be stored until one does"), "{text}");
     let id = c.info().config.unwrap().cluster_id;
     let out = c.ctl(&["cluster", "format"]);
     assert_clear_failure(&out, "--force");

@@ -1,7 +1,8 @@
 //! Every daemon's `/metrics` (`--metrics ADDR`): groupd, storaged and the NBD export answer
 //! in the Prometheus text format, count exactly the requests that were made, and answer 404
 //! off their path. The harness gives every groupd and storaged of every test a metrics
-//! address, so the flag is on in every other test too.
+//! address, so the flag is on in every other test too. And the live figures of `sheepctl
+//! node stat` and `vdi stat`, from the storage nodes' counters, while a writer runs.
 
 use std::time::Duration;
 
@@ -112,4 +113,80 @@ fn every_daemon_counts_the_requests_made_and_answers_only_at_its_path() {
         assert_eq!(request(addr, "DELETE", "/metrics").map(|r| r.0), Ok(405), "{addr}");
     }
     nbd.disconnect().expect("disconnect");
+}
+
+/// `sheepctl --json ARGS` parsed.
+fn ctl_json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = c.ctl_ok(&all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("sheepctl {args:?}: {e}: {out}"))
+}
+
+#[test]
+fn node_stat_and_vdi_stat_show_the_rates_of_a_running_writer() {
+    let c = Cluster::formatted(3, 3, &[]);
+    c.ctl_ok(&["vdi", "create", "busy", "64M"]);
+    c.ctl_ok(&["vdi", "create", "idle", "64M"]);
+    let (export, url) = sheep_tests::nbd::serving(&c, "busy", "export.log");
+    let nbd_addr = url.trim_start_matches("nbd://").split('/').next().expect("nbd://ADDR/NAME").to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let report = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut nbd = NbdClient::connect(&nbd_addr, "busy", Duration::from_secs(30)).expect("connect");
+            let mut n = 0u64;
+            // Bounded: the reports below take about 2 s.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200_000 {
+                nbd.write((n % 256) * BLOCK as u64, &[n as u8; BLOCK], false).expect("write");
+                n += 1;
+            }
+            n
+        });
+        let vdi = ctl_json(&c, &["vdi", "stat"]);
+        let named = ctl_json(&c, &["vdi", "stat", "idle"]);
+        let node = ctl_json(&c, &["node", "stat"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written = writer.join().expect("the writer");
+        (vdi, named, node, written)
+    });
+    let (vdi, named, node, written) = report;
+    assert!(written > 0);
+    let vdis = vdi["vdis"].as_array().expect("vdis");
+    assert_eq!(vdis.len(), 1, "only the busy VDI: {vdi}");
+    assert_eq!(vdis[0]["name"], "busy");
+    let w = &vdis[0]["write"];
+    assert!(w["ops_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{vdi}");
+    assert!(w["bytes_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{vdi}");
+    assert!(w["p99_us"].as_f64().is_some_and(|p| p > 0.0), "{vdi}");
+    let idle = named["vdis"].as_array().expect("vdis");
+    assert_eq!(idle.len(), 1, "a named VDI shows even idle: {named}");
+    assert_eq!(idle[0]["write"]["ops_per_sec"].as_f64(), Some(0.0), "{named}");
+    let nodes = node["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{node}");
+    for n in nodes {
+        assert!(n["write"]["ops_per_sec"].as_f64().is_some_and(|r| r > 0.0), "every replica writes: {node}");
+    }
+    let text = c.ctl_ok(&["vdi", "stat", "--watch", "0.5", "--count", "2"]);
+    assert!(text.contains("WRITE/S") || text.contains("no VDI did any I/O"), "{text}");
+    // `sheepctl status`: healthy while all is up; degraded, saying why, once a node is gone.
+    let status = ctl_json(&c, &["status"]);
+    assert_eq!(status["health"], "healthy", "{status}");
+    assert_eq!((status["nodes_up"].as_u64(), status["vdis"].as_u64()), (Some(3), Some(2)), "{status}");
+    let mut c = c;
+    c.storageds[2].kill();
+    wait_until(Duration::from_secs(30), "status to say the cluster is degraded", || {
+        let s = ctl_json(&c, &["status"]);
+        let why = s["reasons"].to_string();
+        if s["health"] == "degraded" && why.contains("2 zone(s) up for 3 copies") {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let text = c.ctl_ok(&["status"]);
+    assert!(text.starts_with("health: DEGRADED\n"), "{text}");
+    let missing = c.ctl(&["vdi", "stat", "nosuch"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no VDI named \"nosuch\""));
+    drop(export);
 }

@@ -43,9 +43,22 @@ fn snapshots_clones_rollback_resize_and_attributes() {
     c.ctl_ok(&["vdi", "create", "v", "16M"]);
     let a = random(10 * MIB, 1);
     write(&c, "v", 0, &a);
+    let list =
+        |c: &Cluster| -> serde_json::Value { serde_json::from_str(&c.ctl_ok(&["--json", "vdi", "list"])).unwrap() };
+    let created = list(&c)[0]["created_ms"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     let out = c.ctl_ok(&["vdi", "snapshot", "v", "--tag", "s1"]);
     assert!(out.contains("snapshot v@s1 taken"), "{out}");
     fails(&c, &["vdi", "snapshot", "v", "--tag", "s1"], "already");
+    fails(&c, &["vdi", "snapshot", "v", "--tag", ""], "a snapshot tag must not be empty");
+    // The snapshot lists when it was taken (the new working VDI's start), not when v began.
+    let rows = list(&c);
+    let time_of = |tag: Option<&str>| {
+        let row = rows.as_array().unwrap().iter().find(|r| r["name"] == "v" && r["tag"].as_str() == tag);
+        row.and_then(|r| r["created_ms"].as_u64()).unwrap_or_else(|| panic!("no v@{tag:?} in {rows}"))
+    };
+    assert!(time_of(Some("s1")) > created, "snapshot time {} after {created}: {rows}", time_of(Some("s1")));
+    assert_eq!(time_of(Some("s1")), time_of(None), "{rows}");
     // The VDI goes on: new writes do not change the snapshot (copy-on-write).
     let b = random(5 * MIB, 2);
     write(&c, "v", 2 * MIB, &b);
@@ -69,6 +82,8 @@ fn snapshots_clones_rollback_resize_and_attributes() {
     write(&c, "v", 31 * MIB, &[7; 4096]);
     assert_eq!(read(&c, &["v", "31M", "4096"]), vec![7; 4096]);
     fails(&c, &["vdi", "resize", "v", "8M"], "shrink");
+    let out = c.ctl_ok(&["vdi", "resize", "v", "32M"]);
+    assert_eq!(out, "VDI v is 32.0 MiB (33554432 bytes) already: nothing changed\n");
     // The list shows the snapshot, the tree who comes from whom.
     let list: serde_json::Value = serde_json::from_str(&c.ctl_ok(&["--json", "vdi", "list"])).unwrap();
     let rows = list.as_array().unwrap();
@@ -92,7 +107,8 @@ fn snapshots_clones_rollback_resize_and_attributes() {
     assert!(under("c") && under("v"), "the clone and the VDI go on from the snapshot:\n{tree}");
     // Attributes, ordered through groupd.
     c.ctl_ok(&["vdi", "setattr", "v", "owner", "alice"]);
-    assert_eq!(c.ctl_ok(&["vdi", "getattr", "v", "owner"]), "alice");
+    assert_eq!(c.ctl_ok(&["vdi", "getattr", "v", "owner"]), "alice\n");
+    assert_eq!(c.ctl_ok(&["vdi", "getattr", "v", "owner", "--raw"]), "alice");
     fails(&c, &["vdi", "setattr", "v", "owner", "bob", "--exclusive"], "already");
     let out = c.ctl_stdin(&["vdi", "setattr", "v", "config"], b"{\"cpus\": 2}\n");
     assert!(out.status.success());
@@ -100,6 +116,18 @@ fn snapshots_clones_rollback_resize_and_attributes() {
     c.ctl_ok(&["vdi", "setattr", "v", "owner", "--delete"]);
     fails(&c, &["vdi", "getattr", "v", "owner"], "no attribute");
     fails(&c, &["vdi", "getattr", "nope", "k"], "no VDI");
+    // Import then export of a small image: both carry the same data, in the same object.
+    c.ctl_ok(&["vdi", "create", "img", "16M"]);
+    let mut image = vec![0u8; 16 * MIB];
+    image[MIB..MIB + 8192].copy_from_slice(&random(8192, 5));
+    let (src, dst) = (c.path("img.raw"), c.path("img.out"));
+    std::fs::write(&src, &image).unwrap();
+    let carried = "16.0 MiB (8.0 KiB of data in 1 object(s))";
+    let out = c.ctl_ok(&["vdi", "import", "img", src.to_str().unwrap()]);
+    assert!(out.contains(carried), "{out}");
+    let out = c.ctl_ok(&["vdi", "export", "img", dst.to_str().unwrap()]);
+    assert!(out.contains(carried), "{out}");
+    assert!(std::fs::read(&dst).unwrap() == image, "the export is the image");
 }
 
 /// Data objects (not inodes) on every node: (node, oid).
@@ -149,6 +177,14 @@ fn an_attached_vdi_is_snapshotted_by_its_export_between_writes() {
     // Attached: no rollback, no delete.
     fails(&c, &["vdi", "rollback", "v", "--snapshot", "live"], "locked by");
     fails(&c, &["vdi", "delete", "v"], "locked by");
+    // A write is refused naming the holder, when its lock would clear and how to force it.
+    let out = c.ctl(&["vdi", "write", "v", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a write while attached is refused");
+    for needle in ["VDI v is locked by session", "nbd-export", "lease runs out, about", "`sheepctl vdi lock unlock v`"]
+    {
+        assert!(err.contains(needle), "{needle:?}: {err}");
+    }
     // A discard frees the objects of the VDI it covers whole; an object still shared with
     // the snapshot (the second 4 MiB) is only unmapped: the snapshot keeps it.
     qemu_io_ok(&url, &["write -P 0xcc 8M 4M"]);

@@ -21,6 +21,10 @@ struct Cli {
     #[command(flatten)]
     keys: sheep_rpc::keyfile::KeyArgs,
 
+    // --config: the whole file applies to the subcommand given (its flags and the ones above).
+    #[command(flatten)]
+    config: sheep_client::cli::config::ConfigArgs,
+
     /// Serve Prometheus metrics of the VDI's requests at http://ADDR/metrics (off unless given)
     #[arg(long, global = true, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -89,10 +93,9 @@ struct UblkArgs {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => sheep_client::cli::exit_clap(e, "ublk-dev"),
-    };
+    // The command line with the settings of its --config file (flags win over it); the
+    // file applies to the subcommand given.
+    let cli: Cli = sheep_client::cli::config::parse("ublk-dev");
     sheep_client::cli::init_logging("info");
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

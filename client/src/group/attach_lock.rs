@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// Another session holds the lock; the message names it ("VDI disk0 is locked by
-    /// session 7 (nbd-export …)").
+    /// session 7 (nbd-export …)"), and says when a dead holder's lock clears and how to force
+    /// it ([`held_message`]).
     #[error("{0}")]
     Held(String),
     #[error("cannot open a session in groupd: {0}")]
@@ -56,7 +57,7 @@ impl AttachLock {
                     tracing::warn!("closing session {session}: {e}");
                 }
                 if err.is_code(ErrorCode::LockHeld) {
-                    Err(AttachError::Held(err.to_string()))
+                    Err(AttachError::Held(held_message(&err.to_string(), vdi, lease)))
                 } else {
                     Err(AttachError::Lock { vdi: vdi.to_string(), err })
                 }
@@ -102,6 +103,20 @@ impl Drop for AttachLock {
     }
 }
 
+/// A refusal of VDI `vdi`'s lock (`refused`: groupd's, naming the holder's session) for
+/// people: a dead holder's lock goes with its session once the lease runs out — `lease` is
+/// the one groupd gave our own session, the same for every session — and it can be forced.
+pub fn held_message(refused: &str, vdi: &str, lease: Duration) -> String {
+    let ms = lease.as_millis();
+    let lease =
+        if ms.is_multiple_of(1000) { format!("{} s", ms / 1000) } else { format!("{:.1} s", lease.as_secs_f64()) };
+    format!(
+        "{refused}; if that holder is dead, the lock clears by itself when its session's lease runs out, about \
+         {lease} after its last keepalive; to free it now: `sheepctl vdi lock unlock {vdi}` (storage then refuses \
+         the old holder's writes)"
+    )
+}
+
 /// Renews the session every lease/3. A refusal saying the session does not exist ends it
 /// and reports the loss; other failures (groupd unreachable, an election) are retried.
 async fn keep_alive(group: Rc<GroupClient>, session: SessionId, lease: Duration, lost: watch::Sender<Option<String>>) {
@@ -126,5 +141,22 @@ async fn keep_alive(group: Rc<GroupClient>, session: SessionId, lease: Duration,
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_says_when_it_clears_and_how_to_force_it() {
+        let refused = "VDI disk0 is locked by session 7 (sheepctl vdi write pid 42 on host1)";
+        assert_eq!(
+            held_message(refused, "disk0", Duration::from_millis(5000)),
+            "VDI disk0 is locked by session 7 (sheepctl vdi write pid 42 on host1); if that holder is dead, the lock \
+             clears by itself when its session's lease runs out, about 5 s after its last keepalive; to free it now: \
+             `sheepctl vdi lock unlock disk0` (storage then refuses the old holder's writes)"
+        );
+        assert!(held_message(refused, "disk0", Duration::from_millis(1500)).contains("about 1.5 s after"));
     }
 }

@@ -394,6 +394,15 @@ impl StorePool {
         .await
     }
 
+    /// The node's request counters since it started (the admin's).
+    pub async fn io_stats(&self, addr: &str) -> Result<sheep_core::iostat::NodeIo, NodeError> {
+        self.call(addr, |c| async move {
+            let resp = c.io_stats_request().send().promise.await?;
+            wire::read_io(resp.get()?.get_stats()?)
+        })
+        .await
+    }
+
     pub async fn recovery(&self, addr: &str) -> Result<RecoveryStatus, NodeError> {
         self.call(addr, |c| async move {
             let resp = c.recovery_request().send().promise.await?;

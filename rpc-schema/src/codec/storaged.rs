@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 
-use sheep_core::object::ObjectId;
+use sheep_core::iostat::{IoCounters, NodeIo, ReadWrite, BUCKETS};
+use sheep_core::object::{ObjectId, VdiId};
 use sheep_core::store::{Listing, RecoveryStatus, StoreStat, StoreStatus, WholeObject};
 
 use super::{read_node, text, write_node};
 use crate::error::{refusal, ErrorCode};
 use crate::storaged_capnp::storaged::{fetch_results, list_results};
-use crate::storaged_capnp::{recovery_status, store_stat, store_status};
+use crate::storaged_capnp::{io_counters, io_stats, read_write, recovery_status, store_stat, store_status};
 
 /// An object id off the wire; one that names no object is a bad request.
 pub fn read_oid(raw: u64) -> capnp::Result<ObjectId> {
@@ -51,10 +52,79 @@ pub fn write_stat(mut b: store_stat::Builder<'_>, s: &StoreStat) {
     b.set_used(s.used);
     b.set_free(s.free);
     b.set_objects(s.objects);
+    b.set_filesystem(s.filesystem);
 }
 
 pub fn read_stat(r: store_stat::Reader<'_>) -> StoreStat {
-    StoreStat { capacity: r.get_capacity(), used: r.get_used(), free: r.get_free(), objects: r.get_objects() }
+    StoreStat {
+        capacity: r.get_capacity(),
+        used: r.get_used(),
+        free: r.get_free(),
+        objects: r.get_objects(),
+        filesystem: r.get_filesystem(),
+    }
+}
+
+fn write_counters(mut b: io_counters::Builder<'_>, c: &IoCounters) {
+    b.set_ops(c.ops);
+    b.set_bytes(c.bytes);
+    b.set_errors(c.errors);
+    let mut buckets = b.init_buckets(BUCKETS as u32);
+    for (i, n) in c.buckets.iter().enumerate() {
+        buckets.set(i as u32, *n);
+    }
+}
+
+/// A histogram of another length than ours is a node of another build: refused, not guessed.
+fn read_counters(r: io_counters::Reader<'_>) -> capnp::Result<IoCounters> {
+    let list = r.get_buckets()?;
+    if list.len() as usize != BUCKETS {
+        return Err(refusal(ErrorCode::BadRequest, format!("a histogram of {} buckets, not {BUCKETS}", list.len())));
+    }
+    let mut buckets = [0; BUCKETS];
+    for (i, n) in list.iter().enumerate() {
+        buckets[i] = n;
+    }
+    Ok(IoCounters { ops: r.get_ops(), bytes: r.get_bytes(), errors: r.get_errors(), buckets })
+}
+
+fn write_read_write(mut b: read_write::Builder<'_>, rw: &ReadWrite) {
+    write_counters(b.reborrow().init_read(), &rw.read);
+    write_counters(b.init_write(), &rw.write);
+}
+
+fn read_read_write(r: read_write::Reader<'_>) -> capnp::Result<ReadWrite> {
+    Ok(ReadWrite { read: read_counters(r.get_read()?)?, write: read_counters(r.get_write()?)? })
+}
+
+pub fn write_io(mut b: io_stats::Builder<'_>, io: &NodeIo) -> capnp::Result<()> {
+    b.set_uptime_ms(io.uptime_ms);
+    b.set_untracked(io.untracked);
+    write_read_write(b.reborrow().init_total(), &io.total);
+    let mut vdis = b.init_vdis(list_len(io.vdis.len())?);
+    for (i, (vid, rw)) in io.vdis.iter().enumerate() {
+        let mut v = vdis.reborrow().get(i as u32);
+        v.set_vid(vid.get());
+        write_read_write(v.init_io(), rw);
+    }
+    Ok(())
+}
+
+pub fn read_io(r: io_stats::Reader<'_>) -> capnp::Result<NodeIo> {
+    let vdis = r
+        .get_vdis()?
+        .iter()
+        .map(|v| {
+            let vid = VdiId::new(v.get_vid()).map_err(|e| refusal(ErrorCode::BadRequest, e))?;
+            Ok((vid, read_read_write(v.get_io()?)?))
+        })
+        .collect::<capnp::Result<_>>()?;
+    Ok(NodeIo {
+        uptime_ms: r.get_uptime_ms(),
+        total: read_read_write(r.get_total()?)?,
+        vdis,
+        untracked: r.get_untracked(),
+    })
 }
 
 pub fn write_recovery(mut b: recovery_status::Builder<'_>, s: &RecoveryStatus) {
@@ -149,6 +219,23 @@ mod tests {
     }
 
     #[test]
+    fn io_stats_round_trip_and_a_histogram_of_another_length_is_refused() {
+        let mut table = sheep_core::iostat::IoTable::default();
+        let vid = VdiId::new(7).unwrap();
+        table.record(Some(vid), sheep_core::iostat::Direction::Write, 120, 4096, true);
+        table.record(Some(vid), sheep_core::iostat::Direction::Read, 60, 512, false);
+        let io = table.snapshot(1234);
+        let mut msg = Builder::new_default();
+        write_io(msg.init_root(), &io).unwrap();
+        assert_eq!(read_io(msg.get_root_as_reader().unwrap()).unwrap(), io);
+
+        let mut msg = Builder::new_default();
+        msg.init_root::<io_counters::Builder<'_>>().init_buckets(3);
+        let err = read_counters(msg.get_root_as_reader().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("a histogram of 3 buckets"), "{err}");
+    }
+
+    #[test]
     fn status_stat_and_recovery_round_trip() {
         let status = StoreStatus {
             node: NodeInfo { id: "127.0.0.1:7001".into(), addr: "127.0.0.1:7001".into(), zone: 4, weight: 2 },
@@ -163,7 +250,7 @@ mod tests {
         write_status(msg.init_root(), &status);
         assert_eq!(read_status(msg.get_root_as_reader().unwrap()).unwrap(), status);
 
-        let stat = StoreStat { capacity: 100, used: 20, free: 70, objects: 3 };
+        let stat = StoreStat { capacity: 100, used: 20, free: 70, objects: 3, filesystem: 0xfeed };
         let mut msg = Builder::new_default();
         write_stat(msg.init_root(), &stat);
         assert_eq!(read_stat(msg.get_root_as_reader().unwrap()), stat);

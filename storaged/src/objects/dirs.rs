@@ -146,6 +146,6 @@ impl ObjectStore {
                 Err(e) => return Err(StoreError::io(&format!("stat {oid}"), &e)),
             }
         }
-        Ok(StoreStat { capacity, used, free, objects: live.len() as u64 })
+        Ok(StoreStat { capacity, used, free, objects: live.len() as u64, filesystem: space::filesystem_id(&self.obj) })
     }
 }

@@ -16,6 +16,21 @@ pub fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
     Ok((blocks * frsize, avail * frsize))
 }
 
+/// Which file system holds `path`, as `StoreStat::filesystem`: a hash of this host's
+/// machine id, the device and the file system's own id (`f_fsid`, e.g. from ext4's UUID,
+/// so that hosts cloned with the same machine id still differ). 0 if it cannot be told.
+pub fn filesystem_id(path: &Path) -> u64 {
+    let host = std::fs::read("/etc/machine-id").unwrap_or_default();
+    let (Ok(meta), Ok(st)) = (std::fs::metadata(path), nix::sys::statvfs::statvfs(path)) else {
+        return 0;
+    };
+    let mut key = host;
+    key.extend_from_slice(&std::os::unix::fs::MetadataExt::dev(&meta).to_le_bytes());
+    #[allow(clippy::unnecessary_cast, reason = "the field type differs between platforms")]
+    key.extend_from_slice(&(st.filesystem_id() as u64).to_le_bytes());
+    sheep_core::object::fnv1a64(&key).max(1)
+}
+
 /// Bytes a write must leave free on the store's file system.
 pub const RESERVE: u64 = 8 << 20;
 /// How long a reading of the free space stands in for a new one.
@@ -69,6 +84,18 @@ mod tests {
 
     fn never() -> io::Result<u64> {
         panic!("the free space was read again")
+    }
+
+    #[test]
+    fn two_directories_of_one_file_system_have_one_id_and_another_file_system_another() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir_in(a.path()).unwrap();
+        let here = filesystem_id(a.path());
+        assert_ne!(here, 0);
+        assert_eq!(filesystem_id(b.path()), here);
+        // /proc is its own file system on every Linux.
+        assert_ne!(filesystem_id(Path::new("/proc")), here);
+        assert_eq!(filesystem_id(Path::new("/no/such/dir")), 0);
     }
 
     #[test]
